@@ -129,16 +129,23 @@ class UnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         validate_batch(inputs, expects_translation=self.anchors is not None)
         rows, cols = (inputs["shift_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
+
+        def student_forward():
+            return model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                position_ids=position_ids_from_mask(inputs["attention_mask"]),
+                use_cache=False,
+            )
+
+        # FSDP2 initialises at its root's first forward, which the teacher passes bypass; elsewhere student last (memory)
+        outputs = student_forward() if self.is_fsdp_enabled else None
         if "cached_target_ids" in inputs:
             targets = self._cached_targets(inputs, rows, cols)
         else:
             targets = self._generic_targets(self.accelerator.unwrap_model(model), inputs, rows, cols)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            position_ids=position_ids_from_mask(inputs["attention_mask"]),
-            use_cache=False,
-        )
+        if outputs is None:
+            outputs = student_forward()
         # soft targets exist at the loss positions only; hard targets are laid out like shift_labels
         soft = targets.is_floating_point()
         student = outputs.logits[rows, cols] if soft else outputs.logits

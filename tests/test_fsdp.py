@@ -1,0 +1,43 @@
+"""Two-process FSDP2 on CPU (gloo) trains the adapter of one plain process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from conftest import LORA
+from test_trainer import make_example
+
+WORKER = Path(__file__).parent / "fsdp_worker.py"
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_the_same_adapter_as_one_process(make_model, tokenizer, tmp_path):
+    make_model().save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(tmp_path / "reinforced")
+    examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
+    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8", "--no-fsdp"], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env)
+
+    # the workers also check that every parameter was sharded and that base and reinforced weights are unchanged
+    losses = torch.tensor(json.loads((tmp_path / "fsdp" / "losses.json").read_text()))
+    assert len(losses) == 2 and losses.isfinite().all() and losses[1] < losses[0]  # step 2 sees step 1's examples
+    single = load_file(tmp_path / "single" / "adapter_model.safetensors")
+    fsdp = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    assert single.keys() == fsdp.keys()
+    assert all(fsdp[key].abs().sum() > 0 for key in fsdp if "lora_B" in key)  # trained away from LoRA's zero init
+    for key in single:
+        torch.testing.assert_close(fsdp[key], single[key], rtol=1e-4, atol=1e-6)
+    reinforced = load_file(tmp_path / "reinforced" / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "fsdp" / "reinforced" / "adapter_model.safetensors")
+    assert saved.keys() == reinforced.keys() and all(torch.equal(saved[k], reinforced[k]) for k in saved)
