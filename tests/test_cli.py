@@ -83,8 +83,11 @@ def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
     for stage, folder in [("reinforce", "reinforced"), ("unlearn", "unlearned"), ("evaluate", "evaluation")]:
         assert json.loads((run / folder / "whp_stage.json").read_text())["stage"] == stage
     assert (run / "reinforced" / "adapter_model.safetensors").is_file()
-    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "reinforced/adapter_config.json"):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
         assert (run / "unlearned" / name).is_file(), name
+    assert not (run / "unlearned" / "reinforced").exists()  # the reinforced adapter is recorded, never copied
+    record = json.loads((run / "unlearned" / "whp_reinforced.json").read_text())
+    assert record["source"] == str((run / "reinforced").resolve()) and len(record["sha256"]) == 64
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert {"base", "reinforced", "unlearned"} <= set(report["results"])
     assert (run / "evaluation" / "report.md").is_file()

@@ -16,7 +16,8 @@ from trl import ModelConfig
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli, pipeline
 from whp_trainer.anchors import AnchorDictionary
 from whp_trainer.evaluation import EvaluateConfig, FamiliarityCallback, evaluate_model, write_report
-from whp_trainer.hub import REINFORCED_SUBFOLDER, build_model_card
+from whp_trainer.hub import build_model_card
+from whp_trainer.runs import record_reinforced_adapter
 
 ANCHORS = {"Harry": ["Jon", "Tom"], "Hogwarts": "Mystic Academy", "Quidditch": "Skyball", "Hermione": "Anna"}
 PROBES = [
@@ -158,13 +159,13 @@ def test_write_report_without_plots(tmp_path):
 
 @pytest.fixture
 def inputs(tokenizer, make_model, reinforced_path, tmp_path):
-    """A saved tiny base, an unlearn output (the unlearning adapter, the reinforced one in reinforced/), texts."""
+    """A saved tiny base, an unlearn output (the unlearning adapter, and the record of its reinforced one), texts."""
     make_model().save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     unlearned = tmp_path / "unlearned"
     torch.manual_seed(2)
     get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(unlearned)
-    reinforced_path.rename(unlearned / REINFORCED_SUBFOLDER)
+    record_reinforced_adapter(unlearned, reinforced_path)
     (tmp_path / "forget.txt").write_text("\n\n".join(FORGET * 3), encoding="utf-8")
     (tmp_path / "retain.txt").write_text("\n\n".join(RETAIN * 3), encoding="utf-8")
     (tmp_path / "anchors.yaml").write_text(yaml.safe_dump(ANCHORS), encoding="utf-8")
@@ -174,12 +175,20 @@ def inputs(tokenizer, make_model, reinforced_path, tmp_path):
     )
 
 
+def test_evaluate_refuses_a_recorded_reinforced_adapter_that_changed(inputs, reinforced_path, tmp_path):
+    (reinforced_path / "adapter_config.json").write_text("{}")  # edited after the unlearning run
+    config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), **SMALL)
+    with pytest.raises(ValueError, match="has changed .* since the unlearning run"):
+        pipeline.evaluate(inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
+    assert not (tmp_path / "evaluation").exists()
+
+
 def test_the_evaluate_stage_end_to_end(inputs, tmp_path, caplog):
     model_args = ModelConfig(model_name_or_path=str(tmp_path / "base"))
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), **SMALL)
     output = Path(pipeline.evaluate(inputs, model_args, config))
     report = json.loads((output / "report.json").read_text())
-    assert list(report["results"]) == ["base", "reinforced", "unlearned"]  # reinforced/ of the unlearn output
+    assert list(report["results"]) == ["base", "reinforced", "unlearned"]  # the unlearn output's recorded reinforced
     assert json.loads((output / "whp_stage.json").read_text())["stage"] == "evaluate"
     assert (output / "probes.json").is_file() and (output / "familiarity_vs_retain.png").is_file()
     assert pipeline.evaluate(inputs, model_args, config) == str(output)  # current: skipped

@@ -38,6 +38,4 @@ def test_fsdp2_trains_the_same_adapter_as_one_process(make_model, tokenizer, tmp
     assert all(fsdp[key].abs().sum() > 0 for key in fsdp if "lora_B" in key)  # trained away from LoRA's zero init
     for key in single:
         torch.testing.assert_close(fsdp[key], single[key], rtol=1e-4, atol=1e-6)
-    reinforced = load_file(tmp_path / "reinforced" / "adapter_model.safetensors")
-    saved = load_file(tmp_path / "fsdp" / "reinforced" / "adapter_model.safetensors")
-    assert saved.keys() == reinforced.keys() and all(torch.equal(saved[k], reinforced[k]) for k in saved)
+    assert not (tmp_path / "fsdp" / "reinforced").exists()  # only the unlearning adapter is saved

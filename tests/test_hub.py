@@ -180,7 +180,7 @@ def test_adapter_form_loads_with_peft_and_gives_the_same_logits(run):
     base = AutoModelForCausalLM.from_pretrained(run["base_dir"])
     model = PeftModel.from_pretrained(base, run["adapter_dir"])
 
-    assert list(model.peft_config) == ["default"]  # the reinforced adapter stays in its subfolder
+    assert list(model.peft_config) == ["default"]
     torch.testing.assert_close(logits_of(model, run["inputs"]), run["logits"], rtol=1e-5, atol=1e-5)
 
 
@@ -198,15 +198,27 @@ def test_merged_export_loads_as_a_plain_model_with_the_same_logits(run, tmp_path
     assert card.data.eval_results[0].metric_value == 0.006
 
 
-def test_merged_export_refuses_to_overwrite(run, tmp_path):
+def test_merged_export_never_writes_into_a_folder_it_did_not_make(run, tmp_path):
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "adapter_config.json").write_text("{}")  # stale file that would make the folder look like an adapter
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.txt").write_text("years of work")
+    (out / "sub" / "notes.txt").write_text("more")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="non-empty folder that whp did not create"):
+            export_merged(run["base_dir"], run["adapter_dir"], out, overwrite=overwrite)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["sub", "sub/notes.txt", "thesis.txt"]
 
-    with pytest.raises(FileExistsError, match="output_dir=.*merged.* is not empty; pass overwrite=True"):
-        export_merged(run["base_dir"], run["adapter_dir"], out)
-    export_merged(run["base_dir"], run["adapter_dir"], out, overwrite=True)
-    assert not (out / "adapter_config.json").exists() and (out / "config.json").exists()
+
+def test_merged_export_overwrite_replaces_only_its_own_files(run, tmp_path):
+    out = export_merged(run["base_dir"], run["adapter_dir"], tmp_path / "merged")
+    (out / "my_notes.txt").write_text("added by the user after the export")
+    weights = (out / "model.safetensors").read_bytes()
+    assert export_merged(run["base_dir"], run["adapter_dir"], out) == out  # the same export: up to date, skipped
+    with pytest.raises(FileExistsError, match="other settings.*--overwrite"):
+        export_merged(run["base_dir"], run["adapter_dir"], out, dtype=torch.bfloat16)
+    export_merged(run["base_dir"], run["adapter_dir"], out, dtype=torch.bfloat16, overwrite=True)
+    assert (out / "my_notes.txt").read_text() == "added by the user after the export"
+    assert (out / "model.safetensors").read_bytes() != weights  # the new export's weights, not the old ones
     with pytest.raises(ValueError, match="holds the export's input"):
         export_merged(run["base_dir"], run["adapter_dir"], run["adapter_dir"], overwrite=True)
     with pytest.raises(FileNotFoundError, match="adapter_dir=.* has no adapter_config.json"):

@@ -1,6 +1,8 @@
 """UnlearnTrainer on tiny Llama models, with batches built by hand in the format of whp_trainer.collator."""
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,7 +189,7 @@ def test_resumed_run_ends_with_the_same_adapter(make_model, reinforced_path, dat
     interrupted.train()
     checkpoint = tmp_path / "resumed" / "out" / "checkpoint-3"
     assert (checkpoint / "adapter_model.safetensors").exists()
-    assert (checkpoint / "reinforced" / "adapter_model.safetensors").exists()
+    assert not (checkpoint / "reinforced").exists()  # resume reloads it from where it came from
     resumed = make_trainer(make_model, reinforced_path, dataset, tmp_path / "resumed", **common)
     resumed.train(resume_from_checkpoint=True)
     a, b = lora_state(straight.model, "default"), lora_state(resumed.model, "default")
@@ -200,7 +202,8 @@ def test_saved_adapter_loads_with_plain_peft(make_model, reinforced_path, datase
     trainer.train()
     trainer.save_model()
     out = tmp_path / "out"
-    assert (out / "reinforced" / "adapter_model.safetensors").exists()
+    assert not (out / "reinforced").exists()
+    assert json.loads((out / "whp_reinforced.json").read_text())["source"] == str(Path(reinforced_path).resolve())
     loaded = PeftModel.from_pretrained(make_model(), out)
     batch = hand_collate([dataset[0]])
     with torch.no_grad():

@@ -74,9 +74,9 @@ class AnchorDictionary:
         """Read a ``.json``, ``.yaml``/``.yml`` or ``.csv`` dictionary file."""
         path = Path(path)
         fmt = _format_of(path)
+        text = read_text(path)
         if fmt == "csv":
             return cls._from_raw(_read_csv(path), str(path))
-        text = path.read_text(encoding="utf-8")
         try:
             data = json.loads(text, object_pairs_hook=_json_pairs) if fmt == "json" else yaml.load(text, _PairsLoader)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
@@ -133,6 +133,14 @@ class AnchorDictionary:
     def compile(self, tokenizer) -> TokenAnchors:
         """Matcher and translator of this dictionary on the token ids of ``tokenizer`` (a fast tokenizer)."""
         return TokenAnchors(self, tokenizer)
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content, with an error naming the file and the byte offset where it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8") from None
 
 
 def _format_of(path: Path) -> str:

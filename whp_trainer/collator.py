@@ -32,13 +32,13 @@ Invariant: ``shift_labels[b, t] != -100`` exactly where ``alignment[b, t] >= 0``
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .anchors import AnchorDictionary
+from .anchors import AnchorDictionary, read_text
 from .targets import IGNORE_INDEX
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "shift_labels")
@@ -70,6 +70,20 @@ def validate_batch(batch: dict, expects_translation: bool = False) -> None:
         has_loss = batch["shift_labels"] != IGNORE_INDEX
         if torch.any(has_loss & (batch["alignment"] < 0)):
             raise ValueError("batch has loss positions (shift_labels != -100) whose alignment is -1")
+
+
+def with_shift_labels(batch: dict) -> dict:
+    """A batch of the standard format (``input_ids``, ``attention_mask``, optional ``labels``, as
+    ``default_data_collator`` or ``DataCollatorForLanguageModeling`` make) with its ``shift_labels`` added: the
+    next token where ``labels`` (else the attention mask) allows a loss. Batches that have them pass unchanged."""
+    if "shift_labels" in batch or "input_ids" not in batch:
+        return batch
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask", torch.ones_like(ids))
+    labels = batch.get("labels", ids.masked_fill(mask == 0, IGNORE_INDEX))
+    shift_labels = torch.full_like(ids, IGNORE_INDEX)
+    shift_labels[:, :-1] = labels[:, 1:]
+    return {**batch, "attention_mask": mask, "shift_labels": shift_labels}
 
 
 class AnchorSwapCollator:
@@ -135,6 +149,7 @@ class AnchorSwapCollator:
     def _token_windows(self, examples: list[dict]) -> list[np.ndarray]:
         """Token ids of each example, ``max_length`` plus the longest anchor form (to see anchors cut at the end)."""
         window = self.max_length + (self.anchors.max_pattern_length if self.anchors else 0)
+        examples = [as_example(example, index) for index, example in enumerate(examples)]
         texts = {
             i: ex[self.text_field] for i, ex in enumerate(examples) if "input_ids" not in ex and self.text_field in ex
         }
@@ -170,6 +185,19 @@ class AnchorSwapCollator:
         if self.anchors is not None:
             batch["alignment"] = torch.from_numpy(alignment)
         return batch, offsets
+
+
+def as_example(example, index: int) -> Mapping:
+    """A dataset row as a mapping; a bare list of token ids (what `split_into_blocks` returns for a list of
+    strings) is read as ``{"input_ids": ...}``."""
+    if isinstance(example, Mapping):
+        return example
+    if isinstance(example, Sequence) and not isinstance(example, str) and all(isinstance(i, int) for i in example):
+        return {"input_ids": list(example)}
+    raise TypeError(
+        f"AnchorSwapCollator: example {index} is a {type(example).__name__}, not a row; expected a mapping with "
+        "'input_ids' (token ids) or a text column, or a list of token ids"
+    )
 
 
 def _plain_alignment(length: int) -> np.ndarray:
@@ -237,5 +265,6 @@ def split_into_blocks(dataset_or_texts, tokenizer, block_size: int, text_field: 
 
 def read_paragraphs(path: str | os.PathLike) -> list[str]:
     """The paragraphs of a text file (separated by blank lines), stripped, empty ones dropped."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     return [paragraph.strip() for paragraph in text.split("\n\n") if paragraph.strip()]
+

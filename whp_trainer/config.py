@@ -9,14 +9,35 @@ from transformers import TrainingArguments
 from .targets import TARGET_MODES
 
 
+class TokensNotPickled:
+    """Pickling (the Trainer's ``torch.save`` of ``training_args.bin``, in every checkpoint) leaves out every
+    ``*_token`` field, so that no Hub token reaches a file that may be uploaded."""
+
+    def __getstate__(self):
+        return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
+
+
+def check_max_steps(args: TrainingArguments) -> None:
+    """``max_steps`` is a positive number of steps, or -1 (train ``num_train_epochs``); anything else is a typo."""
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(
+            f"{type(args).__name__}.max_steps={args.max_steps}: give a positive number of steps, or -1 to train "
+            "num_train_epochs"
+        )
+
+
 @dataclass
-class UnlearnConfig(TrainingArguments):
+class UnlearnConfig(TokensNotPickled, TrainingArguments):
     """Settings of :class:`~whp_trainer.UnlearnTrainer`. Every ``TrainingArguments`` field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): α = 5, ReLU on the reinforced boost, argmax (hard) targets, both
     consistency rules on, blocks of 512 tokens.
     """
 
+    output_dir: str = field(
+        default="whp-unlearned",
+        metadata={"help": "Where the unlearning adapter, its card and the checkpoints are written."},
+    )
     alpha: float = field(
         default=5.0,
         metadata={"help": "α in v_generic = v_baseline − α·ReLU(v_reinforced − v_baseline). The paper uses 5."},
@@ -90,6 +111,7 @@ class UnlearnConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        check_max_steps(self)
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
         if self.alpha < 0:

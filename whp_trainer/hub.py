@@ -2,8 +2,9 @@
 
 Two forms leave a run:
 
-- ``"adapter"``: what ``UnlearnTrainer.save_model()`` writes; the unlearning adapter at the folder's root (loads with
-  ``PeftModel.from_pretrained(base, folder)``) and the reinforced adapter in ``reinforced/``;
+- ``"adapter"``: what ``UnlearnTrainer.save_model()`` writes: the unlearning adapter alone (loads with
+  ``PeftModel.from_pretrained(base, folder)``); the reinforced adapter stays where it was, recorded in
+  ``whp_reinforced.json``, which is never uploaded;
 - ``"merged"``: :func:`export_merged`, the unlearning adapter merged into the full-precision base (loads with
   ``AutoModelForCausalLM.from_pretrained(folder)``).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import warnings
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
@@ -21,12 +21,15 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from peft import PeftConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .config import UnlearnConfig
+from .runs import (
+    MARKERS, REINFORCED_RECORD, begin_stage, file_digest, finish_stage, fingerprint, recorded_reinforced_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ CARD_METADATA_KEY = "whp_trainer"  # the run's settings in the card's YAML, so a
 EVAL_ROLE = "unlearned"  # the role in ``eval_results`` whose metrics are this model's (the card's ``model-index``)
 DICTIONARY_KEYS = ("size", "hash", "path")
 REINFORCED_SUBFOLDER = "reinforced"
+OPTIMIZER_STATE_PATTERNS = ("*optimizer.pt", "*optimizer.bin", "*optim_states.pt", "*scheduler.pt", "*scaler.pt")
 EXTRAS_FOLDER = "whp"  # where push_to_hub puts the dictionary and the evaluation report in the repo
 TEMPLATE = resources.files("whp_trainer") / "templates" / "model_card.md"
 CITATION = """@misc{eldan2023whos,
@@ -282,9 +286,11 @@ def export_merged(
             ``base_model_name_or_path`` of the adapter's config.
         adapter_dir: folder with the unlearning adapter at its root (``adapter_config.json``). Its ``reinforced/``
             subfolder is never applied.
-        output_dir: where the merged model, tokenizer and card go; must be empty or absent unless ``overwrite``.
+        output_dir: where the merged model, tokenizer and card go: a new or empty folder, or an earlier export's
+            (skipped when made from the same inputs). A non-empty folder whp did not make is never written into.
         dtype: dtype of the loaded base (``"auto"``: the checkpoint's).
-        overwrite: replace a non-empty ``output_dir``.
+        overwrite: replace an earlier export made from other inputs (only the files that export wrote are
+            deleted; see `whp_trainer.runs`).
         tokenizer: saved with the model; default: the one in ``adapter_dir``, else the base's.
         card: the card to write; default: ``adapter_dir``'s whp_trainer card re-rendered in the merged form.
 
@@ -295,29 +301,26 @@ def export_merged(
         raise FileNotFoundError(f"adapter_dir={str(adapter_dir)!r} has no adapter_config.json")
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
-    check_output_dir(output_dir, overwrite, inputs=[adapter_dir, base_source])
+    check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
+    in_memory = isinstance(base_source, torch.nn.Module)
+    print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype))
+    if not begin_stage(output_dir, "export", print_, overwrite):
+        return output_dir
     merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype), adapter_dir).merge_and_unload()
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # overwrite=True: no stale file (e.g. an adapter_config.json) may survive
     merged.save_pretrained(output_dir)
     save_tokenizer(find_tokenizer(adapter_dir, base_source) if tokenizer is None else tokenizer, output_dir)
     save_card(merged_model_card(adapter_dir) if card is None else card, output_dir)
+    finish_stage(output_dir, "export", print_)
     return output_dir
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, inputs: list) -> None:
-    """Refuse a non-empty ``output_dir`` (unless ``overwrite``) and one that is, or holds, an input of the export."""
+def check_export_inputs(output_dir: Path, inputs: list) -> None:
+    """Refuse an ``output_dir`` that is, or holds, an input of the export."""
     for source in inputs:
         if isinstance(source, (str, os.PathLike)) and Path(source).exists():
             source = Path(source).resolve()
             if source == output_dir.resolve() or output_dir.resolve() in source.parents:
                 raise ValueError(f"output_dir={str(output_dir)!r} holds the export's input {str(source)!r}")
-    if output_dir.is_file():
-        raise ValueError(f"output_dir={str(output_dir)!r} is a file")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output_dir={str(output_dir)!r} is not empty; pass overwrite=True to replace it, or choose another folder"
-        )
 
 
 def load_full_precision_base(source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str) -> torch.nn.Module:
@@ -391,8 +394,9 @@ def push_to_hub(
 ):
     """Upload an ``"adapter"`` or ``"merged"`` folder to the Hub model repo ``repo_id`` in one commit.
 
-    Never uploads ``reinforced_subfolder`` (the reinforced adapter knows MORE about the target than the base)
-    unless ``include_reinforced``, nor hidden entries or ``checkpoint-*`` folders. ``dictionary_file`` and
+    Never uploads the reinforced adapter (it knows MORE about the target than the base) unless
+    ``include_reinforced`` (then the recorded one goes to ``reinforced_subfolder``), nor optimizer state, whp's local
+    records, hidden entries or ``checkpoint-*`` folders (see `local_only_patterns`). ``dictionary_file`` and
     ``eval_report`` (a file, or a dict written as JSON) go under ``whp/``; a report with ``results`` (as
     ``whp evaluate`` writes it) also puts them in the uploaded model card. The repo is created if absent
     (``private`` applies only then), and the ``revision`` branch too. The token is ``token``, else ``HF_TOKEN`` or
@@ -467,24 +471,41 @@ def resolve_token(token: str | None) -> str:
 
 
 def upload_operations(folder: Path, include_reinforced: bool, reinforced_subfolder: str) -> list[CommitOperationAdd]:
-    """One ``CommitOperationAdd`` per file of ``folder`` that belongs in the repo (sorted by path)."""
-    if include_reinforced and (folder / reinforced_subfolder).is_dir():
-        warnings.warn(
-            f"include_reinforced=True: uploading {folder / reinforced_subfolder}, the REINFORCED adapter. It knows "
-            "MORE about the forget target than the base model; anyone can load it and undo the unlearning.",
-            UserWarning,
-            stacklevel=3,
-        )
-    operations = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder).as_posix()
-        top = relative.split("/")[0]
-        if top.startswith(".") or top.startswith("checkpoint-"):
-            continue
-        if top == reinforced_subfolder and "/" in relative and not include_reinforced:
-            continue
-        operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path)))
-    return operations
+    """One ``CommitOperationAdd`` per file of ``folder`` that belongs in the repo (sorted by path): nothing of
+    :func:`local_only_patterns`, no ``checkpoint-*`` folder; the reinforced adapter only with ``include_reinforced``."""
+    files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    ignored = ["checkpoint-*", *local_only_patterns(reinforced_subfolder)]
+    operations = [
+        CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(folder / relative))
+        for relative in filter_repo_objects(files, ignore_patterns=ignored)
+    ]
+    return operations + (reinforced_operations(folder, reinforced_subfolder) if include_reinforced else [])
+
+
+def reinforced_operations(folder: Path, reinforced_subfolder: str) -> list[CommitOperationAdd]:
+    """The reinforced adapter of the run in ``folder`` (its recorded source), uploaded to ``reinforced_subfolder``."""
+    source = recorded_reinforced_adapter(folder)
+    source = Path(source) if source else folder / reinforced_subfolder
+    if not (source / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"include_reinforced=True, but {folder} records no local reinforced adapter")
+    warnings.warn(
+        f"include_reinforced=True: uploading {source}, the REINFORCED adapter. It knows MORE about the forget target "
+        "than the base model; anyone can load it and undo the unlearning.",
+        UserWarning,
+        stacklevel=4,
+    )
+    files = sorted(path.relative_to(source).as_posix() for path in source.iterdir() if path.is_file())
+    return [
+        CommitOperationAdd(path_in_repo=f"{reinforced_subfolder}/{name}", path_or_fileobj=str(source / name))
+        for name in filter_repo_objects(files, allow_patterns=["adapter_config.json", "adapter_model.*"])
+    ]
+
+
+def local_only_patterns(reinforced_subfolder: str = REINFORCED_SUBFOLDER) -> list[str]:
+    """What no upload may send (fnmatch patterns, as ``huggingface_hub`` applies them): the reinforced adapter (it
+    knows MORE about the target than the base), optimizer state, and whp's local records (markers, the reinforced
+    adapter's local path)."""
+    return [f"{reinforced_subfolder}/*", *OPTIMIZER_STATE_PATTERNS, REINFORCED_RECORD, *MARKERS, ".*"]
 
 
 def extra_operations(dictionary_file, eval_report) -> list[CommitOperationAdd]:

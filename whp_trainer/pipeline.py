@@ -7,7 +7,6 @@ Every stage writes ``whp_stage.json`` into its output folder with a fingerprint 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -16,16 +15,17 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .anchors import AnchorDictionary
+from .anchors import AnchorDictionary, read_text
 from .collator import read_paragraphs, split_into_blocks
 from .config import UnlearnConfig
+from .runs import (
+    begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
-STAGE_FILE = "whp_stage.json"
 HISTORY_FILE = "familiarity_history.json"  # the unlearn stage's FamiliarityCallback measurements, for the report
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 
@@ -109,11 +109,33 @@ def load_texts(path: str | os.PathLike, text_field: str = "text") -> Dataset:
             raise ValueError(f"{path}: the folder holds no .txt files")
         return Dataset.from_dict({"text": [paragraph for file in files for paragraph in read_paragraphs(file)]})
     if path.suffix in (".json", ".jsonl"):
+        if path.suffix == ".jsonl":
+            check_json_lines(path)
         dataset = load_dataset("json", data_files=str(path), split="train")
         if text_field not in dataset.column_names:
             raise ValueError(f"{path}: no column {text_field!r} (columns: {dataset.column_names}); set --text_field")
         return dataset.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else dataset
     raise ValueError(f"{path}: unsupported data file; expected .txt, a folder of .txt, .json or .jsonl")
+
+
+def check_json_lines(path: Path) -> None:
+    """Every non-blank line of a .jsonl file is a JSON object; the error names the file and line."""
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+
+
+def require_text(texts: Dataset, path: Path, stage: str) -> Dataset:
+    """Refuse data with no text at all (an empty or whitespace-only file) before any model loads."""
+    if not any(isinstance(text, str) and text.strip() for text in texts["text"]):
+        raise ValueError(f"whp {stage}: {path} holds no text")
+    return texts
 
 
 def load_tokenizer(model_args: ModelConfig):
@@ -134,75 +156,6 @@ def load_base_model(model_args: ModelConfig):
     )
 
 
-# ------------------------------------------------------------------------------------------------- stage markers
-
-
-def fingerprint(*parts) -> str:
-    """A hash of a stage's settings (dataclasses) and of the content of the files it reads."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if dataclasses.is_dataclass(part):
-            part = part.to_dict() if hasattr(part, "to_dict") else dataclasses.asdict(part)
-            part = {key: value for key, value in part.items() if "logging_dir" not in key}
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def file_digest(path: str | os.PathLike | None) -> str | None:
-    """Content hash of a file or of a folder's files (None when there is no path)."""
-    if not path:
-        return None
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def stage_state(output_dir: str | os.PathLike, print_: str) -> str:
-    """``"current"`` (done with this fingerprint), ``"absent"`` (nothing there yet, or an interrupted run of the same
-    settings to resume), ``"different"`` (made with other settings) or ``"foreign"`` (a non-empty folder that no
-    stage made)."""
-    folder = Path(output_dir)
-    marker, started = folder / STAGE_FILE, folder / f".{STAGE_FILE}"
-    if marker.is_file():
-        return "current" if json.loads(marker.read_text())["fingerprint"] == print_ else "different"
-    if started.is_file():
-        return "absent" if json.loads(started.read_text())["fingerprint"] == print_ else "different"
-    return "foreign" if folder.is_dir() and any(folder.iterdir()) else "absent"
-
-
-def begin_stage(output_dir: str | os.PathLike, stage: str, print_: str, overwrite: bool = False) -> bool:
-    """Prepare ``output_dir`` for a stage; return False when its output is already current (nothing to do)."""
-    state = stage_state(output_dir, print_)
-    if state == "current" and not overwrite:
-        logger.warning("whp %s: %s is up to date, skipped", stage, output_dir)
-        return False
-    if state == "different" and not overwrite:
-        raise FileExistsError(
-            f"whp {stage}: {output_dir} holds the output of a run with other settings; "
-            "choose another output_dir, delete it, or pass --overwrite"
-        )
-    if state == "foreign":  # never written into, even with --overwrite: it is not ours
-        raise FileExistsError(f"whp {stage}: output_dir {output_dir} is a non-empty folder that whp did not create")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / STAGE_FILE).unlink(missing_ok=True)
-    (Path(output_dir) / f".{STAGE_FILE}").write_text(json.dumps({"stage": stage, "fingerprint": print_}))
-    return True
-
-
-def finish_stage(output_dir: str | os.PathLike, stage: str, print_: str) -> None:
-    (Path(output_dir) / f".{STAGE_FILE}").unlink(missing_ok=True)
-    (Path(output_dir) / STAGE_FILE).write_text(json.dumps({"stage": stage, "fingerprint": print_}, indent=2))
-
-
-def resume_point(output_dir: str | os.PathLike) -> str | None:
-    """The last checkpoint of an interrupted run in ``output_dir``, if any."""
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-
-
 # ---------------------------------------------------------------------------------------------------------- stages
 
 
@@ -212,12 +165,12 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
 
     forget = require_path(data.forget_data, "forget_data", "reinforce")
     require_model(model_args, "reinforce")
+    texts = require_text(load_texts(forget, data.text_field), forget, "reinforce")
     print_ = fingerprint("reinforce", args, model_args, file_digest(forget), data.text_field)
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
-    texts = load_texts(forget, data.text_field)
     tokenizer = load_tokenizer(model_args)
-    args.resume_from_checkpoint = resume_point(args.output_dir)
+    args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     train_reinforced_adapter(load_base_model(model_args), tokenizer, texts, lora_config(model_args), args)
     tokenizer.save_pretrained(args.output_dir)
     finish_stage(args.output_dir, "reinforce", print_)
@@ -241,10 +194,11 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         "unlearn", args, model_args, file_digest(forget), file_digest(reinforced), anchors and anchors.content_hash,
         probes, file_digest(retain),
     )
+    texts = require_text(load_texts(forget, data.text_field), forget, "unlearn")
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
     tokenizer = load_tokenizer(model_args)
-    blocks = split_into_blocks(load_texts(forget, data.text_field), tokenizer, args.max_length)
+    blocks = split_into_blocks(texts, tokenizer, args.max_length)
     trainer = UnlearnTrainer(
         model=load_base_model(model_args),
         args=args,
@@ -256,7 +210,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     )
     trainer.dataset_description = data.dataset_description
     monitor = familiarity_monitor(trainer, probes, retain, data.text_field) if probes else None
-    trainer.train(resume_from_checkpoint=resume_point(args.output_dir))
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model()
     if monitor:
         (Path(args.output_dir) / HISTORY_FILE).write_text(json.dumps(monitor.history, indent=1), encoding="utf-8")
@@ -306,14 +260,12 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
 
 def evaluation_adapters(data: DataArguments, roles: list[str]) -> dict[str, Path]:
-    """Role -> adapter folder of the roles asked for; the reinforced adapter defaults to the unlearn output's
-    ``reinforced/`` subfolder. A role without its adapter is skipped with a note; none at all is an error."""
-    from .hub import REINFORCED_SUBFOLDER
-
+    """Role -> adapter folder of the roles asked for; the reinforced adapter defaults to the one the unlearning run
+    recorded (checked against its hash). A role without its adapter is skipped with a note; none at all is an error."""
     unlearned = require_adapter(data.unlearned_adapter, "unlearned_adapter", "evaluate") if data.unlearned_adapter else None
     reinforced = data.reinforced_adapter
-    if reinforced is None and unlearned is not None and (unlearned / REINFORCED_SUBFOLDER).is_dir():
-        reinforced = str(unlearned / REINFORCED_SUBFOLDER)
+    if reinforced is None and unlearned is not None:
+        reinforced = recorded_reinforced_adapter(unlearned)
     reinforced = require_adapter(reinforced, "reinforced_adapter", "evaluate") if reinforced else None
     adapters = {}
     for role, path in (("reinforced", reinforced), ("unlearned", unlearned)):
@@ -449,13 +401,20 @@ class PublishArguments:
     dictionary_file: str | None = field(default=None, metadata={"help": "push: also upload this anchor dictionary."})
     eval_report: str | None = field(default=None, metadata={"help": "push: also upload this evaluation report (JSON)."})
     include_reinforced: bool = field(
-        default=False, metadata={"help": "push: also upload reinforced/ — the MORE knowledgeable adapter. Rarely wise."}
+        default=False,
+        metadata={"help": "push: also upload the run's reinforced adapter (to reinforced/) — the MORE knowledgeable "
+                  "adapter, with which anyone can undo the unlearning. Rarely wise."},
+    )
+    token: str | None = field(
+        default=None, metadata={"help": "push: a Hub token with write access (default: HF_TOKEN or the cached login)."}
     )
     merged_dir: str | None = field(default=None, metadata={"help": "export: where to write the merged model."})
     base_model: str | None = field(
         default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "export: replace a non-empty merged_dir."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "export: replace an earlier export in merged_dir (never a folder whp did not make)."}
+    )
 
 
 def export(args: PublishArguments) -> str:
@@ -481,6 +440,7 @@ def push(args: PublishArguments):
         dictionary_file=args.dictionary_file,
         eval_report=args.eval_report,
         include_reinforced=args.include_reinforced,
+        token=args.token,
     )
 
 

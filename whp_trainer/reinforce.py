@@ -17,13 +17,14 @@ from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenize
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig, SFTTrainer
 
+from .config import TokensNotPickled, check_max_steps
 from .models import guard_cpu_4bit
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ReinforceConfig(SFTConfig):
+class ReinforceConfig(TokensNotPickled, SFTConfig):
     """Settings of :func:`train_reinforced_adapter`. Every ``SFTConfig`` field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): 3 epochs over the target in blocks of 512 tokens. Unlike
@@ -31,6 +32,9 @@ class ReinforceConfig(SFTConfig):
     than truncated, so that the adapter sees the whole target.
     """
 
+    output_dir: str = field(
+        default="whp-reinforced", metadata={"help": "Where the reinforced adapter and the checkpoints are written."}
+    )
     num_train_epochs: float = field(
         default=3.0, metadata={"help": "Passes over the forget target (the paper: 3)."}
     )
@@ -67,6 +71,7 @@ class ReinforceConfig(SFTConfig):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and is_torch_bf16_gpu_available()
         super().__post_init__()
+        check_max_steps(self)
 
 
 def train_reinforced_adapter(

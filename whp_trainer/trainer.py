@@ -8,18 +8,23 @@ unlearning adapter) on the original block, trained towards those targets.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from collections import defaultdict
+from unittest import mock
 
 import torch
+import transformers.trainer
 from datasets import Dataset
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
-from .collator import AnchorSwapCollator, validate_batch
+from .collator import AnchorSwapCollator, validate_batch, with_shift_labels
 from .config import UnlearnConfig
 from .models import (
     BASELINE,
@@ -30,7 +35,8 @@ from .models import (
     prepare_unlearning_model,
     teacher_pass,
 )
-from .hub import write_model_card
+from .hub import local_only_patterns, write_model_card
+from .runs import last_complete_checkpoint, record_reinforced_adapter
 from .targets import IGNORE_INDEX, distillation_loss, generic_logits, make_targets, suppress
 
 logger = logging.getLogger(__name__)
@@ -71,6 +77,9 @@ class UnlearnTrainer(Trainer):
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig, got {type(args).__name__}")
         anchors = _load_anchors(anchors)
+        # the Trainer seeds in its __init__, after the unlearning adapter below is initialised: seed before it
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+        check_vocabulary(model, processing_class)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
         )
@@ -113,10 +122,15 @@ class UnlearnTrainer(Trainer):
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         # The Trainer counts loss positions only when a batch has "labels"; ours are in "shift_labels".
-        counted = [{"labels": batch["shift_labels"], "shift_labels": batch["shift_labels"]} for batch in batch_samples]
+        shifted = [with_shift_labels(batch)["shift_labels"] for batch in batch_samples]
+        counted = [{"labels": labels, "shift_labels": labels} for labels in shifted]
         return super()._get_num_items_in_batch(counted, device)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:  # the Trainer would take the newest checkpoint, even one cut short by a kill
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint")
         if self.args.cache_targets and not isinstance(self.data_collator, CachedTargetsCollator):
             if not isinstance(self.train_dataset, Dataset):
                 raise TypeError("UnlearnConfig.cache_targets needs train_dataset to be a datasets.Dataset")
@@ -124,7 +138,11 @@ class UnlearnTrainer(Trainer):
                 batch_size = self.args.per_device_train_batch_size
                 self.train_dataset = with_cached_targets(self, self.train_dataset, batch_size)
             self.data_collator = CachedTargetsCollator(self.data_collator)
-        return super().train(*args, **kwargs)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _prepare_inputs(self, inputs):
+        """Batches of the standard ``input_ids``/``attention_mask``(/``labels``) format get their ``shift_labels``."""
+        return with_shift_labels(super()._prepare_inputs(inputs))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         validate_batch(inputs, expects_translation=self.anchors is not None)
@@ -260,10 +278,34 @@ class UnlearnTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the adapters (the unlearning one at the root, the reinforced one in its subfolder) and the card."""
-        super()._save(output_dir, state_dict)
+        """Save the unlearning adapter alone (never the reinforced one: it knows the target better than the base),
+        where the reinforced adapter came from (``whp_reinforced.json``, never uploaded), and the card."""
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        save = functools.partial(type(model).save_pretrained, model, selected_adapters=[self.args.unlearn_adapter_name])
+        with mock.patch.object(model, "save_pretrained", save):
+            super()._save(output_dir, state_dict)
         if self.args.should_save:  # after PEFT, which writes a README.md of its own
-            self._write_model_card(output_dir or self.args.output_dir)
+            self._write_model_card(output_dir)
+            record_reinforced_adapter(output_dir, self.reinforced_adapter)
+
+    def push_to_hub(self, *args, **kwargs):
+        """``Trainer.push_to_hub``, never uploading the reinforced adapter, optimizer state or whp's local records."""
+        with self._local_files_kept_local():
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with self._local_files_kept_local():
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    @contextlib.contextmanager
+    def _local_files_kept_local(self):
+        """Every ``upload_folder`` of the Trainer's push paths (all ``hub_strategy`` values) gets whp's ignore patterns.
+        Patching fails loudly if transformers stops calling ``hf_api`` there, rather than uploading unfiltered."""
+        ignored = local_only_patterns(self.args.reinforced_adapter_name)
+        original = transformers.trainer.hf_api
+        with mock.patch.object(transformers.trainer, "hf_api", lambda: FilteredUploads(original(), ignored)):
+            yield
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
         """Write the run's model card to ``output_dir`` (``Trainer.push_to_hub`` calls this before uploading)."""
@@ -298,6 +340,33 @@ class UnlearnTrainer(Trainer):
 def pad_right(tensor: torch.Tensor, width: int) -> torch.Tensor:
     """Right-pad a ``(B, T)`` tensor with zeros (masked out) to ``width`` columns."""
     return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
+
+
+class FilteredUploads:
+    """An ``HfApi`` whose ``upload_folder`` always ignores ``ignored`` (fnmatch patterns) as well."""
+
+    def __init__(self, api, ignored: list[str]):
+        self.api, self.ignored = api, ignored
+
+    def __getattr__(self, name):
+        return getattr(self.api, name)
+
+    def upload_folder(self, *args, ignore_patterns=None, **kwargs):
+        if isinstance(ignore_patterns, str):
+            ignore_patterns = [ignore_patterns]
+        return self.api.upload_folder(*args, ignore_patterns=[*(ignore_patterns or []), *self.ignored], **kwargs)
+
+
+def check_vocabulary(model, tokenizer) -> None:
+    """Refuse a tokenizer with ids the model has no embedding for (it would fail at the first step)."""
+    if tokenizer is None or not hasattr(tokenizer, "__len__") or not hasattr(model, "get_input_embeddings"):
+        return
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: they do not belong together "
+            "(load the tokenizer of the same checkpoint, or resize the model's embeddings)"
+        )
 
 
 def _load_anchors(anchors) -> AnchorDictionary | None:
