@@ -103,7 +103,7 @@ def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
 
 def test_flags_override_the_config_file(tmp_path):
     path = write_config(tmp_path / "unlearn.yaml", {"output_dir": "out", "alpha": 2.0, "learning_rate": 1e-3})
-    _, model, args, _ = cli.parse_stage("unlearn", ["--config", str(path), "--alpha", "3", "--lora_r", "8"])
+    (_, model, args), _ = cli.parse_stage("unlearn", ["--config", str(path), "--alpha", "3", "--lora_r", "8"])
     assert (args.alpha, args.learning_rate, model.lora_r, args.output_dir) == (3.0, 1e-3, 8, "out")
 
 
@@ -111,7 +111,7 @@ def test_run_overrides_reach_the_stage_options(files, tmp_path):
     config = run_config(files, tmp_path / "run", unlearn={"alpha": 2.0})
     config = cli.apply_overrides(config, ["--unlearn.alpha", "3", "--model.lora_r", "8"], "run.yaml")
     [(stage, options)] = cli.plan_run(config, "run.yaml")
-    _, model, args, _ = cli.parse_stage(stage, [], options)
+    (_, model, args), _ = cli.parse_stage(stage, [], options)
     assert (args.alpha, model.lora_r, args.output_dir) == (3.0, 8, str(tmp_path / "run" / "unlearned"))
 
 
@@ -120,6 +120,10 @@ def test_every_run_stage_option_is_checked_before_the_first_stage(files, tmp_pat
     error = run_main(capsys, "run", str(write_config(tmp_path / "run.yaml", config)))
     assert "unknown key(s) for whp unlearn: alpah" in error and "[unlearn]" in error
     assert not (tmp_path / "run").exists()
+
+
+UNLEARN = ["unlearn", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
+           "{files}/forget.txt", "--anchors", "{files}/anchors.yaml"]
 
 
 @pytest.mark.parametrize(
@@ -144,10 +148,31 @@ def test_every_run_stage_option_is_checked_before_the_first_stage(files, tmp_pat
         (["run", "{tmp}/sections.yaml"], "{tmp}/sections.yaml: unknown section(s) unlern"),
         (["run", "{tmp}/broken.yaml"], "{tmp}/broken.yaml: not valid YAML at line 2, column 1"),
         (["forget"], "unknown command 'forget'"),
+        (["unlearn", "--config", "{tmp}/five.yaml"], "{tmp}/five.yaml: alpha: expected a number, got 'five'"),
+        (["unlearn", "--config", "{tmp}/abc.yaml"], "{tmp}/abc.yaml: learning_rate: expected a number, got 'abc'"),
+        (["unlearn", "--config", "{tmp}/list.yaml"], "{tmp}/list.yaml: alpha: expected a number, got [1, 2]"),
+        (["unlearn", "--config", "{tmp}/modules.yaml"], "{tmp}/modules.yaml: lora_target_modules: expected a list"),
+        (["unlearn", "--alpha", "five"], "whp unlearn: argument --alpha: invalid float value: 'five'"),
+        (["unlearn", "--max_steps", "-3"], "max_steps=-3: give a positive number of steps, or -1"),
+        (UNLEARN + ["--forget_data", "{tmp}/latin1.txt"], "{tmp}/latin1.txt: not UTF-8 text (byte 5"),
+        (UNLEARN + ["--anchors", "{tmp}/latin1.yaml"], "{tmp}/latin1.yaml: not UTF-8 text"),
+        (UNLEARN + ["--forget_data", "{tmp}/broken.jsonl"], "{tmp}/broken.jsonl, line 2: not valid JSON"),
+        (UNLEARN + ["--forget_data", "{tmp}/blank.txt"], "whp unlearn: {tmp}/blank.txt holds no text"),
+        (UNLEARN + ["--model_name_or_path", "models/llama"], "--model_name_or_path models/llama: no such local folder"),
+        (UNLEARN + ["--output_dir", "{tmp}/bad.yaml"], "output_dir {tmp}/bad.yaml is a file"),
+        (["push", "--folder", "{files}", "--repo_id", "me/model", "--token", "hf_x"], "has no adapter_config.json"),
     ],
 )
 def test_bad_input_stops_with_one_clear_message(argv, message, files, tmp_path, capsys, no_model_loading):
     write_config(tmp_path / "bad.yaml", {"alhpa": 5})
+    write_config(tmp_path / "five.yaml", {"alpha": "five"})
+    write_config(tmp_path / "abc.yaml", {"learning_rate": "abc"})
+    write_config(tmp_path / "list.yaml", {"alpha": [1, 2]})
+    write_config(tmp_path / "modules.yaml", {"lora_target_modules": {"a": 1}})
+    (tmp_path / "latin1.txt").write_bytes("Harry\xe9 went home.".encode("latin-1"))
+    (tmp_path / "latin1.yaml").write_bytes("Harry: J\xf6n\n".encode("latin-1"))
+    (tmp_path / "broken.jsonl").write_text('{"text": "Harry"}\n{"text": broken\n', encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("  \n\n \n", encoding="utf-8")
     write_config(tmp_path / "sections.yaml", {"unlern": {"alpha": 5}})
     (tmp_path / "broken.yaml").write_text("unlearn: [alpha: 5\n", encoding="utf-8")
     fill = {"tmp": str(tmp_path), "files": str(files)}
@@ -188,6 +213,39 @@ def test_a_folder_whp_did_not_write_is_never_written_into(files, tmp_path, capsy
     assert [path.name for path in mine.iterdir()] == ["notes.txt"]
 
 
+def test_whp_push_offline_says_so_in_one_line(files, tmp_path, capsys):
+    folder = tmp_path / "adapter"
+    cli.main(["unlearn", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
+              "--anchors", str(files / "anchors.yaml"), "--output_dir", str(folder), "--lora_r", "4",
+              *[f"--{key}={value}" for key, value in TRAINING.items() if key != "report_to"]])
+    capsys.readouterr()
+    error = run_main(capsys, "push", "--folder", str(folder), "--repo_id", "me/model", "--token", "hf_x")
+    assert error.startswith("whp: error: whp push: the Hub did not take the upload to me/model") and "offline" in error
+    assert len(error.splitlines()) == 1
+
+
+def test_a_dictionary_that_matches_nothing_is_refused_before_the_model_loads(files, tmp_path, capsys, monkeypatch):
+    write_config(tmp_path / "elsewhere.yaml", {"Gandalf": "Tom", "Mordor": "Far Land"})
+    monkeypatch.setattr(pipeline, "load_base_model", lambda *a: pytest.fail("the model was loaded"))
+    error = run_main(capsys, *(item.format(tmp=tmp_path, files=files) for item in UNLEARN[:-1]), str(tmp_path / "elsewhere.yaml"))
+    assert "no anchor of the dictionary occurs in the training data" in error
+
+
+def test_run_help_prints_help(capsys):
+    cli.main(["run", "--help"])
+    assert "usage: whp run CONFIG.yaml" in capsys.readouterr().out
+
+
+def test_stage_help_shows_config_and_the_methods_own_options_first(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["unlearn", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    position = {name: next(i for i, line in enumerate(lines) if line.lstrip().startswith(name)) for name in
+                ("--config", "--alpha", "--forget_data", "--lora_r", "--learning_rate")}
+    assert position["--config"] < position["--alpha"] < 40
+    assert position["--alpha"] < position["--forget_data"] < position["--lora_r"] < position["--learning_rate"]
+
+
 def test_help_lists_every_option_with_its_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["unlearn", "--help"])
@@ -206,7 +264,7 @@ def test_the_paper_config_example_is_valid():
             options["bf16"] = False
         parsed = cli.parse_stage(stage, [], options, f"{path} [{stage}]")
         if stage == "unlearn":
-            _, model, args, _ = parsed
+            (_, model, args), _ = parsed
             assert (args.alpha, args.max_length, args.target_mode, model.load_in_4bit) == (5.0, 512, "argmax", True)
             assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 128  # the paper: 8 × 16
 

@@ -220,10 +220,10 @@ def test_the_cli_parses_lists_and_next_token_prompts(tmp_path):
     options = {"output_dir": "e", "roles": ["base", "unlearned"], "next_token_prompts": NEXT_TOKENS,
                "lm_eval_tasks": ["piqa"]}
     path.write_text(yaml.safe_dump(options), encoding="utf-8")
-    *_, config, _ = cli.parse_stage("evaluate", ["--config", str(path)])
+    (*_, config), _ = cli.parse_stage("evaluate", ["--config", str(path)])
     assert (config.roles, config.next_token_prompts, config.lm_eval_tasks) == (["base", "unlearned"], NEXT_TOKENS,
                                                                                ["piqa"])
-    *_, config, _ = cli.parse_stage("evaluate", ["--next_token_prompts", '{"Harry Potter studies": " magic"}',
+    (*_, config), _ = cli.parse_stage("evaluate", ["--next_token_prompts", '{"Harry Potter studies": " magic"}',
                                                  "--roles", "unlearned", "--no_hints"])
     assert (config.next_token_prompts, config.roles, config.hints) == ({"Harry Potter studies": [" magic"]},
                                                                        ["unlearned"], False)

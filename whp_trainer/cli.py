@@ -6,16 +6,16 @@ by TRL's parser: ``--config FILE.yaml`` sets them, flags override the file, ``--
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+import types
+import typing
+import warnings
+from enum import Enum
 from pathlib import Path
 
 import yaml
-from trl import ModelConfig, TrlParser
-
-from . import pipeline
-from .config import UnlearnConfig
-from .pipeline import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
 
 COMMANDS = {
     "reinforce": "Stage 1: train the reinforced LoRA adapter on the forget target.",
@@ -33,11 +33,28 @@ USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COM
 )
 
 
+RUN_HELP = """usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value ...]
+
+Run the stage sections of CONFIG.yaml in order: reinforce, anchors, unlearn, evaluate, push. Shared sections:
+output_dir (stage outputs go to its reinforced/, unlearned/, evaluation/), model (ModelConfig options) and data
+(DataArguments options); each stage section takes that stage's options (whp STAGE --help). A stage whose output
+is current is skipped; an interrupted one resumes from its last complete checkpoint.
+
+options:
+  --overwrite           redo stages whose output_dir holds a run with other settings (deleting only what that
+                        run wrote)
+  --SECTION.OPTION V    override one option of the file, e.g. --unlearn.alpha 3"""
+
+
 class CliError(Exception):
     """A user error, printed as one line before anything is loaded."""
 
 
 def stage_dataclasses(command: str) -> tuple:
+    from trl import ModelConfig
+
+    from .pipeline import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
+
     if command == "reinforce":
         from .reinforce import ReinforceConfig
 
@@ -45,6 +62,8 @@ def stage_dataclasses(command: str) -> tuple:
     if command == "anchors":
         return DataArguments, ModelConfig, DiscoverArguments
     if command == "unlearn":
+        from .config import UnlearnConfig
+
         return DataArguments, ModelConfig, UnlearnConfig
     if command == "evaluate":
         from .evaluation import EvaluateConfig
@@ -57,11 +76,55 @@ def stage_dataclasses(command: str) -> tuple:
     raise CliError(f"unknown command {command!r}\n{USAGE}")
 
 
-def parser_for(command: str) -> TrlParser:
-    parser = TrlParser(stage_dataclasses(command), prog=f"whp {command}", description=COMMANDS[command])
+def parser_for(command: str):
+    """The stage's parser: its own options first in ``--help``, errors as one line (no usage dump)."""
+    from trl import TrlParser
+
+    class StageParser(TrlParser):
+        def error(self, message):
+            raise CliError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    dataclass_types = stage_dataclasses(command)
+    parser = StageParser(dataclass_types, prog=f"whp {command}", description=COMMANDS[command])
+    parser.usage = f"whp {command} [--config FILE.yaml] [--OPTION VALUE ...]"
+    parser.add_argument("--config", metavar="FILE.yaml", help="Read options from a YAML file; flags override it.")
     if command in ("reinforce", "unlearn", "evaluate"):
-        parser.add_argument("--overwrite", action="store_true", help="Replace an output made with other settings.")
+        parser.add_argument(
+            "--overwrite", action="store_true",
+            help="Delete what an earlier run of this stage wrote to output_dir (and only that), and start over.",
+        )
+    group_help(parser, dataclass_types)
     return parser
+
+
+def group_help(parser, dataclass_types: tuple) -> None:
+    """Order ``--help`` as a user reads it: general options, the stage's own, then data, model, and the fields
+    inherited from ``TrainingArguments``/``SFTConfig``."""
+    stage = dataclass_types[-1]
+    own = {f.name for f in dataclasses.fields(stage) if f.name in vars(stage).get("__annotations__", {})}
+    titles = {
+        "own": f"{stage.__name__} options",
+        **{cls.__name__: f"{cls.__name__} options" for cls in dataclass_types[:-1]},
+        "inherited": f"inherited {parent.__name__} options" if (parent := dataclass_parent(stage)) else None,
+    }
+    owner = {}
+    for cls in dataclass_types:
+        for f in dataclasses.fields(cls):
+            owner.setdefault(f.name, "own" if cls is stage and f.name in own else "inherited" if cls is stage else cls.__name__)
+    groups = {key: parser.add_argument_group(title) for key, title in titles.items() if title}
+    general = parser._optionals
+    for action in list(general._group_actions):
+        key = owner.get(action.dest)
+        if key in groups:
+            general._group_actions.remove(action)
+            groups[key]._group_actions.append(action)
+    order = [general, groups["own"], *(groups[cls.__name__] for cls in dataclass_types[:-1])]
+    parser._action_groups = list(dict.fromkeys([*order, *parser._action_groups]))
+
+
+def dataclass_parent(cls: type) -> type | None:
+    """The dataclass ``cls`` extends (``TrainingArguments``, ``SFTConfig``), if any."""
+    return next((base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)), None)
 
 
 def parse_stage(command: str, argv: list[str], defaults: dict | None = None, source: str = "flags"):
@@ -74,17 +137,70 @@ def parse_stage(command: str, argv: list[str], defaults: dict | None = None, sou
         source = argv[position + 1]
         defaults = {**read_yaml(source), **(defaults or {})}
         argv = argv[:position] + argv[position + 2 :]
+    check_values(stage_dataclasses(command), defaults or {}, source, command)
     unknown = parser.set_defaults_with_config(**(defaults or {}))
     if unknown:
         keys = sorted({item[2:] for item in unknown[::2]})
         raise CliError(f"{source}: unknown key(s) for whp {command}: {', '.join(keys)} (see whp {command} --help)")
     try:
-        *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except ValueError as error:  # a dataclass's __post_init__ rejected a value
+        *parsed, extras, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as error:  # a dataclass's __post_init__ rejected a value
         raise CliError(f"whp {command}: {error}") from error
     if rest:
         raise CliError(f"whp {command}: unknown option(s) {' '.join(rest)} (see whp {command} --help)")
-    return parsed
+    return parsed, bool(getattr(extras, "overwrite", False))
+
+
+def check_values(dataclass_types: tuple, values: dict, source: str, command: str) -> None:
+    """Each config-file value has its field's type; the error names the file and the key."""
+    hints = {}
+    for cls in dataclass_types:
+        try:
+            hints.update(typing.get_type_hints(cls))
+        except Exception:  # noqa: BLE001 - a field whose annotation cannot be resolved is left to the parser
+            continue
+    for key, value in values.items():
+        problem = type_problem(hints[key], value) if key in hints else None
+        if problem:
+            raise CliError(f"{source}: {key}: expected {problem}, got {value!r} (whp {command})")
+
+
+def type_problem(hint, value) -> str | None:
+    """What ``value`` should have been for a field typed ``hint``; None when it fits."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        problems = [type_problem(option, value) for option in options if option is not type(None)]
+        return None if any(problem is None for problem in problems) else " or ".join(dict.fromkeys(problems))
+    origin = typing.get_origin(hint) or hint
+    if origin in (list, tuple, set):
+        (item, *_), kind = typing.get_args(hint) or (str,), "a list"
+        if isinstance(value, str):
+            return None
+        if not isinstance(value, (list, tuple)):
+            return kind
+        bad = [type_problem(item, element) for element in value]
+        return next((f"{kind} of {problem}s" for problem in bad if problem), None)
+    if origin is dict:
+        return None if isinstance(value, (dict, str)) else "a mapping"
+    if origin is bool:
+        return None if isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0") else "true or false"
+    if origin in (int, float):
+        kind = "a whole number" if origin is int else "a number"
+        if isinstance(value, bool):
+            return kind
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return kind
+        return kind if origin is int and not number.is_integer() else None
+    if isinstance(origin, type) and issubclass(origin, Enum):
+        choices = [member.value for member in origin]
+        return None if value in choices or isinstance(value, origin) else f"one of {choices}"
+    if origin is str:
+        return None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else "a string"
+    return None
 
 
 def read_yaml(path: str) -> dict:
@@ -103,16 +219,17 @@ def read_yaml(path: str) -> dict:
 
 def run_stage(command: str, argv: list[str], defaults: dict | None = None, source: str = "flags"):
     """Parse and run one stage; returns its output path."""
-    parsed = parse_stage(command, argv, defaults, source)
-    overwrite = bool(getattr(parsed[-1], "overwrite", False)) if command in ("reinforce", "unlearn", "evaluate") else False
+    from . import pipeline
+
+    parsed, overwrite = parse_stage(command, argv, defaults, source)
     if command == "reinforce":
-        return pipeline.reinforce(*parsed[:3], overwrite=overwrite)
+        return pipeline.reinforce(*parsed, overwrite=overwrite)
     if command == "unlearn":
-        return pipeline.unlearn(*parsed[:3], overwrite=overwrite)
+        return pipeline.unlearn(*parsed, overwrite=overwrite)
     if command == "anchors":
         return pipeline.discover(*parsed)
     if command == "evaluate":
-        return pipeline.evaluate(*parsed[:3], overwrite=overwrite)
+        return pipeline.evaluate(*parsed, overwrite=overwrite)
     if command == "export":
         return pipeline.export(*parsed)
     if command == "push":
@@ -124,8 +241,11 @@ def run_stage(command: str, argv: list[str], defaults: dict | None = None, sourc
 
 def run_config(argv: list[str]) -> None:
     """``whp run CONFIG.yaml [--SECTION.OPTION value ...]``: the config's stage sections, in order."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(RUN_HELP)
+        return
     if not argv or argv[0].startswith("-"):
-        raise CliError("usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value ...]")
+        raise CliError(f"usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value ...] (see whp run --help)")
     path, overrides = argv[0], argv[1:]
     overwrite = "--overwrite" in overrides
     overrides = [item for item in overrides if item != "--overwrite"]
@@ -188,12 +308,30 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
     return plans
 
 
+THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "peft", "trl", "accelerate", "datasets", "torch", "DeepSpeed")
+
+
+def quiet_third_parties() -> None:
+    """A plain run prints whp's lines only: libraries' warnings (optional kernels, deprecations) are not the user's
+    business here. ``WHP_VERBOSE=1`` shows them."""
+    import os
+
+    if os.environ.get("WHP_VERBOSE"):
+        return
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!whp_trainer)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_parties()
     command, rest = argv[0], argv[1:]
     try:
         if command == "run":
@@ -202,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             output = run_stage(command, rest)
             if output is not None:
                 print(f"whp {command}: done -> {output}")
-    except (CliError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (CliError, ValueError, OSError) as error:  # OSError: missing files, refused folders, network
         print(f"whp: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

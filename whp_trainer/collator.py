@@ -31,7 +31,9 @@ Invariant: ``shift_labels[b, t] != -100`` exactly where ``alignment[b, t] >= 0``
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +42,8 @@ import torch
 
 from .anchors import AnchorDictionary, read_text
 from .targets import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "shift_labels")
 TRANSLATION_KEYS = ("translated_input_ids", "translated_attention_mask", "alignment")
@@ -185,6 +189,52 @@ class AnchorSwapCollator:
         if self.anchors is not None:
             batch["alignment"] = torch.from_numpy(alignment)
         return batch, offsets
+
+
+def collator_for(tokenizer, anchors: AnchorDictionary | None, args) -> AnchorSwapCollator:
+    """The default collator of an ``UnlearnConfig`` (``args``): its block length, text field, rules and seed."""
+    if tokenizer is None:
+        raise ValueError("pass processing_class (the tokenizer) or a data_collator: the default collator needs it")
+    return AnchorSwapCollator(
+        tokenizer,
+        anchors,
+        max_length=args.max_length,
+        text_field=args.dataset_text_field,
+        exclude_repeated_anchors=args.exclude_repeated_anchors,
+        suppress_used_translations=args.suppress_used_translations,
+        seed=args.seed,
+    )
+
+
+FEW_BLOCKS = 0.1  # warn when fewer than this fraction of the blocks holds an anchor
+
+
+def check_anchor_coverage(collator, dataset, batch_size: int = 256) -> Counter | None:
+    """Count, over a sized dataset, the blocks that hold an anchor and each anchor's occurrences; log them, warn
+    when few blocks hold one, and refuse when none does (the "full method" would then train on nothing the
+    dictionary says). Skipped for collators that do not translate, or datasets without a length."""
+    matcher = getattr(collator, "anchors", None)
+    if not isinstance(collator, AnchorSwapCollator) or matcher is None or not hasattr(dataset, "__len__"):
+        return None
+    if getattr(collator, "_coverage", (None,))[0] is dataset:
+        return collator._coverage[1]
+    counts, blocks_with_anchor = Counter(), 0
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+        for window in collator._token_windows(rows):
+            found = [matcher.anchors[matcher.pattern_anchor[p]] for _, end, p in matcher.find(window) if end <= collator.max_length]
+            counts.update(found)
+            blocks_with_anchor += bool(found)
+    collator._coverage = (dataset, counts)
+    summary = (
+        f"anchors: {blocks_with_anchor} of {len(dataset)} blocks hold one; {len(counts)} of {len(matcher.anchors)} "
+        f"anchors occur (most: {', '.join(f'{a!r} x{n}' for a, n in counts.most_common(5)) or 'none'})"
+    )
+    if not counts:
+        raise ValueError(f"no anchor of the dictionary occurs in the training data ({summary}); check that the "
+                         "dictionary belongs to this text and tokenizer")
+    (logger.warning if blocks_with_anchor < FEW_BLOCKS * len(dataset) else logger.info)(summary)
+    return counts
 
 
 def as_example(example, index: int) -> Mapping:

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .anchors import AnchorDictionary, read_text
-from .collator import read_paragraphs, split_into_blocks
+from .collator import check_anchor_coverage, collator_for, read_paragraphs, split_into_blocks
 from .config import UnlearnConfig
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
@@ -91,12 +91,42 @@ def require_adapter(value: str | None, argument: str, stage: str) -> Path:
     return path
 
 
-def require_model(model_args: ModelConfig, stage: str) -> None:
-    if not model_args.model_name_or_path:
+def require_model(model_args: ModelConfig, stage: str):
+    """The model's config, read before any weights: a clear error for a folder that does not exist (a relative path
+    is not sent to the Hub as an id when it looks like a path) or a Hub id that cannot be found or reached."""
+    from huggingface_hub.utils import validate_repo_id
+    from transformers import AutoConfig
+
+    name = model_args.model_name_or_path
+    if not name:
         raise ValueError(f"whp {stage}: --model_name_or_path is required")
-    path = Path(model_args.model_name_or_path)
-    if (path.is_absolute() or model_args.model_name_or_path.startswith(".")) and not path.exists():
-        raise FileNotFoundError(f"whp {stage}: --model_name_or_path {path}: no such folder")
+    path = Path(name).expanduser()
+    if not path.exists():
+        looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/")
+        try:
+            validate_repo_id(name)
+        except ValueError:
+            looks_local = True
+        if looks_local:
+            raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name}: no such folder")
+    try:
+        return AutoConfig.from_pretrained(
+            str(path) if path.exists() else name, revision=model_args.model_revision,
+            trust_remote_code=getattr(model_args, "trust_remote_code", False),
+        )
+    except OSError as error:
+        where = "folder holds no model config" if path.exists() else "no such local folder, and no such model on the Hub (or it cannot be reached)"
+        raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name}: {where}: {str(error).splitlines()[0]}") from None
+
+
+def check_tokenizer_fits(config, tokenizer, stage: str) -> None:
+    """Refuse a tokenizer with more tokens than the model has embeddings, before the model loads."""
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"whp {stage}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}: "
+            "they do not belong together"
+        )
 
 
 def load_texts(path: str | os.PathLike, text_field: str = "text") -> Dataset:
@@ -164,12 +194,13 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     from .reinforce import train_reinforced_adapter
 
     forget = require_path(data.forget_data, "forget_data", "reinforce")
-    require_model(model_args, "reinforce")
+    model_config = require_model(model_args, "reinforce")
     texts = require_text(load_texts(forget, data.text_field), forget, "reinforce")
     print_ = fingerprint("reinforce", args, model_args, file_digest(forget), data.text_field)
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     tokenizer = load_tokenizer(model_args)
+    check_tokenizer_fits(model_config, tokenizer, "reinforce")
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     train_reinforced_adapter(load_base_model(model_args), tokenizer, texts, lora_config(model_args), args)
     tokenizer.save_pretrained(args.output_dir)
@@ -183,7 +214,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     from .trainer import UnlearnTrainer
 
     forget = require_path(data.forget_data, "forget_data", "unlearn")
-    require_model(model_args, "unlearn")
+    model_config = require_model(model_args, "unlearn")
     reinforced = require_adapter(data.reinforced_adapter, "reinforced_adapter", "unlearn") if data.reinforced_adapter else None
     anchors = AnchorDictionary.load(require_path(data.anchors, "anchors", "unlearn")) if data.anchors else None
     if reinforced is None and anchors is None:
@@ -198,13 +229,17 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
     tokenizer = load_tokenizer(model_args)
+    check_tokenizer_fits(model_config, tokenizer, "unlearn")
     blocks = split_into_blocks(texts, tokenizer, args.max_length)
+    collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
+    check_anchor_coverage(collator, blocks)
     trainer = UnlearnTrainer(
         model=load_base_model(model_args),
         args=args,
         reinforced_adapter=reinforced,
         peft_config=lora_config(model_args),
         anchors=anchors,
+        data_collator=collator,
         train_dataset=blocks,
         processing_class=tokenizer,
     )
@@ -426,22 +461,35 @@ def export(args: PublishArguments) -> str:
     return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=args.overwrite))
 
 
+def hub_transport_error() -> type[Exception]:
+    """The HTTP client's base error that ``huggingface_hub`` lets through (connection refused, time-out)."""
+    import huggingface_hub.utils._http as http
+
+    client = getattr(http, "httpx2", None) or getattr(http, "httpx", None)
+    return getattr(client, "HTTPError", ConnectionError)
+
+
 def push(args: PublishArguments):
+    from huggingface_hub.errors import HfHubHTTPError
+
     from .hub import push_to_hub
 
     folder = require_path(args.folder, "folder", "push")
-    return push_to_hub(
-        folder,
-        args.repo_id,
-        form=args.form,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        dictionary_file=args.dictionary_file,
-        eval_report=args.eval_report,
-        include_reinforced=args.include_reinforced,
-        token=args.token,
-    )
+    try:
+        return push_to_hub(
+            folder,
+            args.repo_id,
+            form=args.form,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            dictionary_file=args.dictionary_file,
+            eval_report=args.eval_report,
+            include_reinforced=args.include_reinforced,
+            token=args.token,
+        )
+    except (HfHubHTTPError, ConnectionError, hub_transport_error()) as error:  # offline, unreachable, refused
+        raise ConnectionError(f"whp push: the Hub did not take the upload to {args.repo_id}: {error}") from None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
-from .collator import AnchorSwapCollator, validate_batch, with_shift_labels
+from .collator import check_anchor_coverage, collator_for, validate_batch, with_shift_labels
 from .config import UnlearnConfig
 from .models import (
     BASELINE,
@@ -84,8 +84,10 @@ class UnlearnTrainer(Trainer):
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
         )
         if data_collator is None:
-            data_collator = _default_collator(processing_class, anchors, args)
+            data_collator = collator_for(processing_class, anchors, args)
         self.anchors = anchors if anchors is not None else getattr(data_collator, "anchors", None)
+        if self.anchors is not None:
+            check_anchor_coverage(data_collator, train_dataset)
         self.reinforced_adapter = reinforced_adapter
         self.has_reinforced = has_adapter(model, args.reinforced_adapter_name)
         if not self.has_reinforced and self.anchors is None:
@@ -376,17 +378,3 @@ def _load_anchors(anchors) -> AnchorDictionary | None:
     if isinstance(anchors, (str, os.PathLike)):
         return AnchorDictionary.load(anchors)
     return AnchorDictionary(anchors)
-
-
-def _default_collator(processing_class, anchors, args: UnlearnConfig) -> AnchorSwapCollator:
-    if processing_class is None:
-        raise ValueError("pass processing_class (the tokenizer) or a data_collator: the default collator needs it")
-    return AnchorSwapCollator(
-        processing_class,
-        anchors,
-        max_length=args.max_length,
-        text_field=args.dataset_text_field,
-        exclude_repeated_anchors=args.exclude_repeated_anchors,
-        suppress_used_translations=args.suppress_used_translations,
-        seed=args.seed,
-    )
