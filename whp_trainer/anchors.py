@@ -26,6 +26,14 @@ FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}
 CONTEXT_PREFIXES = ("", "said ", "\n", "(", '"')
 CONTEXT_SUFFIXES = ("", " said", "'s", ".", ",", '"', "\n")
 
+NEUTRAL_PREFIX = "said "
+ONE_SIDED_CONTEXTS = [(prefix, "") for prefix in CONTEXT_PREFIXES] + [
+    (NEUTRAL_PREFIX, suffix) for suffix in CONTEXT_SUFFIXES if suffix
+]
+CROSS_CONTEXTS = [(prefix, suffix) for prefix in CONTEXT_PREFIXES for suffix in CONTEXT_SUFFIXES if (prefix, suffix)
+                  not in ONE_SIDED_CONTEXTS]
+COMPILE_CHUNK = 2048  # anchors tokenized at a time: bounds the memory held by their encodings
+
 MAX_LISTED_ERRORS = 20
 
 
@@ -316,29 +324,71 @@ class TokenAnchors:
         self._blank = np.array([not text.strip() for text in singles])
 
     def _add_surface_forms(self, tokenizer) -> None:
-        contexts = [(prefix, suffix) for prefix in CONTEXT_PREFIXES for suffix in CONTEXT_SUFFIXES]
-        texts, spans = [], []
-        for anchor, translations in zip(self.anchors, self.translations):
+        """Tokenize every entry in the one-sided contexts (a prefix, or a suffix, with a neutral other side), and in
+        every prefix × suffix only where both sides change the entry's tokens. Chunks of anchors bound the memory;
+        translations, which repeat across anchors, are tokenized once per context."""
+        backend = tokenizer.backend_tokenizer
+        translations: dict[str, tuple[list[int], tuple[int, int]]] = {}
+        for start in range(0, len(self.anchors), COMPILE_CHUNK):
+            chunk = range(start, min(start + COMPILE_CHUNK, len(self.anchors)))
+            forms = self._tokenized(chunk, ONE_SIDED_CONTEXTS, backend, translations)
+            for index in chunk:
+                for context in ONE_SIDED_CONTEXTS:
+                    self._add_form(index, forms[index, context])
+            both_sides = [index for index in chunk if self._changes_on_both_sides(index, forms)]
+            if both_sides:
+                forms = self._tokenized(both_sides, CROSS_CONTEXTS, backend, translations)
+                for index in both_sides:
+                    for context in CROSS_CONTEXTS:
+                        self._add_form(index, forms[index, context])
+
+    def _tokenized(self, indices, contexts, backend, translations: dict) -> dict:
+        """``(anchor index, context) -> [(ids, phrase token span)]`` of the anchor and then each translation."""
+        texts = {}
+        for index in indices:
             for prefix, suffix in contexts:
-                for phrase in (anchor, *translations):
-                    texts.append(prefix + phrase + suffix)
-                    spans.append((len(prefix), len(prefix) + len(phrase)))
-        encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-        cursor = 0
-        for index, translations in enumerate(self.translations):
-            for _ in contexts:
-                group = range(cursor, cursor + 1 + len(translations))
-                self._add_form(index, [(encodings[i].ids, _token_span(encodings[i].offsets, *spans[i])) for i in group])
-                cursor += len(group)
+                for phrase in (self.anchors[index], *self.translations[index]):
+                    texts[prefix + phrase + suffix] = (len(prefix), len(prefix) + len(phrase))
+        todo = [text for text in texts if text not in translations]
+        encoded = dict(zip(todo, backend.encode_batch(todo, add_special_tokens=False)))
+        done = {}
+        for text in todo:
+            encoding = encoded.pop(text)
+            done[text] = (encoding.ids, _phrase_tokens(encoding, *texts[text]))
+        translation_texts = {
+            prefix + phrase + suffix for index in indices for phrase in self.translations[index] for prefix, suffix in contexts
+        }
+        translations.update((text, done[text]) for text in translation_texts if text in done)
+        lookup = {**done, **{text: translations[text] for text in translation_texts}}
+        return {
+            (index, context): [lookup[context[0] + phrase + context[1]] for phrase in (self.anchors[index], *self.translations[index])]
+            for index in indices
+            for context in contexts
+        }
+
+    @staticmethod
+    def _changes_on_both_sides(index: int, forms: dict) -> bool:
+        """Whether some prefix and some suffix each change the tokens of the entry's phrases (then the two may
+        interact, and every prefix × suffix is tokenized)."""
+        def phrases(context):
+            return [tuple(ids[first : last + 1]) for ids, (first, last) in forms[index, context]]
+
+        neutral = phrases((NEUTRAL_PREFIX, ""))
+        prefix_changes = any(phrases((prefix, "")) != neutral for prefix in CONTEXT_PREFIXES)
+        suffix_changes = any(phrases((NEUTRAL_PREFIX, suffix)) != neutral for suffix in CONTEXT_SUFFIXES)
+        return prefix_changes and suffix_changes
 
     def _add_form(self, anchor_index: int, tokenized: list[tuple[list[int], tuple[int, int]]]) -> None:
         """Add the anchor's form in one context from ``(ids, phrase token span)`` of the anchor and translations."""
         (anchor_ids, (first, last)), others = tokenized[0], tokenized[1:]
-        head = min(first, *(min(_common_prefix(anchor_ids, ids), start) for ids, (start, _) in others))
-        tail = min(
-            len(anchor_ids) - 1 - last,
-            *(min(_common_suffix(anchor_ids, ids), len(ids) - 1 - end) for ids, (_, end) in others),
-        )
+        head, tail = first, len(anchor_ids) - 1 - last
+        for ids, (start, end) in others:
+            head = min(head, start)
+            if anchor_ids[:head] != ids[:head]:  # the context's tokens differ: the form starts earlier
+                head = _common_prefix(anchor_ids, ids)
+            tail = min(tail, len(ids) - 1 - end)
+            if tail and anchor_ids[-tail:] != ids[-tail:]:
+                tail = _common_suffix(anchor_ids, ids)
         pattern = tuple(anchor_ids[head : len(anchor_ids) - tail])
         forms = tuple(tuple(ids[head : len(ids) - tail]) for ids, _ in others)
         node = self._trie
@@ -446,6 +496,14 @@ class TokenAnchors:
         digest = hashlib.blake2b(block.tobytes(), digest_size=8, key=str(seed).encode()).digest()
         rng = random.Random(int.from_bytes(digest, "little"))
         return {anchor: rng.randrange(len(self.translations[anchor])) for anchor in anchors}
+
+
+def _phrase_tokens(encoding, start: int, end: int) -> tuple[int, int]:
+    """First and last index of the tokens covering characters ``[start, end)`` of the encoded text."""
+    first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+    if first is None or last is None:  # a character the normalizer dropped: read the offsets
+        return _token_span(encoding.offsets, start, end)
+    return first, last
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
