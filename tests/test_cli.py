@@ -78,6 +78,7 @@ def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
     config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn=TRAINING, evaluate=EVALUATION)
     result = whp("run", str(write_config(tmp_path / "run.yaml", config)))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "gemm_4bit" not in result.stderr and "Warning" not in result.stderr  # no third-party noise on a plain run
 
     run = tmp_path / "run"
     for stage, folder in [("reinforce", "reinforced"), ("unlearn", "unlearned"), ("evaluate", "evaluation")]:
