@@ -56,7 +56,7 @@ def main(argv=None):
         processing_class=tokenizer,
     )
     trainer.train()
-    trainer.save_model()  # the unlearning adapter at the root, the reinforced one in reinforced/, a model card
+    trainer.save_model()  # the unlearning adapter alone (never the reinforced one) and a model card
     # --8<-- [end:drop-in]
     return trainer
 

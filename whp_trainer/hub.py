@@ -284,8 +284,8 @@ def export_merged(
         base_model: Hub id or path of the base, loaded unquantized even when the adapter was trained on a 4-bit or
             8-bit one; or an unquantized base model in memory (its weights are modified in place); ``None``: the
             ``base_model_name_or_path`` of the adapter's config.
-        adapter_dir: folder with the unlearning adapter at its root (``adapter_config.json``). Its ``reinforced/``
-            subfolder is never applied.
+        adapter_dir: folder with the unlearning adapter at its root (``adapter_config.json``); no other adapter
+            is ever applied.
         output_dir: where the merged model, tokenizer and card go: a new or empty folder, or an earlier export's
             (skipped when made from the same inputs). A non-empty folder whp did not make is never written into.
         dtype: dtype of the loaded base (``"auto"``: the checkpoint's).
