@@ -2,6 +2,7 @@
 skipping, and every bad-input message raised before a model is loaded."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def whp(*argv: str) -> subprocess.CompletedProcess:
     script = shutil.which("whp", path=str(Path(sys.executable).parent))
     assert script, "the whp console script is not installed (pip install -e .)"
     return subprocess.run([script, *argv], capture_output=True, text=True, timeout=600,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": str(Path(sys.executable).parent)})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": str(Path(sys.executable).parent),
+                               **{key: os.environ[key] for key in ("PYTHONPATH",) if key in os.environ}})
 
 
 def run_main(capsys, *argv: str) -> str:

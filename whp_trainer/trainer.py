@@ -15,7 +15,8 @@ from collections import defaultdict
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import Trainer
+from transformers import AutoTokenizer, Trainer
+from trl.trainer.utils import create_model_from_path
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
@@ -43,7 +44,10 @@ class UnlearnTrainer(Trainer):
 
     Args:
         model: a base model, or a ``PeftModel`` already holding the reinforced adapter (under
-            ``args.reinforced_adapter_name``) and/or the unlearning adapter (under ``args.unlearn_adapter_name``).
+            ``args.reinforced_adapter_name``) and/or the unlearning adapter (under ``args.unlearn_adapter_name``);
+            or, as TRL's trainers accept, a Hub id or path loaded with ``args.model_init_kwargs`` (dtype,
+            quantization_config, …) and ``args.trust_remote_code``. Its tokenizer is loaded too when
+            ``processing_class`` is not given.
         args: an :class:`UnlearnConfig`.
         reinforced_adapter: path or Hub id of the reinforced adapter to load (frozen) onto the same base.
             Without one, and none on the model, the targets come from the anchors only (an ablation).
@@ -56,7 +60,7 @@ class UnlearnTrainer(Trainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | str,
         args: UnlearnConfig | None = None,
         data_collator=None,
         train_dataset=None,
@@ -71,6 +75,10 @@ class UnlearnTrainer(Trainer):
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig, got {type(args).__name__}")
         anchors = _load_anchors(anchors)
+        if isinstance(model, str):
+            model, processing_class = _model_from_id(model, args, processing_class)
+        elif args.model_init_kwargs is not None:
+            logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
         )
@@ -298,6 +306,19 @@ class UnlearnTrainer(Trainer):
 def pad_right(tensor: torch.Tensor, width: int) -> torch.Tensor:
     """Right-pad a ``(B, T)`` tensor with zeros (masked out) to ``width`` columns."""
     return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
+
+
+def _model_from_id(model_id: str, args: UnlearnConfig, processing_class):
+    """The model of ``model_id`` loaded as TRL's trainers load it (``args.model_init_kwargs``; dtype float32 unless
+    given), and its tokenizer (pad token: EOS if it has none) when ``processing_class`` is None."""
+    kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+    model = create_model_from_path(model_id, **kwargs)
+    if processing_class is None:
+        processing_class = AutoTokenizer.from_pretrained(
+            model_id, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+        )
+        processing_class.pad_token = processing_class.pad_token or processing_class.eos_token
+    return model, processing_class
 
 
 def _load_anchors(anchors) -> AnchorDictionary | None:

@@ -111,6 +111,9 @@ class EvaluateConfig:
                   "'{\"Harry Potter studies\": [\" magic\", \" the\"]}'."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of sampling, passage choice and hints."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
+    )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots beside the report."})
 
     def __post_init__(self):
