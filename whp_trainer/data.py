@@ -46,6 +46,7 @@ def load_texts(
         ValueError: the data holds no ``text_field`` column (the error lists the columns), or no ``.txt`` text.
     """
     path = Path(source)
+    check_source(str(source))
     if path.suffix == ".txt" or (path.is_dir() and any(path.glob("*.txt"))):
         return paragraphs(sorted(path.glob("*.txt")) if path.is_dir() else [path], source)
     if path.is_file() and path.suffix in FILE_BUILDERS:
@@ -53,8 +54,10 @@ def load_texts(
             dataset = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
     elif path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES):
         dataset = saved_split(load_from_disk(str(path)), split, source)
+    elif path.is_dir():  # a dataset repo's layout (data files, a README.md with configs), read as the Hub would
+        dataset = load_dataset(str(path), config, split=split)
     elif path.exists():
-        raise ValueError(f"{source}: unsupported data file; expected .txt, .json, .jsonl, .csv, .parquet or a folder")
+        raise ValueError(f"{source}: unsupported data file; expected .txt, .json, .jsonl, .csv or .parquet")
     else:
         dataset = hub_dataset(str(source), config, split)
     return text_column(dataset, text_field, source)
@@ -62,7 +65,6 @@ def load_texts(
 
 def hub_dataset(source: str, config: str | None, split: str) -> Dataset:
     """``load_dataset(source, config, split=split)`` of a Hub id (a download shows ``datasets``' progress bars)."""
-    check_source(source)
     try:
         return load_dataset(source, config, split=split)
     except (DatasetNotFoundError, ConnectionError) as error:
