@@ -24,7 +24,7 @@ from conftest import CORPUS, LORA
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
-from whp_trainer import cli, discover, hub
+from whp_trainer import chat, cli, hub
 from whp_trainer.config import UnlearnConfig
 from whp_trainer.toy import tiny_llama
 
@@ -109,7 +109,7 @@ def run_page(page: str, namespace: dict) -> dict:
 
 def test_anchors_guide_runs(page_namespace, monkeypatch):
     reply = json.dumps({"Hogwarts": ["Mystic Academy"], "Quidditch": ["Skyball"]})
-    monkeypatch.setattr(discover, "openai_chat", lambda url, model, api_key=None: lambda prompt: reply)
+    monkeypatch.setattr(chat, "EndpointChat", lambda url, model, api_key=None: lambda prompt: reply)
     namespace = run_page("guides/anchors.md", page_namespace)
     assert len(namespace["dictionary"]) == 2 and Path("anchors.csv").is_file()
     assert namespace["batch"]["input_ids"].shape[0] == 1

@@ -449,9 +449,8 @@ class DiscoverArguments:
 
 def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArguments) -> str:
     """Write candidate anchors to ``args.output`` for review (never over a file unless ``--overwrite``)."""
-    from .discover import (
-        boosted_expressions, candidates_from_llm, local_chat, merge_candidates, openai_chat, write_candidates,
-    )
+    from .chat import EndpointChat, LocalChat
+    from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
     require_data(data.forget_data, "forget_data", "anchors")
     if Path(args.output).exists() and not args.overwrite:
@@ -476,9 +475,9 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
         found.append(boosted_expressions(model, tokenizer, target, reference, top_k=args.top_k, max_words=args.max_words))
     if args.method in ("llm", "both"):
         if args.llm_url:
-            generate = openai_chat(args.llm_url, args.llm_model or "default", os.environ.get(args.llm_api_key_env))
-        else:
-            generate = local_chat(model.unload() if statistics else model, tokenizer)  # the base, without the reinforced adapter
+            generate = EndpointChat(args.llm_url, args.llm_model or "default", os.environ.get(args.llm_api_key_env))
+        else:  # the base, without the reinforced adapter
+            generate = LocalChat(model.unload() if statistics else model, tokenizer)
         found.append(candidates_from_llm(target, generate))
     write_candidates(args.output, merge_candidates(*found))
     return args.output

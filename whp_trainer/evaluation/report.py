@@ -269,15 +269,10 @@ def make_judge(config: EvaluateConfig, model, tokenizer, dictionary):
         return AnchorJudge(dictionary)
     if config.judge_url:
         return openai_judge(config.judge_url, config.judge_model or "default", os.environ.get(config.judge_api_key_env))
-    from ..discover import local_chat
+    from ..chat import LocalChat
 
-    chat = local_chat(model, tokenizer)
-
-    def base_model_chat(prompt: str) -> str:  # the judge is the base, whatever adapter is active
-        with teacher_pass(model, BASELINE):
-            return chat(prompt)
-
-    return LLMJudge(base_model_chat)
+    # the judge is the base, whatever adapter is active
+    return LLMJudge(LocalChat(model, tokenizer, batch_size=config.batch_size, context=lambda: teacher_pass(model, BASELINE)))
 
 
 def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, probes, forget_texts) -> float:
