@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import CORPUS, LORA
 from datasets import Dataset, DatasetDict
+from huggingface_hub import ModelCard
 from peft import LoraConfig
 from trl import ModelConfig
 
@@ -73,7 +74,7 @@ def test_what_is_neither_a_path_nor_a_hub_dataset_is_named(tmp_path):
         load_texts(tmp_path / "notes.md")
 
 
-def test_the_reinforce_stage_trains_on_a_hub_dataset(tokenizer, tmp_path, monkeypatch):
+def test_the_stages_train_on_a_hub_dataset_and_the_card_names_it(tokenizer, tmp_path, monkeypatch):
     from whp_trainer.reinforce import ReinforceConfig
 
     calls = []
@@ -88,6 +89,16 @@ def test_the_reinforce_stage_trains_on_a_hub_dataset(tokenizer, tmp_path, monkey
     )
     assert calls == [(("someone/hp-books", "books"), {"split": "train"})]
     assert (tmp_path / "reinforced" / "adapter_config.json").is_file() and output == str(tmp_path / "reinforced")
+
+    (tmp_path / "anchors.yaml").write_text("Harry: Jon\n", encoding="utf-8")
+    data_args = pipeline.DataArguments(forget_data="someone/hp-books", forget_data_config="books",
+                                       reinforced_adapter=output, anchors=str(tmp_path / "anchors.yaml"))
+    unlearned = pipeline.unlearn(
+        data_args, ModelConfig(model_name_or_path=str(tmp_path / "base"), lora_r=4, lora_target_modules=["q_proj"]),
+        UnlearnConfig(output_dir=str(tmp_path / "unlearned"), max_steps=1, per_device_train_batch_size=2,
+                      max_length=32, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True),
+    )
+    assert ModelCard.load(f"{unlearned}/README.md").data.datasets == ["someone/hp-books"]
 
 
 # --- models by id -------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .models import (
     prepare_unlearning_model,
     teacher_pass,
 )
-from .hub import write_model_card
+from .hub import tracker_urls, write_model_card
 from .targets import IGNORE_INDEX, distillation_loss, generic_logits, make_targets, suppress
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class UnlearnTrainer(Trainer):
             )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.dataset_description: str | None = None  # shown on the model card
+        self.dataset_ids: list[str] | None = None  # Hub ids of the training data: the card's `datasets` metadata
         self.eval_results: dict[str, dict[str, float]] | None = None  # role -> metrics, for the model card
         super().__init__(
             model=model,
@@ -293,6 +294,8 @@ class UnlearnTrainer(Trainer):
             peft_config=model.peft_config[self.args.unlearn_adapter_name],
             eval_results=self.eval_results,
             tags=self._tag_names,
+            datasets=self.dataset_ids,
+            tracker_urls=tracker_urls(),
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
