@@ -76,8 +76,24 @@ def run_main(capsys, *argv: str) -> str:
     return capsys.readouterr().err
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[float]]:
+    """Tag -> values of the TensorBoard event files under ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+        scalars.update({f"image:{tag}": [] for tag in accumulator.Tags()["images"]})
+    return scalars
+
+
 def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
-    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn=TRAINING, evaluate=EVALUATION)
+    tracked = {"report_to": ["tensorboard"]}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **tracked},
+                        evaluate={**EVALUATION, **tracked, "plots": True})
     result = whp("run", str(write_config(tmp_path / "run.yaml", config)))
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -90,6 +106,15 @@ def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert {"base", "reinforced", "unlearned"} <= set(report["results"])
     assert (run / "evaluation" / "report.md").is_file()
+    # the familiarity curves came from the unlearn stage's trainer_state.json (no side file)
+    assert (run / "evaluation" / "next_token_curves.png").is_file()
+
+    unlearn_logs = tensorboard_scalars(run / "unlearned" / "runs")  # the Trainer's and FamiliarityCallback's
+    assert "train/loss" in unlearn_logs and len(unlearn_logs["eval/familiarity"]) >= 2
+    evaluate_logs = tensorboard_scalars(run / "evaluation" / "runs")  # whp evaluate's, the same way
+    for role in ("base", "reinforced", "unlearned"):
+        assert evaluate_logs[f"eval/{role}/familiarity_token"] == [pytest.approx(report["results"][role]["familiarity_token"])]
+    assert "image:eval/familiarity_vs_retain" in evaluate_logs
 
     base = AutoModelForCausalLM.from_pretrained(files / "base")
     unlearned = PeftModel.from_pretrained(base, run / "unlearned")  # the standard one-liner loads it
@@ -143,6 +168,9 @@ def test_every_run_stage_option_is_checked_before_the_first_stage(files, tmp_pat
         (["run", "{tmp}/sections.yaml"], "{tmp}/sections.yaml: unknown section(s) unlern"),
         (["run", "{tmp}/broken.yaml"], "{tmp}/broken.yaml: not valid YAML at line 2, column 1"),
         (["forget"], "unknown command 'forget'"),
+        (["evaluate", "--output_dir", "{tmp}/o", "--report_to", "tensorbord"], "unknown tracker(s) ['tensorbord']"),
+        (["reinforce", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
+          "./books/missing"], "--forget_data ./books/missing: no such file or folder"),
     ],
 )
 def test_bad_input_stops_with_one_clear_message(argv, message, files, tmp_path, capsys, no_model_loading):

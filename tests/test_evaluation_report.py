@@ -67,6 +67,7 @@ def test_the_callback_logs_at_step_0_every_n_steps_and_the_end(make_model, token
             "eval_p_next[Harry Potter studies][ the]"]
     logged = [entry for entry in trainer.state.log_history if "eval_familiarity" in entry]
     assert [entry["step"] for entry in logged] == [0, 2, 4, 5]
+    assert [entry["step"] for entry in trainer.state.log_history if "loss" in entry] == [1, 2, 3, 4, 5]
     assert all(key in entry and math.isfinite(entry[key]) for entry in logged for key in keys)
     assert [entry["step"] for entry in callback.history] == [0, 2, 4, 5]
     assert model.active_adapter == "default" and trainable(model) == before

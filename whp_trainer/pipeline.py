@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
@@ -26,7 +27,6 @@ from .data import check_source, is_hub_id, load_texts
 logger = logging.getLogger(__name__)
 
 STAGE_FILE = "whp_stage.json"
-HISTORY_FILE = "familiarity_history.json"  # the unlearn stage's FamiliarityCallback measurements, for the report
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 
 
@@ -298,11 +298,11 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     )
     trainer.dataset_description = data.dataset_description
     trainer.dataset_ids = data.hub_datasets()
-    monitor = familiarity_monitor(trainer, probes, data.retain_texts()["text"] if retain else None) if probes else None
+    if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
+        familiarity_monitor(trainer, probes, data.retain_texts()["text"] if retain else None)
     trainer.train(resume_from_checkpoint=resume_point(args.output_dir))
     trainer.save_model()
-    if monitor:
-        (Path(args.output_dir) / HISTORY_FILE).write_text(json.dumps(monitor.history, indent=1), encoding="utf-8")
+    trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir
 
@@ -312,6 +312,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     ``config.output_dir`` (an :class:`~whp_trainer.evaluation.EvaluateConfig`); returns that folder."""
     from .evaluation import evaluate_model, write_report
     from .evaluation.probes import build_probes, load_probes, write_probes
+    from .evaluation.trackers import log_to_trackers
 
     require_model(model_args, "evaluate")
     adapters = evaluation_adapters(data, config.roles)
@@ -343,11 +344,21 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles
     )
-    history_file = Path(data.unlearned_adapter or "") / HISTORY_FILE
-    history = json.loads(history_file.read_text()) if data.unlearned_adapter and history_file.is_file() else None
-    write_report(results, config.output_dir, history=history, config=config)
+    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
+    log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
+                    plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)
     return config.output_dir
+
+
+def unlearning_history(unlearned_adapter: str | None) -> list[dict] | None:
+    """The familiarity measured while unlearning, from the unlearn output's ``trainer_state.json`` (if any)."""
+    from .evaluation.callback import history_from_log_history
+
+    state_file = Path(unlearned_adapter or "") / TRAINER_STATE_NAME
+    if not unlearned_adapter or not state_file.is_file():
+        return None
+    return history_from_log_history(json.loads(state_file.read_text(encoding="utf-8"))["log_history"]) or None
 
 
 def evaluation_adapters(data: DataArguments, roles: list[str]) -> dict[str, Path]:

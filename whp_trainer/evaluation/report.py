@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 from ..hub import framework_versions, package_version
 from ..models import BASELINE, teacher_pass
@@ -114,6 +115,12 @@ class EvaluateConfig:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
     )
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "Trackers to send the results and plots to, as the Trainer's report_to: tensorboard, "
+                  "wandb, trackio, … (one or more), all, or none."},
+    )
+    run_name: str | None = field(default=None, metadata={"help": "The trackers' run name."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots beside the report."})
 
     def __post_init__(self):
@@ -129,6 +136,10 @@ class EvaluateConfig:
         _check(self, "lm_eval_limit", self.lm_eval_limit is None or self.lm_eval_limit >= 1, "must be at least 1")
         _check(self, "relearn_learning_rate", self.relearn_learning_rate > 0, "must be positive")
         self.next_token_prompts = parsed_next_token_prompts(self.next_token_prompts)
+        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        unknown = set(self.report_to) - {"all", "none", *INTEGRATION_TO_CALLBACK}
+        _check(self, "report_to", not unknown, f"unknown tracker(s) {sorted(unknown)}; expected among "
+               f"{sorted(INTEGRATION_TO_CALLBACK)}, all or none")
 
 
 def _check(config, name: str, valid: bool, requirement: str) -> None:
