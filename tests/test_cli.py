@@ -252,3 +252,45 @@ def test_the_drop_in_example_runs(files, tmp_path, monkeypatch):
                             "--max_steps", "1"])
     assert trainer.state.global_step == 1
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(files / "base"), tmp_path / "out")
+
+
+def test_evaluate_runs_lm_eval_for_base_and_unlearned_from_one_base(files, tmp_path, tokenizer, capsys):
+    """The paper's recipe (`--lm_eval_tasks arc_challenge …`) on a local task: each role scored on the one base."""
+    pytest.importorskip("lm_eval")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from whp_trainer.evaluation.harness import lm_eval_benchmarks
+
+    words = [sentence.split() for sentence in CORPUS]
+    docs = [{"question": " ".join(w[:k]), "choices": [" " + w[k], " " + w[(k + 3) % len(w)]], "answer": 0}
+            for w in words for k in range(2, min(len(w) - 1, 6))]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    (tmp_path / "tasks" / "whp_tiny.yaml").write_text(
+        "task: whp_tiny\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "target_delimiter: ''\ndoc_to_choice: '{{choices}}'\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n    higher_is_better: true\n")
+    torch.manual_seed(3)
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(files / "base"), lora).save_pretrained(tmp_path / "adapter")
+
+    argv = ["evaluate", "--model_name_or_path", str(files / "base"), "--unlearned_adapter", str(tmp_path / "adapter"),
+            "--forget_data", str(files / "forget.txt"), "--retain_data", str(files / "retain.txt"),
+            "--probes", str(files / "probes.json"), "--roles", "base", "unlearned", "--output_dir",
+            str(tmp_path / "evaluation"), "--lm_eval_include_path", str(tmp_path / "tasks"), "--completions", "0",
+            "--memorization_passages", "0", "--relearn_steps", "0", "--plots", "false", "--hints", "false"]
+    error = run_main(capsys, *argv, "--lm_eval_tasks", "whp_tiyn")  # misspelt: stops before any model is loaded
+    assert "lm-eval knows no task(s) ['whp_tiyn']" in error and "'whp_tiny'" in error
+    assert not (tmp_path / "evaluation").exists()
+    cli.main([*argv, "--lm_eval_tasks", "whp_tiny"])
+    results = json.loads((tmp_path / "evaluation" / "report.json").read_text())["results"]
+    base = AutoModelForCausalLM.from_pretrained(files / "base")
+    expected_base = lm_eval_benchmarks(base, tokenizer, ["whp_tiny"], include_path=tmp_path / "tasks")["whp_tiny"]
+    unlearned = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    expected = lm_eval_benchmarks(unlearned, tokenizer, ["whp_tiny"], include_path=tmp_path / "tasks")["whp_tiny"]
+    assert results["base"]["lm_eval_whp_tiny"] == pytest.approx(expected_base)
+    assert results["unlearned"]["lm_eval_whp_tiny"] == pytest.approx(expected)
+    assert expected != pytest.approx(expected_base)  # the adapter was on for one role and off for the other

@@ -328,6 +328,10 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
         forget, retain, *(file_digest(path) for path in (probes_file, *adapters.values())), sorted(adapters),
     )
+    if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
+        from .evaluation.harness import check_tasks
+
+        check_tasks(config.lm_eval_tasks, config.lm_eval_include_path)
     if not begin_stage(config.output_dir, "evaluate", print_, overwrite):
         return config.output_dir
     forget_texts = data.forget_texts()["text"]

@@ -101,6 +101,13 @@ class EvaluateConfig:
         metadata={"help": "lm-evaluation-harness tasks (e.g. arc_challenge piqa; needs lm-eval); empty = skip."},
     )
     lm_eval_limit: int | None = field(default=None, metadata={"help": "lm-eval: examples per task (default: all)."})
+    lm_eval_num_fewshot: int | None = field(
+        default=None, metadata={"help": "lm-eval: few-shot examples per prompt (default: each task's, zero-shot for "
+                                "the paper's six)."}
+    )
+    lm_eval_include_path: str | None = field(
+        default=None, metadata={"help": "lm-eval: a folder of extra task configs (YAML), e.g. tasks on local data."}
+    )
     relearn_steps: int = field(
         default=10, metadata={"help": "Relearning probe: fine-tuning steps on forget text; 0 = skip."}
     )
@@ -250,7 +257,8 @@ def measure(model, tokenizer, config: EvaluateConfig, probes, texts, passages, h
         from .harness import lm_eval_benchmarks
 
         scores = lm_eval_benchmarks(model, tokenizer, tasks=config.lm_eval_tasks, batch_size=batch,
-                                    limit=config.lm_eval_limit)
+                                    limit=config.lm_eval_limit, num_fewshot=config.lm_eval_num_fewshot,
+                                    include_path=config.lm_eval_include_path)
         metrics.update({f"lm_eval_{task}": float(score) for task, score in scores.items()})
     for prompt, tokens in (config.next_token_prompts or {}).items():
         probabilities = next_token_probabilities(model, tokenizer, prompt, tokens)
