@@ -96,11 +96,16 @@ def two_adapters(make_model, tokenizer):
     return model
 
 
-def test_evaluate_model_measures_each_role_and_restores_the_model(two_adapters, tokenizer):
+def test_evaluate_model_measures_each_role_and_restores_the_model(two_adapters, tokenizer, capsys):
     model = two_adapters
     before, weights = trainable(model), {k: v.clone() for k, v in model.state_dict().items()}
     results = evaluate_model(model, tokenizer, EvaluateConfig(**SMALL), PROBES, FORGET, RETAIN,
                              dictionary=AnchorDictionary(ANCHORS))
+    progress = capsys.readouterr()
+    assert not progress.out  # the progress bar (on stderr) says which role and metric are being measured
+    for step in ("base: token familiarity", "reinforced: verbatim memorization", "unlearned: retain perplexity",
+                 "unlearned: judging completions", "unlearned: relearning"):
+        assert step in progress.err, step
     assert list(results) == ["base", "reinforced", "unlearned"]
     assert results["reinforced"]["familiarity_token"] > 2 * results["base"]["familiarity_token"]
     assert results["reinforced"]["forget_perplexity"] < results["base"]["forget_perplexity"]

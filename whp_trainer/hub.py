@@ -328,7 +328,8 @@ def export_merged(
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_output_dir(output_dir, overwrite, inputs=[adapter_dir, base_source])
-    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype), adapter_dir).merge_and_unload()
+    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype), adapter_dir)
+    merged = merged.merge_and_unload(progressbar=True)  # loading and saving show transformers' bars
     if output_dir.exists():
         shutil.rmtree(output_dir)  # overwrite=True: no stale file (e.g. an adapter_config.json) may survive
     merged.save_pretrained(output_dir)

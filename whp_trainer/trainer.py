@@ -109,7 +109,7 @@ class UnlearnTrainer(Trainer):
         # across processes by the Trainer), so gradient accumulation needs no further scaling.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
-        logger.warning("whp_trainer: %s", self.method_variant)
+        logger.info("whp_trainer: %s", self.method_variant)
 
     @property
     def method_variant(self) -> str:

@@ -211,13 +211,20 @@ def evaluate_model(
     judge = make_judge(config, model, tokenizer, dictionary)
     prompts = [probe["prompt"] for probe in probes[: config.completions]] if judge is not None else []
     results = {}
-    for role, adapter in tqdm(roles.items(), desc="whp evaluate", unit="role"):
+    progress = tqdm(roles.items(), desc="whp evaluate", unit="role")
+    for role, adapter in progress:
         logger.info("whp evaluate: measuring %s", role)
+
+        def doing(what: str, role=role) -> None:  # the metric now measured, on the bar
+            progress.set_postfix_str(f"{role}: {what}")
+
         with teacher_pass(model, adapter):
-            metrics, completions = measure(model, tokenizer, config, probes, texts, passages, hinted, prompts)
+            metrics, completions = measure(model, tokenizer, config, probes, texts, passages, hinted, prompts, doing)
         if completions:  # judged outside the role: a local judge runs as the base
+            doing("judging completions")
             metrics.update(judged(completions, prompts, judge))
         if config.relearn_steps and adapter is not BASELINE:  # the base has no adapter to fine-tune
+            doing("relearning")
             metrics["familiarity_token_relearned"] = relearned_familiarity(model, tokenizer, config, adapter, probes,
                                                                           texts["forget"])
         results[role] = {metric: float(value) for metric, value in metrics.items()}
@@ -241,21 +248,28 @@ def sample(texts: list[str], count: int, rng: random.Random) -> list[str]:
     return texts if count == 0 or count >= len(texts) else rng.sample(texts, count)
 
 
-def measure(model, tokenizer, config: EvaluateConfig, probes, texts, passages, hinted, prompts):
-    """The no-grad metrics of the role now active, and its completions of ``prompts``."""
+def measure(model, tokenizer, config: EvaluateConfig, probes, texts, passages, hinted, prompts,
+            doing=lambda what: None):
+    """The no-grad metrics of the role now active, and its completions of ``prompts``; ``doing(what)`` is told each
+    metric as it starts."""
     batch, length = config.batch_size, config.max_length
+    doing("token familiarity")
     metrics = {"familiarity_token": token_familiarity(model, tokenizer, probes, batch_size=batch)}
     if hinted is not None:
+        doing("familiarity with hints")
         metrics["familiarity_token_hints"] = token_familiarity(model, tokenizer, hinted, batch_size=batch)
     if passages:
+        doing("verbatim memorization")
         memorized = verbatim_memorization(model, tokenizer, passages, prompt_tokens=config.prompt_tokens,
                                           continuation_tokens=config.continuation_tokens, batch_size=batch)
         metrics.update(memorization_rouge_l=memorized["rouge_l"], memorization_exact=memorized["exact_token_accuracy"])
     for name, part in texts.items():
+        doing(f"{name} perplexity")
         metrics[f"{name}_perplexity"] = perplexity(model, tokenizer, part, max_length=length, batch_size=batch)
     if config.lm_eval_tasks:
         from .harness import lm_eval_benchmarks
 
+        doing("lm-eval " + " ".join(config.lm_eval_tasks))
         scores = lm_eval_benchmarks(model, tokenizer, tasks=config.lm_eval_tasks, batch_size=batch,
                                     limit=config.lm_eval_limit, num_fewshot=config.lm_eval_num_fewshot,
                                     include_path=config.lm_eval_include_path)
@@ -263,6 +277,8 @@ def measure(model, tokenizer, config: EvaluateConfig, probes, texts, passages, h
     for prompt, tokens in (config.next_token_prompts or {}).items():
         probabilities = next_token_probabilities(model, tokenizer, prompt, tokens)
         metrics.update({next_token_metric(prompt, token): p for token, p in probabilities.items()})
+    if prompts:
+        doing("sampling completions")
     completions = sample_completions(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                                      seed=config.seed, batch_size=batch) if prompts else []
     return metrics, completions
