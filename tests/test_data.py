@@ -64,11 +64,15 @@ def test_a_hub_id_reaches_load_dataset_with_its_config_and_split(monkeypatch):
     assert list(texts["text"]) == CORPUS and texts.column_names == ["text"]
 
 
-def test_what_is_neither_a_path_nor_a_hub_dataset_is_named(tmp_path):
+def test_what_is_neither_a_path_nor_a_hub_dataset_is_named(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nope.txt: no such file or folder"):
         load_texts(tmp_path / "nope.txt")
     with pytest.raises(FileNotFoundError, match="data/hp_books: no such file or folder, nor a Hub dataset"):
-        load_texts("data/hp_books")  # offline here: what a mistyped relative folder gives
+        load_texts("data/hp_books")  # offline here: what a mistyped relative folder gives without a data/ folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match="^data/hp_books: no such file or folder$"):
+        load_texts("data/hp_books")  # data/ exists: a local path, never sent to the Hub
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(ValueError, match="unsupported data file"):
         load_texts(tmp_path / "notes.md")

@@ -100,8 +100,13 @@ def text_column(dataset: Dataset, text_field: str, source) -> Dataset:
 
 
 def is_hub_id(source: str) -> bool:
-    """Whether ``source`` is not a local path but can name a Hub dataset (``"name"`` or ``"org/name"``)."""
-    if Path(source).exists() or source.startswith((".", "/", "~")) or Path(source).suffix in (".txt", *FILE_BUILDERS):
+    """Whether ``source`` is not a local path but can name a Hub dataset (``"name"`` or ``"org/name"``).
+
+    A missing path whose folder exists (``data/hp_books`` beside a ``data/`` folder) is a local path, not an id."""
+    path = Path(source)
+    if path.exists() or source.startswith((".", "/", "~")) or path.suffix in (".txt", *FILE_BUILDERS):
+        return False
+    if path.parent != Path() and path.parent.is_dir():
         return False
     try:
         validate_repo_id(source)
