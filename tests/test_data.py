@@ -1,5 +1,6 @@
 """Texts from local files, saved datasets, dataset folders and Hub ids; models by id and with their own code."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from conftest import CORPUS, LORA
 from datasets import Dataset, DatasetDict
 from huggingface_hub import ModelCard
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 from trl import ModelConfig
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer, data, pipeline
@@ -144,6 +145,15 @@ def test_trust_remote_code_reaches_the_model_loaders(custom_code_model):
     trainer = UnlearnTrainer(model=str(custom_code_model), args=args, anchors={"Harry": "Jon"},
                              peft_config=LoraConfig(**LORA))
     assert type(trainer.model.get_base_model()).__name__ == "HouseForCausalLM"
+
+    get_peft_model(pipeline.load_base_model(model_args, trust_remote_code=True), LoraConfig(**LORA)).save_pretrained(
+        custom_code_model.parent / "adapter")
+    export = pipeline.PublishArguments(folder=str(custom_code_model.parent / "adapter"), base_model=str(custom_code_model),
+                                       merged_dir=str(custom_code_model.parent / "merged"))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        pipeline.export(export)
+    pipeline.export(dataclasses.replace(export, trust_remote_code=True, overwrite=True))
+    assert json.loads((custom_code_model.parent / "merged" / "config.json").read_text())["auto_map"]
 
 
 def test_unlearn_trainer_takes_a_model_id_with_model_init_kwargs(tokenizer, tmp_path):

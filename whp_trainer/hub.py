@@ -305,6 +305,7 @@ def export_merged(
     overwrite: bool = False,
     tokenizer=None,
     card: ModelCard | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Merge the unlearning adapter in ``adapter_dir`` into the full-precision base and save a plain model.
 
@@ -319,6 +320,7 @@ def export_merged(
         overwrite: replace a non-empty ``output_dir``.
         tokenizer: saved with the model; default: the one in ``adapter_dir``, else the base's.
         card: the card to write; default: ``adapter_dir``'s whp_trainer card re-rendered in the merged form.
+        trust_remote_code: allow a base (and tokenizer) that ships its own code.
 
     Returns the output folder, which loads with ``AutoModelForCausalLM.from_pretrained``.
     """
@@ -328,12 +330,13 @@ def export_merged(
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_output_dir(output_dir, overwrite, inputs=[adapter_dir, base_source])
-    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype), adapter_dir)
+    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype, trust_remote_code), adapter_dir)
     merged = merged.merge_and_unload(progressbar=True)  # loading and saving show transformers' bars
     if output_dir.exists():
         shutil.rmtree(output_dir)  # overwrite=True: no stale file (e.g. an adapter_config.json) may survive
     merged.save_pretrained(output_dir)
-    save_tokenizer(find_tokenizer(adapter_dir, base_source) if tokenizer is None else tokenizer, output_dir)
+    tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
+    save_tokenizer(tokenizer, output_dir)
     save_card(merged_model_card(adapter_dir) if card is None else card, output_dir)
     return output_dir
 
@@ -353,7 +356,9 @@ def check_output_dir(output_dir: Path, overwrite: bool, inputs: list) -> None:
         )
 
 
-def load_full_precision_base(source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str) -> torch.nn.Module:
+def load_full_precision_base(
+    source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str, trust_remote_code: bool = False
+) -> torch.nn.Module:
     """The base model unquantized: loaded from ``source`` without any quantization config, or checked if in memory."""
     if isinstance(source, torch.nn.Module):
         if getattr(source, "is_quantized", False):
@@ -363,21 +368,21 @@ def load_full_precision_base(source: str | os.PathLike | torch.nn.Module, dtype:
         if isinstance(source, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in source.modules()):
             raise ValueError("base_model already holds adapter layers; pass the bare base model or its name or path")
         return source
-    if getattr(AutoConfig.from_pretrained(source), "quantization_config", None):
+    if getattr(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), "quantization_config", None):
         raise ValueError(
             f"base_model={str(source)!r} is a pre-quantized checkpoint; pass the full-precision checkpoint it was "
             "quantized from"
         )
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def find_tokenizer(adapter_dir: Path, base_source):
+def find_tokenizer(adapter_dir: Path, base_source, trust_remote_code: bool = False):
     """The tokenizer saved beside the adapter, else the base's (``None`` when the base is only in memory)."""
     for source in (adapter_dir, base_source):
         if not isinstance(source, (str, os.PathLike)):
             continue
         if not Path(source).is_dir() or (Path(source) / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(source)
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     return None
 
 

@@ -518,6 +518,9 @@ class PublishArguments:
         default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
     )
     overwrite: bool = field(default=False, metadata={"help": "export: replace a non-empty merged_dir."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "export: allow a base model and tokenizer that ship their own code."}
+    )
 
 
 def export(args: PublishArguments) -> str:
@@ -526,7 +529,8 @@ def export(args: PublishArguments) -> str:
     adapter = require_adapter(args.folder, "folder", "export")
     if not args.merged_dir:
         raise ValueError("whp export: --merged_dir is required")
-    return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=args.overwrite))
+    return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=args.overwrite,
+                             trust_remote_code=args.trust_remote_code))
 
 
 def push(args: PublishArguments):
