@@ -65,7 +65,8 @@ class EndpointChat:
         self.temperature, self.max_tokens = temperature, max_tokens
 
     def __call__(self, prompt: str) -> str:
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 return self._complete(prompt)
             except OfflineModeIsEnabled as error:
@@ -77,9 +78,9 @@ class EndpointChat:
                 if not retried(error) or attempt == self.max_retries:
                     raise RuntimeError(f"{self.base_url}/chat/completions: {describe(error)}") from error
                 wait = min(self.retry_wait * 2**attempt, 30.0)
-                logger.warning("%s: %s; retrying in %.0f s", self.base_url, describe(error), wait)
+                logger.warning("%s: %s; retrying in %.1f s", self.base_url, describe(error), wait)
                 time.sleep(wait)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def batch(self, prompts: Sequence[str]) -> list[str]:
         return [self(prompt) for prompt in prompts]
@@ -106,6 +107,7 @@ def retried(error: Exception) -> bool:
 
 
 def describe(error: Exception) -> str:
+    """The failure in one line: the HTTP status and the start of the server's answer, else the error itself."""
     if isinstance(error, HfHubHTTPError) and error.response is not None:
         return f"HTTP {error.response.status_code}: {error.response.text[:300]}"
     return f"{type(error).__name__}: {error}"
