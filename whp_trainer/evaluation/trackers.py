@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
-from transformers.integrations import WandbCallback, get_reporting_integration_callbacks
+from transformers.integrations import get_reporting_integration_callbacks
 
 LOG_PREFIX = "eval_"  # the integrations show "eval_<role>/<metric>" as "eval/<role>/<metric>"
 
@@ -32,7 +32,7 @@ def log_to_trackers(
     model=None,
     plots: Sequence[str | os.PathLike] = (),
 ) -> list[str]:
-    """Log ``results`` (and the PNG ``plots``, to TensorBoard and W&B) as one run of each tracker of ``report_to``.
+    """Log ``results`` (and the PNG ``plots``: TensorBoard, W&B, Trackio) as one run of each tracker of ``report_to``.
 
     Each tracker is opened, logged to and closed by its ``transformers`` integration callback, as the ``Trainer``
     does (TensorBoard writes under ``output_dir/runs/``; ``TENSORBOARD_LOGGING_DIR``, ``WANDB_PROJECT`` … apply).
@@ -59,7 +59,7 @@ def log_to_trackers(
 
 
 def log_images(callback, plots: list[Path]) -> None:
-    """The plots as images, for the integrations that take them (TensorBoard, W&B)."""
+    """The plots as images, for the integrations that take them (TensorBoard, W&B, Trackio)."""
     if not plots:
         return
     if getattr(callback, "tb_writer", None) is not None:
@@ -68,5 +68,7 @@ def log_images(callback, plots: list[Path]) -> None:
         for plot in plots:
             callback.tb_writer.add_image(f"eval/{plot.stem}", imread(plot)[..., :3], dataformats="HWC")
         callback.tb_writer.flush()
-    elif isinstance(callback, WandbCallback) and callback._initialized:
-        callback._wandb.log({f"eval/{plot.stem}": callback._wandb.Image(str(plot)) for plot in plots})
+        return
+    tracker = getattr(callback, "_wandb", None) or getattr(callback, "_trackio", None)  # the same log/Image API
+    if getattr(callback, "_initialized", False) and hasattr(tracker, "Image"):
+        tracker.log({f"eval/{plot.stem}": tracker.Image(str(plot)) for plot in plots})
