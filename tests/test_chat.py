@@ -20,6 +20,28 @@ def test_endpoint_chat_sends_the_prompt_the_model_and_the_key(chat_server):
     assert body["temperature"] == 0.0
 
 
+def test_endpoint_chat_batches_requests_concurrently_in_order(chat_server):
+    import threading
+    import time
+
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_echo(body):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return 200, chat_completion(body["messages"][0]["content"].upper())
+
+    chat_server.reply = slow_echo
+    prompts = [f"prompt {i}" for i in range(12)]
+    assert EndpointChat(chat_server.url, "m", concurrency=4).batch(prompts) == [p.upper() for p in prompts]
+    assert 1 < most[0] <= 4
+
+
 def test_endpoint_chat_retries_transient_failures_only(chat_server):
     statuses = iter([503, 429, 200])
     chat_server.reply = lambda body: (status := next(statuses), chat_completion("done") if status == 200 else {})

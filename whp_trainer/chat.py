@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from huggingface_hub import InferenceClient, InferenceTimeoutError
@@ -45,6 +46,8 @@ class EndpointChat:
             ``retry_wait`` seconds, then twice as long each time (at most 30 s).
         temperature: sampling temperature (0: greedy, for reproducible discovery and judging).
         max_tokens: longest reply; ``None``: the server's default.
+        concurrency: requests [`batch`][whp_trainer.chat.EndpointChat.batch] keeps in flight at once (servers
+            such as vLLM batch them); the replies keep the prompts' order.
     """
 
     def __init__(
@@ -57,12 +60,13 @@ class EndpointChat:
         retry_wait: float = 1.0,
         temperature: float = 0.0,
         max_tokens: int | None = None,
+        concurrency: int = 4,
     ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.client = InferenceClient(base_url=self.base_url, api_key=api_key, timeout=timeout)
         self.max_retries, self.retry_wait = max_retries, retry_wait
-        self.temperature, self.max_tokens = temperature, max_tokens
+        self.temperature, self.max_tokens, self.concurrency = temperature, max_tokens, concurrency
 
     def __call__(self, prompt: str) -> str:
         attempt = 0
@@ -83,7 +87,9 @@ class EndpointChat:
                 attempt += 1
 
     def batch(self, prompts: Sequence[str]) -> list[str]:
-        return [self(prompt) for prompt in prompts]
+        """The replies to ``prompts``, in their order, ``concurrency`` requests at a time."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self, prompts))
 
     def _complete(self, prompt: str) -> str:
         try:
