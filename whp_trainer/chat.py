@@ -44,6 +44,7 @@ class EndpointChat:
         timeout: seconds to wait for one answer.
         max_retries: retries of a request that timed out, could not connect, or got HTTP 408, 429 or 5xx, waiting
             ``retry_wait`` seconds, then twice as long each time (at most 30 s).
+        retry_wait: seconds before the first retry.
         temperature: sampling temperature (0: greedy, for reproducible discovery and judging).
         max_tokens: longest reply; ``None``: the server's default.
         concurrency: requests [`batch`][whp_trainer.chat.EndpointChat.batch] keeps in flight at once (servers
@@ -123,7 +124,7 @@ class LocalChat:
     """A local ``transformers`` causal LM as a chat model: greedy replies, prompts generated ``batch_size`` at a time.
 
     The tokenizer's chat template is applied when it has one. Prompts are padded on the left, so a batched reply
-    equals the reply to the prompt alone.
+    is the reply to the prompt alone (in float32; half precision may differ in rare near-ties).
 
     Args:
         model: a causal LM (a ``PeftModel`` generates with its active adapter).
