@@ -16,7 +16,6 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import AutoTokenizer, Trainer
-from trl.trainer.utils import create_model_from_path
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
@@ -314,6 +313,8 @@ def pad_right(tensor: torch.Tensor, width: int) -> torch.Tensor:
 def _model_from_id(model_id: str, args: UnlearnConfig, processing_class):
     """The model of ``model_id`` loaded as TRL's trainers load it (``args.model_init_kwargs``; dtype float32 unless
     given), and its tokenizer (pad token: EOS if it has none) when ``processing_class`` is None."""
+    from trl.trainer.utils import create_model_from_path  # TRL's own loader; trl is slow to import
+
     kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
     model = create_model_from_path(model_id, **kwargs)
     if processing_class is None:
