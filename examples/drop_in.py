@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # whp: instead of Trainer, TrainingArguments
 from whp_trainer.collator import split_into_blocks
-from whp_trainer.pipeline import load_texts
+from whp_trainer.data import load_texts
 
 
 def main(argv=None):

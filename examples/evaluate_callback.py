@@ -17,7 +17,7 @@ from whp_trainer import UnlearnConfig, UnlearnTrainer
 from whp_trainer.collator import split_into_blocks
 from whp_trainer.evaluation import EvaluateConfig, FamiliarityCallback, evaluate_model, write_report
 from whp_trainer.evaluation.probes import load_probes
-from whp_trainer.pipeline import load_texts
+from whp_trainer.data import load_texts
 
 
 def main(argv=None):

@@ -68,3 +68,54 @@ def no_model_loading(monkeypatch):
 
     monkeypatch.setattr(pipeline, "load_base_model", refuse)
     monkeypatch.setattr(pipeline, "load_tokenizer", refuse)
+
+
+@pytest.fixture
+def chat_server(monkeypatch):
+    """A local server speaking the OpenAI chat-completions API on 127.0.0.1, for at most 60 s.
+
+    ``server.reply`` maps a request body to ``(status, JSON body)`` (default: a completion echoing "ok");
+    ``server.requests`` records ``(path, Authorization header, body)``; ``server.url`` is its ``…/v1``.
+    """
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a local server is not the Hub
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            server.requests.append((self.path, self.headers.get("Authorization"), body))
+            status, answer = server.reply(body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.requests = []
+    server.reply = lambda body: (200, chat_completion("ok"))
+    server.url = f"http://127.0.0.1:{server.server_port}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    deadline = threading.Timer(60, server.shutdown)  # stops by itself even if a test hangs
+    deadline.start()
+    yield server
+    deadline.cancel()
+    server.shutdown()
+    server.server_close()
+
+
+def chat_completion(content: str) -> dict:
+    """A minimal OpenAI chat-completions response."""
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}

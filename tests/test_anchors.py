@@ -172,3 +172,10 @@ def test_anchors_with_identical_tokens_are_rejected():
     uncased = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
     with pytest.raises(ValueError, match=r"anchors 'Harry' and 'harry' have the same tokens \[0\]"):
         AnchorDictionary({"Harry": "Jon", "harry": "Tom"}).compile(uncased)
+
+
+def test_compiling_says_what_it_does_and_leaves_no_line(tokenizer, capsys):
+    AnchorDictionary({"Harry": "Jon", "Hogwarts": "Mystic Academy"}).compile(tokenizer)
+    progress = capsys.readouterr()
+    assert not progress.out and "whp: compiling 2 anchors for the tokenizer" in progress.err
+    assert progress.err.rstrip(" ").endswith("\r")  # the bar is cleared once done (leave=False)

@@ -2,6 +2,7 @@
 skipping, and every bad-input message raised before a model is loaded."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def whp(*argv: str) -> subprocess.CompletedProcess:
     script = shutil.which("whp", path=str(Path(sys.executable).parent))
     assert script, "the whp console script is not installed (pip install -e .)"
     return subprocess.run([script, *argv], capture_output=True, text=True, timeout=600,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": str(Path(sys.executable).parent)})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": str(Path(sys.executable).parent),
+                               **{key: os.environ[key] for key in ("PYTHONPATH",) if key in os.environ}})
 
 
 def run_main(capsys, *argv: str) -> str:
@@ -74,8 +76,24 @@ def run_main(capsys, *argv: str) -> str:
     return capsys.readouterr().err
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[float]]:
+    """Tag -> values of the TensorBoard event files under ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+        scalars.update({f"image:{tag}": [] for tag in accumulator.Tags()["images"]})
+    return scalars
+
+
 def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
-    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn=TRAINING, evaluate=EVALUATION)
+    tracked = {"report_to": ["tensorboard"]}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **tracked},
+                        evaluate={**EVALUATION, **tracked, "plots": True})
     result = whp("run", str(write_config(tmp_path / "run.yaml", config)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gemm_4bit" not in result.stderr and "Warning" not in result.stderr  # no third-party noise on a plain run
@@ -92,6 +110,15 @@ def test_whp_run_chains_reinforce_unlearn_evaluate(files, tmp_path, tokenizer):
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert {"base", "reinforced", "unlearned"} <= set(report["results"])
     assert (run / "evaluation" / "report.md").is_file()
+    # the familiarity curves came from the unlearn stage's trainer_state.json (no side file)
+    assert (run / "evaluation" / "next_token_curves.png").is_file()
+
+    unlearn_logs = tensorboard_scalars(run / "unlearned" / "runs")  # the Trainer's and FamiliarityCallback's
+    assert "train/loss" in unlearn_logs and len(unlearn_logs["eval/familiarity"]) >= 2
+    evaluate_logs = tensorboard_scalars(run / "evaluation" / "runs")  # whp evaluate's, the same way
+    for role in ("base", "reinforced", "unlearned"):
+        assert evaluate_logs[f"eval/{role}/familiarity_token"] == [pytest.approx(report["results"][role]["familiarity_token"])]
+    assert "image:eval/familiarity_vs_retain" in evaluate_logs
 
     base = AutoModelForCausalLM.from_pretrained(files / "base")
     unlearned = PeftModel.from_pretrained(base, run / "unlearned")  # the standard one-liner loads it
@@ -158,10 +185,13 @@ UNLEARN = ["unlearn", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files
         (UNLEARN + ["--forget_data", "{tmp}/latin1.txt"], "{tmp}/latin1.txt: not UTF-8 text (byte 5"),
         (UNLEARN + ["--anchors", "{tmp}/latin1.yaml"], "{tmp}/latin1.yaml: not UTF-8 text"),
         (UNLEARN + ["--forget_data", "{tmp}/broken.jsonl"], "{tmp}/broken.jsonl, line 2: not valid JSON"),
-        (UNLEARN + ["--forget_data", "{tmp}/blank.txt"], "whp unlearn: {tmp}/blank.txt holds no text"),
+        (UNLEARN + ["--forget_data", "{tmp}/blank.txt"], "{tmp}/blank.txt: no text in the .txt file(s)"),
         (UNLEARN + ["--model_name_or_path", "models/llama"], "--model_name_or_path models/llama: no such local folder"),
         (UNLEARN + ["--output_dir", "{tmp}/bad.yaml"], "output_dir {tmp}/bad.yaml is a file"),
         (["push", "--folder", "{files}", "--repo_id", "me/model", "--token", "hf_x"], "has no adapter_config.json"),
+        (["evaluate", "--output_dir", "{tmp}/o", "--report_to", "tensorbord"], "unknown tracker(s) ['tensorbord']"),
+        (["reinforce", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
+          "./books/missing"], "--forget_data ./books/missing: no such file or folder"),
     ],
 )
 def test_bad_input_stops_with_one_clear_message(argv, message, files, tmp_path, capsys, no_model_loading):
@@ -284,3 +314,45 @@ def test_the_drop_in_example_runs(files, tmp_path, monkeypatch):
                             "--max_steps", "1"])
     assert trainer.state.global_step == 1
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(files / "base"), tmp_path / "out")
+
+
+def test_evaluate_runs_lm_eval_for_base_and_unlearned_from_one_base(files, tmp_path, tokenizer, capsys):
+    """The paper's recipe (`--lm_eval_tasks arc_challenge …`) on a local task: each role scored on the one base."""
+    pytest.importorskip("lm_eval")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from whp_trainer.evaluation.harness import lm_eval_benchmarks
+
+    words = [sentence.split() for sentence in CORPUS]
+    docs = [{"question": " ".join(w[:k]), "choices": [" " + w[k], " " + w[(k + 3) % len(w)]], "answer": 0}
+            for w in words for k in range(2, min(len(w) - 1, 6))]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    (tmp_path / "tasks" / "whp_tiny.yaml").write_text(
+        "task: whp_tiny\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "target_delimiter: ''\ndoc_to_choice: '{{choices}}'\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n    higher_is_better: true\n")
+    torch.manual_seed(3)
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(files / "base"), lora).save_pretrained(tmp_path / "adapter")
+
+    argv = ["evaluate", "--model_name_or_path", str(files / "base"), "--unlearned_adapter", str(tmp_path / "adapter"),
+            "--forget_data", str(files / "forget.txt"), "--retain_data", str(files / "retain.txt"),
+            "--probes", str(files / "probes.json"), "--roles", "base", "unlearned", "--output_dir",
+            str(tmp_path / "evaluation"), "--lm_eval_include_path", str(tmp_path / "tasks"), "--completions", "0",
+            "--memorization_passages", "0", "--relearn_steps", "0", "--plots", "false", "--hints", "false"]
+    error = run_main(capsys, *argv, "--lm_eval_tasks", "whp_tiyn")  # misspelt: stops before any model is loaded
+    assert "lm-eval knows no task(s) ['whp_tiyn']" in error and "'whp_tiny'" in error
+    assert not (tmp_path / "evaluation").exists()
+    cli.main([*argv, "--lm_eval_tasks", "whp_tiny"])
+    results = json.loads((tmp_path / "evaluation" / "report.json").read_text())["results"]
+    base = AutoModelForCausalLM.from_pretrained(files / "base")
+    expected_base = lm_eval_benchmarks(base, tokenizer, ["whp_tiny"], include_path=tmp_path / "tasks")["whp_tiny"]
+    unlearned = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    expected = lm_eval_benchmarks(unlearned, tokenizer, ["whp_tiny"], include_path=tmp_path / "tasks")["whp_tiny"]
+    assert results["base"]["lm_eval_whp_tiny"] == pytest.approx(expected_base)
+    assert results["unlearned"]["lm_eval_whp_tiny"] == pytest.approx(expected)
+    assert expected != pytest.approx(expected_base)  # the adapter was on for one role and off for the other

@@ -2,8 +2,6 @@
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
@@ -15,8 +13,6 @@ from whp_trainer.discover import (
     Candidate,
     boosted_expressions,
     candidates_from_llm,
-    local_chat,
-    openai_chat,
     parse_anchor_reply,
     write_candidates,
 )
@@ -67,57 +63,6 @@ def test_candidates_from_llm_prompts_each_passage_and_merges():
     candidates = candidates_from_llm(["Harry went to Hogwarts. " * 4, "short"], fake_model, chunk_chars=60)
     assert len(prompts) == 3 and "idiosyncratic" in prompts[0] and prompts[-1].rstrip().endswith("short")
     assert pairs(candidates) == {"Harry": ["Jon", "Tom"], "Hogwarts": ["Mystic Academy"]}
-
-
-# --- chat models --------------------------------------------------------------------------------------------------
-
-
-class _ChatHandler(BaseHTTPRequestHandler):
-    requests: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _ChatHandler.requests.append((self.path, self.headers.get("Authorization"), body))
-        status, reply = {"good": (200, {"choices": [{"message": {"content": '{"Harry": "Jon"}'}}]}),
-                         "broken": (200, {"unexpected": True}), "refused": (401, {"error": "bad key"})}[body["model"]]
-        self.send_response(status)
-        self.end_headers()
-        self.wfile.write(json.dumps(reply).encode())
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def chat_server():
-    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1/"
-    server.shutdown()
-    server.server_close()
-
-
-def test_openai_chat_posts_a_chat_completion(chat_server):
-    _ChatHandler.requests.clear()
-    assert candidates_from_llm(["Harry"], openai_chat(chat_server, "good", api_key="k"))[0].translations == ["Jon"]
-    path, authorization, body = _ChatHandler.requests[0]
-    assert path == "/v1/chat/completions" and authorization == "Bearer k"
-    assert body["messages"][0]["role"] == "user" and "Harry" in body["messages"][0]["content"]
-    with pytest.raises(ValueError, match="not a chat completion response"):
-        openai_chat(chat_server, "broken")("hi")
-    with pytest.raises(RuntimeError, match="answered HTTP 401: .*bad key"):
-        openai_chat(chat_server, "refused")("hi")
-    with pytest.raises(RuntimeError, match="cannot reach http://127.0.0.1:9/chat/completions"):
-        openai_chat("http://127.0.0.1:9", "good", timeout=5)("hi")
-
-
-def test_local_chat_generates_with_and_without_chat_template(tokenizer, make_model):
-    model = make_model()
-    assert isinstance(local_chat(model, tokenizer, max_new_tokens=3)("Harry said"), str)
-    templated = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, **tokenizer.special_tokens_map)
-    templated.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    assert isinstance(local_chat(model, templated, max_new_tokens=3)("Harry said"), str)
 
 
 # --- statistics ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from conftest import CORPUS, LORA
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
-from whp_trainer import cli, discover, hub
+from whp_trainer import chat, cli, data, hub
 from whp_trainer.config import UnlearnConfig
 from whp_trainer.toy import tiny_llama
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 INCLUDE = re.compile(r'^--8<-- "([^":]+)(?::([\w-]+))?"$')
-HUB_BASE = "meta-llama/Llama-2-7b-hf"  # the Hub id the publish guide merges into
+HUB_BASES = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf")  # Hub ids the guides load: a tiny base here
 
 
 def blocks(page: Path, language: str) -> list[str]:
@@ -73,7 +73,7 @@ def test_readme_python_is_the_drop_in_example_word_for_word():
     assert body.strip() == section("examples/drop_in.py", "drop-in").strip()
 
 
-EXECUTED_PAGES = {"guides/anchors.md", "guides/reinforce.md", "guides/publish.md"}
+EXECUTED_PAGES = {"guides/anchors.md", "guides/reinforce.md", "guides/publish.md", "guides/unlearn.md"}
 
 
 def test_every_page_with_inline_python_is_executed_here():
@@ -103,13 +103,15 @@ def page_namespace(tokenizer, tmp_path, monkeypatch):
 
 def run_page(page: str, namespace: dict) -> dict:
     for body in inline_python(ROOT / "docs" / page):
-        exec(compile(body.replace(HUB_BASE, "base"), page, "exec"), namespace)
+        for hub_id in HUB_BASES:
+            body = body.replace(hub_id, "base")
+        exec(compile(body, page, "exec"), namespace)
     return namespace
 
 
 def test_anchors_guide_runs(page_namespace, monkeypatch):
     reply = json.dumps({"Hogwarts": ["Mystic Academy"], "Quidditch": ["Skyball"]})
-    monkeypatch.setattr(discover, "openai_chat", lambda url, model, api_key=None: lambda prompt: reply)
+    monkeypatch.setattr(chat, "EndpointChat", lambda url, model, api_key=None: lambda prompt: reply)
     namespace = run_page("guides/anchors.md", page_namespace)
     assert len(namespace["dictionary"]) == 2 and Path("anchors.csv").is_file()
     assert namespace["batch"]["input_ids"].shape[0] == 1
@@ -119,6 +121,18 @@ def test_anchors_guide_runs(page_namespace, monkeypatch):
 def test_reinforce_guide_runs(page_namespace):
     namespace = run_page("guides/reinforce.md", page_namespace)
     assert (Path(namespace["path"]) / "adapter_config.json").is_file()
+
+
+def test_unlearn_guide_runs(page_namespace, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: calls.append(a) or Dataset.from_dict({"text": CORPUS}))
+    torch.manual_seed(0)
+    get_peft_model(tiny_llama(page_namespace["tokenizer"]), LoraConfig(**LORA)).save_pretrained("runs/reinforced")
+    namespace = run_page("guides/unlearn.md", page_namespace)
+    assert calls == [("someone/hp-books", "books")]
+    trainer = namespace["trainer"]
+    assert trainer.has_reinforced and trainer.model.get_base_model().is_loaded_in_4bit
+    assert len(trainer.train_dataset) >= 1
 
 
 def test_publish_guide_runs(page_namespace, monkeypatch):

@@ -4,8 +4,6 @@ import dataclasses
 import json
 import math
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from whp_trainer.evaluation.familiarity import (
     token_familiarity,
 )
 from whp_trainer.evaluation.harness import lm_eval_benchmarks, task_accuracies
-from whp_trainer.evaluation.judges import CATEGORIES, AnchorJudge, LLMJudge, openai_judge, parse_judgement
+from whp_trainer.evaluation.judges import CATEGORIES, AnchorJudge, LLMJudge, parse_judgement
 from whp_trainer.evaluation.memorization import rouge_l, verbatim_memorization
 from whp_trainer.evaluation.probes import build_probes, load_probes, write_probes
 from whp_trainer.evaluation.retain import perplexity
@@ -376,33 +374,3 @@ def test_completion_familiarity_weighs_explicit_and_thematic_and_sets_unparsed_a
     with pytest.raises(ValueError, match="unknown categories"):
         completion_familiarity([["x"]], lambda prompt, completion: "maybe")
     assert set(CATEGORIES) < set(result["counts"])
-
-
-def test_openai_judge_posts_to_chat_completions():
-    received = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((self.path, self.headers.get("Authorization"),
-                             json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            body = json.dumps({"choices": [{"message": {"content": "Category: (a)"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        judge = openai_judge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", api_key="secret")
-        assert judge("Harry went to", " Hogwarts") == "explicit"
-    finally:
-        server.shutdown()
-    path, authorization, payload = received[0]
-    assert path == "/v1/chat/completions" and authorization == "Bearer secret"
-    assert payload["model"] == "judge-model" and "Completion:  Hogwarts" in payload["messages"][0]["content"]

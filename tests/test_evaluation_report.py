@@ -68,6 +68,7 @@ def test_the_callback_logs_at_step_0_every_n_steps_and_the_end(make_model, token
             "eval_p_next[Harry Potter studies][ the]"]
     logged = [entry for entry in trainer.state.log_history if "eval_familiarity" in entry]
     assert [entry["step"] for entry in logged] == [0, 2, 4, 5]
+    assert [entry["step"] for entry in trainer.state.log_history if "loss" in entry] == [1, 2, 3, 4, 5]
     assert all(key in entry and math.isfinite(entry[key]) for entry in logged for key in keys)
     assert [entry["step"] for entry in callback.history] == [0, 2, 4, 5]
     assert model.active_adapter == "default" and trainable(model) == before
@@ -96,11 +97,16 @@ def two_adapters(make_model, tokenizer):
     return model
 
 
-def test_evaluate_model_measures_each_role_and_restores_the_model(two_adapters, tokenizer):
+def test_evaluate_model_measures_each_role_and_restores_the_model(two_adapters, tokenizer, capsys):
     model = two_adapters
     before, weights = trainable(model), {k: v.clone() for k, v in model.state_dict().items()}
     results = evaluate_model(model, tokenizer, EvaluateConfig(**SMALL), PROBES, FORGET, RETAIN,
                              dictionary=AnchorDictionary(ANCHORS))
+    progress = capsys.readouterr()
+    assert not progress.out  # the progress bar (on stderr) says which role and metric are being measured
+    for step in ("base: token familiarity", "reinforced: verbatim memorization", "unlearned: retain perplexity",
+                 "unlearned: judging completions", "unlearned: relearning"):
+        assert step in progress.err, step
     assert list(results) == ["base", "reinforced", "unlearned"]
     assert results["reinforced"]["familiarity_token"] > 2 * results["base"]["familiarity_token"]
     assert results["reinforced"]["forget_perplexity"] < results["base"]["forget_perplexity"]

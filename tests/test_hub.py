@@ -398,3 +398,62 @@ def test_push_checks_extra_files_before_any_request(run, tmp_path):
             dictionary_file=tmp_path / "missing.json", api=api,
         )
     assert api.calls == []
+
+
+# --- cards the Hub accepts ------------------------------------------------------------------------------------------
+
+
+def leaves(value):
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
+def test_the_card_validates_with_huggingface_hub_and_holds_no_nan(args, tmp_path, monkeypatch):
+    results = {"unlearned": {"familiarity_token": 0.01, "familiarity_completion": float("nan")},
+               "base": {"familiarity_token": 0.2, "familiarity_completion": 0.3}}
+    path = write_model_card(tmp_path, args, **{**CARD_KWARGS, "eval_results": results},
+                            datasets=["someone/hp-books", str(tmp_path)],
+                            tracker_urls={"wandb": "https://wandb.ai/me/whp/runs/abc",
+                                          "trackio": "https://me-trackio.hf.space?project=whp&runs=r1"})
+    text = path.read_text(encoding="utf-8")
+    assert "nan" not in text.lower().split("---")[1]  # the YAML front matter
+    card = ModelCard.load(path)  # huggingface_hub parses the metadata and the model-index back
+    metadata = card.data.to_dict()
+    assert [result.metric_type for result in card.data.eval_results] == ["familiarity_token"]
+    assert all(leaf is not None for leaf in leaves(metadata["model-index"]))
+    assert metadata["datasets"] == ["someone/hp-books"]  # a local path is no Hub dataset
+    assert "| `familiarity_completion` |" not in text and "| familiarity_completion | — | 0.3 |" in text
+    assert "[Weights & Biases](https://wandb.ai/me/whp/runs/abc)" in text
+    assert "trackio:https://me-trackio.hf.space?project=whp&runs=r1" in metadata["tags"]
+    assert "[`someone/hp-books`](https://huggingface.co/datasets/someone/hp-books)" in text
+
+    posted = []
+
+    class Response:
+        status_code = 200
+
+        def raise_for_status(self):
+            pass
+
+    class RecordingSession:  # the Hub's /api/validate-yaml is where the real check runs: no network here
+        def post(self, url, json, headers):
+            posted.append((url, json))
+            return Response()
+
+    monkeypatch.setattr("huggingface_hub.repocard.get_session", lambda: RecordingSession())
+    monkeypatch.setattr("huggingface_hub.repocard.hf_raise_for_status", lambda response: None)
+    card.validate()
+    [(url, body)] = posted
+    assert url.endswith("/api/validate-yaml") and body == {"repoType": "model", "content": str(card)}
+
+
+def test_tracker_urls_come_from_the_trackers_running(monkeypatch):
+    import trl.trainer.utils
+
+    monkeypatch.setattr(trl.trainer.utils, "get_trackio_space_url", lambda: "https://me-trackio.hf.space?project=p")
+    assert hub.tracker_urls() == {"trackio": "https://me-trackio.hf.space?project=p"}
+    monkeypatch.setattr(trl.trainer.utils, "get_trackio_space_url", lambda: None)
+    assert hub.tracker_urls() == {}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}
 
@@ -140,7 +141,11 @@ class AnchorDictionary:
 
     def compile(self, tokenizer) -> TokenAnchors:
         """Matcher and translator of this dictionary on the token ids of ``tokenizer`` (a fast tokenizer)."""
-        return TokenAnchors(self, tokenizer)
+        # seconds for a large vocabulary and dictionary: a bar says what runs, and goes when it is done
+        with tqdm(total=1, desc=f"whp: compiling {len(self)} anchors for the tokenizer", leave=False) as bar:
+            compiled = TokenAnchors(self, tokenizer)
+            bar.update()
+        return compiled
 
 
 def read_text(path: str | Path) -> str:

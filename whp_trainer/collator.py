@@ -299,6 +299,7 @@ def split_into_blocks(dataset_or_texts, tokenizer, block_size: int, text_field: 
             batched=True,
             remove_columns=dataset_or_texts.column_names,
             fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, "text_field": text_field},
+            desc=f"whp: tokenizing into blocks of {block_size} tokens",
         )
     if isinstance(dataset_or_texts, Mapping):
         return {"input_ids": split_into_blocks(list(dataset_or_texts[text_field]), tokenizer, block_size)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -38,6 +39,8 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
         default="whp-unlearned",
         metadata={"help": "Where the unlearning adapter, its card and the checkpoints are written."},
     )
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
     alpha: float = field(
         default=5.0,
         metadata={"help": "α in v_generic = v_baseline − α·ReLU(v_reinforced − v_baseline). The paper uses 5."},
@@ -103,6 +106,17 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
     )
     cache_top_k: int = field(
         default=32, metadata={"help": "Soft mode with cache_targets: how many most likely tokens are stored."}
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments of AutoModelForCausalLM.from_pretrained when the trainer's model is given as a "
+            "Hub id or path (as TRL's model_init_kwargs): dtype, quantization_config, attn_implementation, revision."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow models and tokenizers that ship their own Python code from the Hub (as in TRL)."},
     )
     remove_unused_columns: bool = field(
         default=False,

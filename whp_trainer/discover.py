@@ -6,8 +6,9 @@ Two sources, usable together (:func:`merge_candidates`):
   text, and whose tokens the reinforced adapter boosts most over the baseline. Their translations are left empty.
 * a chat model (:func:`candidates_from_llm`), prompted as in Eldan & Russinovich (2023) for idiosyncratic names,
   places, objects and expressions with generic alternatives. The model is any ``Callable[[str], str]``:
-  :func:`openai_chat` (an OpenAI-compatible endpoint), :func:`local_chat` (a local ``transformers`` model), or your
-  own (e.g. ``lambda prompt: pipe(prompt)[0]["generated_text"]``).
+  [`EndpointChat`][whp_trainer.chat.EndpointChat] (an OpenAI-compatible endpoint),
+  [`LocalChat`][whp_trainer.chat.LocalChat] (a local ``transformers`` model, prompts batched), or your own (e.g.
+  ``lambda prompt: pipe(prompt)[0]["generated_text"]``).
 
 :func:`write_candidates` writes empty translations as ``""``, which :meth:`AnchorDictionary.load` rejects, naming the
 line: the file cannot be used before every entry has been reviewed.
@@ -19,8 +20,6 @@ import json
 import logging
 import math
 import re
-import urllib.error
-import urllib.request
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .chat import ask
 from .models import teacher_logits
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ def token_boosts(model, tokenizer, texts, adapter: str, max_length: int, batch_s
     chunks = list(zip(encoded["input_ids"], encoded["offset_mapping"], encoded["overflow_to_sample_mapping"]))
     for begin in range(0, len(chunks), batch_size):
         batch = chunks[begin : begin + batch_size]
-        ids, mask = _right_padded([chunk[0] for chunk in batch], tokenizer.pad_token_id or 0)
+        padded = tokenizer.pad({"input_ids": [chunk[0] for chunk in batch]}, padding_side="right", return_tensors="pt")
+        ids, mask = padded["input_ids"], padded["attention_mask"]
         base = torch.log_softmax(teacher_logits(model, ids, mask), dim=-1)
         reinforced = torch.log_softmax(teacher_logits(model, ids, mask, adapter=adapter), dim=-1)
         following = ids[:, 1:, None]
@@ -166,24 +167,16 @@ def token_boosts(model, tokenizer, texts, adapter: str, max_length: int, batch_s
             yield texts[sample], [s for s, _ in spans], [e for _, e in spans], boost[row, : len(spans)].tolist()
 
 
-def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    return ids, mask
-
-
 # --- prompting a chat model --------------------------------------------------------------------------------------
 
 
 def candidates_from_llm(
     texts: Iterable[str], generate: Callable[[str], str], chunk_chars: int = 6000, prompt: str = EXTRACTION_PROMPT
 ) -> list[Candidate]:
-    """Ask ``generate`` (prompt → reply) for anchors in each passage of about ``chunk_chars`` characters."""
-    found = []
-    for passage in passages(texts, chunk_chars):
-        found.append(parse_anchor_reply(generate(prompt.format(passage=passage))))
-    return merge_candidates(*found)
+    """Ask ``generate`` (prompt → reply) for anchors in each passage of about ``chunk_chars`` characters (all passages
+    at once to a ``generate`` with a ``batch`` method, such as [`LocalChat`][whp_trainer.chat.LocalChat])."""
+    replies = ask(generate, [prompt.format(passage=passage) for passage in passages(texts, chunk_chars)])
+    return merge_candidates(*(parse_anchor_reply(reply) for reply in replies))
 
 
 def passages(texts: Iterable[str], chunk_chars: int) -> Iterable[str]:
@@ -309,53 +302,6 @@ def merge_candidates(*lists: Iterable[Candidate]) -> list[Candidate]:
         if candidate.note and candidate.note not in known.note:
             known.note = f"{known.note}; {candidate.note}"
     return list(merged.values())
-
-
-def openai_chat(
-    url: str, model: str, api_key: str | None = None, temperature: float = 0.0, timeout: float = 120.0
-) -> Callable[[str], str]:
-    """A ``generate`` callable that POSTs to ``{url}/chat/completions`` of an OpenAI-compatible server."""
-    endpoint = url.rstrip("/") + "/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-
-    def generate(prompt: str) -> str:
-        payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": temperature}
-        request = urllib.request.Request(endpoint, json.dumps(payload).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read().decode("utf-8", errors="replace")
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode("utf-8", errors="replace")[:300]
-            raise RuntimeError(f"{endpoint} answered HTTP {error.code}: {detail}") from error
-        except urllib.error.URLError as error:
-            raise RuntimeError(f"cannot reach {endpoint}: {error.reason}") from error
-        try:
-            return json.loads(body)["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
-            raise ValueError(f"{endpoint}: not a chat completion response: {body[:300]!r}") from error
-
-    return generate
-
-
-def local_chat(model, tokenizer, max_new_tokens: int = 1024) -> Callable[[str], str]:
-    """A ``generate`` callable running a local ``transformers`` causal LM greedily (chat template if it has one)."""
-
-    def generate(prompt: str) -> str:
-        if tokenizer.chat_template:
-            messages = [{"role": "user", "content": prompt}]
-            inputs = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        else:
-            inputs = tokenizer(prompt, return_tensors="pt")
-        inputs = {key: value.to(model.device) for key, value in inputs.items()}
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-    return generate
 
 
 # --- output -------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from importlib import resources
@@ -67,6 +68,8 @@ def build_model_card(
     eval_results: dict[str, dict[str, float]] | None = None,
     form: str = "adapter",
     tags: list[str] | None = None,
+    datasets: list[str] | None = None,
+    tracker_urls: dict[str, str] | None = None,
 ) -> ModelCard:
     """The model card of an unlearning run, in ``form`` ``"adapter"`` or ``"merged"``.
 
@@ -79,8 +82,12 @@ def build_model_card(
         dataset_description: free text describing the forget data.
         peft_config: the unlearning adapter's config (LoRA r, alpha, dropout, target modules).
         eval_results: flat ``metric -> value`` per role, e.g. ``{"unlearned": {...}, "base": {...}}``. All roles
-            appear in the card's table; the ``"unlearned"`` role becomes the ``model-index`` metadata.
+            appear in the card's table; the ``"unlearned"`` role's finite values become the ``model-index`` metadata
+            (a metric that was not measured, NaN, is left out: the Hub accepts numbers only).
         tags: extra Hub tags.
+        datasets: Hub ids of the training (forget) data, for the ``datasets`` metadata (local paths are left out).
+        tracker_urls: tracker name -> the run's page (``"wandb"``, ``"trackio"``, ``"comet"``), linked from the card
+            as TRL's cards do; default: none (the trainer passes [`tracker_urls`][whp_trainer.hub.tracker_urls]).
     """
     run = {
         "model_name": model_name,
@@ -94,6 +101,8 @@ def build_model_card(
         "dataset_description": dataset_description,
         "eval_results": checked_eval_results(eval_results),
         "tags": list(tags or []),
+        "datasets": [dataset for dataset in datasets or [] if hub_repo_id(dataset)],
+        "trackers": dict(tracker_urls or {}),
         "whp_trainer_version": package_version("whp_trainer"),
     }
     return render_model_card(run, form)
@@ -116,6 +125,7 @@ def render_model_card(run: dict, form: str) -> ModelCard:
         pipeline_tag="text-generation",
         model_name=run["model_name"],
         tags=card_tags(run, form),
+        datasets=run.get("datasets") or None,
         eval_results=model_index_results(run) or None,
         **{CARD_METADATA_KEY: run},
     )
@@ -181,7 +191,8 @@ def checked_dictionary(dictionary: dict | None) -> dict | None:
 
 
 def checked_eval_results(eval_results: dict | None) -> dict[str, dict[str, float]] | None:
-    """``{role: {metric: float}}``, with an error naming the entry that is not a number."""
+    """``{role: {metric: float}}``, with an error naming the entry that is not a number; a value that is not finite
+    (NaN: not measured) becomes ``None``, which YAML writes as ``null`` and the card's table as ``—``."""
     if not eval_results:
         return None
     checked = {}
@@ -191,15 +202,17 @@ def checked_eval_results(eval_results: dict | None) -> dict[str, dict[str, float
         checked[str(role)] = {}
         for metric, value in metrics.items():
             try:
-                checked[str(role)][str(metric)] = float(value)
+                number = float("nan") if value is None else float(value)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"eval_results[{role!r}][{metric!r}]={value!r} is not a number") from error
+            checked[str(role)][str(metric)] = number if math.isfinite(number) else None
     return checked
 
 
 def model_index_results(run: dict) -> list[EvalResult]:
-    """The ``"unlearned"`` role's metrics as ``EvalResult``s (the other roles are not this model's results)."""
-    metrics = (run["eval_results"] or {}).get(EVAL_ROLE, {})
+    """The ``"unlearned"`` role's finite metrics as ``EvalResult``s (the other roles are not this model's results)."""
+    metrics = {metric: value for metric, value in ((run["eval_results"] or {}).get(EVAL_ROLE, {})).items()
+               if value is not None and math.isfinite(value)}
     return [
         EvalResult(
             task_type="text-generation",
@@ -227,18 +240,37 @@ def card_tags(run: dict, form: str) -> list[str]:
     tags = ["whp_trainer", "unlearning"]
     tags += ["peft"] if form == "adapter" else ["merged"]
     tags += ["lora"] if run["lora"] and run["lora"]["peft_type"] == "LORA" else []
+    tags += [f"trackio:{url}" for name, url in (run.get("trackers") or {}).items() if name == "trackio"]  # as TRL
     return list(dict.fromkeys(tags + run["tags"]))
+
+
+def tracker_urls() -> dict[str, str]:
+    """The pages of the trackers running now (W&B run, Trackio Space, Comet experiment), found as TRL finds them."""
+    from transformers.integrations import is_wandb_available
+    from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
+
+    urls = {"trackio": get_trackio_space_url(), "comet": get_comet_experiment_url()}
+    if is_wandb_available():
+        import wandb
+
+        urls["wandb"] = wandb.run.url if wandb.run is not None else None
+    return {name: url for name, url in urls.items() if url}
 
 
 def hub_base_model(base_model: str | None) -> str | None:
     """``base_model`` when it names a Hub repo; ``None`` for a local path (the Hub rejects those in metadata)."""
-    if base_model is None or os.path.isdir(base_model):
-        return None
+    return base_model if base_model is not None and hub_repo_id(base_model) else None
+
+
+def hub_repo_id(name: str) -> bool:
+    """Whether ``name`` can be a Hub repo id rather than a local path."""
+    if os.path.exists(name):
+        return False
     try:
-        validate_repo_id(base_model)
+        validate_repo_id(name)
     except ValueError:
-        return None
-    return base_model
+        return False
+    return True
 
 
 def framework_versions() -> dict[str, str]:
@@ -262,7 +294,7 @@ def _plain(value):
 
 
 def _format_number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4g}"
+    return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
 # -------------------------------------------------------------------------------------------------- merged export
@@ -277,6 +309,7 @@ def export_merged(
     overwrite: bool = False,
     tokenizer=None,
     card: ModelCard | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Merge the unlearning adapter in ``adapter_dir`` into the full-precision base and save a plain model.
 
@@ -293,6 +326,7 @@ def export_merged(
             deleted; see `whp_trainer.runs`).
         tokenizer: saved with the model; default: the one in ``adapter_dir``, else the base's.
         card: the card to write; default: ``adapter_dir``'s whp_trainer card re-rendered in the merged form.
+        trust_remote_code: allow a base (and tokenizer) that ships its own code.
 
     Returns the output folder, which loads with ``AutoModelForCausalLM.from_pretrained``.
     """
@@ -306,9 +340,11 @@ def export_merged(
     print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype))
     if not begin_stage(output_dir, "export", print_, overwrite):
         return output_dir
-    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype), adapter_dir).merge_and_unload()
+    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype, trust_remote_code), adapter_dir)
+    merged = merged.merge_and_unload(progressbar=True)  # loading and saving show transformers' bars
     merged.save_pretrained(output_dir)
-    save_tokenizer(find_tokenizer(adapter_dir, base_source) if tokenizer is None else tokenizer, output_dir)
+    tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
+    save_tokenizer(tokenizer, output_dir)
     save_card(merged_model_card(adapter_dir) if card is None else card, output_dir)
     finish_stage(output_dir, "export", print_)
     return output_dir
@@ -323,7 +359,9 @@ def check_export_inputs(output_dir: Path, inputs: list) -> None:
                 raise ValueError(f"output_dir={str(output_dir)!r} holds the export's input {str(source)!r}")
 
 
-def load_full_precision_base(source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str) -> torch.nn.Module:
+def load_full_precision_base(
+    source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str, trust_remote_code: bool = False
+) -> torch.nn.Module:
     """The base model unquantized: loaded from ``source`` without any quantization config, or checked if in memory."""
     if isinstance(source, torch.nn.Module):
         if getattr(source, "is_quantized", False):
@@ -333,21 +371,21 @@ def load_full_precision_base(source: str | os.PathLike | torch.nn.Module, dtype:
         if isinstance(source, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in source.modules()):
             raise ValueError("base_model already holds adapter layers; pass the bare base model or its name or path")
         return source
-    if getattr(AutoConfig.from_pretrained(source), "quantization_config", None):
+    if getattr(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), "quantization_config", None):
         raise ValueError(
             f"base_model={str(source)!r} is a pre-quantized checkpoint; pass the full-precision checkpoint it was "
             "quantized from"
         )
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def find_tokenizer(adapter_dir: Path, base_source):
+def find_tokenizer(adapter_dir: Path, base_source, trust_remote_code: bool = False):
     """The tokenizer saved beside the adapter, else the base's (``None`` when the base is only in memory)."""
     for source in (adapter_dir, base_source):
         if not isinstance(source, (str, os.PathLike)):
             continue
         if not Path(source).is_dir() or (Path(source) / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(source)
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     return None
 
 

@@ -13,34 +13,54 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer import TRAINER_STATE_NAME
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .anchors import AnchorDictionary, read_text
-from .collator import check_anchor_coverage, collator_for, read_paragraphs, split_into_blocks
+from .anchors import AnchorDictionary
+from .collator import check_anchor_coverage, collator_for, split_into_blocks
 from .config import UnlearnConfig
+from .data import check_source, is_hub_id, load_texts
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
 
 logger = logging.getLogger(__name__)
 
-HISTORY_FILE = "familiarity_history.json"  # the unlearn stage's FamiliarityCallback measurements, for the report
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 
 
 @dataclass
 class DataArguments:
-    """Where the stages read their inputs. Paths may be text files, folders of ``.txt`` files or JSON Lines."""
+    """Where the stages read their inputs. Texts are local files or folders, or Hub dataset ids (see
+    [`load_texts`][whp_trainer.data.load_texts])."""
 
     forget_data: str | None = field(
-        default=None, metadata={"help": "The forget target: a .txt file, a folder of .txt files, or .json/.jsonl."}
+        default=None,
+        metadata={"help": "The forget target: a .txt file or folder of .txt files (one row per paragraph), a .json/"
+                  ".jsonl/.csv/.parquet file, a save_to_disk folder, or a Hub dataset id (org/name)."},
+    )
+    forget_data_config: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of a Hub forget dataset, as load_dataset's name."}
+    )
+    forget_data_split: str = field(
+        default="train", metadata={"help": "Split of a Hub (or saved) forget dataset, e.g. train or train[:1000]."}
     )
     retain_data: str | None = field(
-        default=None, metadata={"help": "Ordinary text the model must keep: perplexity and discovery reference."}
+        default=None,
+        metadata={"help": "Ordinary text the model must keep (perplexity, discovery reference): same forms as "
+                  "--forget_data."},
     )
-    text_field: str = field(default="text", metadata={"help": "Text column of .json/.jsonl data files."})
+    retain_data_config: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of a Hub retain dataset, e.g. wikitext-103-raw-v1."}
+    )
+    retain_data_split: str = field(default="train", metadata={"help": "Split of a Hub (or saved) retain dataset."})
+    text_field: str = field(
+        default="text", metadata={"help": "Text column of the forget (and retain) data; .txt files need none."}
+    )
+    retain_text_field: str | None = field(
+        default=None, metadata={"help": "Text column of the retain data, when it differs from --text_field."}
+    )
     anchors: str | None = field(
         default=None, metadata={"help": "Anchor dictionary file (.yaml, .json or .csv): anchor -> generic terms."}
     )
@@ -57,6 +77,19 @@ class DataArguments:
     dataset_description: str | None = field(
         default=None, metadata={"help": "One line describing the forget target, for the model card."}
     )
+
+    def forget_texts(self):
+        """The forget target as a ``Dataset`` with a ``text`` column."""
+        return load_texts(self.forget_data, self.text_field, self.forget_data_config, self.forget_data_split)
+
+    def retain_texts(self):
+        """The retain data as a ``Dataset`` with a ``text`` column."""
+        field_name = self.retain_text_field or self.text_field
+        return load_texts(self.retain_data, field_name, self.retain_data_config, self.retain_data_split)
+
+    def hub_datasets(self) -> list[str]:
+        """The Hub ids of the training (forget) data, for the model card's ``datasets`` metadata."""
+        return [self.forget_data] if self.forget_data and is_hub_id(self.forget_data) else []
 
 
 def lora_config(model_args: ModelConfig):
@@ -91,7 +124,7 @@ def require_adapter(value: str | None, argument: str, stage: str) -> Path:
     return path
 
 
-def require_model(model_args: ModelConfig, stage: str):
+def require_model(model_args: ModelConfig, stage: str, trust_remote_code: bool = False):
     """The model's config, read before any weights: a clear error for a folder that does not exist (a relative path
     is not sent to the Hub as an id when it looks like a path) or a Hub id that cannot be found or reached."""
     from huggingface_hub.utils import validate_repo_id
@@ -112,7 +145,7 @@ def require_model(model_args: ModelConfig, stage: str):
     try:
         return AutoConfig.from_pretrained(
             str(path) if path.exists() else name, revision=model_args.model_revision,
-            trust_remote_code=getattr(model_args, "trust_remote_code", False),
+            trust_remote_code=trust_remote_code,
         )
     except OSError as error:
         where = "folder holds no model config" if path.exists() else "no such local folder, and no such model on the Hub (or it cannot be reached)"
@@ -129,53 +162,36 @@ def check_tokenizer_fits(config, tokenizer, stage: str) -> None:
         )
 
 
-def load_texts(path: str | os.PathLike, text_field: str = "text") -> Dataset:
-    """A ``Dataset`` with a ``text`` column: one row per paragraph (blank-line separated) of a .txt file or of a
-    folder's .txt files, or one row per record of a .json/.jsonl file. Long rows are cut into blocks later."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".txt":
-        files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-        if not files:
-            raise ValueError(f"{path}: the folder holds no .txt files")
-        return Dataset.from_dict({"text": [paragraph for file in files for paragraph in read_paragraphs(file)]})
-    if path.suffix in (".json", ".jsonl"):
-        if path.suffix == ".jsonl":
-            check_json_lines(path)
-        dataset = load_dataset("json", data_files=str(path), split="train")
-        if text_field not in dataset.column_names:
-            raise ValueError(f"{path}: no column {text_field!r} (columns: {dataset.column_names}); set --text_field")
-        return dataset.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else dataset
-    raise ValueError(f"{path}: unsupported data file; expected .txt, a folder of .txt, .json or .jsonl")
+def require_data(value: str | None, argument: str, stage: str) -> str:
+    """A data source (a path or a Hub dataset id) that must be given; a missing path is named with its argument."""
+    if not value:
+        raise ValueError(f"whp {stage}: --{argument} is required")
+    try:
+        check_source(value)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"whp {stage}: --{argument} {value}: no such file or folder") from None
+    return value
 
 
-def check_json_lines(path: Path) -> None:
-    """Every non-blank line of a .jsonl file is a JSON object; the error names the file and line."""
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+def data_digest(source: str | None, config: str | None, split: str) -> list | None:
+    """What identifies a data source in a stage's fingerprint: a local path's content, else the Hub id (with the
+    config and split either way). A Hub dataset is not re-hashed: after it changes, pass --overwrite."""
+    if not source:
+        return None
+    return [file_digest(source) if Path(source).exists() else source, config, split]
 
 
-def require_text(texts: Dataset, path: Path, stage: str) -> Dataset:
-    """Refuse data with no text at all (an empty or whitespace-only file) before any model loads."""
-    if not any(isinstance(text, str) and text.strip() for text in texts["text"]):
-        raise ValueError(f"whp {stage}: {path} holds no text")
-    return texts
-
-
-def load_tokenizer(model_args: ModelConfig):
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False):
+    """The base's tokenizer, with the EOS token as pad token when it has none."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_base_model(model_args: ModelConfig):
+def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False):
     """The base, quantized with bitsandbytes when ``--load_in_4bit``/``--load_in_8bit`` is set."""
     return AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
@@ -183,6 +199,7 @@ def load_base_model(model_args: ModelConfig):
         dtype=model_args.dtype,
         quantization_config=get_quantization_config(model_args),
         attn_implementation=model_args.attn_implementation,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -193,16 +210,18 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     """Stage 1: train the reinforced adapter on the forget target (see :mod:`whp_trainer.reinforce`)."""
     from .reinforce import train_reinforced_adapter
 
-    forget = require_path(data.forget_data, "forget_data", "reinforce")
-    model_config = require_model(model_args, "reinforce")
-    texts = require_text(load_texts(forget, data.text_field), forget, "reinforce")
-    print_ = fingerprint("reinforce", args, model_args, file_digest(forget), data.text_field)
+    require_data(data.forget_data, "forget_data", "reinforce")
+    model_config = require_model(model_args, "reinforce", args.trust_remote_code)
+    forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
+    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field)
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
-    tokenizer = load_tokenizer(model_args)
+    texts = data.forget_texts()
+    tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "reinforce")
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
-    train_reinforced_adapter(load_base_model(model_args), tokenizer, texts, lora_config(model_args), args)
+    model = load_base_model(model_args, args.trust_remote_code)
+    train_reinforced_adapter(model, tokenizer, texts, lora_config(model_args), args)
     tokenizer.save_pretrained(args.output_dir)
     finish_stage(args.output_dir, "reinforce", print_)
     return args.output_dir
@@ -213,28 +232,29 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     from .evaluation.probes import load_probes
     from .trainer import UnlearnTrainer
 
-    forget = require_path(data.forget_data, "forget_data", "unlearn")
-    model_config = require_model(model_args, "unlearn")
+    require_data(data.forget_data, "forget_data", "unlearn")
+    model_config = require_model(model_args, "unlearn", args.trust_remote_code)
     reinforced = require_adapter(data.reinforced_adapter, "reinforced_adapter", "unlearn") if data.reinforced_adapter else None
     anchors = AnchorDictionary.load(require_path(data.anchors, "anchors", "unlearn")) if data.anchors else None
     if reinforced is None and anchors is None:
         raise ValueError("whp unlearn: give --reinforced_adapter, --anchors, or both")
     probes = load_probes(require_path(data.probes, "probes", "unlearn")) if data.probes else None
-    retain = require_path(data.retain_data, "retain_data", "unlearn") if data.retain_data else None
+    retain = require_data(data.retain_data, "retain_data", "unlearn") if data.retain_data else None
     print_ = fingerprint(
-        "unlearn", args, model_args, file_digest(forget), file_digest(reinforced), anchors and anchors.content_hash,
-        probes, file_digest(retain),
+        "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
+        file_digest(reinforced), anchors and anchors.content_hash, probes,
+        data_digest(retain, data.retain_data_config, data.retain_data_split),
     )
-    texts = require_text(load_texts(forget, data.text_field), forget, "unlearn")
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
-    tokenizer = load_tokenizer(model_args)
+    texts = data.forget_texts()
+    tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "unlearn")
     blocks = split_into_blocks(texts, tokenizer, args.max_length)
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
     trainer = UnlearnTrainer(
-        model=load_base_model(model_args),
+        model=load_base_model(model_args, args.trust_remote_code),
         args=args,
         reinforced_adapter=reinforced,
         peft_config=lora_config(model_args),
@@ -244,11 +264,12 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         processing_class=tokenizer,
     )
     trainer.dataset_description = data.dataset_description
-    monitor = familiarity_monitor(trainer, probes, retain, data.text_field) if probes else None
+    trainer.dataset_ids = data.hub_datasets()
+    if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
+        familiarity_monitor(trainer, probes, data.retain_texts()["text"] if retain else None)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model()
-    if monitor:
-        (Path(args.output_dir) / HISTORY_FILE).write_text(json.dumps(monitor.history, indent=1), encoding="utf-8")
+    trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir
 
@@ -258,22 +279,29 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     ``config.output_dir`` (an :class:`~whp_trainer.evaluation.EvaluateConfig`); returns that folder."""
     from .evaluation import evaluate_model, write_report
     from .evaluation.probes import build_probes, load_probes, write_probes
+    from .evaluation.trackers import log_to_trackers
 
-    require_model(model_args, "evaluate")
+    require_model(model_args, "evaluate", config.trust_remote_code)
     adapters = evaluation_adapters(data, config.roles)
-    forget = require_path(data.forget_data, "forget_data", "evaluate")
-    retain = require_path(data.retain_data, "retain_data", "evaluate")
+    forget = data_digest(require_data(data.forget_data, "forget_data", "evaluate"), data.forget_data_config,
+                         data.forget_data_split)
+    retain = data_digest(require_data(data.retain_data, "retain_data", "evaluate"), data.retain_data_config,
+                         data.retain_data_split)
     anchors = AnchorDictionary.load(require_path(data.anchors, "anchors", "evaluate")) if data.anchors else None
     probes_file = require_path(data.probes, "probes", "evaluate") if data.probes else None
     if probes_file is None and anchors is None:
         raise ValueError("whp evaluate: give --probes, or --anchors to build probes from --forget_data")
     print_ = fingerprint(
-        "evaluate", config, model_args, data.text_field, anchors and anchors.content_hash,
-        *(file_digest(path) for path in (forget, retain, probes_file, *adapters.values())), sorted(adapters),
+        "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
+        forget, retain, *(file_digest(path) for path in (probes_file, *adapters.values())), sorted(adapters),
     )
+    if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
+        from .evaluation.harness import check_tasks
+
+        check_tasks(config.lm_eval_tasks, config.lm_eval_include_path)
     if not begin_stage(config.output_dir, "evaluate", print_, overwrite):
         return config.output_dir
-    forget_texts = load_texts(forget, data.text_field)["text"]
+    forget_texts = data.forget_texts()["text"]
     if probes_file:
         probes = load_probes(probes_file)
     else:
@@ -281,17 +309,27 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     if not probes:
         raise ValueError("whp evaluate: no anchor occurs in --forget_data with enough words before it; give --probes")
     write_probes(Path(config.output_dir) / "probes.json", probes)  # the probes measured, for the record
-    tokenizer = load_tokenizer(model_args)
-    model = with_adapters(load_base_model(model_args), adapters)
+    tokenizer = load_tokenizer(model_args, config.trust_remote_code)
+    model = with_adapters(load_base_model(model_args, config.trust_remote_code), adapters)
     roles = {role: None if role == "base" else role for role in config.roles if role == "base" or role in adapters}
     results = evaluate_model(
-        model, tokenizer, config, probes, forget_texts, load_texts(retain, data.text_field)["text"], anchors, roles
+        model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles
     )
-    history_file = Path(data.unlearned_adapter or "") / HISTORY_FILE
-    history = json.loads(history_file.read_text()) if data.unlearned_adapter and history_file.is_file() else None
-    write_report(results, config.output_dir, history=history, config=config)
+    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
+    log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
+                    plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)
     return config.output_dir
+
+
+def unlearning_history(unlearned_adapter: str | None) -> list[dict] | None:
+    """The familiarity measured while unlearning, from the unlearn output's ``trainer_state.json`` (if any)."""
+    from .evaluation.callback import history_from_log_history
+
+    state_file = Path(unlearned_adapter or "") / TRAINER_STATE_NAME
+    if not unlearned_adapter or not state_file.is_file():
+        return None
+    return history_from_log_history(json.loads(state_file.read_text(encoding="utf-8"))["log_history"]) or None
 
 
 def evaluation_adapters(data: DataArguments, roles: list[str]) -> dict[str, Path]:
@@ -350,14 +388,14 @@ def demo_evaluation_config(output_dir: str | os.PathLike):
     )
 
 
-def familiarity_monitor(trainer, probes: list[dict], retain: Path | None, text_field: str):
+def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | None):
     """A :class:`~whp_trainer.evaluation.FamiliarityCallback` on the trainer, every ``logging_steps``: familiarity
     on (at most) the first ``MONITOR_LIMIT`` probes, retain perplexity on as many retain rows, and the next-token
     probabilities of the first three probes' targets (the paper's curves)."""
     from .evaluation import FamiliarityCallback
 
     probes = probes[:MONITOR_LIMIT]
-    retain_texts = load_texts(retain, text_field)["text"][:MONITOR_LIMIT] if retain else None
+    retain_texts = list(retain_texts[:MONITOR_LIMIT]) if retain_texts is not None else None
     monitor = FamiliarityCallback(
         trainer, probes, retain_texts, next_token_prompts={probe["prompt"]: [probe["target"]] for probe in probes[:3]},
         every_n_steps=max(1, int(trainer.args.logging_steps)), max_length=trainer.args.max_length,
@@ -383,41 +421,43 @@ class DiscoverArguments:
     )
     llm_model: str | None = field(default=None, metadata={"help": "llm: model name sent to the server."})
     llm_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "llm: environment variable of the key."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing candidates file."})
 
 
 def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArguments) -> str:
     """Write candidate anchors to ``args.output`` for review (never over a file unless ``--overwrite``)."""
-    from .discover import (
-        boosted_expressions, candidates_from_llm, local_chat, merge_candidates, openai_chat, write_candidates,
-    )
+    from .chat import EndpointChat, LocalChat
+    from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
-    forget = require_path(data.forget_data, "forget_data", "anchors")
+    require_data(data.forget_data, "forget_data", "anchors")
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"whp anchors: {args.output} exists (it may hold your review); pass --overwrite")
     statistics = args.method in ("statistics", "both")
     if statistics:
         require_adapter(data.reinforced_adapter, "reinforced_adapter", "anchors")
-        retain = require_path(data.retain_data, "retain_data", "anchors")
+        require_data(data.retain_data, "retain_data", "anchors")
     if not statistics and not args.llm_url:
-        require_model(model_args, "anchors")
-    target = load_texts(forget, data.text_field)["text"]
+        require_model(model_args, "anchors", args.trust_remote_code)
+    target = data.forget_texts()["text"]
     found = []
     model = tokenizer = None
     if statistics or not args.llm_url:
         from peft import PeftModel
 
-        tokenizer = load_tokenizer(model_args)
-        model = load_base_model(model_args)
+        tokenizer = load_tokenizer(model_args, args.trust_remote_code)
+        model = load_base_model(model_args, args.trust_remote_code)
     if statistics:
         model = PeftModel.from_pretrained(model, data.reinforced_adapter, adapter_name="reinforced")
-        reference = load_texts(retain, data.text_field)["text"]
+        reference = data.retain_texts()["text"]
         found.append(boosted_expressions(model, tokenizer, target, reference, top_k=args.top_k, max_words=args.max_words))
     if args.method in ("llm", "both"):
         if args.llm_url:
-            generate = openai_chat(args.llm_url, args.llm_model or "default", os.environ.get(args.llm_api_key_env))
-        else:
-            generate = local_chat(model.unload() if statistics else model, tokenizer)  # the base, without the reinforced adapter
+            generate = EndpointChat(args.llm_url, args.llm_model or "default", os.environ.get(args.llm_api_key_env))
+        else:  # the base, without the reinforced adapter
+            generate = LocalChat(model.unload() if statistics else model, tokenizer)
         found.append(candidates_from_llm(target, generate))
     write_candidates(args.output, merge_candidates(*found))
     return args.output
@@ -447,8 +487,9 @@ class PublishArguments:
     base_model: str | None = field(
         default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
     )
-    overwrite: bool = field(
-        default=False, metadata={"help": "export: replace an earlier export in merged_dir (never a folder whp did not make)."}
+    overwrite: bool = field(default=False, metadata={"help": "export: replace a non-empty merged_dir."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "export: allow a base model and tokenizer that ship their own code."}
     )
 
 
@@ -458,7 +499,8 @@ def export(args: PublishArguments) -> str:
     adapter = require_adapter(args.folder, "folder", "export")
     if not args.merged_dir:
         raise ValueError("whp export: --merged_dir is required")
-    return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=args.overwrite))
+    return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=args.overwrite,
+                             trust_remote_code=args.trust_remote_code))
 
 
 def hub_transport_error() -> type[Exception]:

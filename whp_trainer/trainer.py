@@ -19,7 +19,7 @@ import torch
 import transformers.trainer
 from datasets import Dataset
 from torch import nn
-from transformers import Trainer
+from transformers import AutoTokenizer, Trainer
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
@@ -35,7 +35,7 @@ from .models import (
     prepare_unlearning_model,
     teacher_pass,
 )
-from .hub import local_only_patterns, write_model_card
+from .hub import local_only_patterns, tracker_urls, write_model_card
 from .runs import last_complete_checkpoint, record_reinforced_adapter
 from .targets import IGNORE_INDEX, distillation_loss, generic_logits, make_targets, suppress
 
@@ -49,7 +49,10 @@ class UnlearnTrainer(Trainer):
 
     Args:
         model: a base model, or a ``PeftModel`` already holding the reinforced adapter (under
-            ``args.reinforced_adapter_name``) and/or the unlearning adapter (under ``args.unlearn_adapter_name``).
+            ``args.reinforced_adapter_name``) and/or the unlearning adapter (under ``args.unlearn_adapter_name``);
+            or, as TRL's trainers accept, a Hub id or path loaded with ``args.model_init_kwargs`` (dtype,
+            quantization_config, …) and ``args.trust_remote_code``. Its tokenizer is loaded too when
+            ``processing_class`` is not given.
         args: an :class:`UnlearnConfig`.
         reinforced_adapter: path or Hub id of the reinforced adapter to load (frozen) onto the same base.
             Without one, and none on the model, the targets come from the anchors only (an ablation).
@@ -62,7 +65,7 @@ class UnlearnTrainer(Trainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | str,
         args: UnlearnConfig | None = None,
         data_collator=None,
         train_dataset=None,
@@ -79,6 +82,10 @@ class UnlearnTrainer(Trainer):
         anchors = _load_anchors(anchors)
         # the Trainer seeds in its __init__, after the unlearning adapter below is initialised: seed before it
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+        if isinstance(model, str):
+            model, processing_class = _model_from_id(model, args, processing_class)
+        elif args.model_init_kwargs is not None:
+            logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         check_vocabulary(model, processing_class)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
@@ -97,6 +104,7 @@ class UnlearnTrainer(Trainer):
             )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.dataset_description: str | None = None  # shown on the model card
+        self.dataset_ids: list[str] | None = None  # Hub ids of the training data: the card's `datasets` metadata
         self.eval_results: dict[str, dict[str, float]] | None = None  # role -> metrics, for the model card
         super().__init__(
             model=model,
@@ -111,7 +119,7 @@ class UnlearnTrainer(Trainer):
         # across processes by the Trainer), so gradient accumulation needs no further scaling.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
-        logger.warning("whp_trainer: %s", self.method_variant)
+        logger.info("whp_trainer: %s", self.method_variant)
 
     @property
     def method_variant(self) -> str:
@@ -329,6 +337,8 @@ class UnlearnTrainer(Trainer):
             peft_config=model.peft_config[self.args.unlearn_adapter_name],
             eval_results=self.eval_results,
             tags=self._tag_names,
+            datasets=self.dataset_ids,
+            tracker_urls=tracker_urls(),
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -369,6 +379,21 @@ def check_vocabulary(model, tokenizer) -> None:
             f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: they do not belong together "
             "(load the tokenizer of the same checkpoint, or resize the model's embeddings)"
         )
+
+
+def _model_from_id(model_id: str, args: UnlearnConfig, processing_class):
+    """The model of ``model_id`` loaded as TRL's trainers load it (``args.model_init_kwargs``; dtype float32 unless
+    given), and its tokenizer (pad token: EOS if it has none) when ``processing_class`` is None."""
+    from trl.trainer.utils import create_model_from_path  # TRL's own loader; trl is slow to import
+
+    kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+    model = create_model_from_path(model_id, **kwargs)
+    if processing_class is None:
+        processing_class = AutoTokenizer.from_pretrained(
+            model_id, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+        )
+        processing_class.pad_token = processing_class.pad_token or processing_class.eos_token
+    return model, processing_class
 
 
 def _load_anchors(anchors) -> AnchorDictionary | None:

@@ -35,6 +35,18 @@ def parse_next_token_key(key: str) -> tuple[str, str] | None:
     return prompt, token
 
 
+def history_from_log_history(log_history: list[dict]) -> list[dict]:
+    """The measurements of a :class:`FamiliarityCallback` found in a ``trainer.state.log_history`` (as saved in
+    ``trainer_state.json``), in the form of :attr:`FamiliarityCallback.history`."""
+    history = []
+    for entry in log_history:
+        if FAMILIARITY_KEY in entry:
+            metrics = {key: value for key, value in entry.items()
+                       if key in (FAMILIARITY_KEY, RETAIN_PERPLEXITY_KEY) or parse_next_token_key(key)}
+            history.append({"step": entry["step"], "metrics": metrics})
+    return history
+
+
 class FamiliarityCallback(TrainerCallback):
     """Measure the student's familiarity with the forget target at step 0, every ``every_n_steps`` steps and at the
     end of training, and log it with the trainer's other metrics.
@@ -61,7 +73,8 @@ class FamiliarityCallback(TrainerCallback):
 
     Attributes:
         history: ``[{"step": int, "metrics": {key: value}}]``, one entry per measurement (for
-            :func:`whp_trainer.evaluation.write_report`'s plots).
+            :func:`whp_trainer.evaluation.write_report`'s plots). The same measurements are in
+            ``trainer.state.log_history``; :func:`history_from_log_history` reads them back from it.
     """
 
     def __init__(
@@ -118,4 +131,6 @@ class FamiliarityCallback(TrainerCallback):
             return
         metrics = self.measure()
         self.history.append({"step": step, "metrics": metrics})
+        should_log = self.trainer.control.should_log
         self.trainer.log(dict(metrics))
+        self.trainer.control.should_log = should_log  # log() clears it: the Trainer's loss log of this step follows

@@ -145,6 +145,14 @@ def sample_completions(
     return [texts[index : index + num_samples] for index in range(0, len(texts), num_samples)]
 
 
+def judged_rows(judge, prompts: Sequence[str], completions: Sequence[Sequence[str]]) -> list[list[str]]:
+    """``judge``'s category of each completion, row by row; all at once through ``judge.judge_many`` if it has one."""
+    pairs = [(prompt, text) for prompt, row in zip(prompts, completions) for text in row]
+    many = getattr(judge, "judge_many", None)
+    flat = iter(many([p for p, _ in pairs], [t for _, t in pairs]) if many else [judge(p, t) for p, t in pairs])
+    return [[next(flat) for _ in row] for row in completions]
+
+
 def completion_familiarity(
     completions: Sequence[Sequence[str]],
     judge: Callable[[str, str], str],
@@ -175,7 +183,7 @@ def completion_familiarity(
     if prompts is not None and len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} rows of completions")
     prompts = [""] * len(completions) if prompts is None else prompts
-    categories = [[judge(prompt, text) for text in row] for prompt, row in zip(prompts, completions)]
+    categories = judged_rows(judge, prompts, completions)
     counts = Counter(category for row in categories for category in row)
     unknown = set(counts) - {*CATEGORIES, UNPARSED}
     if unknown:

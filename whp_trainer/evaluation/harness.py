@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from collections.abc import Sequence
 
 from .familiarity import evaluation_mode
 
-PAPER_TASKS = ("winogrande", "hellaswag", "arc_easy", "arc_challenge", "boolq", "piqa", "openbookqa")
+PAPER_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "winogrande")  # Eldan & Russinovich, Table 1
 METRIC = "acc"
 
 
@@ -38,25 +40,49 @@ def lm_eval_benchmarks(
     Raises:
         ImportError: lm-evaluation-harness is not installed (``pip install whp_trainer[eval]``).
     """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError as error:
-        raise ImportError("lm_eval_benchmarks needs lm-evaluation-harness: pip install whp_trainer[eval]") from error
+    lm_eval = import_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
     with evaluation_mode(model):
         output = lm_eval.simple_evaluate(
             model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
             tasks=list(tasks),
             num_fewshot=num_fewshot,
             limit=limit,
-            task_manager=TaskManager(include_path=None if include_path is None else str(include_path)),
+            task_manager=task_manager(None if include_path is None else str(include_path)),
             log_samples=False,
             random_seed=None,
             numpy_random_seed=None,
             torch_random_seed=None,
         )
     return task_accuracies(output["results"], tasks)
+
+
+def import_lm_eval():
+    try:
+        import lm_eval
+    except ImportError as error:
+        raise ImportError("lm_eval_benchmarks needs lm-evaluation-harness: pip install whp_trainer[eval]") from error
+    return lm_eval
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None = None):
+    """lm-eval's index of its tasks (and of those in ``include_path``): slow to build, so built once."""
+    import_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
+def check_tasks(tasks: Sequence[str], include_path: str | os.PathLike | None = None) -> None:
+    """Raise ``ValueError`` naming the tasks lm-eval does not know (with the closest names), e.g. before a model is
+    loaded; ``ImportError`` when lm-eval is not installed."""
+    known = task_manager(None if include_path is None else str(include_path)).all_tasks
+    unknown = [task for task in tasks if task not in known]
+    if unknown:
+        close = {task: difflib.get_close_matches(task, known, n=3) for task in unknown}
+        raise ValueError(f"lm-eval knows no task(s) {unknown}; close names: {close}")
 
 
 def task_accuracies(results: dict[str, dict], tasks: Sequence[str]) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Judges of completions: in which of the paper's four familiarity categories a completion of a prompt falls.
 
 :class:`AnchorJudge` decides from term lists (the anchor dictionary and optional extra terms), offline and
-deterministic; :class:`LLMJudge` asks a chat model with the paper's rubric (:func:`openai_judge` for an
-OpenAI-compatible server, or ``LLMJudge(whp_trainer.discover.local_chat(model, tokenizer))``).
+deterministic; :class:`LLMJudge` asks a chat model of [`whp_trainer.chat`][whp_trainer.chat] with the paper's rubric
+(:func:`openai_judge` for an OpenAI-compatible server, or ``LLMJudge(LocalChat(model, tokenizer))``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from ..anchors import AnchorDictionary
-from ..discover import openai_chat
+from ..chat import EndpointChat, ask
 from .probes import terms_pattern
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,12 @@ class LLMJudge:
     """A judge asking a chat model: ``generate(rubric + prompt + completion)`` answers, :func:`parse_judgement` reads.
 
     An unreadable answer is asked once more; a second one gives ``"unparsed"`` (logged, and counted apart by
-    :func:`~whp_trainer.evaluation.familiarity.completion_familiarity`).
+    :func:`~whp_trainer.evaluation.familiarity.completion_familiarity`). [`judge_many`][whp_trainer.evaluation.judges.LLMJudge.judge_many]
+    asks all its questions at once, so a [`LocalChat`][whp_trainer.chat.LocalChat] answers them in batches.
 
     Args:
-        generate: a callable ``prompt -> answer``, e.g. :func:`whp_trainer.discover.openai_chat` or
-            :func:`whp_trainer.discover.local_chat`.
+        generate: a callable ``prompt -> answer``, e.g. [`EndpointChat`][whp_trainer.chat.EndpointChat] or
+            [`LocalChat`][whp_trainer.chat.LocalChat].
         rubric: the instructions before the prompt and completion; it must ask for the categories in
             :data:`CATEGORIES` (by name, or numbered 1-4 / lettered a-d in that order).
     """
@@ -142,16 +143,27 @@ class LLMJudge:
         self.rubric = rubric
 
     def __call__(self, prompt: str, completion: str) -> str:
-        question = JUDGE_TEMPLATE.format(rubric=self.rubric, prompt=prompt, completion=completion)
+        return self.judge_many([prompt], [completion])[0]
+
+    def judge_many(self, prompts: list[str], completions: list[str]) -> list[str]:
+        """The category of each ``(prompt, completion)`` pair; the unreadable answers are asked again together."""
+        questions = [JUDGE_TEMPLATE.format(rubric=self.rubric, prompt=p, completion=c) for p, c in zip(prompts, completions)]
+        verdicts = [UNPARSED] * len(questions)
+        pending = list(range(len(questions)))
         for attempt in range(2):
-            answer = self.generate(question)
-            try:
-                return parse_judgement(answer)
-            except ValueError as error:
-                logger.warning("judge answer not understood (attempt %d of 2): %s", attempt + 1, error)
-        return UNPARSED
+            answers = ask(self.generate, [questions[index] for index in pending])
+            unread = []
+            for index, answer in zip(pending, answers):
+                try:
+                    verdicts[index] = parse_judgement(answer)
+                except ValueError as error:
+                    logger.warning("judge answer not understood (attempt %d of 2): %s", attempt + 1, error)
+                    unread.append(index)
+            pending = unread
+        return verdicts
 
 
-def openai_judge(url: str, model: str, api_key: str | None = None) -> LLMJudge:
-    """An :class:`LLMJudge` over the ``/chat/completions`` endpoint of an OpenAI-compatible server at ``url``."""
-    return LLMJudge(openai_chat(url, model, api_key))
+def openai_judge(url: str, model: str, api_key: str | None = None, **chat_options) -> LLMJudge:
+    """An :class:`LLMJudge` over an OpenAI-compatible server at ``url`` (an
+    [`EndpointChat`][whp_trainer.chat.EndpointChat]; ``chat_options`` such as ``timeout``, ``max_retries`` go to it)."""
+    return LLMJudge(EndpointChat(url, model, api_key, **chat_options))

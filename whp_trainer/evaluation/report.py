@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 from ..hub import framework_versions, package_version
 from ..models import BASELINE, teacher_pass
@@ -100,6 +101,13 @@ class EvaluateConfig:
         metadata={"help": "lm-evaluation-harness tasks (e.g. arc_challenge piqa; needs lm-eval); empty = skip."},
     )
     lm_eval_limit: int | None = field(default=None, metadata={"help": "lm-eval: examples per task (default: all)."})
+    lm_eval_num_fewshot: int | None = field(
+        default=None, metadata={"help": "lm-eval: few-shot examples per prompt (default: each task's, zero-shot for "
+                                "the paper's six)."}
+    )
+    lm_eval_include_path: str | None = field(
+        default=None, metadata={"help": "lm-eval: a folder of extra task configs (YAML), e.g. tasks on local data."}
+    )
     relearn_steps: int = field(
         default=10, metadata={"help": "Relearning probe: fine-tuning steps on forget text; 0 = skip."}
     )
@@ -111,6 +119,15 @@ class EvaluateConfig:
                   "'{\"Harry Potter studies\": [\" magic\", \" the\"]}'."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of sampling, passage choice and hints."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
+    )
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "Trackers to send the results and plots to, as the Trainer's report_to: tensorboard, "
+                  "wandb, trackio, … (one or more), all, or none."},
+    )
+    run_name: str | None = field(default=None, metadata={"help": "The trackers' run name."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots beside the report."})
 
     def __post_init__(self):
@@ -126,6 +143,10 @@ class EvaluateConfig:
         _check(self, "lm_eval_limit", self.lm_eval_limit is None or self.lm_eval_limit >= 1, "must be at least 1")
         _check(self, "relearn_learning_rate", self.relearn_learning_rate > 0, "must be positive")
         self.next_token_prompts = parsed_next_token_prompts(self.next_token_prompts)
+        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        unknown = set(self.report_to) - {"all", "none", *INTEGRATION_TO_CALLBACK}
+        _check(self, "report_to", not unknown, f"unknown tracker(s) {sorted(unknown)}; expected among "
+               f"{sorted(INTEGRATION_TO_CALLBACK)}, all or none")
 
 
 def _check(config, name: str, valid: bool, requirement: str) -> None:
@@ -190,13 +211,20 @@ def evaluate_model(
     judge = make_judge(config, model, tokenizer, dictionary)
     prompts = [probe["prompt"] for probe in probes[: config.completions]] if judge is not None else []
     results = {}
-    for role, adapter in tqdm(roles.items(), desc="whp evaluate", unit="role"):
+    progress = tqdm(roles.items(), desc="whp evaluate", unit="role")
+    for role, adapter in progress:
         logger.info("whp evaluate: measuring %s", role)
+
+        def doing(what: str, role=role) -> None:  # the metric now measured, on the bar
+            progress.set_postfix_str(f"{role}: {what}")
+
         with teacher_pass(model, adapter):
-            metrics, completions = measure(model, tokenizer, config, probes, texts, passages, hinted, prompts)
+            metrics, completions = measure(model, tokenizer, config, probes, texts, passages, hinted, prompts, doing)
         if completions:  # judged outside the role: a local judge runs as the base
+            doing("judging completions")
             metrics.update(judged(completions, prompts, judge))
         if config.relearn_steps and adapter is not BASELINE:  # the base has no adapter to fine-tune
+            doing("relearning")
             metrics["familiarity_token_relearned"] = relearned_familiarity(model, tokenizer, config, adapter, probes,
                                                                           texts["forget"])
         results[role] = {metric: float(value) for metric, value in metrics.items()}
@@ -220,27 +248,37 @@ def sample(texts: list[str], count: int, rng: random.Random) -> list[str]:
     return texts if count == 0 or count >= len(texts) else rng.sample(texts, count)
 
 
-def measure(model, tokenizer, config: EvaluateConfig, probes, texts, passages, hinted, prompts):
-    """The no-grad metrics of the role now active, and its completions of ``prompts``."""
+def measure(model, tokenizer, config: EvaluateConfig, probes, texts, passages, hinted, prompts,
+            doing=lambda what: None):
+    """The no-grad metrics of the role now active, and its completions of ``prompts``; ``doing(what)`` is told each
+    metric as it starts."""
     batch, length = config.batch_size, config.max_length
+    doing("token familiarity")
     metrics = {"familiarity_token": token_familiarity(model, tokenizer, probes, batch_size=batch)}
     if hinted is not None:
+        doing("familiarity with hints")
         metrics["familiarity_token_hints"] = token_familiarity(model, tokenizer, hinted, batch_size=batch)
     if passages:
+        doing("verbatim memorization")
         memorized = verbatim_memorization(model, tokenizer, passages, prompt_tokens=config.prompt_tokens,
                                           continuation_tokens=config.continuation_tokens, batch_size=batch)
         metrics.update(memorization_rouge_l=memorized["rouge_l"], memorization_exact=memorized["exact_token_accuracy"])
     for name, part in texts.items():
+        doing(f"{name} perplexity")
         metrics[f"{name}_perplexity"] = perplexity(model, tokenizer, part, max_length=length, batch_size=batch)
     if config.lm_eval_tasks:
         from .harness import lm_eval_benchmarks
 
+        doing("lm-eval " + " ".join(config.lm_eval_tasks))
         scores = lm_eval_benchmarks(model, tokenizer, tasks=config.lm_eval_tasks, batch_size=batch,
-                                    limit=config.lm_eval_limit)
+                                    limit=config.lm_eval_limit, num_fewshot=config.lm_eval_num_fewshot,
+                                    include_path=config.lm_eval_include_path)
         metrics.update({f"lm_eval_{task}": float(score) for task, score in scores.items()})
     for prompt, tokens in (config.next_token_prompts or {}).items():
         probabilities = next_token_probabilities(model, tokenizer, prompt, tokens)
         metrics.update({next_token_metric(prompt, token): p for token, p in probabilities.items()})
+    if prompts:
+        doing("sampling completions")
     completions = sample_completions(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                                      seed=config.seed, batch_size=batch) if prompts else []
     return metrics, completions
@@ -266,15 +304,10 @@ def make_judge(config: EvaluateConfig, model, tokenizer, dictionary):
         return AnchorJudge(dictionary)
     if config.judge_url:
         return openai_judge(config.judge_url, config.judge_model or "default", os.environ.get(config.judge_api_key_env))
-    from ..discover import local_chat
+    from ..chat import LocalChat
 
-    chat = local_chat(model, tokenizer)
-
-    def base_model_chat(prompt: str) -> str:  # the judge is the base, whatever adapter is active
-        with teacher_pass(model, BASELINE):
-            return chat(prompt)
-
-    return LLMJudge(base_model_chat)
+    # the judge is the base, whatever adapter is active
+    return LLMJudge(LocalChat(model, tokenizer, batch_size=config.batch_size, context=lambda: teacher_pass(model, BASELINE)))
 
 
 def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, probes, forget_texts) -> float:

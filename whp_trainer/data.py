@@ -1,0 +1,153 @@
+"""Reading the texts the stages work on, as a ``datasets.Dataset`` with one ``text`` column.
+
+A source is a local file or folder, or a Hugging Face Hub dataset id (as TRL's ``--dataset_name`` is):
+
+| source | rows |
+| --- | --- |
+| a ``.txt`` file, or a folder of ``.txt`` files | one per paragraph (blank-line separated) |
+| a ``.json``/``.jsonl``/``.csv``/``.parquet`` file | one per record |
+| a folder written by ``Dataset.save_to_disk`` | its rows (``split`` of a ``DatasetDict``) |
+| any other folder, or a Hub id such as ``"org/name"`` | ``datasets.load_dataset(source, config, split=split)`` |
+
+Long rows are cut into blocks later (`whp_trainer.collator.split_into_blocks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub.utils import validate_repo_id
+
+from .anchors import read_text
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+
+
+def load_texts(
+    source: str | os.PathLike,
+    text_field: str = "text",
+    config: str | None = None,
+    split: str = "train",
+) -> Dataset:
+    """The rows of ``source`` (a path or a Hub dataset id, see the module's table) with their text in ``text``.
+
+    Args:
+        source: a local file or folder, or a Hub dataset id.
+        text_field: the column holding the text (not used for ``.txt``).
+        config: the dataset's configuration (``load_dataset``'s ``name``), for Hub ids and dataset folders.
+        split: the split to read (``"train"``, ``"test[:10%]"`` …), for Hub ids and dataset folders.
+
+    Raises:
+        FileNotFoundError: ``source`` is neither a local path nor a valid Hub id.
+        ValueError: the data holds no ``text_field`` column (the error lists the columns), or no ``.txt`` text.
+    """
+    path = Path(source)
+    check_source(str(source))
+    if path.suffix == ".txt" or (path.is_dir() and any(path.glob("*.txt"))):
+        return paragraphs(sorted(path.glob("*.txt")) if path.is_dir() else [path], source)
+    if path.suffix == ".jsonl" and path.is_file():
+        check_json_lines(path)
+    if path.is_file() and path.suffix in FILE_BUILDERS:
+        with quiet_datasets():
+            dataset = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+    elif path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES):
+        dataset = saved_split(load_from_disk(str(path)), split, source)
+    elif path.is_dir():  # a dataset repo's layout (data files, a README.md with configs), read as the Hub would
+        dataset = load_dataset(str(path), config, split=split)
+    elif path.exists():
+        raise ValueError(f"{source}: unsupported data file; expected .txt, .json, .jsonl, .csv or .parquet")
+    else:
+        dataset = hub_dataset(str(source), config, split)
+    return text_column(dataset, text_field, source)
+
+
+def hub_dataset(source: str, config: str | None, split: str) -> Dataset:
+    """``load_dataset(source, config, split=split)`` of a Hub id (a download shows ``datasets``' progress bars)."""
+    try:
+        return load_dataset(source, config, split=split)
+    except (DatasetNotFoundError, ConnectionError) as error:
+        raise FileNotFoundError(f"{source}: no such file or folder, nor a Hub dataset that can be loaded ({error})") from error
+
+
+def paragraphs(files: list[Path], source) -> Dataset:
+    """One row per non-empty paragraph of ``files``, stripped, through ``load_dataset("text", sample_by=...)``."""
+    for file in files:
+        read_text(file)  # a file that is not UTF-8 is named, with the byte at fault
+    with quiet_datasets():
+        dataset = load_dataset("text", data_files=[str(file) for file in files], sample_by="paragraph", split="train")
+        dataset = dataset.map(lambda row: {"text": row["text"].strip()}).filter(lambda row: bool(row["text"]))
+    if not len(dataset):
+        raise ValueError(f"{source}: no text in the .txt file(s)")
+    return dataset
+
+
+def check_json_lines(path: Path) -> None:
+    """Every non-blank line of a .jsonl file is a JSON object; the error names the file and the line."""
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+
+
+def saved_split(dataset: Dataset | DatasetDict, split: str, source) -> Dataset:
+    if isinstance(dataset, Dataset):
+        return dataset
+    if split not in dataset:
+        raise ValueError(f"{source}: no split {split!r} (splits: {sorted(dataset)}); set the split argument")
+    return dataset[split]
+
+
+def text_column(dataset: Dataset, text_field: str, source) -> Dataset:
+    """``dataset`` reduced to its ``text_field`` column, named ``text``."""
+    if text_field not in dataset.column_names:
+        raise ValueError(
+            f"{source}: no column {text_field!r} (columns: {dataset.column_names}); set the text field argument"
+        )
+    dataset = dataset.select_columns([text_field])
+    return dataset.rename_column(text_field, "text") if text_field != "text" else dataset
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` is not a local path but can name a Hub dataset (``"name"`` or ``"org/name"``).
+
+    A missing path whose folder exists (``data/hp_books`` beside a ``data/`` folder) is a local path, not an id."""
+    path = Path(source)
+    if path.exists() or source.startswith((".", "/", "~")) or path.suffix in (".txt", *FILE_BUILDERS):
+        return False
+    if path.parent != Path() and path.parent.is_dir():
+        return False
+    try:
+        validate_repo_id(source)
+    except ValueError:
+        return False
+    return True
+
+
+def check_source(source: str) -> None:
+    """Raise ``FileNotFoundError`` when ``source`` is neither an existing path nor a possible Hub dataset id."""
+    if not Path(source).exists() and not is_hub_id(source):
+        raise FileNotFoundError(f"{source}: no such file or folder")
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No ``datasets`` progress bars while reading small local files (they are read in a moment)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
