@@ -141,11 +141,7 @@ class AnchorDictionary:
 
     def compile(self, tokenizer) -> TokenAnchors:
         """Matcher and translator of this dictionary on the token ids of ``tokenizer`` (a fast tokenizer)."""
-        # seconds for a large vocabulary and dictionary: a bar says what runs, and goes when it is done
-        with tqdm(total=1, desc=f"whp: compiling {len(self)} anchors for the tokenizer", leave=False) as bar:
-            compiled = TokenAnchors(self, tokenizer)
-            bar.update()
-        return compiled
+        return TokenAnchors(self, tokenizer)
 
 
 def read_text(path: str | Path) -> str:
@@ -334,6 +330,9 @@ class TokenAnchors:
         translations, which repeat across anchors, are tokenized once per context."""
         backend = tokenizer.backend_tokenizer
         translations: dict[str, tuple[list[int], tuple[int, int]]] = {}
+        # seconds for a large dictionary: a bar says what runs, and goes when it is done
+        desc = f"whp: compiling {len(self.anchors)} anchors for the tokenizer"
+        bar = tqdm(total=len(self.anchors), desc=desc, unit="anchor", leave=False)
         for start in range(0, len(self.anchors), COMPILE_CHUNK):
             chunk = range(start, min(start + COMPILE_CHUNK, len(self.anchors)))
             forms = self._tokenized(chunk, ONE_SIDED_CONTEXTS, backend, translations)
@@ -346,6 +345,8 @@ class TokenAnchors:
                 for index in both_sides:
                     for context in CROSS_CONTEXTS:
                         self._add_form(index, forms[index, context])
+            bar.update(len(chunk))
+        bar.close()
 
     def _tokenized(self, indices, contexts, backend, translations: dict) -> dict:
         """``(anchor index, context) -> [(ids, phrase token span)]`` of the anchor and then each translation."""
