@@ -94,21 +94,23 @@ def expected_targets(base, reinforced_path, batch, mode, alpha=5.0, penalty=5.0,
 
 @pytest.mark.parametrize("mode", ["argmax", "soft"])
 @pytest.mark.parametrize("penalty", [0.0, 5.0])
+@pytest.mark.parametrize("chunked", [True, False])
 def test_targets_equal_those_of_separate_baseline_and_reinforced_models(
-    make_model, reinforced_path, dataset, tmp_path, monkeypatch, mode, penalty
+    make_model, reinforced_path, dataset, tmp_path, mode, penalty, chunked
 ):
     trainer = make_trainer(
         make_model, reinforced_path, dataset, tmp_path, target_mode=mode, suppression_penalty=penalty,
-        logits_chunk_size=7, temperature=2.0,
+        logits_chunk_size=7, temperature=2.0, chunked_student_loss=chunked,
     )
     seen = {}
+    compute_targets = trainer._generic_targets
+
+    def spy(*args):
+        seen["targets"] = compute_targets(*args)
+        return seen["targets"]
+
+    trainer._generic_targets = spy
     real_loss = distillation_loss
-
-    def spy(student, targets, num_items_in_batch=None):
-        seen["targets"] = targets
-        return real_loss(student, targets, num_items_in_batch)
-
-    monkeypatch.setattr("whp_trainer.trainer.distillation_loss", spy)
     batch = hand_collate([dataset[i] for i in range(4)])
     loss = trainer.compute_loss(trainer.model, batch)
 
@@ -346,3 +348,31 @@ def test_every_saved_output_has_the_model_card(make_model, reinforced_path, data
         assert run["dictionary"]["size"] == 1 and len(run["dictionary"]["hash"]) >= 16
         assert run["reinforced_adapter"] == str(reinforced_path)
         assert "2310.02238" in card.text
+
+
+@pytest.mark.parametrize("mode", ["argmax", "soft"])
+@pytest.mark.parametrize("num_items_in_batch", [None, 37])
+def test_chunked_student_loss_gives_the_loss_and_gradients_of_full_logits(
+    make_model, reinforced_path, dataset, tmp_path, mode, num_items_in_batch
+):
+    from whp_trainer.models import plain_linear_head
+
+    batch = hand_collate([dataset[i] for i in range(4)])
+    results = []
+    for chunked in (True, False):
+        trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode=mode, logits_chunk_size=5,
+                               chunked_student_loss=chunked)
+        assert plain_linear_head(trainer.model) is not None  # the chunked path is taken when asked for
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items_in_batch)
+        loss.backward()
+        grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads, dict(trainer._metrics["train"])))
+    (chunked_loss, chunked_grads, chunked_metrics), (loss, grads, metrics) = results
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=1e-7)
+    assert chunked_grads.keys() == grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(chunked_grads[name], grads[name], rtol=1e-5, atol=1e-7)
+    assert chunked_metrics.keys() == {"target_changed_fraction", "student_original_token_prob"}
+    for key, values in metrics.items():
+        assert chunked_metrics[key] == pytest.approx(values, rel=1e-5)
