@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
@@ -58,6 +59,7 @@ def main(work: Path, out: Path, per_device_batch: int, fsdp: bool) -> None:
             output_dir=str(out), per_device_train_batch_size=per_device_batch, max_steps=2, learning_rate=1e-2,
             optim="sgd", lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
             train_sampling_strategy="sequential", logging_steps=1, **(FSDP if fsdp else {}),
+            logits_chunk_size=5,  # processes then run different numbers of chunks through the sharded LM head
         ),
         train_dataset=Dataset.from_list(json.loads((work / "examples.json").read_text())),
         data_collator=hand_collate,
@@ -115,6 +117,9 @@ def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:
         torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
     for key, (unsharded, sharded) in trainer._metrics["train"].items():  # sums over both processes' halves
         assert abs(sharded - unsharded) < 1e-5, (key, sharded, unsharded)
+    trainer.args.cache_targets = True  # computed by the main process alone: refused before any teacher pass
+    with pytest.raises(ValueError, match="cache_targets needs the whole model in every process"):
+        trainer.train()
     return (total / world).item()
 
 

@@ -31,7 +31,7 @@ def test_hand_sharded_step_gives_the_unsharded_loss_gradients_and_metrics(make_m
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
     # the worker asserts, on each process, loss, full gradients and metrics against the unsharded step
     subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "hand", "--hand"], check=True,
-                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+                   env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     losses = json.loads((tmp_path / "hand" / "losses.json").read_text())
     assert losses.keys() == {"argmax-True", "soft-True", "argmax-False"}
     assert losses["argmax-True"] == pytest.approx(losses["argmax-False"], rel=1e-5)
@@ -42,9 +42,9 @@ def test_fsdp2_trains_the_same_adapter_as_one_process(make_model, tokenizer, tmp
     save_artefacts(make_model, tokenizer, tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
-    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8", "--no-fsdp"], check=True, env=env)
+    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8", "--no-fsdp"], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env)
+    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env, timeout=600)
 
     # the workers also check that every parameter was sharded and that base and reinforced weights are unchanged
     losses = torch.tensor(json.loads((tmp_path / "fsdp" / "losses.json").read_text()))

@@ -11,6 +11,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from peft import PeftConfig, PeftModel, get_peft_model
 
 logger = logging.getLogger(__name__)
@@ -160,14 +161,16 @@ def head_input_captured(model: PeftModel):
         handle.remove()
 
 
+def is_plain_linear(module: torch.nn.Module) -> bool:
+    """An unquantized ``nn.Linear`` without adapter (FSDP2's wrapper class included), whose weight can be used
+    directly."""
+    return isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
+
+
 def plain_linear_head(model: PeftModel) -> torch.nn.Linear | None:
-    """The LM head when it is a frozen, unquantized, bias-free ``nn.Linear`` (FSDP2's wrapper class included), whose
-    weight can be used directly; else ``None``."""
+    """The LM head when it is a frozen, bias-free plain ``nn.Linear``; else ``None``."""
     head = model.get_base_model().get_output_embeddings()
-    plain = isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
-    if plain and head.bias is None and not head.weight.requires_grad:
-        return head
-    return None
+    return head if is_plain_linear(head) and head.bias is None and not head.weight.requires_grad else None
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -190,6 +193,11 @@ def gathered(model: torch.nn.Module, module: torch.nn.Module):
     from torch.distributed.tensor import DTensor
 
     parameters = list(module.parameters(recurse=False))
+    if is_sharded(model) and not is_plain_linear(module):
+        raise ValueError(
+            f"a sharded model (FSDP2 or ZeRO-3) needs a plain nn.Linear {type(module).__name__}: quantized or "
+            "adapted LM heads would gather their weights once per chunk, a different number of times per process"
+        )
     if any(hasattr(parameter, "ds_id") for parameter in parameters):
         import deepspeed
 
@@ -220,8 +228,13 @@ def _contains(outer: str, inner: str) -> bool:
 
 
 def logits_from_hidden(model: PeftModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head applied to ``hidden`` (float32), with final logit soft-capping where the model uses it."""
-    logits = model.get_base_model().get_output_embeddings()(hidden).float()
+    """The LM head applied to ``hidden`` (float32), with final logit soft-capping where the model uses it.
+
+    A plain ``nn.Linear`` head is applied through its weight, not its call, so that no FSDP2 or ZeRO-3 hook runs per
+    chunk: on a sharded model, gather it once around all chunks with :func:`gathered`.
+    """
+    head = model.get_base_model().get_output_embeddings()
+    logits = (F.linear(hidden, head.weight, head.bias) if is_plain_linear(head) else head(hidden)).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
@@ -27,6 +28,7 @@ from .models import (
     gathered,
     has_adapter,
     head_input_captured,
+    is_sharded,
     logits_from_hidden,
     plain_linear_head,
     position_ids_from_mask,
@@ -128,6 +130,7 @@ class UnlearnTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         if self.args.cache_targets and not isinstance(self.data_collator, CachedTargetsCollator):
+            self._refuse_cache_of_sharded_model()
             if not isinstance(self.train_dataset, Dataset):
                 raise TypeError("UnlearnConfig.cache_targets needs train_dataset to be a datasets.Dataset")
             with self.args.main_process_first(desc="whp target cache"):
@@ -135,6 +138,19 @@ class UnlearnTrainer(Trainer):
                 self.train_dataset = with_cached_targets(self, self.train_dataset, batch_size)
             self.data_collator = CachedTargetsCollator(self.data_collator)
         return super().train(*args, **kwargs)
+
+    def _refuse_cache_of_sharded_model(self) -> None:
+        """The cache is computed by the main process alone, before the model is prepared: it needs every parameter
+        whole there, which ZeRO-3 (partitioned at load), a model sharded beforehand, and FSDP's low-memory loading
+        (parameters on the meta device outside the main process) do not give."""
+        model = self.accelerator.unwrap_model(self.model)
+        if is_deepspeed_zero3_enabled() or is_sharded(model) or any(p.is_meta for p in model.parameters()):
+            raise ValueError(
+                "UnlearnConfig.cache_targets needs the whole model in every process before training; it is not "
+                "supported with DeepSpeed ZeRO-3, a model already sharded (fully_shard), or FSDP's "
+                "cpu_ram_efficient_loading. Set cache_targets=False, or use DDP, ZeRO-2, or FSDP with "
+                "cpu_ram_efficient_loading off."
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         validate_batch(inputs, expects_translation=self.anchors is not None)
@@ -258,14 +274,15 @@ class UnlearnTrainer(Trainer):
         vocab_size = peft_model.get_base_model().get_output_embeddings().out_features
         chunk_size = self._chunk_size(vocab_size)
         chunks = []
-        for chunk in torch.arange(len(rows), device=rows.device).split(chunk_size):
-            generic = logits_from_hidden(peft_model, teacher["baseline"][chunk])
-            if self.has_reinforced:
-                reinforced = logits_from_hidden(peft_model, teacher["reinforced"][chunk])
-                generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
-            if suppressed is not None and args.suppression_penalty:
-                generic = suppress(generic, suppressed[chunk], args.suppression_penalty)
-            chunks.append(make_targets(generic, args.target_mode, args.temperature))
+        with gathered(peft_model, peft_model.get_base_model().get_output_embeddings()):  # once, not per chunk
+            for chunk in torch.arange(len(rows), device=rows.device).split(chunk_size):
+                generic = logits_from_hidden(peft_model, teacher["baseline"][chunk])
+                if self.has_reinforced:
+                    reinforced = logits_from_hidden(peft_model, teacher["reinforced"][chunk])
+                    generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
+                if suppressed is not None and args.suppression_penalty:
+                    generic = suppress(generic, suppressed[chunk], args.suppression_penalty)
+                chunks.append(make_targets(generic, args.target_mode, args.temperature))
         if args.target_mode == "soft":
             return torch.cat(chunks) if chunks else torch.zeros((0, vocab_size), device=rows.device)
         hard = torch.full_like(inputs["shift_labels"], IGNORE_INDEX)
