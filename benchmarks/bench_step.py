@@ -9,6 +9,8 @@ machine is shared and noisy), and the ratios against the reference are printed:
 Variants:
   sft        plain LoRA SFT step (the reference): student forward + cross-entropy + backward + AdamW step
   whp        UnlearnTrainer.compute_loss: two teacher passes on the shared base, chunked targets, student step
+             with the chunked student loss (no B×T×V student logits)
+  whp-logits the same with the student's full logits (chunked_student_loss=False)
   whp-fused  the same with both teachers in one forward (PEFT mixed-batch adapter_names)
   whp-full   the same with one chunk for all positions (teacher logits held for the whole batch at once)
   whp-cached a later epoch with UnlearnConfig.cache_targets: the targets are read from the cache, no teacher pass
@@ -27,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("sft", "whp", "whp-fused", "whp-full", "whp-cached", "copy")
+VARIANTS = ("sft", "whp", "whp-logits", "whp-fused", "whp-full", "whp-cached", "copy")
 
 
 def peak_rss_bytes() -> int:
@@ -90,7 +92,7 @@ def make_step(variant, args, tmp):
         trainer = UnlearnTrainer(
             model=base, reinforced_adapter=tmp / "reinforced", peft_config=LoraConfig(**lora),
             args=UnlearnConfig(output_dir=str(tmp / "out"), report_to=[], use_cpu=True, logits_chunk_size=chunk,
-                              fused_teacher_pass=variant == "whp-fused"),
+                              fused_teacher_pass=variant == "whp-fused", chunked_student_loss=variant != "whp-logits"),
             data_collator=lambda x: x, train_dataset=[0],
         )
         model = trainer.model
@@ -166,11 +168,11 @@ def run_side_by_side(args) -> None:
     ref_time = statistics.median(r["seconds"] for r in reference)
     ref_peak = statistics.median(r["peak"] for r in reference)
     print(f"model weights {reference[0]['weights'] / 2**20:.0f} MiB; vocab {args.vocab}, batch {args.batch}×{args.seq}")
-    print(f"{'variant':<10}{'s/step':>10}{'× sft':>8}{'peak MiB':>10}{'× sft':>8}")
+    print(f"{'variant':<11}{'s/step':>10}{'× sft':>8}{'peak MiB':>10}{'× sft':>8}")
     for variant, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
         peak = statistics.median(r["peak"] for r in runs)
-        print(f"{variant:<10}{seconds:>10.3f}{seconds / ref_time:>8.2f}{peak / 2**20:>10.0f}{peak / ref_peak:>8.2f}")
+        print(f"{variant:<11}{seconds:>10.3f}{seconds / ref_time:>8.2f}{peak / 2**20:>10.0f}{peak / ref_peak:>8.2f}")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Trains UnlearnTrainer for two steps from saved artefacts; run alone or under torchrun (test_ddp.py)."""
+"""Trains UnlearnTrainer for two steps from saved artefacts (``--cache``: with cache_targets); run alone or under
+torchrun (test_ddp.py). Saves the adapter and, from the main process, the logged metrics."""
 
 import json
 import sys
@@ -16,7 +17,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
 
 
-def main(work: Path, out: Path, per_device_batch: int) -> None:
+def main(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
     torch.manual_seed(0)
     trainer = UnlearnTrainer(
         model=AutoModelForCausalLM.from_pretrained(work / "base"),
@@ -25,14 +26,16 @@ def main(work: Path, out: Path, per_device_batch: int) -> None:
         args=UnlearnConfig(
             output_dir=str(out), per_device_train_batch_size=per_device_batch, max_steps=2, learning_rate=1e-2,
             optim="sgd", lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
-            train_sampling_strategy="sequential",
+            train_sampling_strategy="sequential", logging_steps=1, cache_targets=cache,
         ),
         train_dataset=Dataset.from_list(json.loads((work / "examples.json").read_text())),
         data_collator=hand_collate,
     )
     trainer.train()
     trainer.save_model()
+    if trainer.is_world_process_zero():
+        (out / "log.json").write_text(json.dumps(trainer.state.log_history))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--cache" in sys.argv[4:])

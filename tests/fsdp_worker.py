@@ -1,4 +1,5 @@
-"""Trains UnlearnTrainer for two steps under FSDP2 (or, with ``--no-fsdp``, in one plain process); see test_fsdp.py."""
+"""Trains UnlearnTrainer for two steps under FSDP2 (or, with ``--no-fsdp``, in one plain process), or, with ``--hand``,
+compares one step on a model sharded by hand with torch's ``fully_shard`` with the unsharded step; see test_fsdp.py."""
 
 import json
 import sys
@@ -6,7 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
@@ -17,6 +21,7 @@ from accelerate.utils import DistributedType  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
+from whp_trainer.targets import IGNORE_INDEX  # noqa: E402
 
 # FSDP2 the way a user turns it on through the Trainer (transformers builds accelerate's FSDP plugin from these)
 # --8<-- [start:fsdp2]
@@ -54,6 +59,7 @@ def main(work: Path, out: Path, per_device_batch: int, fsdp: bool) -> None:
             output_dir=str(out), per_device_train_batch_size=per_device_batch, max_steps=2, learning_rate=1e-2,
             optim="sgd", lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
             train_sampling_strategy="sequential", logging_steps=1, **(FSDP if fsdp else {}),
+            logits_chunk_size=5,  # processes then run different numbers of chunks through the sharded LM head
         ),
         train_dataset=Dataset.from_list(json.loads((work / "examples.json").read_text())),
         data_collator=hand_collate,
@@ -74,5 +80,55 @@ def main(work: Path, out: Path, per_device_batch: int, fsdp: bool) -> None:
         (out / "losses.json").write_text(json.dumps(losses))
 
 
+def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:
+    """One step on the whole batch unsharded (every process alike), then one with ``fully_shard`` on every decoder
+    layer and the root, each process holding half the batch: the same loss, gradients and metrics."""
+    torch.manual_seed(0)
+    examples = json.loads((work / "examples.json").read_text())
+    trainer = UnlearnTrainer(
+        model=AutoModelForCausalLM.from_pretrained(work / "base"),
+        reinforced_adapter=work / "reinforced",
+        peft_config=LoraConfig(**LORA),
+        args=UnlearnConfig(output_dir=str(out), report_to=[], use_cpu=True, target_mode=mode, logits_chunk_size=5,
+                           chunked_student_loss=chunked, average_tokens_across_devices=True),
+        train_dataset=Dataset.from_list(examples),
+        data_collator=hand_collate,
+    )
+    model = trainer.model.train()
+    whole = hand_collate(examples)
+    expected_loss = trainer.compute_loss(model, whole)
+    expected_loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+
+    for layer in model.get_base_model().model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    rank, world = dist.get_rank(), dist.get_world_size()
+    count = (whole["shift_labels"] != IGNORE_INDEX).sum()
+    loss = trainer.compute_loss(model, hand_collate(examples[rank::world]), num_items_in_batch=count)
+    loss.backward()
+    dist.all_reduce(total := loss.detach().clone())
+    torch.testing.assert_close(total / world, expected_loss.detach(), rtol=1e-5, atol=1e-6)
+    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.requires_grad}
+    assert grads.keys() == expected.keys() and all(grads[n].abs().sum() > 0 for n in grads if "lora_B" in n)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    for key, (unsharded, sharded) in trainer._metrics["train"].items():  # sums over both processes' halves
+        assert abs(sharded - unsharded) < 1e-5, (key, sharded, unsharded)
+    trainer.args.cache_targets = True  # computed by the main process alone: refused before any teacher pass
+    with pytest.raises(ValueError, match="cache_targets needs the whole model in every process"):
+        trainer.train()
+    return (total / world).item()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--no-fsdp" not in sys.argv[4:])
+    if sys.argv[3] == "--hand":
+        losses = {f"{mode}-{chunked}": hand_sharded_step(Path(sys.argv[1]), Path(sys.argv[2]), mode, chunked)
+                  for mode, chunked in [("argmax", True), ("soft", True), ("argmax", False)]}
+        if dist.get_rank() == 0:
+            Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
+            (Path(sys.argv[2]) / "losses.json").write_text(json.dumps(losses))
+    else:
+        main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--no-fsdp" not in sys.argv[4:])

@@ -16,21 +16,34 @@ from test_trainer import make_example
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
+METRICS = ("loss", "target_changed_fraction", "student_original_token_prob")
+
+
 @pytest.mark.slow
-def test_two_processes_train_the_same_adapter_as_one(make_model, tokenizer, tmp_path):
+def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
     make_model().save_pretrained(tmp_path / "base")
     torch.manual_seed(1)
     get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(tmp_path / "reinforced")
     examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
     (tmp_path / "examples.json").write_text(json.dumps(examples))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
 
-    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8"], check=True, env=env)
+    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8"], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "ddp", "4"], check=True, env=env)
+    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "ddp", "4"], check=True, env=env, timeout=600)
+    # the target cache, computed by the main process first and read by both (2 steps of 8 = 2 epochs)
+    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "cached", "4", "--cache"], check=True, env=env, timeout=600)
+    assert len(list((tmp_path / "hf-datasets" / "whp_targets").glob("whp-targets-*.arrow"))) == 1
 
     single = load_file(tmp_path / "single" / "adapter_model.safetensors")
-    ddp = load_file(tmp_path / "ddp" / "adapter_model.safetensors")
-    assert single.keys() == ddp.keys()
-    for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-6)
+    logged = {run: [e for e in json.loads((tmp_path / run / "log.json").read_text()) if "loss" in e]
+              for run in ("single", "ddp", "cached")}
+    assert len(logged["single"]) == 2
+    for run in ("ddp", "cached"):
+        adapter = load_file(tmp_path / run / "adapter_model.safetensors")
+        assert single.keys() == adapter.keys()
+        for key in single:
+            torch.testing.assert_close(adapter[key], single[key], rtol=1e-4, atol=1e-6)
+        # every logged metric is that of the whole global batch, not of the main process's half
+        for one, two in zip(logged["single"], logged[run], strict=True):
+            assert {key: two[key] for key in METRICS} == pytest.approx({key: one[key] for key in METRICS}, rel=1e-5)

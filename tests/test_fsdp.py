@@ -16,18 +16,35 @@ from test_trainer import make_example
 WORKER = Path(__file__).parent / "fsdp_worker.py"
 
 
+def save_artefacts(make_model, tokenizer, folder: Path) -> None:
+    """The base, a non-zero reinforced adapter and 8 examples, as the workers read them."""
+    make_model().save_pretrained(folder / "base")
+    torch.manual_seed(1)
+    get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(folder / "reinforced")
+    examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
+    (folder / "examples.json").write_text(json.dumps(examples))
+
+
+@pytest.mark.slow
+def test_hand_sharded_step_gives_the_unsharded_loss_gradients_and_metrics(make_model, tokenizer, tmp_path):
+    save_artefacts(make_model, tokenizer, tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    # the worker asserts, on each process, loss, full gradients and metrics against the unsharded step
+    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "hand", "--hand"], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    losses = json.loads((tmp_path / "hand" / "losses.json").read_text())
+    assert losses.keys() == {"argmax-True", "soft-True", "argmax-False"}
+    assert losses["argmax-True"] == pytest.approx(losses["argmax-False"], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_fsdp2_trains_the_same_adapter_as_one_process(make_model, tokenizer, tmp_path):
-    make_model().save_pretrained(tmp_path / "base")
-    torch.manual_seed(1)
-    get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(tmp_path / "reinforced")
-    examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
-    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    save_artefacts(make_model, tokenizer, tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
-    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8", "--no-fsdp"], check=True, env=env)
+    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8", "--no-fsdp"], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env)
+    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env, timeout=600)
 
     # the workers also check that every parameter was sharded and that base and reinforced weights are unchanged
     losses = torch.tensor(json.loads((tmp_path / "fsdp" / "losses.json").read_text()))

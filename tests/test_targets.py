@@ -5,6 +5,7 @@ import torch
 
 from whp_trainer.targets import (
     IGNORE_INDEX,
+    chunked_distillation_loss,
     distillation_loss,
     generic_logits,
     hard_targets,
@@ -81,3 +82,33 @@ def test_accumulated_halves_equal_the_whole_batch():
 def test_make_targets_rejects_unknown_mode():
     with pytest.raises(ValueError, match="unknown target mode 'topk'"):
         make_targets(torch.zeros(1, 3), "topk")
+
+
+@pytest.mark.parametrize("mode", ["argmax", "soft"])
+@pytest.mark.parametrize("num_items", [None, 23])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_loss_gives_the_loss_and_gradients_of_full_logits(mode, num_items, softcap):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    original = torch.randint(0, 50, (10,), generator=g)
+    if mode == "argmax":
+        targets = torch.randint(0, 50, (10,), generator=g)
+        targets[[2, 7]] = IGNORE_INDEX  # positions without loss inside the chunks
+    else:
+        targets = torch.softmax(torch.randn(10, 50, generator=g, dtype=torch.float64), -1).float()
+
+    def full_logits():
+        logits = (hidden @ weight.T).float()
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+    log_probs = full_logits().log_softmax(-1)
+    expected = distillation_loss(log_probs, targets, num_items)
+    (expected_grad,) = torch.autograd.grad(3.0 * expected, hidden)
+    loss, original_log_probs = chunked_distillation_loss(
+        hidden, weight, targets, original, num_items, chunk_size=3, softcap=softcap
+    )
+    (grad,) = torch.autograd.grad(3.0 * loss, hidden)  # the upstream gradient (here 3) scales the kept one
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(original_log_probs, log_probs.gather(-1, original[:, None]).squeeze(-1).detach())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -30,6 +31,13 @@ def adapter_fingerprint(model, adapter_name: str) -> str:
     return digest.hexdigest()
 
 
+def collator_fingerprint(collator) -> str:
+    """The collator's ``repr`` without memory addresses (they differ between the processes of one run, which must
+    share the cache), and, for a function, a hash of its code."""
+    code = getattr(collator, "__code__", None)
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(collator)) + (hashlib.sha256(code.co_code).hexdigest() if code else "")
+
+
 def target_cache_key(trainer, dataset: datasets.Dataset) -> str:
     """Everything the cached targets depend on: base, reinforced adapter, dictionary, settings and data."""
     args = trainer.args
@@ -39,7 +47,7 @@ def target_cache_key(trainer, dataset: datasets.Dataset) -> str:
         "reinforced": adapter_fingerprint(trainer.model, args.reinforced_adapter_name) if trainer.has_reinforced else None,
         "anchors": getattr(trainer.anchors, "content_hash", None),
         "data": dataset._fingerprint,
-        "collator": repr(trainer.data_collator),
+        "collator": collator_fingerprint(trainer.data_collator),
         **{
             name: getattr(args, name)
             for name in (

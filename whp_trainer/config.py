@@ -97,6 +97,14 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
             "adapter_names) instead of two. Measured slower on CPU (benchmarks/bench_step.py); try it on GPUs."
         },
     )
+    chunked_student_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the student loss from its final hidden states through the LM head chunk by chunk "
+            "(logits_chunk_size positions at a time, each chunk's gradient taken in the forward), so B×T×V student "
+            "logits never exist. Used when the LM head is a frozen, unquantized nn.Linear; else the plain loss."
+        },
+    )
     cache_targets: bool = field(
         default=False,
         metadata={

@@ -11,6 +11,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from peft import PeftConfig, PeftModel, get_peft_model
 
 logger = logging.getLogger(__name__)
@@ -128,20 +129,112 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def final_hidden_states(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden states after the decoder's last norm, i.e. what the LM head reads (``(B, T, H)``)."""
-    decoder = model.get_base_model().get_decoder()
-    outputs = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
+    """Hidden states after the decoder's last norm, i.e. what the LM head reads (``(B, T, H)``).
+
+    The model's own forward runs (so FSDP2 or DeepSpeed ZeRO-3 gather the parameters of a sharded model through the
+    hooks of its root), with the LM head skipped (:func:`head_input_captured`).
+    """
+    with head_input_captured(model) as captured:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+    return captured[-1]
+
+
+@contextlib.contextmanager
+def head_input_captured(model: PeftModel):
+    """Within the block, the LM head records its input (the final hidden states) in the yielded list and computes
+    logits for zero positions instead of all of them; forwards still run through the model and its wrappers."""
+    captured = []
+
+    def keep_input(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = model.get_base_model().get_output_embeddings().register_forward_pre_hook(keep_input)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def is_plain_linear(module: torch.nn.Module) -> bool:
+    """An unquantized ``nn.Linear`` without adapter (FSDP2's wrapper class included), whose weight can be used
+    directly."""
+    return isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
+
+
+def plain_linear_head(model: PeftModel) -> torch.nn.Linear | None:
+    """The LM head when it is a frozen, bias-free plain ``nn.Linear``; else ``None``."""
+    head = model.get_base_model().get_output_embeddings()
+    return head if is_plain_linear(head) and head.bias is None and not head.weight.requires_grad else None
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 (``fully_shard``) or DeepSpeed ZeRO-3 shards the model's parameters."""
+    return any(_is_fsdp_module(module) for module in model.modules()) or any(
+        hasattr(parameter, "ds_id") for parameter in model.parameters()
     )
-    return outputs.last_hidden_state
+
+
+def _is_fsdp_module(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module, module: torch.nn.Module):
+    """The whole parameters of ``module`` (a submodule of ``model``) for direct use in the block: unsharded by the
+    FSDP2 unit that owns them and resharded afterwards, or gathered by DeepSpeed ZeRO-3; elsewhere nothing happens."""
+    from torch.distributed.tensor import DTensor
+
+    parameters = list(module.parameters(recurse=False))
+    if is_sharded(model) and not is_plain_linear(module):
+        raise ValueError(
+            f"a sharded model (FSDP2 or ZeRO-3) needs a plain nn.Linear {type(module).__name__}: quantized or "
+            "adapted LM heads would gather their weights once per chunk, a different number of times per process"
+        )
+    if any(hasattr(parameter, "ds_id") for parameter in parameters):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(parameters):
+            yield
+        return
+    if not any(isinstance(parameter, DTensor) for parameter in parameters):
+        yield
+        return
+    owner = _fsdp_owner(model, module)
+    owner.unshard()
+    try:
+        yield
+    finally:
+        owner.reshard()
+
+
+def _fsdp_owner(model: torch.nn.Module, module: torch.nn.Module) -> torch.nn.Module:
+    """The innermost FSDP2 unit holding ``module`` (the module itself, when it is one)."""
+    names = {sub: name for name, sub in model.named_modules()}
+    path = names[module]
+    owners = [sub for name, sub in model.named_modules() if _is_fsdp_module(sub) and _contains(name, path)]
+    return max(owners, key=lambda sub: len(names[sub]))
+
+
+def _contains(outer: str, inner: str) -> bool:
+    return outer == "" or inner == outer or inner.startswith(outer + ".")
 
 
 def logits_from_hidden(model: PeftModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head applied to ``hidden`` (float32), with final logit soft-capping where the model uses it."""
-    logits = model.get_base_model().get_output_embeddings()(hidden).float()
+    """The LM head applied to ``hidden`` (float32), with final logit soft-capping where the model uses it.
+
+    A plain ``nn.Linear`` head is applied through its weight, not its call, so that no FSDP2 or ZeRO-3 hook runs per
+    chunk: on a sharded model, gather it once around all chunks with :func:`gathered`.
+    """
+    head = model.get_base_model().get_output_embeddings()
+    logits = (F.linear(hidden, head.weight, head.bias) if is_plain_linear(head) else head(hidden)).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -79,3 +79,78 @@ def distillation_loss(
         count = targets.ne(IGNORE_INDEX).sum()
     denominator = count if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+def chunked_distillation_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    original: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`distillation_loss` of the logits ``hidden @ weight.T`` (soft-capped with ``softcap``), computed chunk
+    by chunk so that only ``chunk_size`` rows of vocabulary-sized logits exist at a time, in forward and backward.
+
+    ``hidden`` holds the student's final hidden states at the ``N`` loss positions (``(N, H)``, with grad),
+    ``weight`` the frozen LM head (``(V, H)``), ``targets`` token ids (``(N,)``, ``-100`` = no loss) or
+    probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
+    ``hidden`` is computed in the forward, so the backward neither keeps nor recomputes logits.
+    Returns the loss and the student's log-probabilities of the ``original`` tokens (``(N,)``, no grad), for metrics.
+    """
+    total, original_log_probs = _ChunkedHeadLoss.apply(hidden, weight, targets, original, chunk_size, softcap)
+    if num_items_in_batch is not None:
+        denominator = num_items_in_batch
+    else:
+        denominator = len(targets) if targets.is_floating_point() else targets.ne(IGNORE_INDEX).sum()
+    return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1), original_log_probs
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Summed loss of :func:`chunked_distillation_loss`; its gradient with respect to ``hidden`` is kept from the
+    forward (``(N, H)`` float32), so the weight is frozen (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, original, chunk_size, softcap):
+        wants_grad = ctx.needs_input_grad[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if wants_grad else None
+        original_log_probs = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
+        for start in range(0, len(hidden), chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = F.linear(hidden[rows], weight).float()
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            log_probs = torch.log_softmax(logits, dim=-1)
+            del logits
+            total += distillation_loss(log_probs, targets[rows], num_items_in_batch=1)  # 1: the summed loss
+            original_log_probs[rows] = log_probs.gather(-1, original[rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            if wants_grad:
+                grad_logits = _loss_grad_wrt_logits(log_probs, targets[rows])
+                if softcap:
+                    grad_logits *= 1 - capped.square()
+                grad_hidden[rows] = grad_logits.to(weight.dtype) @ weight
+        ctx.mark_non_differentiable(original_log_probs)
+        ctx.save_for_backward(grad_hidden)
+        ctx.hidden_dtype = hidden.dtype
+        return total, original_log_probs
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_original):
+        (grad_hidden,) = ctx.saved_tensors
+        return (grad_hidden * grad_total).to(ctx.hidden_dtype), None, None, None, None, None
+
+
+def _loss_grad_wrt_logits(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed loss with respect to the logits: ``softmax · Σp − p`` (``p`` one-hot for token ids,
+    zero rows at ``-100``). Overwrites ``log_probs``."""
+    grad = log_probs.exp_()
+    if targets.is_floating_point():
+        return grad.mul_(targets.sum(-1, keepdim=True)).sub_(targets)
+    ignored = targets.eq(IGNORE_INDEX)
+    rows = torch.arange(len(targets), device=targets.device)
+    grad[rows, targets.clamp(min=0)] -= 1
+    grad[ignored] = 0
+    return grad

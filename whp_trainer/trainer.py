@@ -20,6 +20,7 @@ import transformers.trainer
 from datasets import Dataset
 from torch import nn
 from transformers import AutoTokenizer, Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
@@ -29,15 +30,26 @@ from .config import UnlearnConfig
 from .models import (
     BASELINE,
     final_hidden_states,
+    gathered,
     has_adapter,
+    head_input_captured,
+    is_sharded,
     logits_from_hidden,
+    plain_linear_head,
     position_ids_from_mask,
     prepare_unlearning_model,
     teacher_pass,
 )
 from .hub import local_only_patterns, tracker_urls, write_model_card
 from .runs import last_complete_checkpoint, record_reinforced_adapter
-from .targets import IGNORE_INDEX, distillation_loss, generic_logits, make_targets, suppress
+from .targets import (
+    IGNORE_INDEX,
+    chunked_distillation_loss,
+    distillation_loss,
+    generic_logits,
+    make_targets,
+    suppress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +154,7 @@ class UnlearnTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint")
         if self.args.cache_targets and not isinstance(self.data_collator, CachedTargetsCollator):
+            self._refuse_cache_of_sharded_model()
             if not isinstance(self.train_dataset, Dataset):
                 raise TypeError("UnlearnConfig.cache_targets needs train_dataset to be a datasets.Dataset")
             with self.args.main_process_first(desc="whp target cache"):
@@ -154,35 +167,76 @@ class UnlearnTrainer(Trainer):
         """Batches of the standard ``input_ids``/``attention_mask``(/``labels``) format get their ``shift_labels``."""
         return with_shift_labels(super()._prepare_inputs(inputs))
 
+    def _refuse_cache_of_sharded_model(self) -> None:
+        """The cache is computed by the main process alone, before the model is prepared: it needs every parameter
+        whole there, which ZeRO-3 (partitioned at load), a model sharded beforehand, and FSDP's low-memory loading
+        (parameters on the meta device outside the main process) do not give."""
+        model = self.accelerator.unwrap_model(self.model)
+        if is_deepspeed_zero3_enabled() or is_sharded(model) or any(p.is_meta for p in model.parameters()):
+            raise ValueError(
+                "UnlearnConfig.cache_targets needs the whole model in every process before training; it is not "
+                "supported with DeepSpeed ZeRO-3, a model already sharded (fully_shard), or FSDP's "
+                "cpu_ram_efficient_loading. Set cache_targets=False, or use DDP, ZeRO-2, or FSDP with "
+                "cpu_ram_efficient_loading off."
+            )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         validate_batch(inputs, expects_translation=self.anchors is not None)
         rows, cols = (inputs["shift_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
-
-        def student_forward():
-            return model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                position_ids=position_ids_from_mask(inputs["attention_mask"]),
-                use_cache=False,
-            )
-
-        # FSDP2 initialises at its root's first forward, which the teacher passes bypass; elsewhere student last (memory)
-        outputs = student_forward() if self.is_fsdp_enabled else None
+        peft_model = self.accelerator.unwrap_model(model)
         if "cached_target_ids" in inputs:
             targets = self._cached_targets(inputs, rows, cols)
         else:
-            targets = self._generic_targets(self.accelerator.unwrap_model(model), inputs, rows, cols)
-        if outputs is None:
-            outputs = student_forward()
-        # soft targets exist at the loss positions only; hard targets are laid out like shift_labels
-        soft = targets.is_floating_point()
-        student = outputs.logits[rows, cols] if soft else outputs.logits
-        log_probs = torch.log_softmax(student.float(), dim=-1)
-        loss = distillation_loss(log_probs, targets, num_items_in_batch)
+            targets = self._generic_targets(peft_model, inputs, rows, cols)
+        head = plain_linear_head(peft_model) if self.args.chunked_student_loss else None
+        if head is None:
+            loss, outputs, original_log_probs = self._student_loss(model, inputs, targets, rows, cols, num_items_in_batch)
+        else:
+            loss, outputs, original_log_probs = self._chunked_student_loss(
+                model, head, inputs, targets, rows, cols, num_items_in_batch
+            )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
-        self._record_metrics(log_probs.detach(), targets, inputs["shift_labels"], rows, cols)
+        top = targets.argmax(-1) if targets.is_floating_point() else targets[rows, cols]
+        self._record_metrics(top, inputs["shift_labels"][rows, cols], original_log_probs)
         return (loss, outputs) if return_outputs else loss
+
+    def _student_loss(self, model, inputs, targets, rows, cols, num_items_in_batch):
+        """The loss from the student's full ``(B, T, V)`` logits; also the log-probabilities of the original tokens."""
+        outputs = student_forward(model, inputs)
+        # soft targets exist at the loss positions only; hard targets are laid out like shift_labels
+        soft = targets.is_floating_point()
+        log_probs = torch.log_softmax((outputs.logits[rows, cols] if soft else outputs.logits).float(), dim=-1)
+        loss = distillation_loss(log_probs, targets, num_items_in_batch)
+        if soft:
+            chosen = log_probs.gather(-1, inputs["shift_labels"][rows, cols].unsqueeze(-1)).squeeze(-1)
+        else:
+            chosen = log_probs.gather(-1, inputs["shift_labels"].clamp(min=0).unsqueeze(-1)).squeeze(-1)[rows, cols]
+        return loss, outputs, chosen.detach()
+
+    def _chunked_student_loss(self, model, head, inputs, targets, rows, cols, num_items_in_batch):
+        """The same loss from the student's final hidden states at the loss positions, through the LM head chunk by
+        chunk (:func:`~whp_trainer.targets.chunked_distillation_loss`): no ``(B, T, V)`` logits."""
+        peft_model = self.accelerator.unwrap_model(model)
+        with head_input_captured(peft_model) as captured:
+            outputs = student_forward(model, inputs)
+        with gathered(peft_model, head):
+            loss, chosen = chunked_distillation_loss(
+                captured[-1][rows, cols],
+                head.weight,
+                targets if targets.is_floating_point() else targets[rows, cols],
+                inputs["shift_labels"][rows, cols],
+                num_items_in_batch,
+                chunk_size=self._chunk_size(head.out_features),
+                softcap=getattr(peft_model.config, "final_logit_softcapping", None),
+            )
+        # outputs.logits hold zero positions: adding them changes nothing but keeps the backward hooks that FSDP
+        # sets on the model's output in the graph
+        return loss + outputs.logits.sum(), outputs, chosen
+
+    def _chunk_size(self, vocab_size: int) -> int:
+        """Positions per chunk of vocabulary-sized logits."""
+        return self.args.logits_chunk_size or max(1, CHUNK_ELEMENTS // vocab_size)
 
     @torch.no_grad()
     def compute_targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,16 +300,17 @@ class UnlearnTrainer(Trainer):
         teacher = self._teacher_hidden_states(peft_model, inputs, rows, cols)
         suppressed = inputs["suppress_ids"][rows, cols] if "suppress_ids" in inputs else None
         vocab_size = peft_model.get_base_model().get_output_embeddings().out_features
-        chunk_size = args.logits_chunk_size or max(1, CHUNK_ELEMENTS // vocab_size)
+        chunk_size = self._chunk_size(vocab_size)
         chunks = []
-        for chunk in torch.arange(len(rows), device=rows.device).split(chunk_size):
-            generic = logits_from_hidden(peft_model, teacher["baseline"][chunk])
-            if self.has_reinforced:
-                reinforced = logits_from_hidden(peft_model, teacher["reinforced"][chunk])
-                generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
-            if suppressed is not None and args.suppression_penalty:
-                generic = suppress(generic, suppressed[chunk], args.suppression_penalty)
-            chunks.append(make_targets(generic, args.target_mode, args.temperature))
+        with gathered(peft_model, peft_model.get_base_model().get_output_embeddings()):  # once, not per chunk
+            for chunk in torch.arange(len(rows), device=rows.device).split(chunk_size):
+                generic = logits_from_hidden(peft_model, teacher["baseline"][chunk])
+                if self.has_reinforced:
+                    reinforced = logits_from_hidden(peft_model, teacher["reinforced"][chunk])
+                    generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
+                if suppressed is not None and args.suppression_penalty:
+                    generic = suppress(generic, suppressed[chunk], args.suppression_penalty)
+                chunks.append(make_targets(generic, args.target_mode, args.temperature))
         if args.target_mode == "soft":
             return torch.cat(chunks) if chunks else torch.zeros((0, vocab_size), device=rows.device)
         hard = torch.full_like(inputs["shift_labels"], IGNORE_INDEX)
@@ -263,21 +318,18 @@ class UnlearnTrainer(Trainer):
             hard[rows, cols] = torch.cat(chunks)
         return hard
 
-    def _record_metrics(self, log_probs, targets, shift_labels, rows, cols) -> None:
+    def _record_metrics(self, top, original, original_log_probs) -> None:
         """Record the fraction of targets that differ from the original next token, and the mean probability the
-        student gives that token."""
-        if len(rows) == 0:
+        student gives that token: means over the loss positions of all processes (summed across them first)."""
+        sums = torch.stack(
+            [(top != original).sum().float(), original_log_probs.float().exp().sum(), top.new_tensor(len(top)).float()]
+        )
+        changed, probability, count = self.accelerator.reduce(sums, reduction="sum").tolist()
+        if count == 0:
             return
-        original = shift_labels[rows, cols]
-        if targets.is_floating_point():  # soft: (N, V) rows of the loss positions
-            top = targets.argmax(-1)
-            chosen = log_probs.gather(-1, original.unsqueeze(-1)).squeeze(-1)
-        else:  # hard: (B, T) layout
-            top = targets[rows, cols]
-            chosen = log_probs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[rows, cols]
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["target_changed_fraction"].append((top != original).float().mean().item())
-        self._metrics[mode]["student_original_token_prob"].append(chosen.exp().mean().item())
+        self._metrics[mode]["target_changed_fraction"].append(changed / count)
+        self._metrics[mode]["student_original_token_prob"].append(probability / count)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
@@ -347,6 +399,16 @@ class UnlearnTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def student_forward(model, inputs):
+    """The student's forward (through the wrapped model: DDP, FSDP or DeepSpeed) on the original block."""
+    return model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        position_ids=position_ids_from_mask(inputs["attention_mask"]),
+        use_cache=False,
+    )
 
 
 def pad_right(tensor: torch.Tensor, width: int) -> torch.Tensor:
