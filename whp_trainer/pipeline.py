@@ -265,22 +265,30 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
 
 
 def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bool = False) -> str:
-    """``whp evaluate``: base, reinforced and unlearned roles of one base measured side by side, into
-    ``config.output_dir`` (an :class:`~whp_trainer.evaluation.EvaluateConfig`); returns that folder."""
+    """``whp evaluate``: base, reinforced and unlearned roles of one base measured side by side, with the oracle
+    (``--oracle_model``) and the generic-logit teacher, into ``config.output_dir`` (an
+    :class:`~whp_trainer.evaluation.EvaluateConfig`); returns that folder."""
     from .evaluation import evaluate_model, write_report
+    from .evaluation.knowledge import load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
 
     require_model(model_args, "evaluate")
-    adapters = evaluation_adapters(data, config.roles)
+    adapters = evaluation_adapters(data, config.roles, teacher=bool(config.teacher_alphas))
     forget = require_path(data.forget_data, "forget_data", "evaluate")
     retain = require_path(data.retain_data, "retain_data", "evaluate")
     anchors = AnchorDictionary.load(require_path(data.anchors, "anchors", "evaluate")) if data.anchors else None
     probes_file = require_path(data.probes, "probes", "evaluate") if data.probes else None
     if probes_file is None and anchors is None:
         raise ValueError("whp evaluate: give --probes, or --anchors to build probes from --forget_data")
+    references = {name: require_path(getattr(config, name), name, "evaluate") if getattr(config, name) else None
+                  for name in EVALUATE_REFERENCES}
+    qa = {name: load_qa(references[name]) if references[name] else None for name in EVALUATE_QA}
+    if references["oracle_model"]:
+        require_same_tokenizer(model_args, references["oracle_model"])
     print_ = fingerprint(
         "evaluate", config, model_args, data.text_field, anchors and anchors.content_hash,
-        *(file_digest(path) for path in (forget, retain, probes_file, *adapters.values())), sorted(adapters),
+        *(file_digest(path) for path in (forget, retain, probes_file, *adapters.values(), *references.values())),
+        sorted(adapters),
     )
     if not begin_stage(config.output_dir, "evaluate", print_, overwrite):
         return config.output_dir
@@ -295,8 +303,14 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     tokenizer = load_tokenizer(model_args)
     model = with_adapters(load_base_model(model_args), adapters)
     roles = {role: None if role == "base" else role for role in config.roles if role == "base" or role in adapters}
+    oracle = None
+    if references["oracle_model"]:
+        oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=str(references["oracle_model"])))
+    holdout = load_texts(references["holdout_data"], data.text_field)["text"] if references["holdout_data"] else None
     results = evaluate_model(
-        model, tokenizer, config, probes, forget_texts, load_texts(retain, data.text_field)["text"], anchors, roles
+        model, tokenizer, config, probes, forget_texts, load_texts(retain, data.text_field)["text"], anchors, roles,
+        oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
+        knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"],
     )
     history_file = Path(data.unlearned_adapter or "") / HISTORY_FILE
     history = json.loads(history_file.read_text()) if data.unlearned_adapter and history_file.is_file() else None
@@ -305,9 +319,23 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     return config.output_dir
 
 
-def evaluation_adapters(data: DataArguments, roles: list[str]) -> dict[str, Path]:
+EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateConfig fields: question/answer files
+EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA)
+
+
+def require_same_tokenizer(model_args: ModelConfig, oracle: Path) -> None:
+    """The oracle must read text as the evaluated model does: the same vocabulary, else a clear error."""
+    mine = load_tokenizer(model_args).get_vocab()
+    theirs = AutoTokenizer.from_pretrained(str(oracle)).get_vocab()
+    if mine != theirs:
+        raise ValueError(f"whp evaluate: --oracle_model {oracle} has another tokenizer than --model_name_or_path "
+                         f"({len(theirs)} vs {len(mine)} tokens, or other ids): the oracle must share it")
+
+
+def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = False) -> dict[str, Path]:
     """Role -> adapter folder of the roles asked for; the reinforced adapter defaults to the unlearn output's
-    ``reinforced/`` subfolder. A role without its adapter is skipped with a note; none at all is an error."""
+    ``reinforced/`` subfolder, and is loaded for the ``teacher`` too. A role without its adapter is skipped with a
+    note; none at all is an error."""
     from .hub import REINFORCED_SUBFOLDER
 
     unlearned = require_adapter(data.unlearned_adapter, "unlearned_adapter", "evaluate") if data.unlearned_adapter else None
@@ -319,7 +347,7 @@ def evaluation_adapters(data: DataArguments, roles: list[str]) -> dict[str, Path
     for role, path in (("reinforced", reinforced), ("unlearned", unlearned)):
         if role in roles and path is None:
             logger.warning("whp evaluate: no --%s_adapter given; the %s role is skipped", role, role)
-        elif role in roles:
+        elif role in roles or (role == "reinforced" and teacher and path is not None):
             adapters[role] = path
     if not adapters:
         raise ValueError("whp evaluate: give --unlearned_adapter and/or --reinforced_adapter (for the roles asked)")
