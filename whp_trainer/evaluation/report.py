@@ -287,7 +287,7 @@ def evaluate_model(
 
     A teacher column ``"teacher α=A"`` is measured for each ``config.teacher_alphas`` when the model holds the
     ``"reinforced"`` adapter. The active adapter, the trainable parameters and the train/eval mode are restored
-    afterwards; the oracle is wrapped in a ``PeftModel`` (adapters off) so that it can relearn.
+    afterwards; the oracle relearns through a fresh adapter, removed afterwards.
     """
     roles = default_roles(model, config) if roles is None else roles
     data = evaluation_data(config, probes, forget_texts, retain_texts, dictionary, holdout_texts, knowledge_qa,
@@ -296,8 +296,9 @@ def evaluate_model(
     if judge is None:
         data.prompts = []
     subjects = [(role, model, adapter) for role, adapter in roles.items()]
-    if oracle is not None:
-        subjects.append((ORACLE, relearnable(oracle, model), BASELINE))
+    wrapped = relearnable(oracle, model) if oracle is not None else None
+    if wrapped is not None:
+        subjects.append((ORACLE, wrapped, BASELINE))
     subjects += teacher_subjects(model, config)
     results = {}
     for role, subject, adapter in tqdm(subjects, desc="whp evaluate", unit="role"):
@@ -311,6 +312,8 @@ def evaluate_model(
             metrics["familiarity_token_relearned"] = relearned_familiarity(subject, tokenizer, config, adapter,
                                                                           data.probes, data.texts["forget"])
         results[role] = {metric: float(value) for metric, value in metrics.items()}
+    if wrapped is not None and wrapped is not oracle:
+        wrapped.unload()  # the oracle's own modules back in place
     add_privleak(results)
     return {role: results[role] for role in ordered_roles(results)}
 
