@@ -365,9 +365,10 @@ def with_adapters(base, adapters: dict[str, Path]):
     return model
 
 
-def demo_evaluation_config(output_dir: str | os.PathLike):
+def demo_evaluation_config(output_dir: str | os.PathLike, assets=None):
     """``whp evaluate`` settings sized for the CPU demo; the next-token prompt is the saga's "Zorvath studies"
-    (saga object vs its generic counterpart), as the paper's "Harry Potter studies" (" magic" vs " the")."""
+    (saga object vs its generic counterpart), as the paper's "Harry Potter studies" (" magic" vs " the"). With the
+    demo's ``assets``, its oracle and holdout saga text are the references."""
     from .demo import CHARACTERS, RELATIONS
     from .evaluation import EvaluateConfig
 
@@ -388,6 +389,9 @@ def demo_evaluation_config(output_dir: str | os.PathLike):
         hints=True,
         plots=True,
         next_token_prompts={f"{first_name} studies": [f" {saga_objects[0]}", f" {generic_objects[0]}"]},
+        oracle_model=str(assets.oracle_model_dir) if assets else None,
+        holdout_data=str(assets.holdout_path) if assets else None,
+        membership_texts=40,
     )
 
 
@@ -566,6 +570,6 @@ def demo(args: DemoArguments) -> str:
             data, model_args, UnlearnConfig(output_dir=str(root / "unlearned"), **DEMO_TRAINING), args.overwrite
         )
         print("whp demo: evaluate", flush=True)
-        report = evaluate(data, model_args, demo_evaluation_config(root / "evaluation"), args.overwrite)
+        report = evaluate(data, model_args, demo_evaluation_config(root / "evaluation", assets), args.overwrite)
     print((Path(report) / "report.md").read_text(encoding="utf-8"))
     return report
