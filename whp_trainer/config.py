@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .targets import TARGET_MODES
+from .targets import RETAIN_LOSSES, TARGET_MODES
 
 
 @dataclass
@@ -27,7 +27,8 @@ class UnlearnConfig(TrainingArguments):
     )
     target_mode: str = field(
         default="argmax",
-        metadata={"help": "'argmax': cross-entropy to argmax v_generic (the paper); 'soft': KL to softmax(v_generic/τ)."},
+        metadata={"help": "'argmax': cross-entropy to argmax v_generic (the paper); "
+                  "'soft': KL to softmax(v_generic/τ)."},
     )
     temperature: float = field(
         default=1.0, metadata={"help": "τ of the soft targets softmax(v_generic / τ); used with target_mode='soft'."}
@@ -83,6 +84,21 @@ class UnlearnConfig(TrainingArguments):
     cache_top_k: int = field(
         default=32, metadata={"help": "Soft mode with cache_targets: how many most likely tokens are stored."}
     )
+    skip_unchanged_targets: bool = field(
+        default=False,
+        metadata={"help": "Hard targets: no loss where argmax v_generic is the original next token, so training never "
+                  "raises a memorized token's probability (departs from the paper)."},
+    )
+    retain_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
+                  "batch per step; needs a retain dataset); 0 = off (the paper)."},
+    )
+    retain_loss: str = field(
+        default="kl",
+        metadata={"help": "'kl': KL(base ‖ student) on retain text (keep the base's predictions); 'nll': plain "
+                  "language-modelling loss on retain text.", "choices": list(RETAIN_LOSSES)},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: the collator needs the raw text columns (as in TRL)."},
@@ -92,6 +108,10 @@ class UnlearnConfig(TrainingArguments):
         super().__post_init__()
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"UnlearnConfig.retain_loss={self.retain_loss!r}: expected one of {RETAIN_LOSSES}")
+        if self.retain_weight < 0:
+            raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
         if self.alpha < 0:
             raise ValueError(f"UnlearnConfig.alpha={self.alpha}: must be >= 0")
         if self.temperature <= 0:

@@ -237,6 +237,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         raise ValueError("whp unlearn: give --reinforced_adapter, --anchors, or both")
     probes = load_probes(require_path(data.probes, "probes", "unlearn")) if data.probes else None
     retain = require_path(data.retain_data, "retain_data", "unlearn") if data.retain_data else None
+    if args.retain_weight and retain is None:
+        raise ValueError("whp unlearn: --retain_weight needs --retain_data (the retain text to keep)")
     print_ = fingerprint(
         "unlearn", args, model_args, file_digest(forget), file_digest(reinforced), anchors and anchors.content_hash,
         probes, file_digest(retain),
@@ -253,6 +255,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         anchors=anchors,
         train_dataset=blocks,
         processing_class=tokenizer,
+        retain_dataset=load_texts(retain, data.text_field)["text"] if args.retain_weight else None,
     )
     trainer.dataset_description = data.dataset_description
     monitor = familiarity_monitor(trainer, probes, retain, data.text_field) if probes else None

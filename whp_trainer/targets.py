@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 TARGET_MODES = ("argmax", "soft")
+RETAIN_LOSSES = ("kl", "nll")
 IGNORE_INDEX = -100
 
 
@@ -79,3 +80,18 @@ def distillation_loss(
         count = targets.ne(IGNORE_INDEX).sum()
     denominator = count if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+def drop_unchanged(hard: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Hard targets with no loss (``-100``) where they equal the ``original`` next token: cross-entropy there would
+    only raise the probability of the memorized token (towards 1, above the teacher's own probability for it)."""
+    return hard.masked_fill(hard == original, IGNORE_INDEX)
+
+
+def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the ``mask``ed positions of ``KL(baseline ‖ student)`` between next-token distributions: the
+    retain regulariser that keeps the student's predictions on ordinary text those of the base."""
+    baseline = torch.log_softmax(baseline_logits.float(), dim=-1)
+    student = torch.log_softmax(student_logits.float(), dim=-1)
+    per_position = (baseline.exp() * (baseline - student)).sum(-1)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1)

@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
-from .collator import AnchorSwapCollator, validate_batch
+from .collator import AnchorSwapCollator, split_into_blocks, validate_batch
 from .config import UnlearnConfig
 from .models import (
     BASELINE,
@@ -31,7 +31,9 @@ from .models import (
     teacher_pass,
 )
 from .hub import write_model_card
-from .targets import IGNORE_INDEX, distillation_loss, generic_logits, make_targets, suppress
+from .targets import (
+    IGNORE_INDEX, distillation_loss, drop_unchanged, generic_logits, make_targets, retain_kl, suppress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class UnlearnTrainer(Trainer):
         peft_config: the unlearning adapter to add and train, when the model does not hold it yet.
         anchors: an ``AnchorDictionary`` (or a path to one) used to build the default ``AnchorSwapCollator``.
             Without anchors (and no translating collator) the baseline reads the original text (bootstrapping only).
+        retain_dataset: ordinary text to keep (a list of strings, or a ``Dataset`` with ``input_ids`` or a text
+            column): with ``args.retain_weight > 0`` one batch of its blocks per step adds the retain loss.
     """
 
     _tag_names = ["whp_trainer", "unlearning"]
@@ -65,11 +69,15 @@ class UnlearnTrainer(Trainer):
         reinforced_adapter: str | os.PathLike | None = None,
         peft_config=None,
         anchors=None,
+        retain_dataset=None,
         **kwargs,
     ):
         args = args if args is not None else UnlearnConfig(output_dir="whp-unlearned")
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig, got {type(args).__name__}")
+        self.retain_blocks = _retain_blocks(retain_dataset, processing_class, args)
+        self._retain_order: list[int] = []  # retain blocks still to serve this pass over them
+        self._retain_passes = 0
         anchors = _load_anchors(anchors)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
@@ -148,13 +156,44 @@ class UnlearnTrainer(Trainer):
             outputs = student_forward()
         # soft targets exist at the loss positions only; hard targets are laid out like shift_labels
         soft = targets.is_floating_point()
+        if self.args.skip_unchanged_targets and not soft:
+            targets = drop_unchanged(targets, inputs["shift_labels"])
         student = outputs.logits[rows, cols] if soft else outputs.logits
         log_probs = torch.log_softmax(student.float(), dim=-1)
         loss = distillation_loss(log_probs, targets, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
+        if self.args.retain_weight and model.training:
+            loss = loss + self.args.retain_weight * self.retain_loss(model) / self.args.gradient_accumulation_steps
         self._record_metrics(log_probs.detach(), targets, inputs["shift_labels"], rows, cols)
         return (loss, outputs) if return_outputs else loss
+
+    def retain_loss(self, model) -> torch.Tensor:
+        """The loss on the next batch of retain blocks (cycled in a seeded order): ``KL(base ‖ student)`` of the
+        next-token distributions (``retain_loss="kl"``) or the language-modelling loss (``"nll"``)."""
+        batch = self._next_retain_batch()
+        ids, mask = batch["input_ids"].to(self.args.device), batch["attention_mask"].to(self.args.device)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+        logits = model(**inputs).logits[:, :-1]
+        labels = batch["shift_labels"].to(ids.device)[:, :-1]
+        if self.args.retain_loss == "nll":
+            return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                               ignore_index=IGNORE_INDEX)
+        peft_model = self.accelerator.unwrap_model(model)
+        with teacher_pass(peft_model, BASELINE):
+            baseline = peft_model(**inputs).logits[:, :-1]
+        return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
+
+    def _next_retain_batch(self) -> dict[str, torch.Tensor]:
+        size = self.args.per_device_train_batch_size
+        if len(self._retain_order) < size:
+            generator = torch.Generator().manual_seed(self.args.seed + self._retain_passes)
+            self._retain_passes += 1
+            order = torch.randperm(len(self.retain_blocks), generator=generator).tolist()
+            self._retain_order += order * (size // len(order) + 1)  # a whole batch even from few blocks
+        chosen, self._retain_order = self._retain_order[:size], self._retain_order[size:]
+        collator = AnchorSwapCollator(self.processing_class, None, max_length=self.args.max_length)
+        return collator([{"input_ids": self.retain_blocks[index]} for index in chosen])
 
     @torch.no_grad()
     def compute_targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +346,25 @@ def _load_anchors(anchors) -> AnchorDictionary | None:
     if isinstance(anchors, (str, os.PathLike)):
         return AnchorDictionary.load(anchors)
     return AnchorDictionary(anchors)
+
+
+def _retain_blocks(retain_dataset, tokenizer, args: UnlearnConfig) -> list[list[int]] | None:
+    """Token-id blocks of ``max_length`` of the retain text; an error when ``retain_weight`` asks for them and none
+    are given."""
+    if not args.retain_weight:
+        return None
+    if retain_dataset is None:
+        raise ValueError("UnlearnConfig.retain_weight > 0 needs retain_dataset= (ordinary text to keep)")
+    if isinstance(retain_dataset, Dataset) and "input_ids" in retain_dataset.column_names:
+        blocks = [list(ids) for ids in retain_dataset["input_ids"]]
+    else:
+        if tokenizer is None:
+            raise ValueError("retain_dataset of text needs processing_class (the tokenizer)")
+        texts = retain_dataset[args.dataset_text_field] if isinstance(retain_dataset, Dataset) else list(retain_dataset)
+        blocks = split_into_blocks(texts, tokenizer, args.max_length)
+    if not blocks:
+        raise ValueError("retain_dataset holds no block of at least 2 tokens")
+    return blocks
 
 
 def _default_collator(processing_class, anchors, args: UnlearnConfig) -> AnchorSwapCollator:
