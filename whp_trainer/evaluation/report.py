@@ -535,12 +535,13 @@ def write_report(
 
 
 def ordered_roles(results: dict) -> list[str]:
-    """The known roles in their order (base, oracle, reinforced, teachers by α, unlearned), then any other."""
+    """The known roles in their order (base, oracle, reinforced, teachers by α, unlearned), then any other in the
+    order given."""
 
     def rank(role: str):
         kind = TEACHER if role.startswith(f"{TEACHER} α=") else role
         alpha = float(role.split("=", 1)[1]) if kind == TEACHER else 0.0
-        return (COLUMN_ORDER.index(kind) if kind in COLUMN_ORDER else len(COLUMN_ORDER), alpha, role)
+        return (COLUMN_ORDER.index(kind) if kind in COLUMN_ORDER else len(COLUMN_ORDER), alpha)
 
     return sorted(results, key=rank)
 
