@@ -63,6 +63,15 @@ SETTINGS = {  # name -> UnlearnConfig options; "paper" is the method as publishe
     "soft+retain": {"target_mode": "soft", "retain_weight": 1.0},
     "skip-unchanged+retain": {"skip_unchanged_targets": True, "retain_weight": 1.0},
     "soft α=20+retain": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0},
+    "soft α=20+retain, 3× steps": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
+                                   "num_train_epochs": 24},
+    "paper α=20+retain, 3× steps": {"alpha": 20.0, "retain_weight": 1.0, "num_train_epochs": 24},
+    "skip-unchanged α=20+retain, 3× steps": {"skip_unchanged_targets": True, "alpha": 20.0, "retain_weight": 1.0,
+                                            "num_train_epochs": 24},
+    "skip-unchanged α=20+retain×3, 3× steps": {"skip_unchanged_targets": True, "alpha": 20.0, "retain_weight": 3.0,
+                                              "num_train_epochs": 24},
+    "soft α=20+retain, 3× steps, lr×3": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
+                                         "num_train_epochs": 24, "learning_rate": 6e-3},
 }
 TEACHER_ALPHAS = [5.0, 10.0, 20.0]
 
@@ -169,6 +178,20 @@ def measure(root: Path, data, model_args, adapters: dict[str, Path], teacher_alp
     )
 
 
+def measured(stage_folder: Path, measure_now) -> dict:
+    """The results measured on a stage's output, kept in ``<output_dir>/measured/`` (not in the stage's folder:
+    the next stage's fingerprint covers its files) with the stage's fingerprint: measured again only when the stage
+    was redone."""
+    stage = json.loads((stage_folder / pipeline.STAGE_FILE).read_text())["fingerprint"]
+    saved = stage_folder.parent / "measured" / f"{stage_folder.name}.json"
+    saved.parent.mkdir(exist_ok=True)
+    if saved.is_file() and json.loads(saved.read_text())["fingerprint"] == stage:
+        return json.loads(saved.read_text())["results"]
+    results = measure_now()
+    saved.write_text(json.dumps({"fingerprint": stage, "results": results}, indent=1))
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache_dir", default=None, help="Cache of the texts and models (default: $WHP_CACHE).")
@@ -188,14 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
 
         data.reinforced_adapter = pipeline.reinforce(data, model_args, ReinforceConfig(
             output_dir=str(out / "reinforced"), packing=False, gradient_checkpointing=False, **TRAINING, **REINFORCE))
-        results = measure(root, data, model_args, {"reinforced": Path(data.reinforced_adapter)}, TEACHER_ALPHAS,
-                          oracle=True)
+        results = measured(Path(data.reinforced_adapter), lambda: measure(
+            root, data, model_args, {"reinforced": Path(data.reinforced_adapter)}, TEACHER_ALPHAS, oracle=True))
         print(f"forget_quality: references measured ({time.perf_counter() - start:.0f} s)", flush=True)
         for name in args.settings:
-            config = UnlearnConfig(output_dir=str(out / name.replace(" ", "_").replace("=", "")),
-                                   **TRAINING, **UNLEARN, **SETTINGS[name])
-            adapter = pipeline.unlearn(data, model_args, config)
-            results[name] = measure(root, data, model_args, {"unlearned": Path(adapter)}, [], oracle=False)["unlearned"]
+            folder = out / re.sub(r"[^\w.+-]+", "_", name)
+            config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **SETTINGS[name]})
+            adapter = Path(pipeline.unlearn(data, model_args, config))
+            results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
+                                                              oracle=False))["unlearned"]
             print(f"forget_quality: {name} ({time.perf_counter() - start:.0f} s)", flush=True)
     from whp_trainer.evaluation import write_report
     from whp_trainer.evaluation.report import add_privleak
