@@ -143,3 +143,12 @@ def test_verdicts_say_above_at_or_below_the_oracle_and_what_it_means():
     table = markdown_report(results)
     assert "| metric | base | oracle | unlearned | unlearned − base | unlearned − oracle |" in table
     assert "| `verbmem_forget` | above (+0.4): knowledge left | at (+0.01): as the oracle |" in table
+
+
+def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforced_model, tokenizer):
+    from whp_trainer.evaluation.report import relearned_familiarity
+
+    config = EvaluateConfig(**SMALL)
+    twice = [relearned_familiarity(reinforced_model, tokenizer, config, None, PROBES, FORGET) for _ in range(2)]
+    assert twice[0] == twice[1] and set(reinforced_model.peft_config) == {"reinforced", "unlearned"}
+    assert reinforced_model.active_adapter == "unlearned"

@@ -543,7 +543,7 @@ DEMO_LORA = dict(
     lora_r=8, lora_alpha=16, lora_dropout=0.0,
     lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 )
-RECOMMENDED_SETTING = dict(alpha=20.0, skip_unchanged_targets=True, retain_weight=1.0)  # docs/results.md: measured, and why
+RECOMMENDED_SETTING = dict(target_mode="soft", alpha=20.0, retain_weight=1.0)  # docs/results.md: measured, and why
 DEMO_TRAINING = dict(
     num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, max_length=128, report_to=[],
     use_cpu=True, logging_steps=2, save_strategy="epoch", save_total_limit=1,

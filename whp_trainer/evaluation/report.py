@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..hub import framework_versions, package_version
@@ -368,18 +369,20 @@ def fresh_adapter_config(model):
 
         return LoraConfig(target_modules="all-linear", r=8)
     config = copy.deepcopy(configs.get("unlearned") or next(iter(configs.values())))
-    config.inference_mode = False
+    config.inference_mode, config.base_model_name_or_path = False, None
     if hasattr(config, "init_lora_weights"):
         config.init_lora_weights = True
     return config
 
 
 @contextlib.contextmanager
-def fresh_adapter(model):
-    """A zero-initialised adapter added for the block (named :data:`RELEARN_ADAPTER`) and deleted after it; the
-    active adapter and the trainable parameters are restored."""
+def fresh_adapter(model, seed: int = 0):
+    """A zero-initialised adapter (its random half drawn with ``seed``) added for the block (named
+    :data:`RELEARN_ADAPTER`) and deleted after it; the active adapter and the trainable parameters are restored."""
     active, trainable = model.active_adapter, [p for p in model.parameters() if p.requires_grad]
-    model.add_adapter(RELEARN_ADAPTER, fresh_adapter_config(model))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model.add_adapter(RELEARN_ADAPTER, fresh_adapter_config(model))
     try:
         yield RELEARN_ADAPTER
     finally:
@@ -491,7 +494,7 @@ def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, pro
     """Token familiarity after ``config.relearn_steps`` fine-tuning steps on forget text as ``adapter``; a role
     without an adapter (the base, the oracle) relearns through a fresh one of the same shape."""
     if adapter is BASELINE:
-        with fresh_adapter(model) as fresh:
+        with fresh_adapter(model, config.seed) as fresh:
             return relearned_familiarity(model, tokenizer, config, fresh, probes, forget_texts)
     with teacher_pass(model, adapter):  # the adapter made trainable; the probe fine-tunes with grad on, then restores
         result = relearning_probe(model, tokenizer, forget_texts, probes, steps=config.relearn_steps,
