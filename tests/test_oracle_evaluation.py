@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,52 @@ def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforc
     twice = [relearned_familiarity(reinforced_model, tokenizer, config, None, PROBES, FORGET) for _ in range(2)]
     assert twice[0] == twice[1] and set(reinforced_model.peft_config) == {"reinforced", "unlearned"}
     assert reinforced_model.active_adapter == "unlearned"
+
+
+@pytest.fixture
+def stage_inputs(tokenizer, make_model, tmp_path):
+    """A saved tiny base and an oracle of the same tokenizer, an unlearning adapter, texts and questions."""
+    from whp_trainer import pipeline
+
+    for name, seed in (("base", 0), ("oracle", 1)):
+        make_model(seed=seed).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    get_peft_model(make_model(), LoraConfig(**LORA)).save_pretrained(tmp_path / "unlearned")
+    for name, texts in (("forget", FORGET), ("retain", CORPUS[3:]), ("holdout", CORPUS[4:])):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    (tmp_path / "qa.json").write_text(json.dumps([{"question": "Where does Harry study?", "answer": "Hogwarts"}]))
+    (tmp_path / "probes.json").write_text(json.dumps(PROBES))
+    return pipeline.DataArguments(forget_data=str(tmp_path / "forget.txt"), retain_data=str(tmp_path / "retain.txt"),
+                                  probes=str(tmp_path / "probes.json"), unlearned_adapter=str(tmp_path / "unlearned"))
+
+
+def test_whp_evaluate_with_an_oracle_holdout_and_questions(stage_inputs, tmp_path):
+    from trl import ModelConfig
+
+    from whp_trainer import pipeline
+
+    config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), oracle_model=str(tmp_path / "oracle"),
+                            holdout_data=str(tmp_path / "holdout.txt"), knowledge_qa=str(tmp_path / "qa.json"),
+                            **{**SMALL, "relearn_steps": 0})
+    output = pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
+    report = json.loads((tmp_path / "evaluation" / "report.json").read_text())
+    assert list(report["results"]) == ["base", "oracle", "unlearned"]
+    assert {"knowmem_forget", "membership_auc_minkpp", "privleak_minkpp"} <= set(report["results"]["unlearned"])
+    assert set(report["oracle_comparison"]) == {"base", "unlearned"}
+    assert "| `membership_auc_mink` |" in (Path(output) / "report.md").read_text()
+
+
+def test_an_oracle_of_another_tokenizer_is_refused_before_a_model_loads(stage_inputs, tmp_path, monkeypatch):
+    from trl import ModelConfig
+
+    from whp_trainer import pipeline
+    from whp_trainer.toy import train_tokenizer
+
+    train_tokenizer(["other words entirely"] * 20, vocab_size=300).save_pretrained(tmp_path / "oracle")
+    monkeypatch.setattr(pipeline, "load_base_model", lambda *a: pytest.fail("a model was loaded before the check"))
+    config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), oracle_model=str(tmp_path / "oracle"))
+    with pytest.raises(ValueError, match="--oracle_model .* has another tokenizer"):
+        pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
+    config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), knowledge_qa=str(tmp_path / "forget.txt"))
+    with pytest.raises(ValueError, match="unknown question/answer file format"):
+        pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
