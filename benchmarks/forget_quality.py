@@ -72,6 +72,10 @@ SETTINGS = {  # name -> UnlearnConfig options; "paper" is the method as publishe
                                               "num_train_epochs": 24},
     "soft α=20+retain, 3× steps, lr×3": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
                                          "num_train_epochs": 24, "learning_rate": 6e-3},
+    "soft α=20+retain+cap": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0, "original_cap_weight": 1.0},
+    "soft α=20+retain+cap, 3× steps": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
+                                       "original_cap_weight": 1.0, "num_train_epochs": 24},
+    "soft α=5+retain+cap": {"target_mode": "soft", "retain_weight": 1.0, "original_cap_weight": 1.0},
 }
 TEACHER_ALPHAS = [5.0, 10.0, 20.0]
 

@@ -99,3 +99,18 @@ def test_skip_unchanged_targets_trains_only_where_the_target_differs(make_model,
         unlearner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[changed],
         hard[changed])
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_original_token_cap_pushes_the_original_token_down_to_the_target_in_log_space_never_up():
+    from whp_trainer.targets import original_token_cap
+
+    targets = torch.tensor([[0.001, 0.999], [0.5, 0.5]])
+    original = torch.tensor([0, 0])
+    student = torch.tensor([[0.1, 0.9], [0.1, 0.9]]).log()  # row 0: above the target's tail; row 1: below the target
+    expected = (torch.tensor(0.1).log() - torch.tensor(0.001).log()) / 2
+    torch.testing.assert_close(original_token_cap(student, targets, original), expected)
+    logits = student.clone().requires_grad_(True)
+    original_token_cap(torch.log_softmax(logits, -1), targets, original).backward()
+    assert logits.grad[0, 0] > 0 and logits.grad[1].abs().sum() == 0  # descent lowers row 0's token; row 1 untouched
+    with pytest.raises(ValueError, match="original_cap_weight needs target_mode='soft'"):
+        UnlearnConfig(output_dir="x", original_cap_weight=1.0)

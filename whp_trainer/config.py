@@ -89,6 +89,11 @@ class UnlearnConfig(TrainingArguments):
         metadata={"help": "Hard targets: no loss where argmax v_generic is the original next token, so training never "
                   "raises a memorized token's probability (departs from the paper)."},
     )
+    original_cap_weight: float = field(
+        default=0.0,
+        metadata={"help": "Soft targets: weight of ReLU(log p_student(original) − log p_target(original)), pushing "
+                  "the original token down to the target's probability in log space, never up; 0 = off."},
+    )
     retain_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
@@ -110,6 +115,10 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"UnlearnConfig.retain_loss={self.retain_loss!r}: expected one of {RETAIN_LOSSES}")
+        if self.original_cap_weight < 0:
+            raise ValueError(f"UnlearnConfig.original_cap_weight={self.original_cap_weight}: must be >= 0")
+        if self.original_cap_weight and (self.target_mode != "soft" or self.cache_targets):
+            raise ValueError("UnlearnConfig.original_cap_weight needs target_mode='soft' and cache_targets=False")
         if self.retain_weight < 0:
             raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
         if self.alpha < 0:

@@ -95,3 +95,22 @@ def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask:
     student = torch.log_softmax(student_logits.float(), dim=-1)
     per_position = (baseline.exp() * (baseline - student)).sum(-1)
     return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+def original_token_cap(
+    log_probs: torch.Tensor, targets: torch.Tensor, original: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``Σ ReLU(log p_student(original) − log p_target(original))`` over the loss positions, divided as
+    :func:`distillation_loss` divides: pushes the original next token down to the soft target's probability for it,
+    in log space (so down to the target's far tail too), and never up.
+
+    ``log_probs`` and ``targets`` are ``(N, V)`` student log-probabilities and target probabilities at the ``N``
+    loss positions, ``original`` the ``(N,)`` original next tokens.
+    """
+    index = original.unsqueeze(-1)
+    student = log_probs.gather(-1, index).squeeze(-1)
+    target = targets.gather(-1, index).squeeze(-1).clamp(min=1e-12).log()
+    total = (student - target).clamp(min=0).sum()
+    denominator = len(original) if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)

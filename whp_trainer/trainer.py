@@ -32,7 +32,8 @@ from .models import (
 )
 from .hub import write_model_card
 from .targets import (
-    IGNORE_INDEX, distillation_loss, drop_unchanged, generic_logits, make_targets, retain_kl, suppress,
+    IGNORE_INDEX, distillation_loss, drop_unchanged, generic_logits, make_targets, original_token_cap, retain_kl,
+    suppress,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,10 @@ class UnlearnTrainer(Trainer):
         student = outputs.logits[rows, cols] if soft else outputs.logits
         log_probs = torch.log_softmax(student.float(), dim=-1)
         loss = distillation_loss(log_probs, targets, num_items_in_batch)
+        if self.args.original_cap_weight and soft:
+            original = inputs["shift_labels"][rows, cols]
+            loss = loss + self.args.original_cap_weight * original_token_cap(log_probs, targets, original,
+                                                                             num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
         if self.args.retain_weight and model.training:
