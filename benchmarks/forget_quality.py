@@ -76,6 +76,9 @@ SETTINGS = {  # name -> UnlearnConfig options; "paper" is the method as publishe
     "soft α=20+retain+cap, 3× steps": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
                                        "original_cap_weight": 1.0, "num_train_epochs": 24},
     "soft α=5+retain+cap": {"target_mode": "soft", "retain_weight": 1.0, "original_cap_weight": 1.0},
+    "soft+retain×3+cap×1.5 (recommended)": {"target_mode": "soft", "retain_weight": 3.0, "original_cap_weight": 1.5},
+    "soft+retain×3+cap×1.5, 3× steps": {"target_mode": "soft", "retain_weight": 3.0, "original_cap_weight": 1.5,
+                                        "num_train_epochs": 24},
 }
 TEACHER_ALPHAS = [5.0, 10.0, 20.0]
 
