@@ -93,3 +93,16 @@ def test_the_demo_pipeline_forgets_the_saga_at_tiny_size(tmp_path, capsys):
     assert history[-1]["metrics"]["eval_familiarity"] < history[0]["metrics"]["eval_familiarity"]
     for stage in ("reinforced", "unlearned"):
         assert (tmp_path / "demo" / stage / "whp_stage.json").is_file()
+
+
+def test_the_demo_runs_the_recommended_setting_beside_the_paper_one(tmp_path):
+    import torch
+
+    out = tmp_path / "demo"
+    report = Path(pipeline.demo(DemoArguments(output_dir=str(out), size="tiny", cache_dir=str(tmp_path),
+                                              method="recommended")))
+    assert report == out / "evaluation-recommended"
+    args = torch.load(out / "unlearned-recommended" / "training_args.bin", weights_only=False)
+    assert {key: getattr(args, key) for key in pipeline.RECOMMENDED_SETTING} == pipeline.RECOMMENDED_SETTING
+    results = json.loads((report / "report.json").read_text())["results"]
+    assert results["unlearned"]["familiarity_token"] < 0.6 * results["base"]["familiarity_token"]
