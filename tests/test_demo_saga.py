@@ -24,6 +24,11 @@ def test_full_size_has_enough_saga_to_memorise(texts):
     assert 50_000 <= sum(map(len, texts.saga)) <= 150_000
 
 
+def test_the_holdout_saga_text_is_new_text_of_the_same_saga(texts):
+    assert texts.holdout and not set(texts.holdout) & set(texts.saga)
+    assert all(any(anchor in paragraph for anchor in texts.dictionary) for paragraph in texts.holdout)
+
+
 def test_anchors_occur_in_the_saga_and_never_in_ordinary_text(texts):
     saga = "\n\n".join(texts.saga)
     ordinary = "\n\n".join(texts.ordinary + texts.retain)
@@ -57,6 +62,13 @@ def test_built_assets_load_with_the_standard_classes(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(assets.base_model_dir)
     assert model.config.vocab_size == len(tokenizer)
+    oracle = AutoModelForCausalLM.from_pretrained(assets.oracle_model_dir)
+    assert AutoTokenizer.from_pretrained(assets.oracle_model_dir).get_vocab() == tokenizer.get_vocab()
+    same = {key: value for key, value in oracle.config.to_dict().items() if key != "_name_or_path"}
+    assert same == {key: value for key, value in model.config.to_dict().items() if key != "_name_or_path"}
+    built = json.loads((assets.root / "complete.json").read_text())
+    assert built["oracle_probe_probability"] < 0.1 * built["probe_probability"]
+    assert read_paragraphs(assets.holdout_path) == demo.generate_texts("tiny").holdout
     assert set(AnchorDictionary.load(assets.dictionary_path)) == set(demo.saga_dictionary())
     assert read_paragraphs(assets.saga_path) == demo.generate_texts("tiny").saga
     assert json.loads(assets.probes_path.read_text()) == demo.familiarity_probes()
@@ -67,7 +79,10 @@ def test_the_demo_pipeline_forgets_the_saga_at_tiny_size(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| `familiarity_token` |" in printed and "| `retain_perplexity` |" in printed
     results = json.loads((report / "report.json").read_text())["results"]
-    base, unlearned = results["base"], results["unlearned"]
+    base, unlearned, oracle = results["base"], results["unlearned"], results["oracle"]
+    assert oracle["familiarity_token"] < base["familiarity_token"]
+    assert "membership_auc_mink" in oracle and oracle["privleak_mink"] == 0.0 and "teacher α=5" in results
+    assert "## Against the oracle" in printed
     assert unlearned["familiarity_token"] < 0.6 * base["familiarity_token"]
     assert unlearned["familiarity_completion"] < base["familiarity_completion"]
     assert unlearned["retain_perplexity"] < 1.5 * base["retain_perplexity"]
@@ -78,3 +93,16 @@ def test_the_demo_pipeline_forgets_the_saga_at_tiny_size(tmp_path, capsys):
     assert history[-1]["metrics"]["eval_familiarity"] < history[0]["metrics"]["eval_familiarity"]
     for stage in ("reinforced", "unlearned"):
         assert (tmp_path / "demo" / stage / "whp_stage.json").is_file()
+
+
+def test_the_demo_runs_the_recommended_setting_beside_the_paper_one(tmp_path):
+    import torch
+
+    out = tmp_path / "demo"
+    report = Path(pipeline.demo(DemoArguments(output_dir=str(out), size="tiny", cache_dir=str(tmp_path),
+                                              method="recommended")))
+    assert report == out / "evaluation-recommended"
+    args = torch.load(out / "unlearned-recommended" / "training_args.bin", weights_only=False)
+    assert {key: getattr(args, key) for key in pipeline.RECOMMENDED_SETTING} == pipeline.RECOMMENDED_SETTING
+    results = json.loads((report / "report.json").read_text())["results"]
+    assert results["unlearned"]["familiarity_token"] < 0.6 * results["base"]["familiarity_token"]

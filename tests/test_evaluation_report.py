@@ -107,13 +107,13 @@ def test_evaluate_model_measures_each_role_and_restores_the_model(two_adapters, 
     for step in ("base: token familiarity", "reinforced: verbatim memorization", "unlearned: retain perplexity",
                  "unlearned: judging completions", "unlearned: relearning"):
         assert step in progress.err, step
-    assert list(results) == ["base", "reinforced", "unlearned"]
+    assert list(results) == ["base", "reinforced", "teacher α=5", "unlearned"]
     assert results["reinforced"]["familiarity_token"] > 2 * results["base"]["familiarity_token"]
     assert results["reinforced"]["forget_perplexity"] < results["base"]["forget_perplexity"]
     expected = {"familiarity_token", "familiarity_completion", "familiarity_token_hints", "memorization_rouge_l",
                 "memorization_exact", "retain_perplexity", "forget_perplexity", "p_next[Harry Potter studies][ magic]"}
     for role, metrics in results.items():
-        assert expected | ({"familiarity_token_relearned"} if role != "base" else set()) <= set(metrics), role
+        assert expected | ({"familiarity_token_relearned"} if "teacher" not in role else set()) <= set(metrics), role
         assert all(isinstance(value, float) and math.isfinite(value) for value in metrics.values()), role
     assert model.active_adapter == "unlearned" and trainable(model) == before
     for key, value in model.state_dict().items():  # the relearning probe restored every weight
@@ -194,7 +194,7 @@ def test_the_evaluate_stage_end_to_end(inputs, tmp_path, caplog):
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), **SMALL)
     output = Path(pipeline.evaluate(inputs, model_args, config))
     report = json.loads((output / "report.json").read_text())
-    assert list(report["results"]) == ["base", "reinforced", "unlearned"]  # the unlearn output's recorded reinforced
+    assert list(report["results"]) == ["base", "reinforced", "teacher α=5", "unlearned"]  # the recorded reinforced
     assert json.loads((output / "whp_stage.json").read_text())["stage"] == "evaluate"
     assert (output / "probes.json").is_file() and (output / "familiarity_vs_retain.png").is_file()
     assert pipeline.evaluate(inputs, model_args, config) == str(output)  # current: skipped
@@ -264,6 +264,6 @@ def test_the_documented_example_runs(tokenizer, make_model, reinforced_path, tmp
         str(tmp_path / "report"), "--max_steps", "2", "--every_n_steps", "1",
     ])
     assert [entry["step"] for entry in callback.history] == [0, 1, 2]
-    assert list(results) == ["base", "reinforced", "unlearned"]
+    assert list(results) == ["base", "reinforced", "teacher α=5", "unlearned"]
     assert (tmp_path / "report" / "next_token_curves.png").is_file()
     assert "familiarity_token" in (tmp_path / "out" / "README.md").read_text()  # on the model card

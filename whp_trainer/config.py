@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .targets import TARGET_MODES
+from .targets import RETAIN_LOSSES, TARGET_MODES
 
 
 class TokensNotPickled:
@@ -51,7 +51,8 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
     )
     target_mode: str = field(
         default="argmax",
-        metadata={"help": "'argmax': cross-entropy to argmax v_generic (the paper); 'soft': KL to softmax(v_generic/τ)."},
+        metadata={"help": "'argmax': cross-entropy to argmax v_generic (the paper); "
+                  "'soft': KL to softmax(v_generic/τ)."},
     )
     temperature: float = field(
         default=1.0, metadata={"help": "τ of the soft targets softmax(v_generic / τ); used with target_mode='soft'."}
@@ -126,6 +127,26 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
         default=False,
         metadata={"help": "Allow models and tokenizers that ship their own Python code from the Hub (as in TRL)."},
     )
+    skip_unchanged_targets: bool = field(
+        default=False,
+        metadata={"help": "Hard targets: no loss where argmax v_generic is the original next token, so training never "
+                  "raises a memorized token's probability (departs from the paper)."},
+    )
+    original_cap_weight: float = field(
+        default=0.0,
+        metadata={"help": "Soft targets: weight of ReLU(log p_student(original) − log p_target(original)), pushing "
+                  "the original token down to the target's probability in log space, never up; 0 = off."},
+    )
+    retain_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
+                  "batch per step; needs a retain dataset); 0 = off (the paper)."},
+    )
+    retain_loss: str = field(
+        default="kl",
+        metadata={"help": "'kl': KL(base ‖ student) on retain text (keep the base's predictions); 'nll': plain "
+                  "language-modelling loss on retain text.", "choices": list(RETAIN_LOSSES)},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: the collator needs the raw text columns (as in TRL)."},
@@ -136,6 +157,14 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
         check_max_steps(self)
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"UnlearnConfig.retain_loss={self.retain_loss!r}: expected one of {RETAIN_LOSSES}")
+        if self.original_cap_weight < 0:
+            raise ValueError(f"UnlearnConfig.original_cap_weight={self.original_cap_weight}: must be >= 0")
+        if self.original_cap_weight and (self.target_mode != "soft" or self.cache_targets):
+            raise ValueError("UnlearnConfig.original_cap_weight needs target_mode='soft' and cache_targets=False")
+        if self.retain_weight < 0:
+            raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
         if self.alpha < 0:
             raise ValueError(f"UnlearnConfig.alpha={self.alpha}: must be >= 0")
         if self.temperature <= 0:

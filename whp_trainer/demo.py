@@ -4,7 +4,8 @@ Everything is generated from a seed in pure Python (nothing is downloaded). The 
 fixed, idiosyncratic associations ("Zorvath studies" → "runecraft"); the ordinary text fills the same sentence
 templates with generic people and randomly chosen generic objects ("Tom studies" → "history", "math", ...), so a
 model pretrained on both knows the saga and the generic world that the unlearning stage falls back to.
-:func:`build_demo_assets` trains a tokenizer and a tiny Llama on both texts and caches them.
+:func:`build_demo_assets` trains a tokenizer and a tiny Llama on both texts, and the oracle (the same pretraining on
+the ordinary text alone: a model that never read the saga), and caches them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .toy import tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "2"  # 2: the tokenizer is saved with the base model
+GENERATOR_VERSION = "3"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text
 
 # The saga's characters: (first name, surname) → generic first names (one per translation) and a generic surname.
 CHARACTERS = {
@@ -120,6 +121,7 @@ class DemoTexts:
     saga: list[str]
     ordinary: list[str]
     retain: list[str]
+    holdout: list[str]  # more saga text, read by no model: the non-members of the membership test
     dictionary: dict[str, list[str]]
     probes: list[dict[str, str]]
 
@@ -131,9 +133,11 @@ class DemoAssets:
     root: Path
     tokenizer_dir: Path
     base_model_dir: Path
+    oracle_model_dir: Path
     saga_path: Path
     ordinary_path: Path
     retain_path: Path
+    holdout_path: Path
     dictionary_path: Path
     probes_path: Path
 
@@ -265,7 +269,8 @@ def generate_texts(size: str = "full", seed: int = 0) -> DemoTexts:
     saga = paragraphs(rng, saga_sentence, saga_people(), spec.saga_chars)
     ordinary = paragraphs(rng, ordinary_sentence, generic_people(), spec.ordinary_chars)
     retain = paragraphs(rng, ordinary_sentence, generic_people(), spec.retain_chars)
-    return DemoTexts(saga, ordinary, retain, saga_dictionary(), familiarity_probes())
+    holdout = paragraphs(rng, saga_sentence, saga_people(), spec.retain_chars)
+    return DemoTexts(saga, ordinary, retain, holdout, saga_dictionary(), familiarity_probes())
 
 
 def demo_size(size: str) -> DemoSize:
@@ -289,16 +294,19 @@ def assets_in(root: Path) -> DemoAssets:
         root=root,
         tokenizer_dir=root / "tokenizer",
         base_model_dir=root / "base_model",
+        oracle_model_dir=root / "oracle_model",
         saga_path=root / "saga.txt",
         ordinary_path=root / "ordinary.txt",
         retain_path=root / "retain.txt",
+        holdout_path=root / "holdout.txt",
         dictionary_path=root / "dictionary.json",
         probes_path=root / "probes.json",
     )
 
 
 def build_demo_assets(cache_dir: str | os.PathLike | None = None, size: str = "full") -> DemoAssets:
-    """Generate the demo's texts, train its tokenizer and base model, and cache them; later calls reuse the cache.
+    """Generate the demo's texts, train its tokenizer, base model and oracle, and cache them; later calls reuse the
+    cache.
 
     The assets live in ``<cache root>/demo/<hash of generator version and size>`` (see :func:`cache_root`); a
     ``complete.json`` marker, written last, records the build time and the base model's probe probabilities.
@@ -322,21 +330,25 @@ def write_assets(assets: DemoAssets, size: str) -> None:
     spec = demo_size(size)
     texts = generate_texts(size)
     for path, body in [(assets.saga_path, texts.saga), (assets.ordinary_path, texts.ordinary),
-                       (assets.retain_path, texts.retain)]:
+                       (assets.retain_path, texts.retain), (assets.holdout_path, texts.holdout)]:
         path.write_text("\n\n".join(body) + "\n", encoding="utf-8")
     assets.dictionary_path.write_text(json.dumps(texts.dictionary, indent=1, ensure_ascii=False), encoding="utf-8")
     assets.probes_path.write_text(json.dumps(texts.probes, indent=1, ensure_ascii=False), encoding="utf-8")
     tokenizer = train_tokenizer(texts.saga + texts.ordinary, vocab_size=spec.vocab_size)
-    model = tiny_llama(tokenizer, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads)
     from .evaluation.familiarity import token_familiarity  # here: evaluation imports this module's padded_batch
 
-    with one_thread():
-        pretrain(model, tokenizer, texts.saga + texts.ordinary, spec)
-        probability = token_familiarity(model, tokenizer, texts.probes)
     tokenizer.save_pretrained(assets.tokenizer_dir)
-    model.save_pretrained(assets.base_model_dir)
-    tokenizer.save_pretrained(assets.base_model_dir)  # a standard model folder: AutoTokenizer loads from it too
-    report = {"seconds": round(time.perf_counter() - start, 1), "probe_probability": probability}
+    probabilities = {}
+    pretraining = {assets.base_model_dir: texts.saga + texts.ordinary, assets.oracle_model_dir: texts.ordinary}
+    for folder, corpus in pretraining.items():
+        model = tiny_llama(tokenizer, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads)
+        with one_thread():
+            pretrain(model, tokenizer, corpus, spec)
+            probabilities[folder.name] = token_familiarity(model, tokenizer, texts.probes)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)  # a standard model folder: AutoTokenizer loads from it too
+    report = {"seconds": round(time.perf_counter() - start, 1), "probe_probability": probabilities["base_model"],
+              "oracle_probe_probability": probabilities["oracle_model"]}
     logger.info("demo assets built: %s", report)
     (assets.root / "complete.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 TARGET_MODES = ("argmax", "soft")
+RETAIN_LOSSES = ("kl", "nll")
 IGNORE_INDEX = -100
 
 
@@ -154,3 +155,35 @@ def _loss_grad_wrt_logits(log_probs: torch.Tensor, targets: torch.Tensor) -> tor
     grad[rows, targets.clamp(min=0)] -= 1
     grad[ignored] = 0
     return grad
+def drop_unchanged(hard: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Hard targets with no loss (``-100``) where they equal the ``original`` next token: cross-entropy there would
+    only raise the probability of the memorized token (towards 1, above the teacher's own probability for it)."""
+    return hard.masked_fill(hard == original, IGNORE_INDEX)
+
+
+def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the ``mask``ed positions of ``KL(baseline ‖ student)`` between next-token distributions: the
+    retain regulariser that keeps the student's predictions on ordinary text those of the base."""
+    baseline = torch.log_softmax(baseline_logits.float(), dim=-1)
+    student = torch.log_softmax(student_logits.float(), dim=-1)
+    per_position = (baseline.exp() * (baseline - student)).sum(-1)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+def original_token_cap(
+    log_probs: torch.Tensor, targets: torch.Tensor, original: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``Σ ReLU(log p_student(original) − log p_target(original))`` over the loss positions, divided as
+    :func:`distillation_loss` divides: pushes the original next token down to the soft target's probability for it,
+    in log space (so down to the target's far tail too), and never up.
+
+    ``log_probs`` and ``targets`` are ``(N, V)`` student log-probabilities and target probabilities at the ``N``
+    loss positions, ``original`` the ``(N,)`` original next tokens.
+    """
+    index = original.unsqueeze(-1)
+    student = log_probs.gather(-1, index).squeeze(-1)
+    target = targets.gather(-1, index).squeeze(-1).clamp(min=1e-12).log()
+    total = (student - target).clamp(min=0).sum()
+    denominator = len(original) if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)

@@ -25,7 +25,9 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
 from .cache import CachedTargetsCollator, with_cached_targets
-from .collator import check_anchor_coverage, collator_for, validate_batch, with_shift_labels
+from .collator import (
+    AnchorSwapCollator, check_anchor_coverage, collator_for, split_into_blocks, validate_batch, with_shift_labels,
+)
 from .config import UnlearnConfig
 from .models import (
     BASELINE,
@@ -46,8 +48,11 @@ from .targets import (
     IGNORE_INDEX,
     chunked_distillation_loss,
     distillation_loss,
+    drop_unchanged,
     generic_logits,
     make_targets,
+    original_token_cap,
+    retain_kl,
     suppress,
 )
 
@@ -71,6 +76,8 @@ class UnlearnTrainer(Trainer):
         peft_config: the unlearning adapter to add and train, when the model does not hold it yet.
         anchors: an ``AnchorDictionary`` (or a path to one) used to build the default ``AnchorSwapCollator``.
             Without anchors (and no translating collator) the baseline reads the original text (bootstrapping only).
+        retain_dataset: ordinary text to keep (a list of strings, or a ``Dataset`` with ``input_ids`` or a text
+            column): with ``args.retain_weight > 0`` one batch of its blocks per step adds the retain loss.
     """
 
     _tag_names = ["whp_trainer", "unlearning"]
@@ -86,6 +93,7 @@ class UnlearnTrainer(Trainer):
         reinforced_adapter: str | os.PathLike | None = None,
         peft_config=None,
         anchors=None,
+        retain_dataset=None,
         **kwargs,
     ):
         args = args if args is not None else UnlearnConfig(output_dir="whp-unlearned")
@@ -99,6 +107,9 @@ class UnlearnTrainer(Trainer):
         elif args.model_init_kwargs is not None:
             logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         check_vocabulary(model, processing_class)
+        self.retain_blocks = _retain_blocks(retain_dataset, processing_class, args)
+        self._retain_order: list[int] = []  # retain blocks still to serve this pass over them
+        self._retain_passes = 0
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
         )
@@ -188,7 +199,11 @@ class UnlearnTrainer(Trainer):
             targets = self._cached_targets(inputs, rows, cols)
         else:
             targets = self._generic_targets(peft_model, inputs, rows, cols)
-        head = plain_linear_head(peft_model) if self.args.chunked_student_loss else None
+        if self.args.skip_unchanged_targets and not targets.is_floating_point():
+            targets = drop_unchanged(targets, inputs["shift_labels"])
+        # the original-token cap needs the student's full log-probabilities at the loss positions
+        chunked = self.args.chunked_student_loss and not self.args.original_cap_weight
+        head = plain_linear_head(peft_model) if chunked else None
         if head is None:
             loss, outputs, original_log_probs = self._student_loss(model, inputs, targets, rows, cols, num_items_in_batch)
         else:
@@ -197,6 +212,8 @@ class UnlearnTrainer(Trainer):
             )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
+        if self.args.retain_weight and model.training:
+            loss = loss + self.args.retain_weight * self.retain_loss(model) / self.args.gradient_accumulation_steps
         top = targets.argmax(-1) if targets.is_floating_point() else targets[rows, cols]
         self._record_metrics(top, inputs["shift_labels"][rows, cols], original_log_probs)
         return (loss, outputs) if return_outputs else loss
@@ -208,6 +225,10 @@ class UnlearnTrainer(Trainer):
         soft = targets.is_floating_point()
         log_probs = torch.log_softmax((outputs.logits[rows, cols] if soft else outputs.logits).float(), dim=-1)
         loss = distillation_loss(log_probs, targets, num_items_in_batch)
+        if self.args.original_cap_weight and soft:
+            original = inputs["shift_labels"][rows, cols]
+            cap = original_token_cap(log_probs, targets, original, num_items_in_batch)
+            loss = loss + self.args.original_cap_weight * cap
         if soft:
             chosen = log_probs.gather(-1, inputs["shift_labels"][rows, cols].unsqueeze(-1)).squeeze(-1)
         else:
@@ -237,6 +258,33 @@ class UnlearnTrainer(Trainer):
     def _chunk_size(self, vocab_size: int) -> int:
         """Positions per chunk of vocabulary-sized logits."""
         return self.args.logits_chunk_size or max(1, CHUNK_ELEMENTS // vocab_size)
+
+    def retain_loss(self, model) -> torch.Tensor:
+        """The loss on the next batch of retain blocks (cycled in a seeded order): ``KL(base ‖ student)`` of the
+        next-token distributions (``retain_loss="kl"``) or the language-modelling loss (``"nll"``)."""
+        batch = self._next_retain_batch()
+        ids, mask = batch["input_ids"].to(self.args.device), batch["attention_mask"].to(self.args.device)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+        logits = model(**inputs).logits[:, :-1]
+        labels = batch["shift_labels"].to(ids.device)[:, :-1]
+        if self.args.retain_loss == "nll":
+            return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                               ignore_index=IGNORE_INDEX)
+        peft_model = self.accelerator.unwrap_model(model)
+        with teacher_pass(peft_model, BASELINE):
+            baseline = peft_model(**inputs).logits[:, :-1]
+        return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
+
+    def _next_retain_batch(self) -> dict[str, torch.Tensor]:
+        size = self.args.per_device_train_batch_size
+        if len(self._retain_order) < size:
+            generator = torch.Generator().manual_seed(self.args.seed + self._retain_passes)
+            self._retain_passes += 1
+            order = torch.randperm(len(self.retain_blocks), generator=generator).tolist()
+            self._retain_order += order * (size // len(order) + 1)  # a whole batch even from few blocks
+        chosen, self._retain_order = self._retain_order[:size], self._retain_order[size:]
+        collator = AnchorSwapCollator(self.processing_class, None, max_length=self.args.max_length)
+        return collator([{"input_ids": self.retain_blocks[index]} for index in chosen])
 
     @torch.no_grad()
     def compute_targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -465,3 +513,23 @@ def _load_anchors(anchors) -> AnchorDictionary | None:
     if isinstance(anchors, (str, os.PathLike)):
         return AnchorDictionary.load(anchors)
     return AnchorDictionary(anchors)
+
+
+def _retain_blocks(retain_dataset, tokenizer, args: UnlearnConfig) -> list[list[int]] | None:
+    """Token-id blocks of ``max_length`` of the retain text; an error when ``retain_weight`` asks for them and none
+    are given."""
+    if not args.retain_weight:
+        return None
+    if retain_dataset is None:
+        raise ValueError("UnlearnConfig.retain_weight > 0 needs retain_dataset= (ordinary text to keep)")
+    if isinstance(retain_dataset, Dataset) and "input_ids" in retain_dataset.column_names:
+        blocks = [list(ids) for ids in retain_dataset["input_ids"]]
+    else:
+        if tokenizer is None:
+            raise ValueError("retain_dataset of text needs processing_class (the tokenizer)")
+        texts = retain_dataset[args.dataset_text_field] if isinstance(retain_dataset, Dataset) else list(retain_dataset)
+        blocks = split_into_blocks(texts, tokenizer, args.max_length)
+    if not blocks:
+        raise ValueError("retain_dataset holds no block of at least 2 tokens")
+    return blocks
+

@@ -1,5 +1,6 @@
-"""Evaluation of unlearning: familiarity with the forget target, verbatim memorization, retained ability and
-robustness, measured on tiny or large causal LMs alike, plus the training callback and the ``whp evaluate`` report.
+"""Evaluation of unlearning: familiarity with the forget target, verbatim memorization, knowledge, membership,
+retained ability and robustness, measured on tiny or large causal LMs alike, beside an oracle (a model that never
+read the target) and the generic-logit teacher; plus the training callback and the ``whp evaluate`` report.
 
 Each metric takes a causal LM (a ``PeftModel`` is measured with its active adapter), runs batched in eval mode
 without grad and restores the model's train/eval mode.
@@ -13,13 +14,16 @@ from .familiarity import (
 )
 from .harness import PAPER_TASKS, lm_eval_benchmarks
 from .judges import CATEGORIES, DEFAULT_RUBRIC, AnchorJudge, LLMJudge, openai_judge, parse_judgement
+from .knowledge import first_mention_probes, knowledge_memorization, load_qa
+from .membership import membership_auc, privleak
 from .memorization import rouge_l, verbatim_memorization
 from .probes import build_probes, load_probes, write_probes
 from .retain import perplexity
 from .robustness import hint_probes, relearning_probe
+from .teacher import GenericTeacher
 
 from .callback import FamiliarityCallback  # noqa: E402  (builds on the metrics above)
-from .report import EvaluateConfig, evaluate_model, write_report  # noqa: E402
+from .report import EvaluateConfig, evaluate_model, oracle_comparison, write_report  # noqa: E402
 
 __all__ = [
     "CATEGORIES",
@@ -28,17 +32,24 @@ __all__ = [
     "AnchorJudge",
     "EvaluateConfig",
     "FamiliarityCallback",
+    "GenericTeacher",
     "LLMJudge",
     "build_probes",
     "completion_familiarity",
     "evaluate_model",
+    "first_mention_probes",
     "hint_probes",
+    "knowledge_memorization",
     "lm_eval_benchmarks",
     "load_probes",
+    "load_qa",
+    "membership_auc",
     "next_token_probabilities",
     "openai_judge",
+    "oracle_comparison",
     "parse_judgement",
     "perplexity",
+    "privleak",
     "relearning_probe",
     "rouge_l",
     "sample_completions",

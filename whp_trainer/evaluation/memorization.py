@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .familiarity import evaluation_mode, generate_continuations, pad_token_id
+from .knowledge import rouge_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def verbatim_memorization(
 
     Returns:
         ``rouge_l``: mean ROUGE-L F1 between the words (whitespace-split decoded text) of the continuation and of the
-        true text; ``exact_token_accuracy``: mean share of continuation positions holding the true token;
+        true text; ``verbmem``: MUSE's VerbMem, the mean ROUGE-L F1 of the ``rouge-score`` package (its
+        tokenization, no stemming) between the decoded true continuation and the decoded generated one;
+        ``exact_token_accuracy``: mean share of continuation positions holding the true token;
         ``passages``: passages measured; ``skipped``: passages shorter than ``prompt_tokens + continuation_tokens``
         (both means are ``nan`` when every passage was skipped).
     """
@@ -62,7 +65,8 @@ def verbatim_memorization(
     if skipped:
         logger.info("verbatim_memorization: %d of %d passages shorter than %d tokens skipped", skipped, len(encoded),
                     needed)
-    rouge, exact = [], []
+    rouge, muse, exact = [], [], []
+    scorer = rouge_scorer()
     pad_id = pad_token_id(tokenizer)
     with evaluation_mode(model):
         for start in range(0, len(usable), batch_size):
@@ -72,9 +76,12 @@ def verbatim_memorization(
             for row, continuation in zip(rows, generated):
                 truth = torch.tensor(row[prompt_tokens:])
                 exact.append((continuation[: len(truth)] == truth[: len(continuation)]).sum().item() / len(truth))
-                words = tokenizer.decode(continuation, skip_special_tokens=True).split()
-                rouge.append(rouge_l(tokenizer.decode(truth, skip_special_tokens=True).split(), words))
-    return {"rouge_l": _mean(rouge), "exact_token_accuracy": _mean(exact), "passages": len(usable), "skipped": skipped}
+                output, reference = (tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+                                     for ids in (continuation, truth))
+                rouge.append(rouge_l(reference.split(), output.split()))
+                muse.append(scorer.score(reference, output)["rougeL"].fmeasure)
+    return {"rouge_l": _mean(rouge), "verbmem": _mean(muse), "exact_token_accuracy": _mean(exact),
+            "passages": len(usable), "skipped": skipped}
 
 
 def _mean(values: list[float]) -> float:

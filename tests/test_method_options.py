@@ -1,0 +1,116 @@
+"""Method options beyond the paper (all off by default): retain regularisation and targets that never reinforce
+the memorized token."""
+
+import pytest
+import torch
+from conftest import CORPUS, LORA
+from datasets import Dataset
+from peft import LoraConfig
+
+from whp_trainer import UnlearnConfig, UnlearnTrainer
+from whp_trainer.anchors import AnchorDictionary
+from whp_trainer.targets import IGNORE_INDEX, drop_unchanged, retain_kl
+
+ANCHORS = {"Harry": ["Jon"], "Hogwarts": ["Mystic Academy"]}
+
+
+def test_drop_unchanged_removes_only_the_positions_whose_target_is_the_original_token():
+    hard = torch.tensor([[5, 7, IGNORE_INDEX, 9]])
+    original = torch.tensor([[5, 8, IGNORE_INDEX, 9]])
+    assert drop_unchanged(hard, original).tolist() == [[IGNORE_INDEX, 7, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_retain_kl_is_zero_for_equal_predictions_and_ignores_masked_positions():
+    logits = torch.randn(2, 3, 11)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert retain_kl(logits, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    other = logits.clone()
+    other[0, 2] += torch.randn(11)  # a masked position: no effect
+    assert retain_kl(other, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    other[1, 0] += torch.randn(11)
+    assert retain_kl(other, logits, mask).item() > 0
+
+
+def trainer(make_model, tokenizer, reinforced_path, tmp_path, **options):
+    return UnlearnTrainer(
+        model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
+        anchors=AnchorDictionary(ANCHORS), processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"text": CORPUS[:4] * 2}), retain_dataset=CORPUS[4:] if options else None,
+        args=UnlearnConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=4,
+                           learning_rate=3e-2, report_to=[], use_cpu=True, max_length=32, save_strategy="no",
+                           disable_tqdm=True, **options),
+    )
+
+
+def retain_losses(trained) -> dict[str, float]:
+    """Both retain losses of the trained student, over all the retain blocks."""
+    trained.args.per_device_train_batch_size = len(trained.retain_blocks)
+    losses = {}
+    for loss in ("kl", "nll"):
+        trained.args.retain_loss, trained._retain_order = loss, list(range(len(trained.retain_blocks)))
+        trained.model.eval()
+        with torch.no_grad():
+            losses[loss] = trained.retain_loss(trained.model).item()
+    return losses
+
+
+@pytest.mark.parametrize("loss", ["kl", "nll"])
+def test_retain_regularisation_keeps_the_retain_loss_it_optimises_lower(make_model, tokenizer, reinforced_path,
+                                                                        tmp_path, loss):
+    regularised = trainer(make_model, tokenizer, reinforced_path, tmp_path, retain_weight=20.0, retain_loss=loss)
+    plain = trainer(make_model, tokenizer, reinforced_path, tmp_path, retain_weight=1e-12)  # same data, no effect
+    assert retain_losses(plain)["kl"] == pytest.approx(0.0, abs=1e-6)  # the LoRA adapter starts as the identity
+    plain.train()
+    regularised.train()
+    assert retain_losses(regularised)[loss] < retain_losses(plain)[loss]
+
+
+def test_retain_weight_without_retain_text_is_refused(make_model, tokenizer, reinforced_path, tmp_path):
+    with pytest.raises(ValueError, match="retain_dataset"):
+        UnlearnTrainer(model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
+                       processing_class=tokenizer, args=UnlearnConfig(output_dir=str(tmp_path), retain_weight=1.0))
+    with pytest.raises(ValueError, match="retain_loss"):
+        UnlearnConfig(output_dir=str(tmp_path), retain_loss="mse")
+
+
+def knowing_the_corpus(make_model, tokenizer, steps=30):
+    """A tiny model trained on the corpus: its predictions match the original next token at many positions."""
+    model = make_model()
+    batch = tokenizer(CORPUS, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
+def test_skip_unchanged_targets_trains_only_where_the_target_differs(make_model, tokenizer, reinforced_path, tmp_path):
+    base = knowing_the_corpus(make_model, tokenizer)
+    unlearner = trainer(lambda: base, tokenizer, reinforced_path, tmp_path, skip_unchanged_targets=True)
+    batch = unlearner.data_collator([{"text": text} for text in CORPUS[:2]])
+    ids, _ = unlearner.compute_targets(batch)
+    hard, original = ids[..., 0], batch["shift_labels"]
+    changed = (hard != original) & (original != IGNORE_INDEX)
+    assert 0 < changed.sum() < (original != IGNORE_INDEX).sum()  # both kinds of positions exist
+    loss = unlearner.compute_loss(unlearner.model, batch)
+    expected = torch.nn.functional.cross_entropy(
+        unlearner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[changed],
+        hard[changed])
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_original_token_cap_pushes_the_original_token_down_to_the_target_in_log_space_never_up():
+    from whp_trainer.targets import original_token_cap
+
+    targets = torch.tensor([[0.001, 0.999], [0.5, 0.5]])
+    original = torch.tensor([0, 0])
+    student = torch.tensor([[0.1, 0.9], [0.1, 0.9]]).log()  # row 0: above the target's tail; row 1: below the target
+    expected = (torch.tensor(0.1).log() - torch.tensor(0.001).log()) / 2
+    torch.testing.assert_close(original_token_cap(student, targets, original), expected)
+    logits = student.clone().requires_grad_(True)
+    original_token_cap(torch.log_softmax(logits, -1), targets, original).backward()
+    assert logits.grad[0, 0] > 0 and logits.grad[1].abs().sum() == 0  # descent lowers row 0's token; row 1 untouched
+    with pytest.raises(ValueError, match="original_cap_weight needs target_mode='soft'"):
+        UnlearnConfig(output_dir="x", original_cap_weight=1.0)

@@ -1,0 +1,93 @@
+"""Membership inference on the forget text: Min-K% and Min-K%++ AUC of forget vs holdout texts, and MUSE's PrivLeak.
+
+A model that read a text gives its tokens, and above all its least likely tokens, more probability than those of a
+text of the same kind it never read. Min-K% (Shi et al. 2024) scores a text by the mean log-probability of its ``k``
+least likely tokens; Min-K%++ (Zhang et al. 2024) first standardises each token's log-probability by the mean and
+spread of log-probabilities under the model's own next-token distribution. The AUC of telling forget texts (members)
+from holdout texts (non-members) by that score is 0.5 for a model that read neither; the oracle's value is the goal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .familiarity import evaluation_mode, pad_token_id, padded
+
+MUSE_K = 0.4  # MUSE's PrivLeak uses Min-40%
+
+
+def token_scores(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8):
+    """Per text: the log-probability of each of its tokens after the ones before (the first is not scored), and
+    the Min-K%++ standardised score ``(log p(x_t) − μ_t) / σ_t`` with ``μ_t``, ``σ_t`` the mean and standard
+    deviation of ``log p(·)`` under the model's next-token distribution at ``t``. Texts are tokenized as the
+    tokenizer does by default (special tokens included, as MUSE does) and cut at ``max_length`` tokens."""
+    encoded = [tokenizer(text)["input_ids"][:max_length] for text in texts]
+    pad_id = pad_token_id(tokenizer)
+    log_probs, standardised = [], []
+    with evaluation_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            rows = encoded[start : start + batch_size]
+            batch = padded(rows, pad_id, device=model.device)
+            batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()
+            distribution = torch.log_softmax(logits, dim=-1)
+            probabilities = distribution.exp()
+            mean = (probabilities * distribution).sum(-1)
+            spread = ((probabilities * distribution.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
+            chosen = distribution.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+            for row, ids in enumerate(rows):
+                length = len(ids) - 1
+                log_probs.append(chosen[row, :length].cpu())
+                standardised.append(((chosen[row, :length] - mean[row, :length]) / spread[row, :length]).cpu())
+    return log_probs, standardised
+
+
+def min_k(values: torch.Tensor, k: float = MUSE_K) -> float:
+    """Mean of the ``k`` share (at least one) of the lowest ``values``: higher = the text looks more familiar."""
+    if len(values) == 0:
+        return float("nan")
+    count = max(1, int(len(values) * k))
+    return values.sort().values[:count].mean().item()
+
+
+def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
+    """Area under the ROC curve of telling ``members`` from ``non_members`` by a higher score (ties count half):
+    the probability that a random member scores above a random non-member."""
+    members, non_members = torch.tensor(list(members)), torch.tensor(list(non_members))
+    if not len(members) or not len(non_members):
+        raise ValueError("auc needs at least one member and one non-member score")
+    above = (members[:, None] > non_members[None, :]).float().mean()
+    ties = (members[:, None] == non_members[None, :]).float().mean()
+    return (above + ties / 2).item()
+
+
+def membership_auc(
+    model, tokenizer, forget_texts: Sequence[str], holdout_texts: Sequence[str], k: float = MUSE_K,
+    max_length: int = 512, batch_size: int = 8,
+) -> dict[str, float]:
+    """Min-K% and Min-K%++ AUC of ``forget_texts`` (members) against ``holdout_texts`` (non-members, of the same
+    kind and never trained on): 0.5 = no membership signal, 1 = every forget text is recognised.
+
+    Returns ``{"membership_auc_mink": ..., "membership_auc_minkpp": ...}``.
+    """
+    if not forget_texts or not holdout_texts:
+        raise ValueError("membership_auc needs forget texts and holdout texts")
+    scores = {}
+    for name, texts in (("forget", forget_texts), ("holdout", holdout_texts)):
+        log_probs, standardised = token_scores(model, tokenizer, texts, max_length, batch_size)
+        scores[name] = ([min_k(values, k) for values in log_probs], [min_k(values, k) for values in standardised])
+    return {
+        "membership_auc_mink": auc(scores["forget"][0], scores["holdout"][0]),
+        "membership_auc_minkpp": auc(scores["forget"][1], scores["holdout"][1]),
+    }
+
+
+def privleak(membership: float, oracle_membership: float) -> float:
+    """MUSE's PrivLeak, in percent: ``(AUC − AUC_oracle) / AUC_oracle × 100`` with MUSE's AUC, which labels the
+    holdout texts as members (``1 − membership``, as :func:`membership_auc` returns it). Near 0 = like the oracle;
+    strongly negative = the forget text is still recognised (under-unlearned); positive = it is now recognised as
+    *unseen* more than an unseen text is (over-unlearned, itself a membership signal)."""
+    muse, muse_oracle = 1 - membership, 1 - oracle_membership
+    return float("nan") if muse_oracle == 0 else (muse - muse_oracle) / muse_oracle * 100
