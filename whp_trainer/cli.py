@@ -53,7 +53,7 @@ class CliError(Exception):
 def stage_dataclasses(command: str) -> tuple:
     from trl import ModelConfig
 
-    from .pipeline import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
+    from .arguments import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
 
     if command == "reinforce":
         from .reinforce import ReinforceConfig

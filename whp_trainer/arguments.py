@@ -1,0 +1,147 @@
+"""The options of the ``whp`` commands that are not a stage's own config: where the data comes from, discovery,
+publishing and the demo. Kept apart from the stages so that ``whp COMMAND --help`` loads no data library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataArguments:
+    """Where the stages read their inputs. Texts are local files or folders, or Hub dataset ids (see
+    [`load_texts`][whp_trainer.data.load_texts])."""
+
+    forget_data: str | None = field(
+        default=None,
+        metadata={"help": "The forget target: a .txt file or folder of .txt files (one row per paragraph), a .json/"
+                  ".jsonl/.csv/.parquet file, a save_to_disk folder, or a Hub dataset id (org/name)."},
+    )
+    forget_data_config: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of a Hub forget dataset, as load_dataset's name."}
+    )
+    forget_data_split: str = field(
+        default="train", metadata={"help": "Split of a Hub (or saved) forget dataset, e.g. train or train[:1000]."}
+    )
+    retain_data: str | None = field(
+        default=None,
+        metadata={"help": "Ordinary text the model must keep (perplexity, discovery reference): same forms as "
+                  "--forget_data."},
+    )
+    retain_data_config: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) of a Hub retain dataset, e.g. wikitext-103-raw-v1."}
+    )
+    retain_data_split: str = field(default="train", metadata={"help": "Split of a Hub (or saved) retain dataset."})
+    text_field: str = field(
+        default="text", metadata={"help": "Text column of the forget (and retain) data; .txt files need none."}
+    )
+    retain_text_field: str | None = field(
+        default=None, metadata={"help": "Text column of the retain data, when it differs from --text_field."}
+    )
+    anchors: str | None = field(
+        default=None, metadata={"help": "Anchor dictionary file (.yaml, .json or .csv): anchor -> generic terms."}
+    )
+    reinforced_adapter: str | None = field(
+        default=None, metadata={"help": "Folder of the reinforced adapter (the output of `whp reinforce`)."}
+    )
+    unlearned_adapter: str | None = field(
+        default=None, metadata={"help": "Folder of the unlearning adapter (the output of `whp unlearn`)."}
+    )
+    probes: str | None = field(
+        default=None, metadata={"help": "Familiarity probes (.json/.jsonl of {prompt, target}): measured by `whp evaluate`, and by "
+                  "`whp unlearn` every logging_steps (familiarity, retain perplexity, next-token curves)."}
+    )
+    dataset_description: str | None = field(
+        default=None, metadata={"help": "One line describing the forget target, for the model card."}
+    )
+
+    def forget_texts(self):
+        """The forget target as a ``Dataset`` with a ``text`` column."""
+        from .data import load_texts
+
+        return load_texts(self.forget_data, self.text_field, self.forget_data_config, self.forget_data_split)
+
+    def retain_texts(self):
+        """The retain data as a ``Dataset`` with a ``text`` column."""
+        field_name = self.retain_text_field or self.text_field
+        from .data import load_texts
+
+        return load_texts(self.retain_data, field_name, self.retain_data_config, self.retain_data_split)
+
+    def hub_datasets(self) -> list[str]:
+        """The Hub ids of the training (forget) data, for the model card's ``datasets`` metadata."""
+        from .data import is_hub_id
+
+        return [self.forget_data] if self.forget_data and is_hub_id(self.forget_data) else []
+
+
+@dataclass
+class DiscoverArguments:
+    """``whp anchors``: propose anchors for a person to review."""
+
+    output: str = field(default="anchors.candidates.yaml", metadata={"help": "Where to write the candidates (YAML)."})
+    method: str = field(
+        default="statistics",
+        metadata={"help": "'statistics' (reinforced boost × frequency vs retain text), 'llm', or 'both'.",
+                  "choices": ["statistics", "llm", "both"]},
+    )
+    top_k: int = field(default=200, metadata={"help": "statistics: how many expressions to propose."})
+    max_words: int = field(default=3, metadata={"help": "statistics: longest expression, in words."})
+    llm_url: str | None = field(
+        default=None, metadata={"help": "llm: base URL of an OpenAI-compatible server (…/v1); else the local model."}
+    )
+    llm_model: str | None = field(default=None, metadata={"help": "llm: model name sent to the server."})
+    llm_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "llm: environment variable of the key."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing candidates file."})
+
+
+@dataclass
+class PublishArguments:
+    """``whp export`` and ``whp push``: the unlearned model, as an adapter or merged into its base."""
+
+    folder: str | None = field(default=None, metadata={"help": "The folder to publish (an unlearn output, or a merged export)."})
+    form: str = field(default="adapter", metadata={"help": "'adapter' or 'merged'.", "choices": ["adapter", "merged"]})
+    repo_id: str | None = field(default=None, metadata={"help": "push: the Hub model repo, e.g. user/llama-2-7b-whp."})
+    private: bool = field(default=False, metadata={"help": "push: create the repo private."})
+    revision: str | None = field(default=None, metadata={"help": "push: branch to push to (created if missing)."})
+    commit_message: str | None = field(default=None, metadata={"help": "push: the commit message."})
+    dictionary_file: str | None = field(default=None, metadata={"help": "push: also upload this anchor dictionary."})
+    eval_report: str | None = field(default=None, metadata={"help": "push: also upload this evaluation report (JSON)."})
+    include_reinforced: bool = field(
+        default=False,
+        metadata={"help": "push: also upload the run's reinforced adapter (to reinforced/) — the MORE knowledgeable "
+                  "adapter, with which anyone can undo the unlearning. Rarely wise."},
+    )
+    token: str | None = field(
+        default=None, metadata={"help": "push: a Hub token with write access (default: HF_TOKEN or the cached login)."}
+    )
+    merged_dir: str | None = field(default=None, metadata={"help": "export: where to write the merged model."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "export: replace a non-empty merged_dir."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "export: allow a base model and tokenizer that ship their own code."}
+    )
+
+
+@dataclass
+class DemoArguments:
+    """``whp demo``: the whole pipeline on an invented saga, on a CPU, in a few minutes."""
+
+    output_dir: str = field(default="whp-demo", metadata={"help": "Where the stages write their outputs."})
+    size: str = field(
+        default="full", metadata={"help": "'full' (the demo) or 'tiny' (seconds; for tests).", "choices": ["full", "tiny"]}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache of the generated texts and base model (default: $WHP_CACHE or ~/.cache)."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Redo stages whose outputs were made otherwise."})
+    method: str = field(
+        default="paper",
+        metadata={"help": "'paper': the method as published; 'recommended': the setting docs/results.md recommends "
+                  "(RECOMMENDED_SETTING, retain regularisation on the demo's ordinary text).",
+                  "choices": ["paper", "recommended"]},
+    )
