@@ -1,7 +1,8 @@
 """Step time and peak memory of an UnlearnTrainer step against a plain LoRA SFT step, side by side.
 
 Each variant runs in its own process (so peak memory is its own), the variants alternate over several rounds (the
-machine is shared and noisy), and the ratios against the reference are printed:
+machine is shared and noisy), and the ratios against the reference are printed: wall-clock and CPU time per step
+(the process's own CPU time, less sensitive to other load on a shared machine) and peak resident memory.
 
     python benchmarks/bench_step.py                       # Llama-like model, vocabulary 32k
     python benchmarks/bench_step.py --vocab 128256        # a Llama-3-sized vocabulary
@@ -147,11 +148,12 @@ def run_worker(args) -> None:
         step, weight_bytes = make_step(args.worker, args, Path(tmp))
         reset_peak_rss()  # set-up (saving the reinforced adapter, ...) is not part of a step
         step()  # warm-up
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             step()
         seconds = (time.perf_counter() - start) / args.steps
-    print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes() - resting, "weights": weight_bytes}))
+        cpu_seconds = (time.process_time() - start_cpu) / args.steps
+    print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "peak": peak_rss_bytes() - resting, "weights": weight_bytes}))
 
 
 def run_side_by_side(args) -> None:
@@ -168,11 +170,16 @@ def run_side_by_side(args) -> None:
     ref_time = statistics.median(r["seconds"] for r in reference)
     ref_peak = statistics.median(r["peak"] for r in reference)
     print(f"model weights {reference[0]['weights'] / 2**20:.0f} MiB; vocab {args.vocab}, batch {args.batch}×{args.seq}")
-    print(f"{'variant':<11}{'s/step':>10}{'× sft':>8}{'peak MiB':>10}{'× sft':>8}")
+    ref_cpu = statistics.median(r["cpu"] for r in reference)
+    print(f"{'variant':<11}{'s/step':>10}{'× sft':>8}{'CPU s/step':>12}{'× sft':>8}{'peak MiB':>10}{'× sft':>8}")
     for variant, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
+        cpu = statistics.median(r["cpu"] for r in runs)
         peak = statistics.median(r["peak"] for r in runs)
-        print(f"{variant:<11}{seconds:>10.3f}{seconds / ref_time:>8.2f}{peak / 2**20:>10.0f}{peak / ref_peak:>8.2f}")
+        print(
+            f"{variant:<11}{seconds:>10.3f}{seconds / ref_time:>8.2f}{cpu:>12.3f}{cpu / ref_cpu:>8.2f}"
+            f"{peak / 2**20:>10.0f}{peak / ref_peak:>8.2f}"
+        )
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
 import os
+import socket
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -119,3 +121,12 @@ def chat_completion(content: str) -> dict:
     """A minimal OpenAI chat-completions response."""
     return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """``torchrun`` with ``processes`` processes on a free local port (other jobs may hold any fixed one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(port)]

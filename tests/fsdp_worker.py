@@ -1,4 +1,5 @@
-"""Trains UnlearnTrainer for two steps under FSDP2 (or, with ``--no-fsdp``, in one plain process), or, with ``--hand``,
+"""Trains UnlearnTrainer for two steps under FSDP2 (or, with ``--no-fsdp``, in one plain process; ``--cache``: with
+cache_targets), or, with ``--hand``,
 compares one step on a model sharded by hand with torch's ``fully_shard`` with the unsharded step; see test_fsdp.py."""
 
 import json
@@ -47,7 +48,7 @@ def allow_fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = patched
 
 
-def main(work: Path, out: Path, per_device_batch: int, fsdp: bool) -> None:
+def main(work: Path, out: Path, per_device_batch: int, fsdp: bool, cache: bool) -> None:
     if fsdp:
         allow_fsdp_on_cpu()
     torch.manual_seed(0)
@@ -60,6 +61,7 @@ def main(work: Path, out: Path, per_device_batch: int, fsdp: bool) -> None:
             optim="sgd", lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
             train_sampling_strategy="sequential", logging_steps=1, **(FSDP if fsdp else {}),
             logits_chunk_size=5,  # processes then run different numbers of chunks through the sharded LM head
+            cache_targets=cache,
         ),
         train_dataset=Dataset.from_list(json.loads((work / "examples.json").read_text())),
         data_collator=hand_collate,
@@ -131,4 +133,4 @@ if __name__ == "__main__":
             Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
             (Path(sys.argv[2]) / "losses.json").write_text(json.dumps(losses))
     else:
-        main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--no-fsdp" not in sys.argv[4:])
+        main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--no-fsdp" not in sys.argv[4:], "--cache" in sys.argv[4:])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from conftest import LORA
+from conftest import LORA, torchrun
 from test_trainer import make_example
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
@@ -29,10 +29,9 @@ def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
 
     subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8"], check=True, env=env, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "ddp", "4"], check=True, env=env, timeout=600)
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "ddp", "4"], check=True, env=env, timeout=600)
     # the target cache, computed by the main process first and read by both (2 steps of 8 = 2 epochs)
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "cached", "4", "--cache"], check=True, env=env, timeout=600)
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "cached", "4", "--cache"], check=True, env=env, timeout=600)
     assert len(list((tmp_path / "hf-datasets" / "whp_targets").glob("whp-targets-*.arrow"))) == 1
 
     single = load_file(tmp_path / "single" / "adapter_model.safetensors")

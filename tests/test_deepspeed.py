@@ -4,10 +4,10 @@ through the engine gives the loss, gradients and metrics of the unsharded step. 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import torchrun
 from test_fsdp import save_artefacts
 
 pytest.importorskip("deepspeed")
@@ -17,10 +17,9 @@ WORKER = Path(__file__).parent / "deepspeed_worker.py"
 @pytest.mark.slow
 def test_zero2_and_zero3_steps_give_the_unsharded_loss_gradients_and_metrics(make_model, tokenizer, tmp_path):
     save_artefacts(make_model, tokenizer, tmp_path)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29536"]
     # the worker asserts, on each process, loss, full gradients and metrics against the unsharded step, and that
     # cache_targets is refused under ZeRO-3
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "out"], check=True,
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "out"], check=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu"), timeout=600)
     losses = json.loads((tmp_path / "out" / "losses.json").read_text())
     assert losses.keys() == {"zero2-argmax", "zero3-argmax", "zero3-soft"}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from conftest import LORA
+from conftest import LORA, torchrun
 from test_trainer import make_example
 
 WORKER = Path(__file__).parent / "fsdp_worker.py"
@@ -28,9 +28,8 @@ def save_artefacts(make_model, tokenizer, folder: Path) -> None:
 @pytest.mark.slow
 def test_hand_sharded_step_gives_the_unsharded_loss_gradients_and_metrics(make_model, tokenizer, tmp_path):
     save_artefacts(make_model, tokenizer, tmp_path)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
     # the worker asserts, on each process, loss, full gradients and metrics against the unsharded step
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "hand", "--hand"], check=True,
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "hand", "--hand"], check=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     losses = json.loads((tmp_path / "hand" / "losses.json").read_text())
     assert losses.keys() == {"argmax-True", "soft-True", "argmax-False"}
@@ -40,11 +39,13 @@ def test_hand_sharded_step_gives_the_unsharded_loss_gradients_and_metrics(make_m
 @pytest.mark.slow
 def test_fsdp2_trains_the_same_adapter_as_one_process(make_model, tokenizer, tmp_path):
     save_artefacts(make_model, tokenizer, tmp_path)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
 
     subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8", "--no-fsdp"], check=True, env=env, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-    subprocess.run([*torchrun, WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env, timeout=600)
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "fsdp", "4"], check=True, env=env, timeout=600)
+    # cache_targets: computed by the main process before accelerate shards the model, read by both
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "cached", "4", "--cache"], check=True, env=env, timeout=600)
+    assert len(list((tmp_path / "hf-datasets" / "whp_targets").glob("whp-targets-*.arrow"))) == 1
 
     # the workers also check that every parameter was sharded and that base and reinforced weights are unchanged
     losses = torch.tensor(json.loads((tmp_path / "fsdp" / "losses.json").read_text()))
@@ -53,6 +54,8 @@ def test_fsdp2_trains_the_same_adapter_as_one_process(make_model, tokenizer, tmp
     fsdp = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
     assert single.keys() == fsdp.keys()
     assert all(fsdp[key].abs().sum() > 0 for key in fsdp if "lora_B" in key)  # trained away from LoRA's zero init
+    cached = load_file(tmp_path / "cached" / "adapter_model.safetensors")
     for key in single:
         torch.testing.assert_close(fsdp[key], single[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(cached[key], single[key], rtol=1e-4, atol=1e-6)
     assert not (tmp_path / "fsdp" / "reinforced").exists()  # only the unlearning adapter is saved
