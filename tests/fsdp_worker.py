@@ -82,9 +82,9 @@ def main(work: Path, out: Path, per_device_batch: int, fsdp: bool, cache: bool) 
         (out / "losses.json").write_text(json.dumps(losses))
 
 
-def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:
-    """One step on the whole batch unsharded (every process alike), then one with ``fully_shard`` on every decoder
-    layer and the root, each process holding half the batch: the same loss, gradients and metrics."""
+def unsharded_reference(work: Path, out: Path, mode: str, **config):
+    """A trainer on ``work``'s artefacts and its step on the whole batch, unsharded (every process alike): the
+    trainer, the examples, that batch, its loss and its gradients."""
     torch.manual_seed(0)
     examples = json.loads((work / "examples.json").read_text())
     trainer = UnlearnTrainer(
@@ -92,37 +92,53 @@ def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:
         reinforced_adapter=work / "reinforced",
         peft_config=LoraConfig(**LORA),
         args=UnlearnConfig(output_dir=str(out), report_to=[], use_cpu=True, target_mode=mode, logits_chunk_size=5,
-                           chunked_student_loss=chunked, average_tokens_across_devices=True),
+                           average_tokens_across_devices=True, **config),
         train_dataset=Dataset.from_list(examples),
         data_collator=hand_collate,
     )
     model = trainer.model.train()
     whole = hand_collate(examples)
-    expected_loss = trainer.compute_loss(model, whole)
-    expected_loss.backward()
-    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    loss = trainer.compute_loss(model, whole)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
+    return trainer, examples, whole, loss.detach(), grads
 
+
+def check_sharded_step(trainer, sharded, reference, backward, full_grad, refuses_cache: bool = True) -> float:
+    """One step of ``sharded`` (the sharded model, or the engine holding it) with half the batch per process gives
+    the ``reference`` loss, gradients (``full_grad(parameter)``) and metrics; returns the mean loss."""
+    examples, whole, expected_loss, expected = reference
+    rank, world = dist.get_rank(), dist.get_world_size()
+    count = (whole["shift_labels"] != IGNORE_INDEX).sum()
+    loss = trainer.compute_loss(sharded, hand_collate(examples[rank::world]), num_items_in_batch=count)
+    backward(loss)
+    dist.all_reduce(total := loss.detach().clone())
+    torch.testing.assert_close(total / world, expected_loss, rtol=1e-5, atol=1e-6)
+    module = getattr(sharded, "module", sharded)
+    grads = {name: full_grad(p) for name, p in module.named_parameters() if p.requires_grad}
+    assert grads.keys() == expected.keys() and all(grads[n].abs().sum() > 0 for n in grads if "lora_B" in n)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    for key, (unsharded, sharded_value) in trainer._metrics["train"].items():  # sums over both processes' halves
+        assert abs(sharded_value - unsharded) < 1e-5, (key, sharded_value, unsharded)
+    if refuses_cache:  # the cache is computed by the main process alone: refused before any teacher pass
+        trainer.args.cache_targets = True
+        with pytest.raises(ValueError, match="cache_targets needs the whole model in every process"):
+            trainer.train()
+    return (total / world).item()
+
+
+def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:
+    """One step on the whole batch unsharded (every process alike), then one with ``fully_shard`` on every decoder
+    layer and the root, each process holding half the batch: the same loss, gradients and metrics."""
+    trainer, *reference = unsharded_reference(work, out, mode, chunked_student_loss=chunked)
+    model = trainer.model
     for layer in model.get_base_model().model.layers:
         fully_shard(layer)
     fully_shard(model)
     assert all(isinstance(p, DTensor) for p in model.parameters())
-    rank, world = dist.get_rank(), dist.get_world_size()
-    count = (whole["shift_labels"] != IGNORE_INDEX).sum()
-    loss = trainer.compute_loss(model, hand_collate(examples[rank::world]), num_items_in_batch=count)
-    loss.backward()
-    dist.all_reduce(total := loss.detach().clone())
-    torch.testing.assert_close(total / world, expected_loss.detach(), rtol=1e-5, atol=1e-6)
-    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.requires_grad}
-    assert grads.keys() == expected.keys() and all(grads[n].abs().sum() > 0 for n in grads if "lora_B" in n)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
-    for key, (unsharded, sharded) in trainer._metrics["train"].items():  # sums over both processes' halves
-        assert abs(sharded - unsharded) < 1e-5, (key, sharded, unsharded)
-    trainer.args.cache_targets = True  # computed by the main process alone: refused before any teacher pass
-    with pytest.raises(ValueError, match="cache_targets needs the whole model in every process"):
-        trainer.train()
-    return (total / world).item()
+    return check_sharded_step(trainer, model, reference, lambda loss: loss.backward(), lambda p: p.grad.full_tensor())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import CORPUS, LORA
+from test_oracle_evaluation import fine_tuned
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from trl import ModelConfig
@@ -74,24 +75,11 @@ def test_the_callback_logs_at_step_0_every_n_steps_and_the_end(make_model, token
     assert model.active_adapter == "default" and trainable(model) == before
 
 
-def trained_on_forget_text(model, tokenizer, adapter: str, steps: int = 20) -> None:
-    """Plain causal-LM fine-tuning of ``adapter`` on the forget text: it becomes "more Harry Potter"."""
-    model.set_adapter(adapter)
-    batch = tokenizer(FORGET, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-
 @pytest.fixture
 def two_adapters(make_model, tokenizer):
     """A PeftModel with a "reinforced" adapter trained on the forget text and an untrained "unlearned" one."""
     model = get_peft_model(make_model(), LoraConfig(**LEARNING_LORA), adapter_name="reinforced")
-    trained_on_forget_text(model, tokenizer, "reinforced")
+    fine_tuned(model, tokenizer, FORGET, adapter="reinforced", steps=20)  # it becomes "more Harry Potter"
     model.add_adapter("unlearned", LoraConfig(**LEARNING_LORA))
     model.set_adapter("unlearned")
     return model
