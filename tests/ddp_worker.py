@@ -17,20 +17,25 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
 
 
-def main(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
+def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, **config) -> UnlearnTrainer:
+    """A trainer of two plain SGD steps on ``work``'s artefacts, in a fixed order (the runs compared must agree)."""
     torch.manual_seed(0)
-    trainer = UnlearnTrainer(
+    return UnlearnTrainer(
         model=AutoModelForCausalLM.from_pretrained(work / "base"),
         reinforced_adapter=work / "reinforced",
         peft_config=LoraConfig(**LORA),
         args=UnlearnConfig(
             output_dir=str(out), per_device_train_batch_size=per_device_batch, max_steps=2, learning_rate=1e-2,
             optim="sgd", lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
-            train_sampling_strategy="sequential", logging_steps=1, cache_targets=cache,
+            train_sampling_strategy="sequential", logging_steps=1, **config,
         ),
         train_dataset=Dataset.from_list(json.loads((work / "examples.json").read_text())),
         data_collator=hand_collate,
     )
+
+
+def main(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
+    trainer = two_sgd_steps_trainer(work, out, per_device_batch, cache_targets=cache)
     trainer.train()
     trainer.save_model()
     if trainer.is_world_process_zero():

@@ -16,6 +16,7 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from conftest import LORA  # noqa: E402
+from ddp_worker import two_sgd_steps_trainer  # noqa: E402
 from test_trainer import hand_collate  # noqa: E402
 from accelerate.state import AcceleratorState, PartialState  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
@@ -51,20 +52,9 @@ def allow_fsdp_on_cpu() -> None:
 def main(work: Path, out: Path, per_device_batch: int, fsdp: bool, cache: bool) -> None:
     if fsdp:
         allow_fsdp_on_cpu()
-    torch.manual_seed(0)
-    trainer = UnlearnTrainer(
-        model=AutoModelForCausalLM.from_pretrained(work / "base"),
-        reinforced_adapter=work / "reinforced",
-        peft_config=LoraConfig(**LORA),
-        args=UnlearnConfig(
-            output_dir=str(out), per_device_train_batch_size=per_device_batch, max_steps=2, learning_rate=1e-2,
-            optim="sgd", lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
-            train_sampling_strategy="sequential", logging_steps=1, **(FSDP if fsdp else {}),
-            logits_chunk_size=5,  # processes then run different numbers of chunks through the sharded LM head
-            cache_targets=cache,
-        ),
-        train_dataset=Dataset.from_list(json.loads((work / "examples.json").read_text())),
-        data_collator=hand_collate,
+    trainer = two_sgd_steps_trainer(
+        work, out, per_device_batch, **(FSDP if fsdp else {}), cache_targets=cache,
+        logits_chunk_size=5,  # processes then run different numbers of chunks through the sharded LM head
     )
     assert trainer.is_fsdp_enabled == fsdp
     frozen = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if not p.requires_grad}
