@@ -8,7 +8,9 @@ translates the block (see :meth:`TokenAnchors.translate` for the alignment it re
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import hashlib
 import json
 import random
@@ -310,7 +312,8 @@ class TokenAnchors:
         self._trie: dict = {}
         self.max_pattern_length = 0
         self._first_tokens = np.zeros(len(self._joins_left), dtype=bool)
-        self._add_surface_forms(tokenizer)
+        with cyclic_gc_paused():  # millions of small containers, no cycles: the collector's passes cost a third
+            self._add_surface_forms(tokenizer)
         self.suppress_tokens = self._first_translation_tokens()
 
     def _init_token_classes(self, tokenizer) -> None:
@@ -502,6 +505,18 @@ class TokenAnchors:
         digest = hashlib.blake2b(block.tobytes(), digest_size=8, key=str(seed).encode()).digest()
         rng = random.Random(int.from_bytes(digest, "little"))
         return {anchor: rng.randrange(len(self.translations[anchor])) for anchor in anchors}
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """Python's cyclic garbage collector off for the block (reference counting still frees), as it was after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _phrase_tokens(encoding, start: int, end: int) -> tuple[int, int]:
