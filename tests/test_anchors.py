@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from whp_trainer.anchors import AnchorDictionary
+from whp_trainer.anchors import AnchorDictionary, TokenAnchors
 
 PAPER = 'Harry went up to him and said, "Hi, my name is Harry".'
 ENTRIES = {"Harry": "Jon", "Harry Potter": "Jon Smith", "Hogwarts": "Mystic Academy", "Ron": ["Tom", "Bob"]}
@@ -179,3 +179,25 @@ def test_compiling_says_what_it_does_and_leaves_no_line(tokenizer, capsys):
     progress = capsys.readouterr()
     assert not progress.out and "whp: compiling 2 anchors for the tokenizer" in progress.err
     assert progress.err.rstrip(" ").endswith("\r")  # the bar is cleared once done (leave=False)
+
+
+def trie_patterns(compiled) -> set:
+    """Every (token pattern, anchor, translation forms) the trie of a compiled dictionary matches."""
+    found, stack = set(), [((), compiled._trie)]
+    while stack:
+        path, node = stack.pop()
+        for token, child in node.items():
+            if token == -1:
+                found.add((path, compiled.anchors[compiled.pattern_anchor[child]], compiled.pattern_forms[child]))
+            else:
+                stack.append(((*path, token), child))
+    return found
+
+
+def test_compiling_one_sided_contexts_finds_the_forms_of_every_context(tokenizer, monkeypatch):
+    entries = {"Harry": ["Jon", "Tom"], "Hogwarts": "Mystic Academy", "Ron": "Tom", "Mr. Weasley": "Mr. Smith",
+               "Quidditch": "Skyball", "He-Who-Must-Not-Be-Named": "the villain", "Hermione": "Anna"}
+    compiled = AnchorDictionary(entries).compile(tokenizer)
+    monkeypatch.setattr(TokenAnchors, "_changes_on_both_sides", staticmethod(lambda index, forms: True))
+    every_context = AnchorDictionary(entries).compile(tokenizer)  # all 35 prefix × suffix contexts for every entry
+    assert trie_patterns(compiled) == trie_patterns(every_context)
