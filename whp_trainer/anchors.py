@@ -365,14 +365,19 @@ class TokenAnchors:
             encoding = encoded.pop(text)
             done[text] = (encoding.ids, _phrase_tokens(encoding, *texts[text]))
         translation_texts = {
-            prefix + phrase + suffix for index in indices for phrase in self.translations[index] for prefix, suffix in contexts
+            prefix + phrase + suffix
+            for index in indices
+            for phrase in self.translations[index]
+            for prefix, suffix in contexts
         }
         translations.update((text, done[text]) for text in translation_texts if text in done)
         lookup = {**done, **{text: translations[text] for text in translation_texts}}
         return {
-            (index, context): [lookup[context[0] + phrase + context[1]] for phrase in (self.anchors[index], *self.translations[index])]
+            (index, (prefix, suffix)): [
+                lookup[prefix + phrase + suffix] for phrase in (self.anchors[index], *self.translations[index])
+            ]
             for index in indices
-            for context in contexts
+            for prefix, suffix in contexts
         }
 
     @staticmethod

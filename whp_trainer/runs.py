@@ -193,13 +193,26 @@ def is_complete_checkpoint(checkpoint: Path) -> bool:
 REINFORCED_RECORD = "whp_reinforced.json"  # where an unlearning run's reinforced adapter came from (kept local)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_digest(folder: str | os.PathLike) -> str:
+    """sha256 of an adapter folder's adapter files only (not its checkpoints or optimizer state, which may be large)."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        if (Path(folder) / name).is_file():
+            digest.update(name.encode())
+            digest.update(file_digest(Path(folder) / name).encode())
+    return digest.hexdigest()
+
+
 def record_reinforced_adapter(folder: str | os.PathLike, source: str | os.PathLike | None) -> None:
-    """Write where the run's reinforced adapter is (an absolute path, or a Hub id) and its content hash, so that
+    """Write where the run's reinforced adapter is (an absolute path, or a Hub id) and the hash of its adapter files, so
     evaluation finds it without a copy of it in the run's folder (which would be uploaded with it)."""
     local = source is not None and Path(source).is_dir()
     record = {
         "source": None if source is None else str(Path(source).resolve()) if local else str(source),
-        "sha256": file_digest(source) if local else None,
+        "sha256": adapter_digest(source) if local else None,
     }
     (Path(folder) / REINFORCED_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
@@ -212,7 +225,7 @@ def recorded_reinforced_adapter(folder: str | os.PathLike) -> str | None:
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
     source = record.get("source")
-    if source and record.get("sha256") and (not Path(source).is_dir() or file_digest(source) != record["sha256"]):
+    if source and record.get("sha256") and (not Path(source).is_dir() or adapter_digest(source) != record["sha256"]):
         raise ValueError(
             f"the reinforced adapter {source}, recorded in {path}, has changed (or is gone) since the unlearning run; "
             "pass the one the run used with --reinforced_adapter"
