@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -21,7 +20,7 @@ from .anchors import AnchorDictionary
 from .collator import check_anchor_coverage, collator_for, split_into_blocks
 from .config import UnlearnConfig
 from .arguments import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
-from .data import check_source, load_texts
+from .data import check_source, is_hub_id, load_texts
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
@@ -66,21 +65,14 @@ def require_adapter(value: str | None, argument: str, stage: str) -> Path:
 def require_model(model_args: ModelConfig, stage: str, trust_remote_code: bool = False):
     """The model's config, read before any weights: a clear error for a folder that does not exist (a relative path
     is not sent to the Hub as an id when it looks like a path) or a Hub id that cannot be found or reached."""
-    from huggingface_hub.utils import validate_repo_id
     from transformers import AutoConfig
 
     name = model_args.model_name_or_path
     if not name:
         raise ValueError(f"whp {stage}: --model_name_or_path is required")
     path = Path(name).expanduser()
-    if not path.exists():
-        looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/")
-        try:
-            validate_repo_id(name)
-        except ValueError:
-            looks_local = True
-        if looks_local:
-            raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name}: no such folder")
+    if not path.exists() and not is_hub_id(name):
+        raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name}: no such folder")
     try:
         return AutoConfig.from_pretrained(
             str(path) if path.exists() else name, revision=model_args.model_revision,
