@@ -281,11 +281,11 @@ def test_standard_batches_and_lists_of_token_ids_train(make_model, reinforced_pa
 
     blocks = [ids[:12] for ids in tokenizer(["Harry went up to him and said hi to Ron at Hogwarts again"] * 8)["input_ids"]]
     rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in blocks]
-    for dataset, collator in ((rows, default_data_collator), (blocks, None)):
+    for rows_or_ids, collator in ((rows, default_data_collator), (blocks, None)):
         trainer = UnlearnTrainer(
             model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
             args=UnlearnConfig(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True,
                                per_device_train_batch_size=4, max_length=16),
-            train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+            train_dataset=rows_or_ids, data_collator=collator, processing_class=tokenizer,
         )
         assert trainer.train().training_loss > 0

@@ -245,7 +245,7 @@ def run_config(argv: list[str]) -> None:
         print(RUN_HELP)
         return
     if not argv or argv[0].startswith("-"):
-        raise CliError(f"usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value ...] (see whp run --help)")
+        raise CliError("usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value ...] (see whp run --help)")
     path, overrides = argv[0], argv[1:]
     overwrite = "--overwrite" in overrides
     overrides = [item for item in overrides if item != "--overwrite"]

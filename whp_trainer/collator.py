@@ -35,7 +35,6 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
