@@ -14,6 +14,7 @@ Variants:
   whp-logits the same with the student's full logits (chunked_student_loss=False)
   whp-fused  the same with both teachers in one forward (PEFT mixed-batch adapter_names)
   whp-full   the same with one chunk for all positions (teacher logits held for the whole batch at once)
+  whp-cap    the recommended setting's student loss: soft targets, alpha 20, original_cap_weight 1 (chunked too)
   whp-cached a later epoch with UnlearnConfig.cache_targets: the targets are read from the cache, no teacher pass
   copy       what existing re-implementations do: a second full model (reinforced, merged) as the teacher,
              full-batch logits for both teachers
@@ -30,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("sft", "whp", "whp-logits", "whp-fused", "whp-full", "whp-cached", "copy")
+RECOMMENDED_LOSS = dict(target_mode="soft", alpha=20.0, original_cap_weight=1.0)
+VARIANTS = ("sft", "whp", "whp-logits", "whp-fused", "whp-full", "whp-cap", "whp-cached", "copy")
 
 
 def peak_rss_bytes() -> int:
@@ -93,7 +95,8 @@ def make_step(variant, args, tmp):
         trainer = UnlearnTrainer(
             model=base, reinforced_adapter=tmp / "reinforced", peft_config=LoraConfig(**lora),
             args=UnlearnConfig(output_dir=str(tmp / "out"), report_to=[], use_cpu=True, logits_chunk_size=chunk,
-                              fused_teacher_pass=variant == "whp-fused", chunked_student_loss=variant != "whp-logits"),
+                              fused_teacher_pass=variant == "whp-fused", chunked_student_loss=variant != "whp-logits",
+                              **(RECOMMENDED_LOSS if variant == "whp-cap" else {})),
             data_collator=lambda x: x, train_dataset=[0],
         )
         model = trainer.model

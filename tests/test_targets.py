@@ -10,6 +10,7 @@ from whp_trainer.targets import (
     generic_logits,
     hard_targets,
     make_targets,
+    original_token_cap,
     soft_targets,
     suppress,
 )
@@ -112,3 +113,30 @@ def test_chunked_loss_gives_the_loss_and_gradients_of_full_logits(mode, num_item
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(original_log_probs, log_probs.gather(-1, original[:, None]).squeeze(-1).detach())
+
+
+@pytest.mark.parametrize("num_items", [None, 23])
+def test_chunked_loss_adds_the_original_token_cap_as_the_full_logits_do(num_items):
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    original = torch.randint(0, 50, (10,), generator=g)
+    targets = torch.softmax(3 * torch.randn(10, 50, generator=g, dtype=torch.float64), -1)
+    targets[:5, original[:5]] = 0.0  # the cap is active on some rows, not on others
+    targets = (targets / targets.sum(-1, keepdim=True)).float()
+
+    log_probs = (hidden @ weight.T).float().log_softmax(-1)
+    cap = original_token_cap(log_probs, targets, original, num_items)
+    assert 0 < cap.item()
+    expected = distillation_loss(log_probs, targets, num_items) + 0.5 * cap
+    (expected_grad,) = torch.autograd.grad(2.0 * expected, hidden)
+    loss, _ = chunked_distillation_loss(hidden, weight, targets, original, num_items, chunk_size=3, cap_weight=0.5)
+    (grad,) = torch.autograd.grad(2.0 * loss, hidden)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_refuses_the_cap_with_hard_targets():
+    with pytest.raises(ValueError, match="needs soft targets"):
+        chunked_distillation_loss(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long),
+                                  torch.zeros(2, dtype=torch.long), cap_weight=1.0)

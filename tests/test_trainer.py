@@ -391,10 +391,10 @@ def test_every_saved_output_has_the_model_card(make_model, reinforced_path, data
         assert "2310.02238" in card.text
 
 
-@pytest.mark.parametrize("mode", ["argmax", "soft"])
+@pytest.mark.parametrize("mode,cap", [("argmax", 0.0), ("soft", 0.0), ("soft", 1.0)])
 @pytest.mark.parametrize("num_items_in_batch", [None, 37])
 def test_chunked_student_loss_gives_the_loss_and_gradients_of_full_logits(
-    make_model, reinforced_path, dataset, tmp_path, mode, num_items_in_batch
+    make_model, reinforced_path, dataset, tmp_path, mode, cap, num_items_in_batch
 ):
     from whp_trainer.models import plain_linear_head
 
@@ -402,7 +402,7 @@ def test_chunked_student_loss_gives_the_loss_and_gradients_of_full_logits(
     results = []
     for chunked in (True, False):
         trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode=mode, logits_chunk_size=5,
-                               chunked_student_loss=chunked)
+                               chunked_student_loss=chunked, original_cap_weight=cap, alpha=20.0)
         assert plain_linear_head(trainer.model) is not None  # the chunked path is taken when asked for
         trainer.model.train()
         loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items_in_batch)

@@ -90,6 +90,7 @@ def chunked_distillation_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     chunk_size: int = 1024,
     softcap: float | None = None,
+    cap_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`distillation_loss` of the logits ``hidden @ weight.T`` (soft-capped with ``softcap``), computed chunk
     by chunk so that only ``chunk_size`` rows of vocabulary-sized logits exist at a time, in forward and backward.
@@ -98,9 +99,14 @@ def chunked_distillation_loss(
     ``weight`` the frozen LM head (``(V, H)``), ``targets`` token ids (``(N,)``, ``-100`` = no loss) or
     probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
     ``hidden`` is computed in the forward, so the backward neither keeps nor recomputes logits.
+    ``cap_weight`` (soft targets) adds `original_token_cap` times that weight, as the unchunked loss does.
     Returns the loss and the student's log-probabilities of the ``original`` tokens (``(N,)``, no grad), for metrics.
     """
-    total, original_log_probs = _ChunkedHeadLoss.apply(hidden, weight, targets, original, chunk_size, softcap)
+    if cap_weight and not targets.is_floating_point():
+        raise ValueError("the original-token cap needs soft targets (probabilities)")
+    total, original_log_probs = _ChunkedHeadLoss.apply(
+        hidden, weight, targets, original, chunk_size, softcap, cap_weight
+    )
     if num_items_in_batch is not None:
         denominator = num_items_in_batch
     else:
@@ -113,7 +119,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     forward (``(N, H)`` float32), so the weight is frozen (no gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, original, chunk_size, softcap):
+    def forward(ctx, hidden, weight, targets, original, chunk_size, softcap, cap_weight):
         wants_grad = ctx.needs_input_grad[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if wants_grad else None
@@ -128,8 +134,13 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             del logits
             total += distillation_loss(log_probs, targets[rows], num_items_in_batch=1)  # 1: the summed loss
             original_log_probs[rows] = log_probs.gather(-1, original[rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            capped_rows = None
+            if cap_weight:
+                excess = original_log_probs[rows] - _target_log_prob(targets[rows], original[rows])
+                total += cap_weight * excess.clamp(min=0).sum()
+                capped_rows = cap_weight * (excess > 0).to(log_probs.dtype)
             if wants_grad:
-                grad_logits = _loss_grad_wrt_logits(log_probs, targets[rows])
+                grad_logits = _loss_grad_wrt_logits(log_probs, targets[rows], original[rows], capped_rows)
                 if softcap:
                     grad_logits *= 1 - capped.square()
                 grad_hidden[rows] = grad_logits.to(weight.dtype) @ weight
@@ -141,20 +152,35 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, grad_original):
         (grad_hidden,) = ctx.saved_tensors
-        return (grad_hidden * grad_total).to(ctx.hidden_dtype), None, None, None, None, None
+        return (grad_hidden * grad_total).to(ctx.hidden_dtype), None, None, None, None, None, None
 
 
-def _loss_grad_wrt_logits(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _target_log_prob(targets: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``log p_target(original)`` per row, floored as `original_token_cap` floors it."""
+    return targets.gather(-1, original.unsqueeze(-1)).squeeze(-1).clamp(min=1e-12).log()
+
+
+def _loss_grad_wrt_logits(
+    log_probs: torch.Tensor, targets: torch.Tensor, original: torch.Tensor, capped_rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Gradient of the summed loss with respect to the logits: ``softmax · Σp − p`` (``p`` one-hot for token ids,
-    zero rows at ``-100``). Overwrites ``log_probs``."""
+    zero rows at ``-100``), plus ``c · (onehot(original) − softmax)`` for the cap's weight ``c`` on the rows where
+    the cap is active (``capped_rows``). Overwrites ``log_probs``."""
     grad = log_probs.exp_()
     if targets.is_floating_point():
-        return grad.mul_(targets.sum(-1, keepdim=True)).sub_(targets)
+        if capped_rows is None:
+            return grad.mul_(targets.sum(-1, keepdim=True)).sub_(targets)
+        grad.mul_(targets.sum(-1, keepdim=True) - capped_rows.unsqueeze(-1)).sub_(targets)
+        rows = torch.arange(len(targets), device=targets.device)
+        grad[rows, original] += capped_rows
+        return grad
     ignored = targets.eq(IGNORE_INDEX)
     rows = torch.arange(len(targets), device=targets.device)
     grad[rows, targets.clamp(min=0)] -= 1
     grad[ignored] = 0
     return grad
+
+
 def drop_unchanged(hard: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Hard targets with no loss (``-100``) where they equal the ``original`` next token: cross-entropy there would
     only raise the probability of the memorized token (towards 1, above the teacher's own probability for it)."""

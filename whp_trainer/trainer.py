@@ -201,9 +201,7 @@ class UnlearnTrainer(Trainer):
             targets = self._generic_targets(peft_model, inputs, rows, cols)
         if self.args.skip_unchanged_targets and not targets.is_floating_point():
             targets = drop_unchanged(targets, inputs["shift_labels"])
-        # the original-token cap needs the student's full log-probabilities at the loss positions
-        chunked = self.args.chunked_student_loss and not self.args.original_cap_weight
-        head = plain_linear_head(peft_model) if chunked else None
+        head = plain_linear_head(peft_model) if self.args.chunked_student_loss else None
         if head is None:
             loss, outputs, original_log_probs = self._student_loss(model, inputs, targets, rows, cols, num_items_in_batch)
         else:
@@ -250,6 +248,7 @@ class UnlearnTrainer(Trainer):
                 num_items_in_batch,
                 chunk_size=self._chunk_size(head.out_features),
                 softcap=getattr(peft_model.config, "final_logit_softcapping", None),
+                cap_weight=self.args.original_cap_weight,
             )
         # outputs.logits hold zero positions: adding them changes nothing but keeps the backward hooks that FSDP
         # sets on the model's output in the graph
