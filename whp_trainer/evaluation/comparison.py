@@ -3,22 +3,18 @@
 
 from __future__ import annotations
 
+import math
+
 ORACLE = "oracle"  # the column of --oracle_model: a model that never read the target
 TEACHER = "teacher"  # columns "teacher α=5": the generic-logit teacher evaluated as a model
 COLUMN_ORDER = ("base", ORACLE, "reinforced", TEACHER, "unlearned")
-# Forget metrics compared with the oracle: metric -> (tolerance of "at the oracle", relative?, more = more knowledge?)
-ORACLE_METRICS = {
-    "familiarity_token": (0.02, False, True),
-    "familiarity_completion": (0.02, False, True),
-    "familiarity_token_hints": (0.02, False, True),
-    "familiarity_token_relearned": (0.05, False, True),
-    "knowmem_forget": (0.02, False, True),
-    "entity_first_mention": (0.02, False, True),
-    "verbmem_forget": (0.02, False, True),
-    "memorization_rouge_l": (0.02, False, True),
-    "memorization_exact": (0.02, False, True),
-    "membership_auc_mink": (0.05, False, True),
-    "membership_auc_minkpp": (0.05, False, True),
+ORACLE_METRICS = {  # forget metrics compared with the oracle: metric -> (tolerance of "at the oracle", relative?,
+    # more = more knowledge?)
+    **dict.fromkeys(("familiarity_token", "familiarity_completion", "familiarity_token_hints", "knowmem_forget",
+                     "entity_first_mention", "verbmem_forget", "memorization_rouge_l", "memorization_exact"),
+                    (0.02, False, True)),
+    **dict.fromkeys(("familiarity_token_relearned", "membership_auc_mink", "membership_auc_minkpp"),
+                    (0.05, False, True)),
     "forget_perplexity": (0.03, True, False),
 }
 RETAIN_TOLERANCE = 0.03  # retain perplexity within 3 % of the base's counts as ability kept
@@ -57,19 +53,24 @@ def oracle_comparison(results: dict[str, dict[str, float]]) -> dict[str, dict[st
         rows = {}
         for metric, (tolerance, relative, knowledge_up) in ORACLE_METRICS.items():
             value, reference = results[role].get(metric), oracle.get(metric)
-            if value is None or reference is None or value != value or reference != reference:
+            if not (measured(value) and measured(reference)):
                 continue
             side = verdict(value, reference, tolerance, relative)
             meaning = "as the oracle" if side == "at" else (
                 "knowledge left" if (side == "above") == knowledge_up else "over-forgotten")
             rows[metric] = {"value": value, "oracle": reference, "difference": value - reference, "verdict": side,
                             "meaning": meaning}
-        base = results.get("base", {}).get("retain_perplexity")
-        if base and "retain_perplexity" in results[role]:
-            change = results[role]["retain_perplexity"] / base - 1
-            rows["retain_perplexity"] = {"value": results[role]["retain_perplexity"], "base": base, "change": change,
+        base, value = results.get("base", {}).get("retain_perplexity"), results[role].get("retain_perplexity")
+        if measured(base) and base > 0 and measured(value):
+            change = value / base - 1
+            rows["retain_perplexity"] = {"value": value, "base": base, "change": change,
                                          "meaning": "retained" if change <= RETAIN_TOLERANCE else "damaged"}
         comparison[role] = rows
     return comparison
+
+
+def measured(value: float | None) -> bool:
+    """Whether a metric was measured: a finite number (not measured is `None` in a record, NaN in results)."""
+    return value is not None and math.isfinite(value)
 
 

@@ -3,10 +3,8 @@ roles as columns) and for the verdicts against the oracle, used by `report.md` a
 
 from __future__ import annotations
 
-import math
-
 from .callback import parse_next_token_key
-from .comparison import ORACLE, ORACLE_METRICS, RETAIN_TOLERANCE, ordered_roles
+from .comparison import ORACLE, ORACLE_METRICS, RETAIN_TOLERANCE, measured, ordered_roles
 
 COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
 VERDICTS = ("above", "at", "below")
@@ -55,13 +53,11 @@ PREFIX_HELP = {
 
 def format_number(value: float | None) -> str:
     """A measured value in 4 significant digits; `—` for one not measured (`None` or NaN)."""
-    return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
+    return f"{value:.4g}" if measured(value) else "—"
 
 
 def format_difference(new: float | None, old: float | None) -> str:
-    if new is None or old is None or not math.isfinite(new - old):
-        return "—"
-    return f"{new - old:+.4g}"
+    return f"{new - old:+.4g}" if measured(new) and measured(old) else "—"
 
 
 def metric_rank(metric: str) -> int:
