@@ -199,6 +199,19 @@ def test_the_card_and_the_report_render_the_same_tables(args, tmp_path):
     assert "| `forget_perplexity` | 2 | 20 | 40 | +38 | +20 |" in tables
 
 
+def test_a_record_of_another_schema_is_refused_before_any_request(run, trainer_output, tmp_path):
+    record = json.loads((trainer_output / "whp_run.json").read_text())
+    (trainer_output / "whp_run.json").write_text(json.dumps({**record, "schema_version": 2}))
+    api = RecordingApi()
+    with pytest.raises(ValueError, match=r"whp_run.json: schema_version=2; this whp_trainer reads 1"):
+        push_to_hub(trainer_output, "someone/whp-tiny", form="adapter", token="hf_test",
+                    eval_report={"results": EVAL_RESULTS}, api=api)
+    assert api.calls == []
+    with pytest.raises(ValueError, match="schema_version=2"):
+        export_merged(run["base_dir"], trainer_output, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()  # refused before the export began
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -236,6 +236,7 @@ def export_merged(
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
+    record = read_record(adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
     print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype))
     if not begin_stage(output_dir, "export", print_, overwrite):
@@ -245,7 +246,7 @@ def export_merged(
     merged.save_pretrained(output_dir)
     tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
     save_tokenizer(tokenizer, output_dir)
-    save_merged_card(adapter_dir, output_dir, card)
+    save_merged_card(record, output_dir, card)
     finish_stage(output_dir, "export", print_)
     return output_dir
 
@@ -296,10 +297,9 @@ def save_tokenizer(tokenizer, output_dir: Path) -> None:
         tokenizer.save_pretrained(output_dir)
 
 
-def save_merged_card(adapter_dir: Path, output_dir: Path, card: ModelCard | None) -> None:
-    """Copy `adapter_dir`'s run record beside the export, and write `card`, else that record rendered in the merged
-    form (none, with a warning, when the adapter has no record: e.g. PEFT's default README only)."""
-    record = read_record(adapter_dir)
+def save_merged_card(record: dict | None, output_dir: Path, card: ModelCard | None) -> None:
+    """Write the adapter's run record beside the export, and `card`, else that record rendered in the merged form
+    (none, with a warning, when the adapter has no record: e.g. PEFT's default README only)."""
     if record is not None:
         write_record(record, output_dir)
         card = render_model_card(record, "merged") if card is None else card
