@@ -4,19 +4,18 @@ data, evaluation, versions), from which the model card is rendered.
 It is written beside the adapter (and copied beside a merged export) and uploaded with the model: it holds what the
 card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 
-| key | value |
-| --- | --- |
-| `schema_version` | 1 |
-| `model_name`, `base_model`, `hub_model_id` | names (`base_model`: a Hub id or a path, as given) |
-| `method` | α, ReLU, target mode and temperature, the anchor heuristics |
-| `training` | learning rate and schedule, epochs or steps, batch sizes, max length, seed |
-| `lora` | the unlearning adapter's PEFT type, r, alpha, dropout, target modules; `null` if unknown |
-| `dictionary` | the anchor dictionary's `size`, `hash`, `path`; `null` without one |
-| `reinforced_adapter` | path or Hub id of the reinforced adapter (the adapter itself is never uploaded) |
-| `dataset_description`, `datasets` | free text; Hub ids of the forget data |
-| `tags`, `trackers` | extra Hub tags; tracker name -> the run's page |
-| `versions` | `whp_trainer` and the frameworks at training time |
-| `evaluation` | `null`, or `results` (role -> metric -> value, `null` where not measured) and, with an oracle, `oracle_comparison` (role -> metric -> value, oracle, difference, verdict, meaning), as in `report.json` |
+- `schema_version`: 1;
+- `model_name`, `base_model`, `hub_model_id`: names (`base_model`: a Hub id or a path, as given);
+- `method`: α, ReLU, target mode and temperature, the anchor heuristics;
+- `training`: learning rate and schedule, epochs or steps, batch sizes, max length, seed;
+- `lora`: the unlearning adapter's PEFT type, r, alpha, dropout, target modules (`null` if unknown);
+- `dictionary`: the anchor dictionary's `size`, `hash`, `path` (`null` without one);
+- `reinforced_adapter`: path or Hub id of the reinforced adapter (the adapter itself is never uploaded);
+- `dataset_description`, `datasets`: free text; Hub ids of the forget data;
+- `tags`, `trackers`: extra Hub tags; tracker name -> the run's page;
+- `versions`: `whp_trainer` and the frameworks at training time;
+- `evaluation`: `null`, or `results` (role -> metric -> value, `null` where not measured) and, with an oracle,
+  `oracle_comparison` (role -> metric -> value, oracle, difference, verdict, meaning), as in `report.json`.
 """
 
 from __future__ import annotations
