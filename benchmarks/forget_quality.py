@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                               oracle=False))["unlearned"]
             print(f"forget_quality: {name} ({time.perf_counter() - start:.0f} s)", flush=True)
     from whp_trainer.evaluation import write_report
-    from whp_trainer.evaluation.report import add_privleak
+    from whp_trainer.evaluation.runner import add_privleak
 
     add_privleak(results)
     report = write_report(results, out / "report", config=evaluation_config(out / "report", TEACHER_ALPHAS))

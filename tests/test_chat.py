@@ -9,7 +9,7 @@ from whp_trainer import cli
 from whp_trainer.chat import EndpointChat, LocalChat
 from whp_trainer.evaluation import EvaluateConfig
 from whp_trainer.evaluation.familiarity import completion_familiarity
-from whp_trainer.evaluation.report import make_judge
+from whp_trainer.evaluation.runner import make_judge
 
 
 def test_endpoint_chat_sends_the_prompt_the_model_and_the_key(chat_server):

@@ -10,8 +10,10 @@ from huggingface_hub import CommitOperationAdd, EvalResult, ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+import whp_trainer
 from whp_trainer import hub
 from whp_trainer.config import UnlearnConfig
+from whp_trainer.evaluation import oracle_comparison, write_report
 from whp_trainer.hub import build_model_card, export_merged, push_to_hub, write_model_card
 from whp_trainer.toy import tiny_llama
 
@@ -94,7 +96,9 @@ def test_adapter_card_metadata_and_content_round_trip(args, tmp_path):
     assert metadata["base_model"] == "meta-llama/Llama-2-7b-hf"
     assert metadata["library_name"] == "peft"
     assert metadata["tags"] == ["whp_trainer", "unlearning", "peft", "lora"]
-    run = metadata["whp_trainer"]
+    assert "whp_trainer" not in metadata  # the run's facts live in whp_run.json, not in the card's YAML
+    run = json.loads((tmp_path / "whp_run.json").read_text())
+    assert run["schema_version"] == 1 and run["versions"]["whp_trainer"] == whp_trainer.__version__
     assert run["method"] == {
         "alpha": 3.0,
         "relu": True,
@@ -107,7 +111,7 @@ def test_adapter_card_metadata_and_content_round_trip(args, tmp_path):
     assert run["dictionary"] == {"size": 1500, "hash": "sha256:abc123", "path": "anchors.json"}
     assert run["training"]["effective_batch_size"] == 128
     assert run["lora"]["target_modules"] == ["q_proj", "v_proj"]
-    assert run["eval_results"] == EVAL_RESULTS
+    assert run["evaluation"] == {"results": EVAL_RESULTS}  # no oracle: no comparison
     assert card.data.eval_results == [
         EvalResult(
             task_type="text-generation",
@@ -133,9 +137,9 @@ def test_adapter_card_metadata_and_content_round_trip(args, tmp_path):
         "| max length (tokens per block) | 256 |",
         "LORA, r = 8, alpha = 16",
         "| target modules | q_proj, v_proj |",
-        "| metric | unlearned | base |",
-        "| familiarity_token_prob | 0.006 | 0.244 |",
-        "| hellaswag | — | 0.577 |",
+        "| metric | base | unlearned | unlearned − base |",
+        "| `familiarity_token_prob` | 0.244 | 0.006 | -0.238 |",
+        "| `hellaswag` | 0.577 | — | — |",
         "Lynch et al., 2024",
         "Shi et al., 2023",
         "@misc{eldan2023whos",
@@ -157,6 +161,55 @@ def test_merged_card_and_minimal_card(args):
     assert "`/no/such/local/base`" in card.text
     assert "none (reinforced boost only)" in card.text and "none (anchors only)" in card.text
     assert "No evaluation results were recorded" in card.text
+
+
+ORACLE_RESULTS = {
+    "base": {"familiarity_token": 0.24, "verbmem_forget": 0.5, "forget_perplexity": 2.0, "retain_perplexity": 10.0},
+    "oracle": {"familiarity_token": 0.01, "verbmem_forget": 0.1, "forget_perplexity": 20.0, "retain_perplexity": 10.0},
+    "unlearned": {"familiarity_token": 0.2, "verbmem_forget": 0.11, "forget_perplexity": 40.0,
+                  "retain_perplexity": 10.1},
+}
+
+
+def test_the_card_says_which_forget_metrics_are_above_at_or_below_the_oracle(args, tmp_path):
+    write_model_card(tmp_path, args, **{**CARD_KWARGS, "eval_results": ORACLE_RESULTS})
+    text = (tmp_path / "README.md").read_text()
+    record = json.loads((tmp_path / "whp_run.json").read_text())
+
+    assert record["evaluation"]["oracle_comparison"] == oracle_comparison(ORACLE_RESULTS)
+    section = text[text.index("### Against the oracle"):text.index("### Metrics")]
+    for line in (
+        "- **above** the oracle: `familiarity_token` (knowledge left), `forget_perplexity` (over-forgotten)",
+        "- **at** the oracle: `verbmem_forget` (as the oracle)",
+        "- retain perplexity +1.0% against the base's: retained",
+        "| `familiarity_token` | above (+0.23): knowledge left | above (+0.19): knowledge left |",
+    ):
+        assert line in section, line
+    assert "**below** the oracle" not in section  # no metric of the unlearned model is below it
+
+
+def test_the_card_and_the_report_render_the_same_tables(args, tmp_path):
+    write_report(ORACLE_RESULTS, tmp_path / "report", config=None)
+    report = (tmp_path / "report" / "report.md").read_text()
+    card = build_model_card(args, **{**CARD_KWARGS, "eval_results": ORACLE_RESULTS}).text
+
+    tables = [line for line in report.splitlines() if line.startswith("|")]
+    assert len(tables) == 2 + 4 + 2 + 4  # the results and the verdicts: header, rule, a row per metric
+    assert all(line in card for line in tables)
+    assert "| `forget_perplexity` | 2 | 20 | 40 | +38 | +20 |" in tables
+
+
+def test_a_record_of_another_schema_is_refused_before_any_request(run, trainer_output, tmp_path):
+    record = json.loads((trainer_output / "whp_run.json").read_text())
+    (trainer_output / "whp_run.json").write_text(json.dumps({**record, "schema_version": 2}))
+    api = RecordingApi()
+    with pytest.raises(ValueError, match=r"whp_run.json: schema_version=2; this whp_trainer reads 1"):
+        push_to_hub(trainer_output, "someone/whp-tiny", form="adapter", token="hf_test",
+                    eval_report={"results": EVAL_RESULTS}, api=api)
+    assert api.calls == []
+    with pytest.raises(ValueError, match="schema_version=2"):
+        export_merged(run["base_dir"], trainer_output, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()  # refused before the export began
 
 
 @pytest.mark.parametrize(
@@ -194,7 +247,9 @@ def test_merged_export_loads_as_a_plain_model_with_the_same_logits(run, tmp_path
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(run["base_dir"]).get_vocab()
     card, metadata = load_card(out / "README.md")
     assert metadata["library_name"] == "transformers" and "merged" in metadata["tags"]
-    assert metadata["whp_trainer"]["method"]["alpha"] == 3.0
+    record = json.loads((out / "whp_run.json").read_text())  # the adapter's record, copied beside the export
+    assert record == json.loads((run["adapter_dir"] / "whp_run.json").read_text())
+    assert record["method"]["alpha"] == 3.0 and "| α (reinforced boost weight) | 3.0 |" in card.text
     assert card.data.eval_results[0].metric_value == 0.006
 
 
@@ -323,19 +378,26 @@ def test_push_uploads_the_model_files_but_not_the_reinforced_adapter(trainer_out
 
 
 def test_push_puts_an_evaluation_report_into_the_uploaded_card(trainer_output, tmp_path):
+    results = {**EVAL_RESULTS, "oracle": {"familiarity_token_prob": 0.005, "retain_perplexity": 11.9}}
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"results": EVAL_RESULTS, "settings": {}}))  # as whp evaluate writes it
-    local_card = (trainer_output / "README.md").read_text()
+    report.write_text(json.dumps({"results": results, "settings": {}}))  # as whp evaluate writes it
+    local_card, local_record = ((trainer_output / name).read_text() for name in ("README.md", "whp_run.json"))
     api = RecordingApi()
 
     push_to_hub(trainer_output, "someone/whp-tiny", form="adapter", token="hf_test", eval_report=report, api=api)
 
     card = ModelCard(api.uploaded()["README.md"].path_or_fileobj.decode())
+    record = json.loads(api.uploaded()["whp_run.json"].path_or_fileobj)  # the uploaded record agrees with the card
+    assert record["evaluation"] == {"results": results, "oracle_comparison": oracle_comparison(results)}
+    assert {key: value for key, value in record.items() if key != "evaluation"} == {
+        key: value for key, value in json.loads(local_record).items() if key != "evaluation"}
     assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} == {
         (metric, value) for metric, value in EVAL_RESULTS["unlearned"].items()
     }
-    assert "0.244" in card.text  # the base column of the readable table
-    assert (trainer_output / "README.md").read_text() == local_card  # the local card is untouched
+    assert "| `familiarity_token_prob` | 0.244 | 0.005 | 0.006 | -0.238 | +0.001 |" in card.text
+    assert "- retain perplexity +3.4% against the base's: damaged" in card.text  # the report's verdicts
+    assert (trainer_output / "README.md").read_text() == local_card  # the local files are untouched
+    assert (trainer_output / "whp_run.json").read_text() == local_record
 
 
 def test_push_includes_the_reinforced_adapter_only_when_asked_and_warns(trainer_output):
@@ -425,7 +487,7 @@ def test_the_card_validates_with_huggingface_hub_and_holds_no_nan(args, tmp_path
     assert [result.metric_type for result in card.data.eval_results] == ["familiarity_token"]
     assert all(leaf is not None for leaf in leaves(metadata["model-index"]))
     assert metadata["datasets"] == ["someone/hp-books"]  # a local path is no Hub dataset
-    assert "| `familiarity_completion` |" not in text and "| familiarity_completion | — | 0.3 |" in text
+    assert "| `familiarity_completion` | 0.3 | — | — |" in text
     assert "[Weights & Biases](https://wandb.ai/me/whp/runs/abc)" in text
     assert "trackio:https://me-trackio.hf.space?project=whp&runs=r1" in metadata["tags"]
     assert "[`someone/hp-books`](https://huggingface.co/datasets/someone/hp-books)" in text

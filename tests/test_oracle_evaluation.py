@@ -14,7 +14,8 @@ from whp_trainer.evaluation import EvaluateConfig, evaluate_model, write_report
 from whp_trainer.evaluation.familiarity import sample_completions
 from whp_trainer.evaluation.knowledge import first_mention_probes, knowledge_memorization, load_qa, qa_prompt
 from whp_trainer.evaluation.membership import auc, membership_auc, min_k, privleak
-from whp_trainer.evaluation.report import markdown_report, oracle_comparison
+from whp_trainer.evaluation import markdown_report, oracle_comparison
+from whp_trainer.evaluation.report import evaluation_record
 from whp_trainer.evaluation.teacher import GenericTeacher
 
 FORGET, HOLDOUT = CORPUS[:3], CORPUS[3:6]
@@ -141,13 +142,13 @@ def test_verdicts_say_above_at_or_below_the_oracle_and_what_it_means():
     assert comparison["unlearned"]["verbmem_forget"]["verdict"] == "at"
     assert comparison["unlearned"]["forget_perplexity"]["meaning"] == "over-forgotten"
     assert comparison["unlearned"]["retain_perplexity"]["meaning"] == "damaged"  # +5 % > 3 %
-    table = markdown_report(results)
+    table = markdown_report(evaluation_record(results))
     assert "| metric | base | oracle | unlearned | unlearned − base | unlearned − oracle |" in table
     assert "| `verbmem_forget` | above (+0.4): knowledge left | at (+0.01): as the oracle |" in table
 
 
 def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforced_model, tokenizer):
-    from whp_trainer.evaluation.report import relearned_familiarity
+    from whp_trainer.evaluation.runner import relearned_familiarity
 
     config = EvaluateConfig(**SMALL)
     twice = [relearned_familiarity(reinforced_model, tokenizer, config, None, PROBES, FORGET) for _ in range(2)]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import LORA
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
@@ -101,7 +100,7 @@ def test_no_trainer_push_uploads_the_reinforced_adapter_or_optimizer_state(
     trainer.push_to_hub()
     trainer._finish_current_push()
 
-    assert "adapter_model.safetensors" in hub.uploaded and "README.md" in hub.uploaded
+    assert {"adapter_model.safetensors", "README.md", "whp_run.json"} <= set(hub.uploaded)
     if strategy in ("checkpoint", "all_checkpoints"):
         assert any(path.endswith("trainer_state.json") for path in hub.uploaded)  # the checkpoint went up, filtered
     assert hub.forbidden() == [] and hub.with_token() == []
@@ -126,6 +125,7 @@ def test_whp_unlearn_and_whp_push_upload_no_reinforced_file_and_write_no_token(f
     hub.uploaded.clear()
     cli.main(["push", "--folder", str(out), "--repo_id", "someone/whp-tiny", "--token", SENTINEL])
     assert "adapter_model.safetensors" in hub.uploaded and "training_args.bin" in hub.uploaded
+    assert "whp_run.json" in hub.uploaded  # the run record goes up with the model: checked for the token below
     assert hub.forbidden() == [] and hub.with_token() == []
     assert files_containing(tmp_path, SENTINEL) == []
 
@@ -161,9 +161,9 @@ def test_overwrite_starts_from_scratch_and_the_card_describes_the_weights(files,
     assert any(not torch.equal(first[key], second[key]) for key in first)  # trained again, not resumed
     state = json.loads((out / f"checkpoint-{TRAINING['max_steps']}" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]  # every step ran
-    card = yaml.safe_load((out / "README.md").read_text().split("---")[1])
-    assert card["whp_trainer"]["method"]["alpha"] == 1.0
-    assert card["whp_trainer"]["training"]["learning_rate"] == 0.05
+    record = json.loads((out / "whp_run.json").read_text())  # the run record the card is rendered from
+    assert record["method"]["alpha"] == 1.0 and record["training"]["learning_rate"] == 0.05
+    assert "| α (reinforced boost weight) | 1.0 |" in (out / "README.md").read_text()
     assert (out / "my_notes.txt").read_text() == "mine"  # not whp's: kept
 
 

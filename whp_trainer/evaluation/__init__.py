@@ -1,6 +1,8 @@
 """Evaluation of unlearning: familiarity with the forget target, verbatim memorization, knowledge, membership,
 retained ability and robustness, measured on tiny or large causal LMs alike, beside an oracle (a model that never
-read the target) and the generic-logit teacher; plus the training callback and the ``whp evaluate`` report.
+read the target) and the generic-logit teacher; plus the training callback and the ``whp evaluate`` report
+(`config`: what is measured; `runner`: the roles measured side by side; `comparison`: against the oracle;
+`report`: report.json; `markdown` and `plots`: what is rendered from it).
 
 Each metric takes a causal LM (a ``PeftModel`` is measured with its active adapter), runs batched in eval mode
 without grad and restores the model's train/eval mode.
@@ -23,7 +25,11 @@ from .robustness import hint_probes, relearning_probe
 from .teacher import GenericTeacher
 
 from .callback import FamiliarityCallback  # noqa: E402  (builds on the metrics above)
-from .report import EvaluateConfig, evaluate_model, oracle_comparison, write_report  # noqa: E402
+from .comparison import oracle_comparison  # noqa: E402
+from .config import EvaluateConfig  # noqa: E402
+from .markdown import markdown_report  # noqa: E402
+from .report import write_report  # noqa: E402
+from .runner import evaluate_model  # noqa: E402
 
 __all__ = [
     "CATEGORIES",
@@ -43,6 +49,7 @@ __all__ = [
     "lm_eval_benchmarks",
     "load_probes",
     "load_qa",
+    "markdown_report",
     "membership_auc",
     "next_token_probabilities",
     "openai_judge",

@@ -1,0 +1,76 @@
+"""The roles side by side: their order in tables, and each forget metric of each role against the oracle's
+(above, at or below it, and what that means)."""
+
+from __future__ import annotations
+
+import math
+
+ORACLE = "oracle"  # the column of --oracle_model: a model that never read the target
+TEACHER = "teacher"  # columns "teacher α=5": the generic-logit teacher evaluated as a model
+COLUMN_ORDER = ("base", ORACLE, "reinforced", TEACHER, "unlearned")
+ORACLE_METRICS = {  # forget metrics compared with the oracle: metric -> (tolerance of "at the oracle", relative?,
+    # more = more knowledge?)
+    **dict.fromkeys(("familiarity_token", "familiarity_completion", "familiarity_token_hints", "knowmem_forget",
+                     "entity_first_mention", "verbmem_forget", "memorization_rouge_l", "memorization_exact"),
+                    (0.02, False, True)),
+    **dict.fromkeys(("familiarity_token_relearned", "membership_auc_mink", "membership_auc_minkpp"),
+                    (0.05, False, True)),
+    "forget_perplexity": (0.03, True, False),
+}
+RETAIN_TOLERANCE = 0.03  # retain perplexity within 3 % of the base's counts as ability kept
+
+
+def ordered_roles(results: dict) -> list[str]:
+    """The known roles in their order (base, oracle, reinforced, teachers by α, unlearned), then any other in the
+    order given."""
+
+    def rank(role: str):
+        kind = TEACHER if role.startswith(f"{TEACHER} α=") else role
+        alpha = float(role.split("=", 1)[1]) if kind == TEACHER else 0.0
+        return (COLUMN_ORDER.index(kind) if kind in COLUMN_ORDER else len(COLUMN_ORDER), alpha)
+
+    return sorted(results, key=rank)
+
+
+def verdict(value: float, oracle: float, tolerance: float, relative: bool = False) -> str:
+    """`"at"` within the tolerance of the oracle, else `"above"` or `"below"` it (by value)."""
+    margin = tolerance * abs(oracle) if relative else tolerance
+    if abs(value - oracle) <= margin:
+        return "at"
+    return "above" if value > oracle else "below"
+
+
+def oracle_comparison(results: dict[str, dict[str, float]]) -> dict[str, dict[str, dict]]:
+    """For every role but the oracle, each forget metric the oracle has: the value, the oracle's, the difference,
+    the verdict (`"above"`/`"at"`/`"below"` the oracle, by value; the tolerances of `ORACLE_METRICS`)
+    and whether that verdict means knowledge left (`"knowledge left"`) or damage (`"over-forgotten"`).
+    The retain perplexity is compared with the base's instead (`"retained"` within 3 %)."""
+    oracle = results[ORACLE]
+    comparison = {}
+    for role in ordered_roles(results):
+        if role == ORACLE:
+            continue
+        rows = {}
+        for metric, (tolerance, relative, knowledge_up) in ORACLE_METRICS.items():
+            value, reference = results[role].get(metric), oracle.get(metric)
+            if not (measured(value) and measured(reference)):
+                continue
+            side = verdict(value, reference, tolerance, relative)
+            meaning = "as the oracle" if side == "at" else (
+                "knowledge left" if (side == "above") == knowledge_up else "over-forgotten")
+            rows[metric] = {"value": value, "oracle": reference, "difference": value - reference, "verdict": side,
+                            "meaning": meaning}
+        base, value = results.get("base", {}).get("retain_perplexity"), results[role].get("retain_perplexity")
+        if measured(base) and base > 0 and measured(value):
+            change = value / base - 1
+            rows["retain_perplexity"] = {"value": value, "base": base, "change": change,
+                                         "meaning": "retained" if change <= RETAIN_TOLERANCE else "damaged"}
+        comparison[role] = rows
+    return comparison
+
+
+def measured(value: float | None) -> bool:
+    """Whether a metric was measured: a finite number (not measured is `None` in a record, NaN in results)."""
+    return value is not None and math.isfinite(value)
+
+

@@ -1,0 +1,160 @@
+"""Markdown of an evaluation's record: ONE table renderer and ONE number format for the results (metrics as rows,
+roles as columns) and for the verdicts against the oracle, used by `report.md` and the model card alike."""
+
+from __future__ import annotations
+
+from .callback import parse_next_token_key
+from .comparison import ORACLE, ORACLE_METRICS, RETAIN_TOLERANCE, measured, ordered_roles
+
+COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
+VERDICTS = ("above", "at", "below")
+ORACLE_GOAL = (" The goal of every forget metric is the oracle's value (a model that never read the target): above "
+               "it, knowledge is left; below it, the model is damaged.")
+METRIC_HELP = {
+    "familiarity_token": "mean probability of each probe's target first token after its prompt (lower = more "
+    "forgotten; the paper's token-probability familiarity)",
+    "familiarity_completion": "share of sampled probe completions the judge finds familiar with the target (lower = "
+    "more forgotten; the paper's completion-based familiarity)",
+    "familiarity_token_hints": "token familiarity when the prompt carries hints (other anchors of the target): "
+    "in-context re-extraction (lower = more robust)",
+    "familiarity_token_relearned": "token familiarity after a few fine-tuning steps on forget text, of the role's "
+    "adapter, or of a fresh one of the same shape for the base and the oracle: relearning (lower = more robust; "
+    "the weights are restored afterwards)",
+    "memorization_rouge_l": "ROUGE-L of greedy continuations of forget passages against the true text (lower = less "
+    "verbatim memorization)",
+    "memorization_exact": "share of continuation tokens reproduced exactly (lower = less verbatim memorization)",
+    "verbmem_forget": "MUSE's VerbMem: ROUGE-L F1 (rouge-score, no stemming) of greedy continuations of forget "
+    "passages against the true continuation (lower = less verbatim memorization; goal: the oracle's)",
+    "knowmem_forget": "MUSE's KnowMem on the forget target: ROUGE-L recall of the true answer in the model's greedy "
+    "answer to each --knowledge_qa question (goal: the oracle's)",
+    "knowmem_retain": "KnowMem on --retain_qa questions (should stay near the base's: retained knowledge)",
+    "entity_first_mention": "mean probability of an entity of the dictionary where a forget passage first names it "
+    "(later mentions could be copied from the context; goal: the oracle's)",
+    "membership_auc_mink": "AUC of telling forget texts from --holdout_data texts by Min-K% (k = --membership_k) "
+    "log-probability: 0.5 = no membership signal (goal: the oracle's)",
+    "membership_auc_minkpp": "the same AUC by the Min-K%++ score (goal: the oracle's)",
+    "privleak_mink": "MUSE's PrivLeak from the Min-K% AUC, in % relative to the oracle: 0 = like the oracle, negative "
+    "= the forget text is still recognised, positive = over-unlearned",
+    "privleak_minkpp": "PrivLeak from the Min-K%++ AUC (%)",
+    "retain_perplexity": "perplexity of ordinary retain text (should stay near the base's: retained ability)",
+    "forget_perplexity": "perplexity of the forget text (higher = the text is less expected)",
+}
+METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, retained ability, next tokens
+    "familiarity_token", "familiarity_completion", "familiarity_completion_", "familiarity_token_hints",
+    "familiarity_token_relearned", "knowmem_forget", "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
+    "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "privleak_mink", "privleak_minkpp",
+    "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
+)
+PREFIX_HELP = {
+    "familiarity_completion_": "share of completions the judge put in this category",
+    "lm_eval_": "lm-evaluation-harness score (should stay near the base's: retained ability)",
+}
+
+
+def format_number(value: float | None) -> str:
+    """A measured value in 4 significant digits; `—` for one not measured (`None` or NaN)."""
+    return f"{value:.4g}" if measured(value) else "—"
+
+
+def format_difference(new: float | None, old: float | None) -> str:
+    return f"{new - old:+.4g}" if measured(new) and measured(old) else "—"
+
+
+def metric_rank(metric: str) -> int:
+    """The position of `metric` in `METRIC_ORDER` (its own entry, else its prefix's); unknown ones last."""
+    if metric in METRIC_ORDER:
+        return METRIC_ORDER.index(metric)
+    prefixes = (i for i, key in enumerate(METRIC_ORDER) if key[-1] in "_[" and metric.startswith(key))
+    return next(prefixes, len(METRIC_ORDER))
+
+
+def metric_help(metric: str) -> str:
+    if metric in METRIC_HELP:
+        return METRIC_HELP[metric]
+    if parse_next_token_key(metric):
+        return "probability of this next token after this prompt (the paper's next-token curves)"
+    return next((text for prefix, text in PREFIX_HELP.items() if metric.startswith(prefix)), "")
+
+
+def markdown_report(report: dict) -> str:
+    """`report.md`: the evaluation record's results, verdicts against the oracle and metric meanings, titled."""
+    return "# Unlearning evaluation\n\n" + evaluation_markdown(report)
+
+
+def evaluation_markdown(evaluation: dict, level: int = 2) -> str:
+    """Metrics as rows, roles as columns, the change of the unlearned model against the base and the oracle; with an
+    oracle, which forget metrics of the unlearned model are above, at or below it and the verdict of every role; and
+    what each metric means. `evaluation` holds `results` (role -> metric -> value) and, with an oracle,
+    `oracle_comparison`; `level` is the heading level of its sections."""
+    results, comparison = evaluation["results"], evaluation.get("oracle_comparison")
+    metrics = sorted(dict.fromkeys(metric for role in results.values() for metric in role), key=metric_rank)
+    lines = [
+        "Lower familiarity = more forgotten. Retained ability (perplexity of retain text, lm-eval scores) should stay "
+        "near the base's." + (ORACLE_GOAL if comparison else ""),
+        "",
+        *results_table(results, metrics),
+    ]
+    if comparison:
+        heading = "#" * level
+        lines += ["", f"{heading} Against the oracle", "", *verdict_summary(comparison), *oracle_table(comparison)]
+    lines += ["", f"{'#' * level} Metrics", ""]
+    lines += [f"- `{metric}`: {metric_help(metric)}" for metric in metrics]
+    return "\n".join(lines) + "\n"
+
+
+def results_table(results: dict[str, dict[str, float | None]], metrics: list[str]) -> list[str]:
+    """The results as a Markdown table: metrics as rows, roles as columns, then the changes of `COMPARED`."""
+    roles = ordered_roles(results)
+    new = COMPARED[0]
+    changes = [other for other in (COMPARED[1], ORACLE) if new in results and other in results]
+    rows = [
+        [f"`{metric}`", *(format_number(results[role].get(metric)) for role in roles),
+         *(format_difference(results[new].get(metric), results[other].get(metric)) for other in changes)]
+        for metric in metrics
+    ]
+    return markdown_table(["metric", *roles, *(f"{new} − {other}" for other in changes)], rows)
+
+
+def verdict_summary(comparison: dict[str, dict[str, dict]]) -> list[str]:
+    """One line per verdict of the unlearned model against the oracle: which forget metrics are above, at or below
+    it, and what that means (none without an unlearned role)."""
+    rows = comparison.get(COMPARED[0], {})
+    lines = []
+    for side in VERDICTS:
+        metrics = [(metric, row) for metric, row in rows.items() if row.get("verdict") == side]
+        if metrics:
+            named = ", ".join(f"`{metric}` ({row['meaning']})" for metric, row in metrics)
+            lines.append(f"- **{side}** the oracle: {named}")
+    retained = rows.get("retain_perplexity")
+    if retained:
+        lines.append(f"- retain perplexity {retained['change']:+.1%} against the base's: {retained['meaning']}")
+    return [f"The {COMPARED[0]} model against the oracle:", "", *lines, ""] if lines else []
+
+
+def oracle_table(comparison: dict[str, dict[str, dict]]) -> list[str]:
+    """Per forget metric and role, above / at / below the oracle and what that means, as a Markdown table."""
+    roles = ordered_roles(comparison)
+    metrics = sorted(dict.fromkeys(m for role in roles for m in comparison[role]), key=metric_rank)
+    tolerances = ", ".join(f"{tolerance:g}{' relative' if relative else ''} for `{metric}`"
+                           for metric, (tolerance, relative, _) in ORACLE_METRICS.items() if metric in metrics)
+    intro = (f"Each forget metric of each role beside the oracle's: **above**, **at** or **below** it (at = within "
+             f"{tolerances}), and what that means. Retain perplexity is compared with the base's (retained = at most "
+             f"+{RETAIN_TOLERANCE:.0%}).")
+    rows = [[f"`{metric}`", *(verdict_cell(comparison[role].get(metric)) for role in roles)] for metric in metrics]
+    return [intro, "", *markdown_table(["metric", *roles], rows)]
+
+
+def verdict_cell(row: dict | None) -> str:
+    if row is None:
+        return "—"
+    if "verdict" in row:
+        return f"{row['verdict']} ({row['difference']:+.3g}): {row['meaning']}"
+    return f"{row['change']:+.1%} vs base: {row['meaning']}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table (a `|` inside a cell escaped)."""
+    def line(cells):
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + " --- |" * len(header), *(line(row) for row in rows)]

@@ -1,0 +1,319 @@
+"""Measuring the roles of one model side by side (base, reinforced, unlearned, the oracle and the generic-logit
+teacher): `evaluate_model` switches adapters on ONE `PeftModel`, never copying it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import BASELINE, teacher_pass
+from .callback import next_token_metric
+from .comparison import ORACLE, TEACHER, ordered_roles
+from .config import EvaluateConfig
+from .familiarity import completion_familiarity, next_token_probabilities, sample_completions, token_familiarity
+from .judges import CATEGORIES, AnchorJudge, LLMJudge, openai_judge
+from .knowledge import first_mention_probes, knowledge_memorization
+from .membership import membership_auc, privleak
+from .memorization import verbatim_memorization
+from .retain import perplexity
+from .robustness import hint_probes, relearning_probe
+from .teacher import GenericTeacher
+
+logger = logging.getLogger(__name__)
+
+REINFORCED_ADAPTER = "reinforced"  # the adapter the teacher boosts against (as whp evaluate names it)
+RELEARN_ADAPTER = "whp_relearn"  # the fresh adapter through which a role without one (base, oracle) relearns
+
+
+@dataclass
+class EvaluationData:
+    """What every role is measured on (built once by `evaluate_model`)."""
+
+    probes: list[dict]
+    texts: dict[str, list[str]]  # "forget", "retain": perplexity paragraphs
+    passages: list[str]  # memorization
+    hinted: list[dict] | None
+    prompts: list[str]  # completions to judge
+    first_mentions: list[dict]
+    membership: tuple[list[str], list[str]] | None  # forget, holdout
+    knowledge_qa: list[dict] | None
+    knowledge_shots: list[dict]
+    retain_qa: list[dict] | None
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    config: EvaluateConfig,
+    probes: list[dict[str, str]],
+    forget_texts: list[str],
+    retain_texts: list[str],
+    dictionary=None,
+    roles: dict[str, str | None] | None = None,
+    oracle=None,
+    holdout_texts: list[str] | None = None,
+    knowledge_qa: list[dict] | None = None,
+    knowledge_shots: list[dict] | None = None,
+    retain_qa: list[dict] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Measure each role of one `PeftModel`, the oracle and the generic-logit teacher; return
+    `role -> metric -> value`.
+
+    Args:
+        model: a `PeftModel` holding the adapters (e.g. named `"reinforced"` and `"unlearned"`).
+        tokenizer: its tokenizer.
+        config: what to measure (see `EvaluateConfig`).
+        probes: `{"prompt", "target"}` familiarity probes (the first `config.max_probes` are used).
+        forget_texts: paragraphs of the forget target (memorization, forget perplexity, relearning, membership).
+        retain_texts: paragraphs of ordinary text (retain perplexity).
+        dictionary: the `AnchorDictionary`: the anchor judge's terms, the hints and the entities of
+            `entity_first_mention`; without it these are skipped.
+        roles: role -> adapter name, `None` for the base with adapters disabled. Default: `config.roles`, each
+            under the adapter of its name (`"base"`: adapters disabled); a role whose adapter the model lacks is
+            skipped with a logged note.
+        oracle: a model of the same tokenizer that never read the target: the `"oracle"` column.
+        holdout_texts: texts of the forget target's kind that no model read: membership AUC (and, with the oracle,
+            PrivLeak).
+        knowledge_qa, knowledge_shots, retain_qa: `{"question", "answer"}` pairs: KnowMem on forget (after the
+            few-shot examples) and on retain.
+
+    A teacher column `"teacher α=A"` is measured for each `config.teacher_alphas` when the model holds the
+    `"reinforced"` adapter. The active adapter, the trainable parameters and the train/eval mode are restored
+    afterwards; the oracle relearns through a fresh adapter, removed afterwards.
+    """
+    roles = default_roles(model, config) if roles is None else roles
+    data = evaluation_data(config, probes, forget_texts, retain_texts, dictionary, holdout_texts, knowledge_qa,
+                           knowledge_shots, retain_qa)
+    judge = make_judge(config, model, tokenizer, dictionary)
+    if judge is None:
+        data.prompts = []
+    subjects = [(role, model, adapter) for role, adapter in roles.items()]
+    wrapped = relearnable(oracle, model) if oracle is not None else None
+    if wrapped is not None:
+        subjects.append((ORACLE, wrapped, BASELINE))
+    subjects += teacher_subjects(model, config)
+    results = {}
+    progress = tqdm(subjects, desc="whp evaluate", unit="role")
+    for role, subject, adapter in progress:
+        logger.info("whp evaluate: measuring %s", role)
+
+        def doing(what: str, role=role) -> None:  # the metric now measured, on the bar
+            progress.set_postfix_str(f"{role}: {what}")
+
+        is_teacher = isinstance(subject, GenericTeacher)
+        with contextlib.nullcontext() if is_teacher else teacher_pass(subject, adapter):
+            metrics, completions = measure(subject, tokenizer, config, data, lm_eval=not is_teacher, doing=doing)
+        if completions:  # judged outside the role: a local judge runs as the base
+            doing("judging completions")
+            metrics.update(judged(completions, data.prompts, judge))
+        if config.relearn_steps and not is_teacher:
+            doing("relearning")
+            metrics["familiarity_token_relearned"] = relearned_familiarity(subject, tokenizer, config, adapter,
+                                                                          data.probes, data.texts["forget"])
+        results[role] = {metric: float(value) for metric, value in metrics.items()}
+    if wrapped is not None and wrapped is not oracle:
+        wrapped.unload()  # the oracle's own modules back in place
+    add_privleak(results)
+    return {role: results[role] for role in ordered_roles(results)}
+
+
+def evaluation_data(config, probes, forget_texts, retain_texts, dictionary, holdout_texts, knowledge_qa,
+                    knowledge_shots, retain_qa) -> EvaluationData:
+    """The samples every role is measured on, drawn once with `config.seed`."""
+    probes = probes[: config.max_probes]
+    rng = random.Random(config.seed)
+    texts = {"forget": sample(forget_texts, config.retain_texts, rng),
+             "retain": sample(retain_texts, config.retain_texts, rng)}
+    passages = sample(forget_texts, config.memorization_passages, rng) if config.memorization_passages else []
+    hinted = hint_probes(probes, dictionary, seed=config.seed) if config.hints and dictionary is not None else None
+    mentions = first_mention_probes(forget_texts, dictionary) if dictionary is not None else []
+    membership = None
+    if holdout_texts:
+        membership = (sample(forget_texts, config.membership_texts, rng),
+                      sample(holdout_texts, config.membership_texts, rng))
+    return EvaluationData(
+        probes=probes, texts=texts, passages=passages, hinted=hinted,
+        prompts=[probe["prompt"] for probe in probes[: config.completions]],
+        first_mentions=rng.sample(mentions, min(len(mentions), config.max_probes)),
+        membership=membership, knowledge_qa=knowledge_qa, knowledge_shots=list(knowledge_shots or []),
+        retain_qa=retain_qa,
+    )
+
+
+def teacher_subjects(model, config: EvaluateConfig) -> list[tuple]:
+    """`("teacher α=A", GenericTeacher, None)` for each `config.teacher_alphas` (none without the adapter)."""
+    if not config.teacher_alphas:
+        return []
+    if REINFORCED_ADAPTER not in getattr(model, "peft_config", {}):
+        logger.warning("whp evaluate: no %r adapter on the model; the teacher is not measured", REINFORCED_ADAPTER)
+        return []
+    return [(f"{TEACHER} α={alpha:g}", GenericTeacher(model, REINFORCED_ADAPTER, alpha), None)
+            for alpha in config.teacher_alphas]
+
+
+def relearnable(oracle, model):
+    """The oracle as a `PeftModel` (a zero-initialised adapter of the evaluated adapters' shape, switched off when
+    measured), so that it can relearn like the other roles."""
+    from peft import PeftModel, get_peft_model
+
+    return oracle if isinstance(oracle, PeftModel) else get_peft_model(oracle, fresh_adapter_config(model))
+
+
+def fresh_adapter_config(model):
+    """A copy of the model's first adapter config (`"unlearned"` when present), re-initialised and trainable."""
+    configs = getattr(model, "peft_config", {})
+    if not configs:
+        from peft import LoraConfig
+
+        return LoraConfig(target_modules="all-linear", r=8)
+    config = copy.deepcopy(configs.get("unlearned") or next(iter(configs.values())))
+    config.inference_mode, config.base_model_name_or_path = False, None
+    if hasattr(config, "init_lora_weights"):
+        config.init_lora_weights = True
+    return config
+
+
+@contextlib.contextmanager
+def fresh_adapter(model, seed: int = 0):
+    """A zero-initialised adapter (its random half drawn with `seed`) added for the block (named
+    `RELEARN_ADAPTER`) and deleted after it; the active adapter and the trainable parameters are restored."""
+    active, trainable = model.active_adapter, [p for p in model.parameters() if p.requires_grad]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model.add_adapter(RELEARN_ADAPTER, fresh_adapter_config(model))
+    try:
+        yield RELEARN_ADAPTER
+    finally:
+        model.set_adapter(active)
+        model.delete_adapter(RELEARN_ADAPTER)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
+def add_privleak(results: dict[str, dict[str, float]]) -> None:
+    """MUSE's PrivLeak of every role against the oracle's membership AUC (when both were measured)."""
+    oracle = results.get(ORACLE, {})
+    for score in ("mink", "minkpp"):
+        key = f"membership_auc_{score}"
+        if key not in oracle:
+            continue
+        for metrics in results.values():
+            if key in metrics:
+                metrics[f"privleak_{score}"] = privleak(metrics[key], oracle[key])
+
+
+def default_roles(model, config: EvaluateConfig) -> dict[str, str | None]:
+    """`config.roles` as role -> adapter name, skipping (with a note) roles whose adapter the model lacks."""
+    roles = {}
+    for role in config.roles:
+        if role != "base" and role not in model.peft_config:
+            logger.warning("whp evaluate: no %r adapter on the model; the %s role is skipped", role, role)
+            continue
+        roles[role] = BASELINE if role == "base" else role
+    return roles
+
+
+def sample(texts: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` of the non-empty `texts` chosen at random (all of them when `count` is 0 or larger)."""
+    texts = [text for text in texts if text.strip()]
+    return texts if count == 0 or count >= len(texts) else rng.sample(texts, count)
+
+
+def measure(model, tokenizer, config: EvaluateConfig, data: EvaluationData, lm_eval: bool = True,
+            doing=lambda what: None):
+    """The no-grad metrics of the role now active, and its completions of `data.prompts`; `doing(what)` is told
+    each metric as it starts."""
+    batch, length = config.batch_size, config.max_length
+    doing("token familiarity")
+    metrics = {"familiarity_token": token_familiarity(model, tokenizer, data.probes, batch_size=batch)}
+    if data.hinted is not None:
+        doing("familiarity with hints")
+        metrics["familiarity_token_hints"] = token_familiarity(model, tokenizer, data.hinted, batch_size=batch)
+    if data.first_mentions:
+        doing("entities at first mention")
+        metrics["entity_first_mention"] = token_familiarity(model, tokenizer, data.first_mentions, batch_size=batch)
+    if data.passages:
+        doing("verbatim memorization")
+        memorized = verbatim_memorization(model, tokenizer, data.passages, prompt_tokens=config.prompt_tokens,
+                                          continuation_tokens=config.continuation_tokens, batch_size=batch)
+        metrics.update(memorization_rouge_l=memorized["rouge_l"], memorization_exact=memorized["exact_token_accuracy"],
+                       verbmem_forget=memorized["verbmem"])
+    for name, part in data.texts.items():
+        doing(f"{name} perplexity")
+        metrics[f"{name}_perplexity"] = perplexity(model, tokenizer, part, max_length=length, batch_size=batch)
+    if data.membership:
+        doing("membership")
+        metrics.update(membership_auc(model, tokenizer, *data.membership, k=config.membership_k, max_length=length,
+                                      batch_size=batch))
+    knowledge = (("knowmem_forget", data.knowledge_qa, data.knowledge_shots), ("knowmem_retain", data.retain_qa, ()))
+    for key, qa, shots in knowledge:
+        if qa:
+            doing(key)
+            metrics[key] = knowledge_memorization(model, tokenizer, qa, shots, config.knowmem_max_new_tokens, batch)
+    if config.lm_eval_tasks and lm_eval:
+        from .harness import lm_eval_benchmarks
+
+        doing("lm-eval " + " ".join(config.lm_eval_tasks))
+        scores = lm_eval_benchmarks(model, tokenizer, tasks=config.lm_eval_tasks, batch_size=batch,
+                                    limit=config.lm_eval_limit, num_fewshot=config.lm_eval_num_fewshot,
+                                    include_path=config.lm_eval_include_path)
+        metrics.update({f"lm_eval_{task}": float(score) for task, score in scores.items()})
+    if config.next_token_prompts:
+        doing("next-token probabilities")
+    for prompt, tokens in (config.next_token_prompts or {}).items():
+        probabilities = next_token_probabilities(model, tokenizer, prompt, tokens)
+        metrics.update({next_token_metric(prompt, token): p for token, p in probabilities.items()})
+    if data.prompts:
+        doing("sampling completions")
+    completions = sample_completions(model, tokenizer, data.prompts, max_new_tokens=config.max_new_tokens,
+                                     seed=config.seed, batch_size=batch) if data.prompts else []
+    return metrics, completions
+
+
+def judged(completions: list[list[str]], prompts: list[str], judge) -> dict[str, float]:
+    """The completion familiarity and the share of the judged completions in each category."""
+    verdict = completion_familiarity(completions, judge, prompts)
+    counts = verdict["counts"]
+    total = sum(counts[category] for category in CATEGORIES) or 1
+    shares = {f"familiarity_completion_{category}": counts.get(category, 0) / total for category in CATEGORIES}
+    return {"familiarity_completion": verdict["score"], **shares}
+
+
+def make_judge(config: EvaluateConfig, model, tokenizer, dictionary):
+    """The completion judge of `config.judge`; `None` (with a note) when completions cannot be judged."""
+    if not config.completions:
+        return None
+    if config.judge == "anchors":
+        if dictionary is None:
+            logger.warning("whp evaluate: the anchor judge needs the anchor dictionary; completions are not judged")
+            return None
+        return AnchorJudge(dictionary)
+    if config.judge_url:
+        return openai_judge(config.judge_url, config.judge_model or "default", os.environ.get(config.judge_api_key_env))
+    from ..chat import LocalChat
+
+    # the judge is the base, whatever adapter is active
+    return LLMJudge(LocalChat(model, tokenizer, batch_size=config.batch_size, context=lambda: teacher_pass(model, BASELINE)))
+
+
+def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, probes, forget_texts) -> float:
+    """Token familiarity after `config.relearn_steps` fine-tuning steps on forget text as `adapter`; a role
+    without an adapter (the base, the oracle) relearns through a fresh one of the same shape."""
+    if adapter is BASELINE:
+        with fresh_adapter(model, config.seed) as fresh:
+            return relearned_familiarity(model, tokenizer, config, fresh, probes, forget_texts)
+    with teacher_pass(model, adapter):  # the adapter made trainable; the probe fine-tunes with grad on, then restores
+        result = relearning_probe(model, tokenizer, forget_texts, probes, steps=config.relearn_steps,
+                                  learning_rate=config.relearn_learning_rate, batch_size=config.batch_size,
+                                  max_length=config.max_length)
+    return result["after"]
+
