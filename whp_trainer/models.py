@@ -25,7 +25,7 @@ def guard_cpu_4bit(model: torch.nn.Module) -> None:
     """Keep bitsandbytes 4-bit layers from repacking their weights for AVX512-BF16 on CPU.
 
     A ``Linear4bit`` run in eval mode without grad on such a CPU repacks its weights in place; training afterwards
-    computes wrong gradients. Teacher passes are exactly such forwards (DESIGN.md §4).
+    computes wrong gradients (and output sizes not divisible by 32 fail). Teacher passes are exactly such forwards.
     """
     try:
         from bitsandbytes.nn import Linear4bit
