@@ -5,6 +5,7 @@ dependency). A module may import its own layer and the layers below it.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ LAYERS = [
     ("trainer", {"trainer", "config", "runs"}),
     ("stages", {"reinforce", "discover", "evaluation"}),
     ("hub", {"hub"}),
-    ("command line and demo", {"cli", "pipeline", "arguments", "stages", "demo", "__main__"}),
+    ("command line and demo", {"cli", "pipeline", "arguments", "demo"}),
 ]
 LAYER_OF = {unit: index for index, (_, units) in enumerate(LAYERS) for unit in units}
 
@@ -97,3 +98,10 @@ def test_an_upward_import_is_seen_even_inside_a_function(tmp_path):
     (fake / "collator.py").write_text("from . import trainer\nfrom .anchors import AnchorDictionary\n")
     assert "whp_trainer.hub" in imported_modules(fake / "evaluation" / "metric.py", fake)
     assert {unit(m) for m in imported_modules(fake / "collator.py", fake)} == {None, "trainer", "anchors"}
+
+
+def test_the_architecture_page_shows_the_same_layers():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", page, re.MULTILINE)
+    documented = [(int(layer), set(re.findall(r"`(\w+)`", modules))) for layer, modules in rows]
+    assert documented == [(index, units) for index, (_, units) in enumerate(LAYERS)]
