@@ -25,7 +25,7 @@ LAYERS = [
 ]
 LAYER_OF = {unit: index for index, (_, units) in enumerate(LAYERS) for unit in units}
 
-# (importing module, imported unit): why it is allowed for now. Each entry must still be needed.
+# (importing module, imported unit) → the names it imports, allowed for now. Each entry must still be needed.
 KNOWN_EXCEPTIONS = {
     # moved by issue15c (framework_versions and package_version go below evaluation)
     ("whp_trainer.evaluation.report", "hub"): "framework_versions, package_version",
@@ -34,8 +34,8 @@ KNOWN_EXCEPTIONS = {
 }
 
 
-def module_name(path: Path, package: Path = PACKAGE) -> str:
-    parts = path.relative_to(package.parent).with_suffix("").parts
+def module_name(path: Path, package_root: Path = PACKAGE) -> str:
+    parts = path.relative_to(package_root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
