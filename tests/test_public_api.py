@@ -53,7 +53,7 @@ def test_the_field_tables_list_every_field_a_config_adds_with_its_help():
     spec.loader.exec_module(hook)
     from dataclasses import fields
 
-    from transformers import TrainingArguments
+    from transformers import HfArgumentParser, TrainingArguments
 
     from whp_trainer import UnlearnConfig
 
@@ -64,3 +64,5 @@ def test_the_field_tables_list_every_field_a_config_adds_with_its_help():
             assert f"| `{field.name}` |" in table and field.metadata["help"] in table
     assert "| `output_dir` | `str` | `'whp-unlearned'` | (default changed)" in table
     assert "| `seed` |" not in table  # an inherited field with the library's default is not repeated
+    HfArgumentParser([UnlearnConfig])  # replaces the fields' string annotations by types, in place
+    assert hook.fields_table("whp_trainer.config.UnlearnConfig") == table

@@ -5,6 +5,7 @@ reference lists every field from the same source the code reads."""
 import dataclasses
 import importlib
 import re
+import typing
 
 MARKER = re.compile(r"<!-- whp-fields ([\w.]+) -->")
 MISSING = dataclasses.MISSING
@@ -29,12 +30,20 @@ def own_fields(cls: type) -> list[dataclasses.Field]:
     ]
 
 
+def type_name(annotation) -> str:
+    """``str``, ``int or None``, ``dict[str, Any] or str or None``: the same text whether or not ``HfArgumentParser``
+    has replaced the fields' string annotations by the types (it does, in place, when it parses a config)."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+    return text.replace(" | ", " or ")
+
+
 def fields_table(path: str) -> str:
     module, _, name = path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     base = library_base(cls)
+    types = typing.get_type_hints(cls)
     rows = [
-        f"| `{field.name}` | `{str(field.type).replace(' | ', ' or ')}` | `{default_of(field)!r}` | "
+        f"| `{field.name}` | `{type_name(types[field.name])}` | `{default_of(field)!r}` | "
         f"{'' if field.name not in {f.name for f in dataclasses.fields(base)} else '(default changed) '}"
         f"{field.metadata.get('help', '')} |".replace("\n", " ")
         for field in own_fields(cls)
