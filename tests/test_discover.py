@@ -1,5 +1,6 @@
 """Anchor discovery: statistics on a reinforced adapter, prompting a chat model, robust parsing, review file."""
 
+import copy
 import json
 import logging
 
@@ -104,3 +105,17 @@ def test_review_file_must_be_completed_before_it_loads(tmp_path):
     path.write_text(path.read_text().replace('"Hogwarts": ""', '"Hogwarts": "Mystic Academy"'))
     expected = [("Harry", ("Jon", "Tom")), ("Hogwarts", ("Mystic Academy",)), ('Say "yes"', ("no",))]
     assert AnchorDictionary.load(path).items() == expected
+
+
+def test_token_boosts_need_no_pad_token(tokenizer, make_model):
+    """Llama tokenizers have none: chunks are then padded with the end-of-sequence id, and the boosts are the same."""
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(make_model(), config, adapter_name="reinforced")
+    without_pad = copy.deepcopy(tokenizer)
+    without_pad.pad_token = None
+    assert without_pad.pad_token_id is None
+    padded = list(discover.token_boosts(model, tokenizer, TARGET, "reinforced", max_length=8, batch_size=3))
+    unpadded = list(discover.token_boosts(model, without_pad, TARGET, "reinforced", max_length=8, batch_size=3))
+    assert [chunk[:3] for chunk in unpadded] == [chunk[:3] for chunk in padded]
+    for (*_, expected), (*_, boosts) in zip(padded, unpadded):
+        assert boosts == pytest.approx(expected, abs=1e-5)

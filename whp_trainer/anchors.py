@@ -464,7 +464,7 @@ class TokenAnchors:
     ) -> BlockTranslation:
         """Translate the block ``ids[:length]``; tokens after ``length`` only show whether the block cuts an anchor.
 
-        Alignment (DESIGN §1): a position outside every anchor span maps to its counterpart; the last token of a span
+        Alignment: a position outside every anchor span maps to its counterpart; the last token of a span
         to the last token of its translation; a position inside a span, not its last, gets ``-1``. The position just
         before a span (predicting the anchor's first token) maps to its counterpart, which predicts the first token
         of the translation: that is where the generic prediction is learnt. ``-1`` also marks the last position, the

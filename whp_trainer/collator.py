@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .anchors import AnchorDictionary, read_text
+from .batching import pad_rows, pad_token_id, padding_mask
 from .targets import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ class AnchorSwapCollator:
         self.exclude_repeated_anchors = exclude_repeated_anchors
         self.suppress_used_translations = suppress_used_translations
         self.seed = seed
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = 0 if pad is None else pad
+        self.pad_token_id = pad_token_id(tokenizer)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         windows = self._token_windows(examples)
@@ -138,10 +138,10 @@ class AnchorSwapCollator:
         ]
         batch, offsets = self._original_part(blocks, [translation.alignment for translation in translations])
         translated_rows = [translation.translated_ids for translation in translations]
-        translated, translated_offsets = _pad(translated_rows, self.pad_token_id, self.padding_side)
+        translated, translated_offsets = pad_rows(translated_rows, self.pad_token_id, self.padding_side)
         batch["translated_input_ids"] = torch.from_numpy(translated)
         batch["translated_attention_mask"] = torch.from_numpy(
-            _mask(translated_rows, translated_offsets, translated.shape[1])
+            padding_mask(translated_rows, translated_offsets, translated.shape[1])
         )
         alignment = batch["alignment"]
         alignment += torch.from_numpy(translated_offsets)[:, None] * (alignment >= 0)
@@ -175,14 +175,14 @@ class AnchorSwapCollator:
 
     def _original_part(self, blocks, alignments) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         """``input_ids``, ``attention_mask``, ``shift_labels`` and (unshifted) ``alignment``; and the pad offsets."""
-        input_ids, offsets = _pad(blocks, self.pad_token_id, self.padding_side)
-        alignment, _ = _pad(alignments, -1, self.padding_side)
+        input_ids, offsets = pad_rows(blocks, self.pad_token_id, self.padding_side)
+        alignment, _ = pad_rows(alignments, -1, self.padding_side)
         shift_labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)
         shift_labels[:, :-1] = input_ids[:, 1:]
         shift_labels[alignment < 0] = IGNORE_INDEX
         batch = {
             "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(_mask(blocks, offsets, input_ids.shape[1])),
+            "attention_mask": torch.from_numpy(padding_mask(blocks, offsets, input_ids.shape[1])),
             "shift_labels": torch.from_numpy(shift_labels),
         }
         if self.anchors is not None:
@@ -254,23 +254,6 @@ def _plain_alignment(length: int) -> np.ndarray:
     alignment = np.arange(length, dtype=np.int64)
     alignment[-1:] = -1
     return alignment
-
-
-def _pad(rows: list[np.ndarray], value: int, side: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows stacked into ``(B, max length)`` filled with ``value``; and where each row starts."""
-    width = max((len(row) for row in rows), default=0)
-    out = np.full((len(rows), width), value, dtype=np.int64)
-    offsets = np.array([width - len(row) if side == "left" else 0 for row in rows], dtype=np.int64)
-    for index, (row, offset) in enumerate(zip(rows, offsets)):
-        out[index, offset : offset + len(row)] = row
-    return out, offsets
-
-
-def _mask(rows: list[np.ndarray], offsets: np.ndarray, width: int) -> np.ndarray:
-    """Attention mask of padded ``rows``: 1 over each row's real tokens."""
-    lengths = np.array([len(row) for row in rows], dtype=np.int64)
-    columns = np.arange(width)
-    return ((columns >= offsets[:, None]) & (columns < (offsets + lengths)[:, None])).astype(np.int64)
 
 
 def _suppression(translations, offsets: np.ndarray, shape, blocks) -> np.ndarray:

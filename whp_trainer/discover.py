@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .batching import pad_token_id, padded_batch
 from .chat import ask
 from .models import teacher_logits
 
@@ -156,7 +157,7 @@ def token_boosts(model, tokenizer, texts, adapter: str, max_length: int, batch_s
     chunks = list(zip(encoded["input_ids"], encoded["offset_mapping"], encoded["overflow_to_sample_mapping"]))
     for begin in range(0, len(chunks), batch_size):
         batch = chunks[begin : begin + batch_size]
-        padded = tokenizer.pad({"input_ids": [chunk[0] for chunk in batch]}, padding_side="right", return_tensors="pt")
+        padded = padded_batch([chunk[0] for chunk in batch], pad_token_id(tokenizer))
         ids, mask = padded["input_ids"], padded["attention_mask"]
         base = torch.log_softmax(teacher_logits(model, ids, mask), dim=-1)
         reinforced = torch.log_softmax(teacher_logits(model, ids, mask, adapter=adapter), dim=-1)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from peft import PeftConfig, PeftModel, get_peft_model
 
+from .batching import position_ids_from_mask
+
 logger = logging.getLogger(__name__)
 
 BASELINE = None  # the adapter "name" that means: all adapters disabled
@@ -23,7 +25,7 @@ def guard_cpu_4bit(model: torch.nn.Module) -> None:
     """Keep bitsandbytes 4-bit layers from repacking their weights for AVX512-BF16 on CPU.
 
     A ``Linear4bit`` run in eval mode without grad on such a CPU repacks its weights in place; training afterwards
-    computes wrong gradients. Teacher passes are exactly such forwards (DESIGN.md §4).
+    computes wrong gradients (and output sizes not divisible by 32 fail). Teacher passes are exactly such forwards.
     """
     try:
         from bitsandbytes.nn import Linear4bit
@@ -121,11 +123,6 @@ def teacher_pass(model: PeftModel, adapter: str | None = BASELINE, adapter_names
         for parameter in trainable:
             parameter.requires_grad_(True)
         model.train(was_training)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens, so a left-padded block sees the same positions as an unpadded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def final_hidden_states(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

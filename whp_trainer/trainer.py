@@ -24,6 +24,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
+from .batching import pad_to_width, position_ids_from_mask
 from .cache import CachedTargetsCollator, with_cached_targets
 from .collator import (
     AnchorSwapCollator, check_anchor_coverage, collator_for, split_into_blocks, validate_batch, with_shift_labels,
@@ -38,7 +39,6 @@ from .models import (
     is_sharded,
     logits_from_hidden,
     plain_linear_head,
-    position_ids_from_mask,
     prepare_unlearning_model,
     teacher_pass,
 )
@@ -331,8 +331,8 @@ class UnlearnTrainer(Trainer):
     def _fused_teacher_pass(self, peft_model, baseline_ids, baseline_mask, ids, mask):
         """Baseline and reinforced rows in one forward (PEFT mixed batch); returns both ``(B, T, H)`` states."""
         width = max(baseline_ids.shape[1], ids.shape[1])
-        stacked_ids = torch.cat([pad_right(baseline_ids, width), pad_right(ids, width)])
-        stacked_mask = torch.cat([pad_right(baseline_mask, width), pad_right(mask, width)])
+        stacked_ids = torch.cat([pad_to_width(baseline_ids, width), pad_to_width(ids, width)])
+        stacked_mask = torch.cat([pad_to_width(baseline_mask, width), pad_to_width(mask, width)])
         names = ["__base__"] * len(ids) + [self.args.reinforced_adapter_name] * len(ids)
         with teacher_pass(peft_model, adapter_names=names):
             states = final_hidden_states(peft_model, stacked_ids, stacked_mask)
@@ -456,11 +456,6 @@ def student_forward(model, inputs):
         position_ids=position_ids_from_mask(inputs["attention_mask"]),
         use_cache=False,
     )
-
-
-def pad_right(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Right-pad a ``(B, T)`` tensor with zeros (masked out) to ``width`` columns."""
-    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
 
 
 class FilteredUploads:

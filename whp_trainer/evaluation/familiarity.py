@@ -1,8 +1,8 @@
 """Familiarity with the forget target: the paper's token-probability and completion-based metrics.
 
 Every function takes a causal LM (a ``PeftModel`` measures its active adapter), runs it in eval mode without grad
-and in batches, and restores its train/eval mode afterwards. The batching helpers here (:func:`padded`,
-:func:`next_token_logits`, :func:`generate_continuations`) are shared by the other metrics.
+and in batches, and restores its train/eval mode afterwards. The batching helpers here (:func:`next_token_logits`,
+:func:`generate_continuations`) are shared by the other metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..demo import padded_batch
+from ..batching import pad_token_id, padded_batch
 from .judges import CATEGORIES, UNPARSED
 
 THEMATIC_WEIGHT = 0.2  # weight of a thematic completion against an explicit one (5:1, see completion_familiarity)
@@ -31,30 +31,9 @@ def evaluation_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's padding id, else its end-of-sequence id (Llama tokenizers have no pad token)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def padded(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right", device=None) -> dict:
-    """``input_ids``, ``attention_mask``, ``position_ids`` and ``labels`` (-100 on padding) of ``sequences``.
-
-    Built with :func:`whp_trainer.demo.padded_batch`; left padding mirrors it (pad the reversed rows on the right,
-    then flip). Position ids count real tokens only, so both sides give the same logits.
-    """
-    if side not in ("left", "right"):
-        raise ValueError(f"side={side!r}: expected 'left' or 'right'")
-    if side == "left":
-        batch = {key: value.flip(1) for key, value in padded_batch([list(s)[::-1] for s in sequences], pad_id).items()}
-    else:
-        batch = padded_batch([list(s) for s in sequences], pad_id)
-    batch["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
-    return {key: value.to(device) for key, value in batch.items()}
-
-
 def next_token_logits(model, contexts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     """Float logits ``(len(contexts), vocabulary)`` of the token after each context (one left-padded forward)."""
-    batch = padded(contexts, pad_id, side="left", device=model.device)
+    batch = padded_batch(contexts, pad_id, side="left", device=model.device)
     batch.pop("labels")
     return model(**batch, logits_to_keep=1).logits[:, -1].float()
 
@@ -108,7 +87,7 @@ def next_token_probabilities(model, tokenizer, prompt: str, tokens: list[str]) -
 
 def generate_continuations(model, contexts: Sequence[Sequence[int]], pad_id: int, **generate_kwargs) -> torch.Tensor:
     """The new token ids ``model.generate`` appends to each left-padded context (rows after an end are padding)."""
-    batch = padded(contexts, pad_id, side="left", device=model.device)
+    batch = padded_batch(contexts, pad_id, side="left", device=model.device)
     output = model.generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pad_token_id=pad_id, **generate_kwargs
     )

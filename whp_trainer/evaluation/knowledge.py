@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .familiarity import evaluation_mode, generate_continuations, pad_token_id
+from ..batching import pad_token_id
+from .familiarity import evaluation_mode, generate_continuations
 from .probes import terms_pattern
 
 ANSWER_STOPS = ("\n\n", "\nQuestion", "Question:")  # MUSE cuts a generated answer before any of these

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .familiarity import evaluation_mode, pad_token_id, padded
+from ..batching import pad_token_id, padded_batch
+from .familiarity import evaluation_mode
 
 MUSE_K = 0.4  # MUSE's PrivLeak uses Min-40%
 
@@ -29,7 +30,7 @@ def token_scores(model, tokenizer, texts: Sequence[str], max_length: int = 512, 
     with evaluation_mode(model):
         for start in range(0, len(encoded), batch_size):
             rows = encoded[start : start + batch_size]
-            batch = padded(rows, pad_id, device=model.device)
+            batch = padded_batch(rows, pad_id, device=model.device)
             batch.pop("labels")
             logits = model(**batch).logits[:, :-1].float()
             distribution = torch.log_softmax(logits, dim=-1)

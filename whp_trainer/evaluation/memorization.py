@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .familiarity import evaluation_mode, generate_continuations, pad_token_id
+from ..batching import pad_token_id
+from .familiarity import evaluation_mode, generate_continuations
 from .knowledge import rouge_scorer
 
 logger = logging.getLogger(__name__)

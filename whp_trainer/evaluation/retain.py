@@ -6,8 +6,9 @@ import math
 
 import torch.nn.functional as F
 
+from ..batching import pad_token_id, padded_batch
 from ..collator import split_into_blocks
-from .familiarity import evaluation_mode, pad_token_id, padded
+from .familiarity import evaluation_mode
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8) -> float:
@@ -24,7 +25,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_
     total, count = 0.0, 0
     with evaluation_mode(model):
         for start in range(0, len(blocks), batch_size):
-            batch = padded(blocks[start : start + batch_size], pad_id, device=model.device)
+            batch = padded_batch(blocks[start : start + batch_size], pad_id, device=model.device)
             labels = batch.pop("labels")[:, 1:]
             logits = model(**batch).logits[:, :-1]
             total += F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum").item()

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import torch
 
 from ..anchors import AnchorDictionary
+from ..batching import pad_token_id, padded_batch
 from ..collator import split_into_blocks
-from .familiarity import pad_token_id, padded, token_familiarity
+from .familiarity import token_familiarity
 
 
 def relearning_probe(
@@ -59,7 +60,7 @@ def _fine_tune(model, parameters, blocks, pad_id: int, steps: int, learning_rate
     with torch.enable_grad():
         for step in range(steps):
             chosen = [blocks[(step * batch_size + offset) % len(blocks)] for offset in range(batch_size)]
-            loss = model(**padded(chosen, pad_id, device=model.device)).loss
+            loss = model(**padded_batch(chosen, pad_id, device=model.device)).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

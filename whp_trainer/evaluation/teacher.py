@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..models import BASELINE, position_ids_from_mask, teacher_pass
+from ..batching import position_ids_from_mask
+from ..models import BASELINE, teacher_pass
 from ..targets import generic_logits
 
 
