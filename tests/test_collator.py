@@ -164,3 +164,36 @@ def test_alignment_points_at_the_translation_of_the_prefix(tokenizer, entries, b
                 assert decode(tokenizer, translated[: alignment[t] + 1]) == expected
             elif t + 1 < len(ids) and not inside[t] and not inside[t + 1]:
                 pytest.fail(f"position {t} of {text!r} is outside every anchor but has no loss")
+
+
+def test_several_translations_per_block_use_different_translations_and_share_loss_positions(tokenizer):
+    """WHP+: row k·B + b is the k-th translation of block b; an anchor with N translations takes all N."""
+    entries = {"Harry": ["Jon", "Tom", "Bob"], "Hogwarts": "Mystic Academy"}
+    texts = ["Harry went to Hogwarts with Harry.", "The cat saw Harry."]
+    one = AnchorSwapCollator(tokenizer, AnchorDictionary(entries), max_length=64)([{"text": t} for t in texts])
+    collator = AnchorSwapCollator(tokenizer, AnchorDictionary(entries), max_length=64, translations_per_block=3)
+    batch = collator([{"text": t} for t in texts])
+    validate_batch(batch, expects_translation=True)
+    assert len(batch["translated_input_ids"]) == len(batch["alignment"]) == len(batch["suppress_ids"]) == 6
+    assert torch.equal(batch["input_ids"], one["input_ids"]) and torch.equal(batch["shift_labels"], one["shift_labels"])
+
+    def translated(batch, row):
+        return decode(tokenizer, batch["translated_input_ids"][row][batch["translated_attention_mask"][row].bool()])
+
+    for b, text in enumerate(texts):
+        variants = [translated(batch, k * 2 + b) for k in range(3)]
+        assert variants[0] == translated(one, b)  # variant 0 is the single translation
+        expected = {text.replace("Harry", name).replace("Hogwarts", "Mystic Academy") for name in ("Jon", "Tom", "Bob")}
+        assert set(variants) == expected  # three variants, three different translations of "Harry"
+        for k in range(3):  # the same loss positions in every variant
+            assert torch.equal(batch["alignment"][k * 2 + b] >= 0, batch["shift_labels"][b] != IGNORE_INDEX)
+
+
+def test_batch_with_translations_of_other_row_counts_is_rejected(tokenizer):
+    collator = AnchorSwapCollator(tokenizer, AnchorDictionary(ENTRIES), max_length=64, translations_per_block=2)
+    batch = collator([{"text": PAPER}, {"text": "Harry played Quidditch."}])
+    validate_batch(batch, expects_translation=True)
+    with pytest.raises(ValueError, match=r"alignment'\] has shape \(3, \d+\), expected \(2·N"):
+        validate_batch({**batch, "alignment": batch["alignment"][:3]})
+    with pytest.raises(ValueError, match=r"translated_input_ids'\] has 2 rows, batch\['alignment'\] 4"):
+        validate_batch({**batch, "translated_input_ids": batch["translated_input_ids"][:2]})

@@ -128,6 +128,45 @@ def test_targets_equal_those_of_separate_baseline_and_reinforced_models(
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
+def with_second_translation(batch: dict) -> dict:
+    """The batch with a second translation of every block (WHP+ layout: rows k·B + b): the anchor's two tokens
+    ``7 8`` become ``9 10``; same alignment and loss positions."""
+    second = batch["translated_input_ids"].clone()
+    second[second == 7], second[second == 8] = 9, 10
+    suppress_ids = batch["suppress_ids"].clone()
+    suppress_ids[suppress_ids == 7], suppress_ids[suppress_ids == 8] = 9, 10
+    return {
+        **batch,
+        "translated_input_ids": torch.cat([batch["translated_input_ids"], second]),
+        "translated_attention_mask": batch["translated_attention_mask"].repeat(2, 1),
+        "alignment": batch["alignment"].repeat(2, 1),
+        "suppress_ids": torch.cat([batch["suppress_ids"], suppress_ids]),
+    }
+
+
+@pytest.mark.parametrize("mode", ["argmax", "soft"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_several_translations_average_their_target_distributions(make_model, reinforced_path, dataset, tmp_path,
+                                                                 mode, fused):
+    """WHP+: the targets of a block translated twice are the mean of the two translations' softmax(v_generic / τ)
+    (its argmax in argmax mode), each translation with its own baseline pass and suppressed tokens."""
+    trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode=mode, temperature=2.0,
+                           logits_chunk_size=5, fused_teacher_pass=fused)
+    batch = hand_collate([dataset[i] for i in range(4)])
+    both = with_second_translation(batch)
+    second = {**both, **{key: both[key][4:] for key in ("translated_input_ids", "translated_attention_mask",
+                                                        "alignment", "suppress_ids")}}
+    rows, cols = (batch["shift_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
+    expected = [expected_targets(make_model(), reinforced_path, b, "soft", temperature=2.0)[0] for b in (batch, second)]
+    mean = (expected[0] + expected[1]) / 2
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the two translations do disagree
+    targets = trainer._generic_targets(trainer.model, both, rows, cols)
+    if mode == "soft":
+        torch.testing.assert_close(targets, mean, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(targets[rows, cols], mean.argmax(-1))
+
+
 def test_training_changes_only_the_unlearning_adapter_and_lowers_the_loss(make_model, reinforced_path, dataset, tmp_path):
     fixed_batch = dataset.select(range(4))
     trainer = make_trainer(make_model, reinforced_path, fixed_batch, tmp_path, max_steps=30, learning_rate=1e-2)

@@ -460,7 +460,12 @@ class TokenAnchors:
         return matches
 
     def translate(
-        self, ids: Sequence[int] | np.ndarray, length: int | None = None, seed: int = 0, exclude_repeated: bool = True
+        self,
+        ids: Sequence[int] | np.ndarray,
+        length: int | None = None,
+        seed: int = 0,
+        exclude_repeated: bool = True,
+        variant: int = 0,
     ) -> BlockTranslation:
         """Translate the block ``ids[:length]``; tokens after ``length`` only show whether the block cuts an anchor.
 
@@ -470,7 +475,9 @@ class TokenAnchors:
         of the translation: that is where the generic prediction is learnt. ``-1`` also marks the last position, the
         positions whose next token lies in a repeated anchor (``exclude_repeated``, rule 1) and those whose next
         token lies in an anchor cut by the end of the block. One translation is chosen per anchor per block, from a
-        generator seeded by ``seed`` and the block's ids.
+        generator seeded by ``seed`` and the block's ids. Variant ``k`` takes, for every anchor, the translation ``k``
+        places after the one variant 0 takes (cyclically), so ``K`` variants use ``K`` different translations of each
+        anchor that has ``K`` or more (WHP+). Every variant has the same loss positions.
         """
         ids = np.asarray(ids, dtype=np.int64)
         length = len(ids) if length is None else min(length, len(ids))
@@ -478,7 +485,7 @@ class TokenAnchors:
         found = self.find(ids)
         cut = next((start for start, end, _ in found if start < length < end), length)
         occurrences = [(start, end, pattern) for start, end, pattern in found if end <= cut]
-        choices = self._choose_translations(block, occurrences, seed)
+        choices = self._choose_translations(block, occurrences, seed, variant)
         pieces, previous, seen = [], 0, set()
         delta = np.zeros(length, dtype=np.int64)
         no_loss = np.zeros(length, dtype=bool)
@@ -502,14 +509,18 @@ class TokenAnchors:
         alignment[no_loss] = -1
         return BlockTranslation(np.concatenate(pieces), alignment, suppress, matches)
 
-    def _choose_translations(self, block: np.ndarray, occurrences: list, seed: int) -> dict[int, int]:
-        """Index of the translation used for each anchor in the block (reproducible from ``seed`` and the block)."""
+    def _choose_translations(self, block: np.ndarray, occurrences: list, seed: int, variant: int = 0) -> dict[int, int]:
+        """Index of the translation used for each anchor in the block (reproducible from ``seed``, the block and the
+        ``variant``)."""
         anchors = dict.fromkeys(self.pattern_anchor[pattern] for _, _, pattern in occurrences)
         if all(len(self.translations[anchor]) == 1 for anchor in anchors):
             return dict.fromkeys(anchors, 0)
         digest = hashlib.blake2b(block.tobytes(), digest_size=8, key=str(seed).encode()).digest()
         rng = random.Random(int.from_bytes(digest, "little"))
-        return {anchor: rng.randrange(len(self.translations[anchor])) for anchor in anchors}
+        return {
+            anchor: (rng.randrange(len(self.translations[anchor])) + variant) % len(self.translations[anchor])
+            for anchor in anchors
+        }
 
 
 @contextlib.contextmanager

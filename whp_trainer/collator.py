@@ -22,11 +22,15 @@ key                         shape        meaning
 ``alignment``               ``(B, T)``   translated position whose baseline prediction stands in for
                                          original position ``t``; ``-1`` where ``t`` gets no loss. Required
                                          with ``translated_input_ids``; absent means ``t ↦ t``.
-``suppress_ids``            ``(B, T, K)`` optional: token ids pushed down in the generic logits at
+``suppress_ids``            ``(B, T, S)`` optional: token ids pushed down in the generic logits at
                                          position ``t`` (consistency rule 2); ``-1`` pads.
 =========================== ============ ==================================================================
 
-Invariant: ``shift_labels[b, t] != -100`` exactly where ``alignment[b, t] >= 0``.
+Several translations of each block (WHP+, ``translations_per_block = N``): the translated keys, ``alignment`` and
+``suppress_ids`` hold ``N·B`` rows, row ``k·B + b`` being the ``k``-th translation of block ``b``; the teacher's
+target distributions over the ``N`` translations are averaged.
+
+Invariant: ``shift_labels[b, t] != -100`` exactly where ``alignment[k·B + b, t] >= 0``, for every ``k``.
 """
 
 from __future__ import annotations
@@ -67,13 +71,27 @@ def validate_batch(batch: dict, expects_translation: bool = False) -> None:
             "did not translate the blocks (use AnchorSwapCollator with the same dictionary)"
         )
     shape = batch["input_ids"].shape
-    for key in ("attention_mask", "shift_labels", "alignment"):
-        if key in batch and batch[key].shape != shape:
+    for key in ("attention_mask", "shift_labels"):
+        if batch[key].shape != shape:
             raise ValueError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, expected {tuple(shape)}")
     if "alignment" in batch:
-        has_loss = batch["shift_labels"] != IGNORE_INDEX
-        if torch.any(has_loss & (batch["alignment"] < 0)):
+        alignment = batch["alignment"]
+        if alignment.dim() != 2 or alignment.shape[1] != shape[1] or alignment.shape[0] % shape[0]:
+            raise ValueError(
+                f"batch['alignment'] has shape {tuple(alignment.shape)}, expected ({shape[0]}·N, {shape[1]}) for N "
+                "translations of each block"
+            )
+        for key in ("translated_input_ids", "translated_attention_mask", "suppress_ids"):
+            if key in batch and len(batch[key]) != len(alignment):
+                raise ValueError(f"batch[{key!r}] has {len(batch[key])} rows, batch['alignment'] {len(alignment)}")
+        has_loss = (batch["shift_labels"] != IGNORE_INDEX).repeat(translations_in(batch), 1)
+        if torch.any(has_loss & (alignment < 0)):
             raise ValueError("batch has loss positions (shift_labels != -100) whose alignment is -1")
+
+
+def translations_in(batch: dict) -> int:
+    """How many translations of each block the batch holds (WHP+; 1 without ``alignment``)."""
+    return len(batch["alignment"]) // len(batch["input_ids"]) if "alignment" in batch else 1
 
 
 def with_shift_labels(batch: dict) -> dict:
@@ -96,9 +114,10 @@ class AnchorSwapCollator:
     Each example becomes one block of at most ``max_length`` tokens (longer ones are truncated; use
     :func:`split_into_blocks` to keep the rest). With ``anchors`` each block is translated by
     :meth:`~whp_trainer.anchors.TokenAnchors.translate`; with ``anchors=None`` the batch has no translated keys
-    (bootstrapping-only ablation). Blocks are padded to the longest in the batch on ``padding_side`` (the
-    tokenizer's by default); translated blocks are padded on the same side, and ``alignment`` indexes the padded
-    ``translated_input_ids``.
+    (bootstrapping-only ablation). With ``translations_per_block = N > 1`` each block is translated ``N`` times,
+    each anchor taking a different one of its translations where it has enough (WHP+, Liu et al. 2024). Blocks are
+    padded to the longest in the batch on ``padding_side`` (the tokenizer's by default); translated blocks are
+    padded on the same side, and ``alignment`` indexes the padded ``translated_input_ids``.
     """
 
     def __init__(
@@ -111,9 +130,12 @@ class AnchorSwapCollator:
         suppress_used_translations: bool = True,
         seed: int = 0,
         padding_side: str | None = None,
+        translations_per_block: int = 1,
     ):
         if max_length < 2:
             raise ValueError(f"AnchorSwapCollator: max_length={max_length} must be >= 2")
+        if translations_per_block < 1:
+            raise ValueError(f"AnchorSwapCollator: translations_per_block={translations_per_block} must be >= 1")
         self.padding_side = padding_side or tokenizer.padding_side
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"AnchorSwapCollator: padding_side={self.padding_side!r} must be 'left' or 'right'")
@@ -124,7 +146,18 @@ class AnchorSwapCollator:
         self.exclude_repeated_anchors = exclude_repeated_anchors
         self.suppress_used_translations = suppress_used_translations
         self.seed = seed
+        self.translations_per_block = translations_per_block
         self.pad_token_id = pad_token_id(tokenizer)
+        if translations_per_block > 1 and anchors is not None and max(map(len, self.anchors.translations)) == 1:
+            logger.warning(
+                "translations_per_block=%d but every anchor has one translation: the %d translations of a block are "
+                "the same (give anchors several translations for WHP+)", translations_per_block, translations_per_block
+            )
+
+    def __repr__(self) -> str:  # the target cache's key: every setting that changes a batch
+        settings = ("max_length", "text_field", "exclude_repeated_anchors", "suppress_used_translations", "seed",
+                    "padding_side", "translations_per_block")
+        return f"AnchorSwapCollator({', '.join(f'{name}={getattr(self, name)!r}' for name in settings)})"
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         windows = self._token_windows(examples)
@@ -132,8 +165,9 @@ class AnchorSwapCollator:
         if self.anchors is None:
             alignments = [_plain_alignment(len(block)) for block in blocks]
             return self._original_part(blocks, alignments)[0]
-        translations = [
-            self.anchors.translate(window, self.max_length, self.seed, self.exclude_repeated_anchors)
+        translations = [  # row k·B + b: the k-th translation of block b
+            self.anchors.translate(window, self.max_length, self.seed, self.exclude_repeated_anchors, variant)
+            for variant in range(self.translations_per_block)
             for window in windows
         ]
         batch, offsets = self._original_part(blocks, [translation.alignment for translation in translations])
@@ -146,7 +180,9 @@ class AnchorSwapCollator:
         alignment = batch["alignment"]
         alignment += torch.from_numpy(translated_offsets)[:, None] * (alignment >= 0)
         if self.suppress_used_translations:
-            batch["suppress_ids"] = torch.from_numpy(_suppression(translations, offsets, alignment.shape, blocks))
+            repeats = self.translations_per_block
+            suppression = _suppression(translations, np.tile(offsets, repeats), alignment.shape, blocks * repeats)
+            batch["suppress_ids"] = torch.from_numpy(suppression)
         return batch
 
     def _token_windows(self, examples: list[dict]) -> list[np.ndarray]:
@@ -174,12 +210,13 @@ class AnchorSwapCollator:
         return self.tokenizer(texts, truncation=True, max_length=window, return_attention_mask=False)["input_ids"]
 
     def _original_part(self, blocks, alignments) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        """``input_ids``, ``attention_mask``, ``shift_labels`` and (unshifted) ``alignment``; and the pad offsets."""
+        """``input_ids``, ``attention_mask``, ``shift_labels`` and (unshifted) ``alignment``; and the pad offsets.
+        ``alignments`` holds one row per translation of each block; all translations share the loss positions."""
         input_ids, offsets = pad_rows(blocks, self.pad_token_id, self.padding_side)
         alignment, _ = pad_rows(alignments, -1, self.padding_side)
         shift_labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)
         shift_labels[:, :-1] = input_ids[:, 1:]
-        shift_labels[alignment < 0] = IGNORE_INDEX
+        shift_labels[alignment[: len(blocks)] < 0] = IGNORE_INDEX
         batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(padding_mask(blocks, offsets, input_ids.shape[1])),
@@ -202,6 +239,7 @@ def collator_for(tokenizer, anchors: AnchorDictionary | None, args) -> AnchorSwa
         exclude_repeated_anchors=args.exclude_repeated_anchors,
         suppress_used_translations=args.suppress_used_translations,
         seed=args.seed,
+        translations_per_block=args.translations_per_block,
     )
 
 

@@ -69,6 +69,12 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
         default=5.0,
         metadata={"help": "How much is subtracted from the logits of suppressed translation tokens (rule 2)."},
     )
+    translations_per_block: int = field(
+        default=1,
+        metadata={"help": "WHP+ (Liu et al. 2024): translate each block this many times, each anchor taking a "
+                  "different one of its translations, and average the N target distributions (one baseline pass "
+                  "per translation). 1 = the paper: one translation per anchor per block."},
+    )
     max_length: int = field(
         default=512, metadata={"help": "Block length in tokens (the paper: 512). Longer texts are truncated."}
     )
@@ -171,6 +177,8 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
             raise ValueError(f"UnlearnConfig.temperature={self.temperature}: must be > 0")
         if self.suppression_penalty < 0:
             raise ValueError(f"UnlearnConfig.suppression_penalty={self.suppression_penalty}: must be >= 0")
+        if self.translations_per_block < 1:
+            raise ValueError(f"UnlearnConfig.translations_per_block={self.translations_per_block}: must be >= 1")
         if self.max_length < 2:
             raise ValueError(f"UnlearnConfig.max_length={self.max_length}: must be >= 2")
         if self.logits_chunk_size is not None and self.logits_chunk_size < 1:

@@ -61,6 +61,18 @@ def make_targets(generic: torch.Tensor, mode: str = "argmax", temperature: float
     raise ValueError(f"unknown target mode {mode!r}; expected one of {TARGET_MODES}")
 
 
+def averaged_targets(generics: list[torch.Tensor], mode: str = "argmax", temperature: float = 1.0) -> torch.Tensor:
+    """WHP+ (Liu et al. 2024): the mean of the target distributions ``softmax(v_generic_k / τ)`` of several
+    translations of a block, or its most likely token in ``"argmax"`` mode. One translation gives
+    ``make_targets`` of it exactly."""
+    if len(generics) == 1:
+        return make_targets(generics[0], mode, temperature)
+    if mode not in TARGET_MODES:
+        raise ValueError(f"unknown target mode {mode!r}; expected one of {TARGET_MODES}")
+    mean = sum(soft_targets(generic, temperature) for generic in generics) / len(generics)
+    return mean if mode == "soft" else hard_targets(mean)
+
+
 def distillation_loss(
     log_probs: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:

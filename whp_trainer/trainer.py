@@ -27,7 +27,13 @@ from .anchors import AnchorDictionary
 from .batching import pad_to_width, position_ids_from_mask
 from .cache import CachedTargetsCollator, with_cached_targets
 from .collator import (
-    AnchorSwapCollator, check_anchor_coverage, collator_for, split_into_blocks, validate_batch, with_shift_labels,
+    AnchorSwapCollator,
+    check_anchor_coverage,
+    collator_for,
+    split_into_blocks,
+    translations_in,
+    validate_batch,
+    with_shift_labels,
 )
 from .config import UnlearnConfig
 from .models import (
@@ -46,11 +52,11 @@ from .hub import local_only_patterns, tracker_urls, write_model_card
 from .runs import last_complete_checkpoint, record_reinforced_adapter
 from .targets import (
     IGNORE_INDEX,
+    averaged_targets,
     chunked_distillation_loss,
     distillation_loss,
     drop_unchanged,
     generic_logits,
-    make_targets,
     original_token_cap,
     retain_kl,
     suppress,
@@ -312,17 +318,19 @@ class UnlearnTrainer(Trainer):
         return soft
 
     def _teacher_hidden_states(self, peft_model, inputs, rows, cols) -> dict[str, torch.Tensor]:
-        """Final hidden states of the teachers at the loss positions: ``(N, H)`` each."""
+        """Final hidden states of the teachers at the loss positions: ``(N, H)`` for the reinforced teacher,
+        ``(K, N, H)`` for the baseline reading each of the ``K`` translations of the blocks."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         baseline_ids = inputs.get("translated_input_ids", ids)
         baseline_mask = inputs.get("translated_attention_mask", mask)
-        baseline_cols = inputs["alignment"][rows, cols] if "alignment" in inputs else cols
+        baseline_rows, baseline_cols = translated_positions(inputs, rows, cols)
         if self.has_reinforced and self.args.fused_teacher_pass:
             baseline, reinforced = self._fused_teacher_pass(peft_model, baseline_ids, baseline_mask, ids, mask)
-            return {"baseline": baseline[rows, baseline_cols], "reinforced": reinforced[rows, cols]}
+            return {"baseline": baseline[baseline_rows, baseline_cols], "reinforced": reinforced[rows, cols]}
         hidden = {}
         with teacher_pass(peft_model, BASELINE):
-            hidden["baseline"] = final_hidden_states(peft_model, baseline_ids, baseline_mask)[rows, baseline_cols]
+            states = final_hidden_states(peft_model, baseline_ids, baseline_mask)
+            hidden["baseline"] = states[baseline_rows, baseline_cols]
         if self.has_reinforced:
             with teacher_pass(peft_model, self.args.reinforced_adapter_name):
                 hidden["reinforced"] = final_hidden_states(peft_model, ids, mask)[rows, cols]
@@ -333,10 +341,10 @@ class UnlearnTrainer(Trainer):
         width = max(baseline_ids.shape[1], ids.shape[1])
         stacked_ids = torch.cat([pad_to_width(baseline_ids, width), pad_to_width(ids, width)])
         stacked_mask = torch.cat([pad_to_width(baseline_mask, width), pad_to_width(mask, width)])
-        names = ["__base__"] * len(ids) + [self.args.reinforced_adapter_name] * len(ids)
+        names = ["__base__"] * len(baseline_ids) + [self.args.reinforced_adapter_name] * len(ids)
         with teacher_pass(peft_model, adapter_names=names):
             states = final_hidden_states(peft_model, stacked_ids, stacked_mask)
-        return states[: len(ids)], states[len(ids) :]
+        return states[: len(baseline_ids)], states[len(baseline_ids) :]
 
     @torch.no_grad()
     def _generic_targets(self, peft_model, inputs, rows, cols) -> torch.Tensor:
@@ -345,19 +353,25 @@ class UnlearnTrainer(Trainer):
         (``-100`` = no loss), soft targets as ``(N, V)`` probabilities of the ``N`` loss positions."""
         args = self.args
         teacher = self._teacher_hidden_states(peft_model, inputs, rows, cols)
-        suppressed = inputs["suppress_ids"][rows, cols] if "suppress_ids" in inputs else None
+        baseline_rows, _ = translated_positions(inputs, rows, cols)
+        suppressed = inputs["suppress_ids"][baseline_rows, cols] if "suppress_ids" in inputs else None
         vocab_size = peft_model.get_base_model().get_output_embeddings().out_features
-        chunk_size = self._chunk_size(vocab_size)
+        translations = len(teacher["baseline"])
+        chunk_size = max(1, self._chunk_size(vocab_size) // translations)  # K translations' logits per chunk
         chunks = []
         with gathered(peft_model, peft_model.get_base_model().get_output_embeddings()):  # once, not per chunk
             for chunk in torch.arange(len(rows), device=rows.device).split(chunk_size):
-                generic = logits_from_hidden(peft_model, teacher["baseline"][chunk])
                 if self.has_reinforced:
                     reinforced = logits_from_hidden(peft_model, teacher["reinforced"][chunk])
-                    generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
-                if suppressed is not None and args.suppression_penalty:
-                    generic = suppress(generic, suppressed[chunk], args.suppression_penalty)
-                chunks.append(make_targets(generic, args.target_mode, args.temperature))
+                generics = []
+                for k in range(translations):
+                    generic = logits_from_hidden(peft_model, teacher["baseline"][k, chunk])
+                    if self.has_reinforced:
+                        generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
+                    if suppressed is not None and args.suppression_penalty:
+                        generic = suppress(generic, suppressed[k, chunk], args.suppression_penalty)
+                    generics.append(generic)
+                chunks.append(averaged_targets(generics, args.target_mode, args.temperature))
         if args.target_mode == "soft":
             return torch.cat(chunks) if chunks else torch.zeros((0, vocab_size), device=rows.device)
         hard = torch.full_like(inputs["shift_labels"], IGNORE_INDEX)
@@ -446,6 +460,16 @@ class UnlearnTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def translated_positions(inputs, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns ``(K, N)`` of the baseline's stand-ins for the ``N`` loss positions ``(rows, cols)`` in each
+    of the ``K`` translations of the blocks (the original positions themselves when the batch is not translated)."""
+    if "alignment" not in inputs:
+        return rows[None], cols[None]
+    variants = torch.arange(translations_in(inputs), device=rows.device)[:, None]
+    translated_rows = rows[None] + variants * len(inputs["input_ids"])
+    return translated_rows, inputs["alignment"][translated_rows, cols[None]]
 
 
 def student_forward(model, inputs):
