@@ -55,7 +55,9 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
                   "'soft': KL to softmax(v_generic/τ)."},
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "τ of the soft targets softmax(v_generic / τ); used with target_mode='soft'."}
+        default=1.0,
+        metadata={"help": "τ of the soft targets softmax(v_generic / τ); used with target_mode='soft', and to average "
+                  "the distributions of several translations (translations_per_block > 1)."},
     )
     exclude_repeated_anchors: bool = field(
         default=True,
