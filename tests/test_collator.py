@@ -197,3 +197,26 @@ def test_batch_with_translations_of_other_row_counts_is_rejected(tokenizer):
         validate_batch({**batch, "alignment": batch["alignment"][:3]})
     with pytest.raises(ValueError, match=r"translated_input_ids'\] has 2 rows, batch\['alignment'\] 4"):
         validate_batch({**batch, "translated_input_ids": batch["translated_input_ids"][:2]})
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_bootstrap_untranslated_gives_a_loss_inside_anchors_and_before_repeated_ones(tokenizer, side):
+    """The positions the paper leaves untrained get their next token as label and are marked in bootstrap_mask;
+    the last position and padding stay without a loss."""
+    texts = [PAPER, "Harry Potter studies at Hogwarts."]
+    plain = AnchorSwapCollator(tokenizer, AnchorDictionary(ENTRIES), max_length=64, padding_side=side)
+    collator = AnchorSwapCollator(tokenizer, AnchorDictionary(ENTRIES), max_length=64, padding_side=side,
+                                  bootstrap_untranslated=True)
+    before, batch = plain([{"text": t} for t in texts]), collator([{"text": t} for t in texts])
+    validate_batch(batch, expects_translation=True)
+    untrained = (before["shift_labels"] == IGNORE_INDEX) & (batch["shift_labels"] != IGNORE_INDEX)
+    assert torch.equal(untrained, batch["bootstrap_mask"])
+    assert torch.equal(batch["alignment"], before["alignment"])  # the translated positions are unchanged
+    ids = batch["input_ids"][0].tolist()
+    second = tokenizer.convert_ids_to_tokens(ids).index("ĠHarry")
+    assert batch["bootstrap_mask"][0, second - 1] and batch["shift_labels"][0, second - 1] == ids[second]
+    real = batch["attention_mask"].bool()
+    last = real.long().cumsum(1) == real.sum(1, keepdim=True)
+    assert not (batch["bootstrap_mask"] & (~real | last)).any()
+    assert batch["bootstrap_mask"][1].sum() >= 1  # inside "Harry Potter" (several tokens)
+    assert torch.equal(batch["shift_labels"][untrained], batch["input_ids"].roll(-1, 1)[untrained])

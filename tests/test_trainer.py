@@ -167,6 +167,32 @@ def test_several_translations_average_their_target_distributions(make_model, rei
         assert torch.equal(targets[rows, cols], mean.argmax(-1))
 
 
+@pytest.mark.parametrize("mode", ["argmax", "soft"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_bootstrapped_positions_take_the_baseline_on_the_original_block(make_model, reinforced_path, dataset,
+                                                                         tmp_path, mode, fused):
+    """Positions in bootstrap_mask (no translated stand-in) get v_b(original) − α·ReLU(v_r − v_b(original)) with
+    their suppressed tokens; every other position keeps its translated target."""
+    trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode=mode, logits_chunk_size=5,
+                           fused_teacher_pass=fused)
+    batch = hand_collate([dataset[i] for i in range(4)])
+    untranslated = {**batch, "alignment": batch["alignment"].clone(),
+                    "bootstrap_mask": torch.zeros_like(batch["input_ids"], dtype=torch.bool)}
+    untranslated["alignment"][:, 4:6] = -1  # as if inside a multi-token anchor
+    untranslated["bootstrap_mask"][:, 4:6] = True
+    rows, cols = (batch["shift_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
+    targets = trainer._generic_targets(trainer.model, untranslated, rows, cols)
+    translated = expected_targets(make_model(), reinforced_path, batch, mode)[0]
+    original = {**batch, "translated_input_ids": batch["input_ids"],
+                "translated_attention_mask": batch["attention_mask"],
+                "alignment": torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])}
+    bootstrapped = expected_targets(make_model(), reinforced_path, original, mode)[0]
+    inside = (cols >= 4) & (cols < 6)
+    got = targets if mode == "soft" else targets[rows, cols]
+    torch.testing.assert_close(got[inside], bootstrapped[inside], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[~inside], translated[~inside], rtol=1e-5, atol=1e-6)
+
+
 def test_training_changes_only_the_unlearning_adapter_and_lowers_the_loss(make_model, reinforced_path, dataset, tmp_path):
     fixed_batch = dataset.select(range(4))
     trainer = make_trainer(make_model, reinforced_path, fixed_batch, tmp_path, max_steps=30, learning_rate=1e-2)

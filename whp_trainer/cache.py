@@ -53,7 +53,7 @@ def target_cache_key(trainer, dataset: datasets.Dataset) -> str:
             for name in (
                 "alpha", "relu", "target_mode", "temperature", "cache_top_k", "suppression_penalty",
                 "exclude_repeated_anchors", "suppress_used_translations", "max_length", "seed",
-                "translations_per_block",
+                "translations_per_block", "bootstrap_untranslated",
             )
         },
     }

@@ -24,13 +24,18 @@ key                         shape        meaning
                                          with ``translated_input_ids``; absent means ``t ↦ t``.
 ``suppress_ids``            ``(B, T, S)`` optional: token ids pushed down in the generic logits at
                                          position ``t`` (consistency rule 2); ``-1`` pads.
+``bootstrap_mask``          ``(B, T)``   optional: positions the translation leaves without a stand-in
+                                         (inside a multi-token anchor, before a repeated anchor, before an
+                                         anchor cut by the block's end) that get a loss all the same, from the
+                                         bootstrapped target: the baseline reads the original block there.
 =========================== ============ ==================================================================
 
 Several translations of each block (WHP+, ``translations_per_block = N``): the translated keys, ``alignment`` and
 ``suppress_ids`` hold ``N·B`` rows, row ``k·B + b`` being the ``k``-th translation of block ``b``; the teacher's
 target distributions over the ``N`` translations are averaged.
 
-Invariant: ``shift_labels[b, t] != -100`` exactly where ``alignment[k·B + b, t] >= 0``, for every ``k``.
+Invariant: ``shift_labels[b, t] != -100`` exactly where ``alignment[k·B + b, t] >= 0`` (for every ``k``) or
+``bootstrap_mask[b, t]``.
 """
 
 from __future__ import annotations
@@ -84,9 +89,14 @@ def validate_batch(batch: dict, expects_translation: bool = False) -> None:
         for key in ("translated_input_ids", "translated_attention_mask", "suppress_ids"):
             if key in batch and len(batch[key]) != len(alignment):
                 raise ValueError(f"batch[{key!r}] has {len(batch[key])} rows, batch['alignment'] {len(alignment)}")
-        has_loss = (batch["shift_labels"] != IGNORE_INDEX).repeat(translations_in(batch), 1)
-        if torch.any(has_loss & (alignment < 0)):
-            raise ValueError("batch has loss positions (shift_labels != -100) whose alignment is -1")
+        has_loss = batch["shift_labels"] != IGNORE_INDEX
+        if "bootstrap_mask" in batch:
+            has_loss = has_loss & ~batch["bootstrap_mask"]
+        if torch.any(has_loss.repeat(translations_in(batch), 1) & (alignment < 0)):
+            raise ValueError(
+                "batch has loss positions (shift_labels != -100) whose alignment is -1 and that are not in "
+                "bootstrap_mask"
+            )
 
 
 def translations_in(batch: dict) -> int:
@@ -115,7 +125,9 @@ class AnchorSwapCollator:
     :func:`split_into_blocks` to keep the rest). With ``anchors`` each block is translated by
     :meth:`~whp_trainer.anchors.TokenAnchors.translate`; with ``anchors=None`` the batch has no translated keys
     (bootstrapping-only ablation). With ``translations_per_block = N > 1`` each block is translated ``N`` times,
-    each anchor taking a different one of its translations where it has enough (WHP+, Liu et al. 2024). Blocks are
+    each anchor taking a different one of its translations where it has enough (WHP+, Liu et al. 2024). With
+    ``bootstrap_untranslated``, the positions the translation leaves without a stand-in get a loss too, from the
+    bootstrapped target (``bootstrap_mask``). Blocks are
     padded to the longest in the batch on ``padding_side`` (the tokenizer's by default); translated blocks are
     padded on the same side, and ``alignment`` indexes the padded ``translated_input_ids``.
     """
@@ -131,6 +143,7 @@ class AnchorSwapCollator:
         seed: int = 0,
         padding_side: str | None = None,
         translations_per_block: int = 1,
+        bootstrap_untranslated: bool = False,
     ):
         if max_length < 2:
             raise ValueError(f"AnchorSwapCollator: max_length={max_length} must be >= 2")
@@ -147,6 +160,7 @@ class AnchorSwapCollator:
         self.suppress_used_translations = suppress_used_translations
         self.seed = seed
         self.translations_per_block = translations_per_block
+        self.bootstrap_untranslated = bootstrap_untranslated
         self.pad_token_id = pad_token_id(tokenizer)
         if translations_per_block > 1 and anchors is not None and max(map(len, self.anchors.translations)) == 1:
             logger.warning(
@@ -156,7 +170,7 @@ class AnchorSwapCollator:
 
     def __repr__(self) -> str:  # the target cache's key: every setting that changes a batch
         settings = ("max_length", "text_field", "exclude_repeated_anchors", "suppress_used_translations", "seed",
-                    "padding_side", "translations_per_block")
+                    "padding_side", "translations_per_block", "bootstrap_untranslated")
         return f"AnchorSwapCollator({', '.join(f'{name}={getattr(self, name)!r}' for name in settings)})"
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -179,6 +193,11 @@ class AnchorSwapCollator:
         )
         alignment = batch["alignment"]
         alignment += torch.from_numpy(translated_offsets)[:, None] * (alignment >= 0)
+        if self.bootstrap_untranslated:
+            untranslated = [_untranslated(translation.alignment) for translation in translations[: len(blocks)]]
+            bootstrap_mask = torch.from_numpy(pad_rows(untranslated, 0, self.padding_side)[0].astype(bool))
+            batch["bootstrap_mask"] = bootstrap_mask
+            batch["shift_labels"][bootstrap_mask] = batch["input_ids"].roll(-1, dims=1)[bootstrap_mask]
         if self.suppress_used_translations:
             repeats = self.translations_per_block
             suppression = _suppression(translations, np.tile(offsets, repeats), alignment.shape, blocks * repeats)
@@ -240,6 +259,7 @@ def collator_for(tokenizer, anchors: AnchorDictionary | None, args) -> AnchorSwa
         suppress_used_translations=args.suppress_used_translations,
         seed=args.seed,
         translations_per_block=args.translations_per_block,
+        bootstrap_untranslated=args.bootstrap_untranslated,
     )
 
 
@@ -292,6 +312,14 @@ def _plain_alignment(length: int) -> np.ndarray:
     alignment = np.arange(length, dtype=np.int64)
     alignment[-1:] = -1
     return alignment
+
+
+def _untranslated(alignment: np.ndarray) -> np.ndarray:
+    """Positions of a block that the translation leaves without a stand-in, its last position (which predicts
+    nothing) excepted."""
+    untranslated = alignment < 0
+    untranslated[-1:] = False
+    return untranslated
 
 
 def _suppression(translations, offsets: np.ndarray, shape, blocks) -> np.ndarray:

@@ -77,6 +77,12 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
                   "different one of its translations, and average the N target distributions (one baseline pass "
                   "per translation). 1 = the paper: one translation per anchor per block."},
     )
+    bootstrap_untranslated: bool = field(
+        default=False,
+        metadata={"help": "Also train the positions the paper leaves without a loss (inside multi-token anchors, "
+                  "before repeated anchors), towards the bootstrapped target there: the baseline reads the original "
+                  "block (one more baseline pass per step). False = the paper."},
+    )
     max_length: int = field(
         default=512, metadata={"help": "Block length in tokens (the paper: 512). Longer texts are truncated."}
     )

@@ -319,32 +319,47 @@ class UnlearnTrainer(Trainer):
 
     def _teacher_hidden_states(self, peft_model, inputs, rows, cols) -> dict[str, torch.Tensor]:
         """Final hidden states of the teachers at the loss positions: ``(N, H)`` for the reinforced teacher,
-        ``(K, N, H)`` for the baseline reading each of the ``K`` translations of the blocks."""
+        ``(K, N, H)`` for the baseline reading each of the ``K`` translations of the blocks (the original block at
+        the positions of ``bootstrap_mask``)."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        baseline_ids = inputs.get("translated_input_ids", ids)
-        baseline_mask = inputs.get("translated_attention_mask", mask)
-        baseline_rows, baseline_cols = translated_positions(inputs, rows, cols)
-        if self.has_reinforced and self.args.fused_teacher_pass:
-            baseline, reinforced = self._fused_teacher_pass(peft_model, baseline_ids, baseline_mask, ids, mask)
-            return {"baseline": baseline[baseline_rows, baseline_cols], "reinforced": reinforced[rows, cols]}
-        hidden = {}
-        with teacher_pass(peft_model, BASELINE):
-            states = final_hidden_states(peft_model, baseline_ids, baseline_mask)
-            hidden["baseline"] = states[baseline_rows, baseline_cols]
+        passes = {  # name -> (adapter, ids, attention mask, positions read)
+            "baseline": (BASELINE, inputs.get("translated_input_ids", ids), inputs.get("translated_attention_mask", mask),
+                         translated_positions(inputs, rows, cols)),
+        }
+        bootstrapped = inputs["bootstrap_mask"][rows, cols] if "bootstrap_mask" in inputs else None
+        if bootstrapped is not None and bootstrapped.any():
+            passes["original baseline"] = (BASELINE, ids, mask, (rows[bootstrapped], cols[bootstrapped]))
         if self.has_reinforced:
-            with teacher_pass(peft_model, self.args.reinforced_adapter_name):
-                hidden["reinforced"] = final_hidden_states(peft_model, ids, mask)[rows, cols]
+            passes["reinforced"] = (self.args.reinforced_adapter_name, ids, mask, (rows, cols))
+        if self.args.fused_teacher_pass and len(passes) > 1:
+            hidden = self._fused_teacher_pass(peft_model, passes)
+        else:
+            hidden = {}
+            for name, (adapter, pass_ids, pass_mask, positions) in passes.items():
+                with teacher_pass(peft_model, adapter):
+                    hidden[name] = final_hidden_states(peft_model, pass_ids, pass_mask)[positions]
+        if "original baseline" in hidden:
+            hidden["baseline"][:, bootstrapped] = hidden.pop("original baseline")
         return hidden
 
-    def _fused_teacher_pass(self, peft_model, baseline_ids, baseline_mask, ids, mask):
-        """Baseline and reinforced rows in one forward (PEFT mixed batch); returns both ``(B, T, H)`` states."""
-        width = max(baseline_ids.shape[1], ids.shape[1])
-        stacked_ids = torch.cat([pad_to_width(baseline_ids, width), pad_to_width(ids, width)])
-        stacked_mask = torch.cat([pad_to_width(baseline_mask, width), pad_to_width(mask, width)])
-        names = ["__base__"] * len(baseline_ids) + [self.args.reinforced_adapter_name] * len(ids)
+    def _fused_teacher_pass(self, peft_model, passes: dict) -> dict[str, torch.Tensor]:
+        """Every teacher pass in one forward (PEFT mixed batch: an adapter name per row); the states at each pass's
+        positions."""
+        width = max(pass_ids.shape[1] for _, pass_ids, _, _ in passes.values())
+        stacked_ids = torch.cat([pad_to_width(pass_ids, width) for _, pass_ids, _, _ in passes.values()])
+        stacked_mask = torch.cat([pad_to_width(pass_mask, width) for _, _, pass_mask, _ in passes.values()])
+        names = [
+            "__base__" if adapter is BASELINE else adapter
+            for adapter, pass_ids, _, _ in passes.values()
+            for _ in range(len(pass_ids))
+        ]
         with teacher_pass(peft_model, adapter_names=names):
             states = final_hidden_states(peft_model, stacked_ids, stacked_mask)
-        return states[: len(baseline_ids)], states[len(baseline_ids) :]
+        hidden, start = {}, 0
+        for name, (_, pass_ids, _, positions) in passes.items():
+            hidden[name] = states[start : start + len(pass_ids)][positions]
+            start += len(pass_ids)
+        return hidden
 
     @torch.no_grad()
     def _generic_targets(self, peft_model, inputs, rows, cols) -> torch.Tensor:
