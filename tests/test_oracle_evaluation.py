@@ -3,6 +3,7 @@
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -154,6 +155,33 @@ def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforc
     twice = [relearned_familiarity(reinforced_model, tokenizer, config, None, PROBES, FORGET) for _ in range(2)]
     assert twice[0] == twice[1] and set(reinforced_model.peft_config) == {"reinforced", "unlearned"}
     assert reinforced_model.active_adapter == "unlearned"
+
+
+def test_a_role_with_an_adapter_relearns_through_a_fresh_adapter_on_top_of_its_own(reinforced_model, tokenizer):
+    """Every role relearns through the same new parameters: the role's adapter stays active but frozen (a published
+    model is fine-tuned as it is), and is left as it was."""
+    from whp_trainer.evaluation.runner import relearned_familiarity
+
+    model = reinforced_model
+    config = EvaluateConfig(**{**SMALL, "relearn_steps": 3})
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    moved = []
+    original_step = torch.optim.AdamW.step
+
+    def recording_step(optimizer, *args, **kwargs):  # which parameters the probe trains
+        moved.append({id(p) for group in optimizer.param_groups for p in group["params"]})
+        return original_step(optimizer, *args, **kwargs)
+
+    with mock.patch.object(torch.optim.AdamW, "step", recording_step):
+        on_reinforced = relearned_familiarity(model, tokenizer, config, "reinforced", PROBES, FORGET)
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert moved and all(".relearn" in names.get(p, ".relearn") for p in moved[0])  # the fresh adapter alone trains
+    on_base = relearned_familiarity(model, tokenizer, config, None, PROBES, FORGET)
+    assert on_reinforced != on_base  # the role's adapter took part
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+    assert {name for name, parameter in model.named_parameters() if parameter.requires_grad} == trainable
+    assert model.active_adapter == "unlearned"
 
 
 @pytest.fixture

@@ -306,14 +306,14 @@ def make_judge(config: EvaluateConfig, model, tokenizer, dictionary):
 
 
 def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, probes, forget_texts) -> float:
-    """Token familiarity after `config.relearn_steps` fine-tuning steps on forget text as `adapter`; a role
-    without an adapter (the base, the oracle) relearns through a fresh one of the same shape."""
-    if adapter is BASELINE:
-        with fresh_adapter(model, config.seed) as fresh:
-            return relearned_familiarity(model, tokenizer, config, fresh, probes, forget_texts)
-    with teacher_pass(model, adapter):  # the adapter made trainable; the probe fine-tunes with grad on, then restores
+    """Token familiarity after `config.relearn_steps` fine-tuning steps on forget text through a fresh adapter of
+    the same shape, on top of the role's own adapter (frozen; none for the base and the oracle): every role relearns
+    with the same new parameters, as someone fine-tuning the published (merged) model would."""
+    with fresh_adapter(model, config.seed) as fresh:
+        model.base_model.set_adapter([fresh] if adapter is BASELINE else [adapter, fresh])
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(f".{fresh}." in name)
         result = relearning_probe(model, tokenizer, forget_texts, probes, steps=config.relearn_steps,
                                   learning_rate=config.relearn_learning_rate, batch_size=config.batch_size,
                                   max_length=config.max_length)
     return result["after"]
-
