@@ -21,6 +21,7 @@ perplexity ≤ base + 3 %.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -31,6 +32,7 @@ from trl import ModelConfig
 
 from whp_trainer import UnlearnConfig, pipeline
 from whp_trainer.demo import DemoSize, cache_root, one_thread, pretrain
+from whp_trainer.runs import STAGE_FILE
 from whp_trainer.toy import tiny_llama, train_tokenizer
 
 CORPUS_BOOKS = ("JUDGES", "SAMUEL_1")
@@ -44,6 +46,15 @@ ANCHORS = {  # Ruth's idiosyncratic names -> names the corpus knows in similar r
     "Chilion": ["Phinehas"], "Orpah": ["Michal"], "Obed": ["Jonathan"], "Moab": ["Ammon"],
     "Moabitess": ["Ammonitess"], "Beth-lehem-judah": ["Shiloh"], "Ephrathites": ["Benjamites"],
 }
+ANCHORS_SEVERAL = {  # the same names with three translations each, for WHP+ (several translations per block)
+    "Naomi": ["Hannah", "Deborah", "Abigail"], "Ruth": ["Peninnah", "Merab", "Ahinoam"],
+    "Boaz": ["Elkanah", "Jesse", "Abner"], "Elimelech": ["Manoah", "Kish", "Jephthah"],
+    "Mahlon": ["Hophni", "Gideon", "Barak"], "Chilion": ["Phinehas", "Ehud", "Othniel"],
+    "Orpah": ["Michal", "Jael", "Delilah"], "Obed": ["Jonathan", "Samuel", "Abinadab"],
+    "Moab": ["Ammon", "Midian", "Edom"], "Moabitess": ["Ammonitess", "Midianitess", "Edomitess"],
+    "Beth-lehem-judah": ["Shiloh", "Ramah", "Gibeah"], "Ephrathites": ["Benjamites", "Danites", "Ephraimites"],
+}
+DICTIONARIES = {"anchors": ANCHORS, "anchors_several": ANCHORS_SEVERAL}
 QUESTIONS = [  # KnowMem: MUSE's format; a model this small rarely answers questions at all (see docs/results.md)
     ("Who was the husband of Naomi?", "Elimelech"), ("What were the names of Naomi's two sons?", "Mahlon and Chilion"),
     ("Which daughter-in-law returned to her people?", "Orpah"), ("Whose field did Ruth glean in?", "Boaz"),
@@ -56,7 +67,8 @@ TRAINING = dict(per_device_train_batch_size=8, max_length=128, report_to=[], use
                 save_strategy="no", disable_tqdm=True, seed=0)
 REINFORCE = dict(num_train_epochs=3, learning_rate=3e-3)
 UNLEARN = dict(num_train_epochs=8, learning_rate=2e-3)
-SETTINGS = {  # name -> UnlearnConfig options; "paper" is the method as published
+RECOMMENDED = {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0, "original_cap_weight": 1.0}
+SETTINGS = {  # name -> UnlearnConfig options (and "anchors": a dictionary of DICTIONARIES); "paper" as published
     "paper": {},
     "soft": {"target_mode": "soft"},
     "paper+retain": {"retain_weight": 1.0},
@@ -72,13 +84,20 @@ SETTINGS = {  # name -> UnlearnConfig options; "paper" is the method as publishe
                                               "num_train_epochs": 24},
     "soft α=20+retain, 3× steps, lr×3": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
                                          "num_train_epochs": 24, "learning_rate": 6e-3},
-    "soft α=20+retain+cap": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0, "original_cap_weight": 1.0},
+    "soft α=20+retain+cap (recommended)": RECOMMENDED,
     "soft α=20+retain+cap, 3× steps": {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0,
                                        "original_cap_weight": 1.0, "num_train_epochs": 24},
     "soft α=5+retain+cap": {"target_mode": "soft", "retain_weight": 1.0, "original_cap_weight": 1.0},
-    "soft+retain×3+cap×1.5 (recommended)": {"target_mode": "soft", "retain_weight": 3.0, "original_cap_weight": 1.5},
+    "soft+retain×3+cap×1.5 (best on the demo)": {"target_mode": "soft", "retain_weight": 3.0,
+                                                 "original_cap_weight": 1.5},
     "soft+retain×3+cap×1.5, 3× steps": {"target_mode": "soft", "retain_weight": 3.0, "original_cap_weight": 1.5,
                                         "num_train_epochs": 24},
+    "paper, 3 translations each, 1 per block": {"anchors": "anchors_several"},
+    "paper, WHP+ (3 per block)": {"anchors": "anchors_several", "translations_per_block": 3},
+    "recommended, 3 translations each, 1 per block": {**RECOMMENDED, "anchors": "anchors_several"},
+    "recommended, WHP+ (3 per block)": {**RECOMMENDED, "anchors": "anchors_several", "translations_per_block": 3},
+    "paper+bootstrap untranslated": {"bootstrap_untranslated": True},
+    "recommended+bootstrap untranslated": {**RECOMMENDED, "bootstrap_untranslated": True},
 }
 TEACHER_ALPHAS = [5.0, 10.0, 20.0]
 
@@ -120,7 +139,6 @@ def write_texts(folder: Path) -> dict[str, list[str]]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, passages in texts.items():
         (folder / f"{name}.txt").write_text("\n\n".join(passages) + "\n", encoding="utf-8")
-    (folder / "anchors.json").write_text(json.dumps(ANCHORS, indent=1), encoding="utf-8")
     for name, pairs in (("knowledge_qa", QUESTIONS), ("knowledge_qa_shots", SHOTS)):
         (folder / f"{name}.json").write_text(json.dumps([{"question": q, "answer": a} for q, a in pairs], indent=1))
     (folder / "retain.txt").write_text("\n\n".join(book_passages("JUDGES")) + "\n", encoding="utf-8")
@@ -189,7 +207,7 @@ def measured(stage_folder: Path, measure_now) -> dict:
     """The results measured on a stage's output, kept in ``<output_dir>/measured/`` (not in the stage's folder:
     the next stage's fingerprint covers its files) with the stage's fingerprint: measured again only when the stage
     was redone."""
-    stage = json.loads((stage_folder / pipeline.STAGE_FILE).read_text())["fingerprint"]
+    stage = json.loads((stage_folder / STAGE_FILE).read_text())["fingerprint"]
     saved = stage_folder.parent / "measured" / f"{stage_folder.name}.json"
     saved.parent.mkdir(exist_ok=True)
     if saved.is_file() and json.loads(saved.read_text())["fingerprint"] == stage:
@@ -210,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     root = build_models(cache_root(args.cache_dir) / "forget_quality" / f"v1-repeats{args.repeats}", args.repeats)
     out = Path(args.output_dir)
     texts = root / "texts"
+    for name, dictionary in DICTIONARIES.items():
+        (texts / f"{name}.json").write_text(json.dumps(dictionary, indent=1), encoding="utf-8")
     model_args = ModelConfig(model_name_or_path=str(root / "base"), **LORA)
     data = pipeline.DataArguments(forget_data=str(texts / "target.txt"), retain_data=str(texts / "retain.txt"),
                                   anchors=str(texts / "anchors.json"))
@@ -223,8 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"forget_quality: references measured ({time.perf_counter() - start:.0f} s)", flush=True)
         for name in args.settings:
             folder = out / re.sub(r"[^\w.+-]+", "_", name)
-            config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **SETTINGS[name]})
-            adapter = Path(pipeline.unlearn(data, model_args, config))
+            options = dict(SETTINGS[name])
+            setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"))
+            config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **options})
+            adapter = Path(pipeline.unlearn(setting_data, model_args, config))
             results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
                                                               oracle=False))["unlearned"]
             print(f"forget_quality: {name} ({time.perf_counter() - start:.0f} s)", flush=True)
