@@ -65,10 +65,13 @@ LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=[
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 TRAINING = dict(per_device_train_batch_size=8, max_length=128, report_to=[], use_cpu=True, logging_steps=5,
                 save_strategy="no", disable_tqdm=True, seed=0)
-REINFORCE = dict(num_train_epochs=3, learning_rate=3e-3)
+REINFORCEMENTS = {  # name -> ReinforceConfig options; "strong" trains until the reinforced model is clearly ahead
+    "default": dict(num_train_epochs=3, learning_rate=3e-3),
+    "strong": dict(num_train_epochs=10, learning_rate=1e-2),
+}
 UNLEARN = dict(num_train_epochs=8, learning_rate=2e-3)
 RECOMMENDED = {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0, "original_cap_weight": 1.0}
-SETTINGS = {  # name -> UnlearnConfig options (and "anchors": a dictionary of DICTIONARIES); "paper" as published
+SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "reinforced" (of REINFORCEMENTS)
     "paper": {},
     "soft": {"target_mode": "soft"},
     "paper+retain": {"retain_weight": 1.0},
@@ -98,8 +101,11 @@ SETTINGS = {  # name -> UnlearnConfig options (and "anchors": a dictionary of DI
     "recommended, WHP+ (3 per block)": {**RECOMMENDED, "anchors": "anchors_several", "translations_per_block": 3},
     "paper+bootstrap untranslated": {"bootstrap_untranslated": True},
     "recommended+bootstrap untranslated": {**RECOMMENDED, "bootstrap_untranslated": True},
+    "paper, strong reinforcement": {"reinforced": "strong"},
+    "recommended, strong reinforcement, α=6": {**RECOMMENDED, "alpha": 6.0, "reinforced": "strong"},
+    "recommended, strong reinforcement, α=7": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong"},
 }
-TEACHER_ALPHAS = [5.0, 10.0, 20.0]
+TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0]}
 
 
 # ---------------------------------------------------------------------------------------------------- the texts
@@ -233,18 +239,28 @@ def main(argv: list[str] | None = None) -> dict:
     model_args = ModelConfig(model_name_or_path=str(root / "base"), **LORA)
     data = pipeline.DataArguments(forget_data=str(texts / "target.txt"), retain_data=str(texts / "retain.txt"),
                                   anchors=str(texts / "anchors.json"))
+    needed = {"default"} | {SETTINGS[name].get("reinforced", "default") for name in args.settings}
     with one_thread():
         from whp_trainer.reinforce import ReinforceConfig
 
-        data.reinforced_adapter = pipeline.reinforce(data, model_args, ReinforceConfig(
-            output_dir=str(out / "reinforced"), packing=False, gradient_checkpointing=False, **TRAINING, **REINFORCE))
-        results = measured(Path(data.reinforced_adapter), lambda: measure(
-            root, data, model_args, {"reinforced": Path(data.reinforced_adapter)}, TEACHER_ALPHAS, oracle=True))
+        reinforced, results = {}, {}
+        for strength in (name for name in REINFORCEMENTS if name in needed):
+            folder = out / ("reinforced" if strength == "default" else f"reinforced-{strength}")
+            reinforced[strength] = pipeline.reinforce(data, model_args, ReinforceConfig(
+                output_dir=str(folder), packing=False, gradient_checkpointing=False, **TRAINING,
+                **REINFORCEMENTS[strength]))
+            references = measured(Path(reinforced[strength]), lambda: measure(
+                root, dataclasses.replace(data, reinforced_adapter=reinforced[strength]), model_args,
+                {"reinforced": Path(reinforced[strength])}, TEACHER_ALPHAS[strength], oracle=strength == "default"))
+            suffix = "" if strength == "default" else f" ({strength} reinforcement)"
+            results.update({role + ("" if role in ("base", "oracle") else suffix): metrics
+                            for role, metrics in references.items()})
         print(f"forget_quality: references measured ({time.perf_counter() - start:.0f} s)", flush=True)
         for name in args.settings:
             folder = out / re.sub(r"[^\w.+-]+", "_", name)
             options = dict(SETTINGS[name])
-            setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"))
+            setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
+                                               reinforced_adapter=reinforced[options.pop("reinforced", "default")])
             config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **options})
             adapter = Path(pipeline.unlearn(setting_data, model_args, config))
             results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
@@ -254,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     from whp_trainer.evaluation.runner import add_privleak
 
     add_privleak(results)
-    report = write_report(results, out / "report", config=evaluation_config(out / "report", TEACHER_ALPHAS))
+    report = write_report(results, out / "report", config=evaluation_config(out / "report", TEACHER_ALPHAS["default"]))
     print((report / "report.md").read_text(encoding="utf-8"))
     print(f"forget_quality: {time.perf_counter() - start:.0f} s in all; settings: {json.dumps(SETTINGS)}")
     return results

@@ -114,3 +114,29 @@ def test_original_token_cap_pushes_the_original_token_down_to_the_target_in_log_
     assert logits.grad[0, 0] > 0 and logits.grad[1].abs().sum() == 0  # descent lowers row 0's token; row 1 untouched
     with pytest.raises(ValueError, match="original_cap_weight needs target_mode='soft'"):
         UnlearnConfig(output_dir="x", original_cap_weight=1.0)
+
+
+def test_whp_plus_and_bootstrapped_positions_train_through_the_default_collator(make_model, tokenizer,
+                                                                                reinforced_path, tmp_path):
+    """translations_per_block and bootstrap_untranslated reach the default collator and the teacher: a dictionary
+    with several translations is translated into as many variants, untrained positions get a loss, and training
+    moves the adapter."""
+    several = AnchorDictionary({"Harry Potter": ["Jon Smith", "Tom Baker"], "Hogwarts": ["Mystic Academy", "Old Hall"]})
+    unlearner = UnlearnTrainer(
+        model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA), anchors=several,
+        processing_class=tokenizer, train_dataset=Dataset.from_dict({"text": CORPUS[:4] * 2}),
+        args=UnlearnConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=3,
+                           learning_rate=3e-2, report_to=[], use_cpu=True, max_length=32, save_strategy="no",
+                           disable_tqdm=True, target_mode="soft", translations_per_block=2,
+                           bootstrap_untranslated=True),
+    )
+    texts = [text for text in CORPUS if "Harry Potter" in text][:2]
+    batch = unlearner.data_collator([{"text": text} for text in texts])
+    assert len(batch["translated_input_ids"]) == 2 * len(texts) and batch["bootstrap_mask"].any()
+    first, second = (tokenizer.batch_decode(batch["translated_input_ids"][k * len(texts):(k + 1) * len(texts)])
+                     for k in range(2))
+    assert first != second  # the two variants use different translations
+    before = {name: p.clone() for name, p in unlearner.model.named_parameters() if p.requires_grad}
+    unlearner.train()
+    assert all(torch.isfinite(torch.tensor(log["loss"])) for log in unlearner.state.log_history if "loss" in log)
+    assert any(not torch.equal(p, before[name]) for name, p in unlearner.model.named_parameters() if name in before)
