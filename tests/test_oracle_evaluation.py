@@ -231,3 +231,11 @@ def test_an_oracle_of_another_tokenizer_is_refused_before_a_model_loads(stage_in
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), knowledge_qa=str(tmp_path / "forget.txt"))
     with pytest.raises(ValueError, match="unknown question/answer file format"):
         pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
+
+
+def test_roles_are_ordered_teachers_by_alpha_whatever_follows_it():
+    from whp_trainer.evaluation.comparison import ordered_roles
+
+    roles = ["unlearned", "teacher α=10", "teacher α=5 (strong reinforcement)", "base", "mine", "oracle"]
+    assert ordered_roles(dict.fromkeys(roles)) == [
+        "base", "oracle", "teacher α=5 (strong reinforcement)", "teacher α=10", "unlearned", "mine"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 ORACLE = "oracle"  # the column of --oracle_model: a model that never read the target
 TEACHER = "teacher"  # columns "teacher α=5": the generic-logit teacher evaluated as a model
@@ -25,8 +26,9 @@ def ordered_roles(results: dict) -> list[str]:
     order given."""
 
     def rank(role: str):
-        kind = TEACHER if role.startswith(f"{TEACHER} α=") else role
-        alpha = float(role.split("=", 1)[1]) if kind == TEACHER else 0.0
+        teacher = re.match(rf"{TEACHER} α=(\d+(?:\.\d*)?)", role)  # "teacher α=5", "teacher α=5 (…)"
+        kind = TEACHER if teacher else role
+        alpha = float(teacher.group(1)) if teacher else 0.0
         return (COLUMN_ORDER.index(kind) if kind in COLUMN_ORDER else len(COLUMN_ORDER), alpha)
 
     return sorted(results, key=rank)
