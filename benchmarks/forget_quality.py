@@ -104,6 +104,27 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
     "paper, strong reinforcement": {"reinforced": "strong"},
     "recommended, strong reinforcement, α=6": {**RECOMMENDED, "alpha": 6.0, "reinforced": "strong"},
     "recommended, strong reinforcement, α=7": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong"},
+    "soft+cap, strong reinforcement, α=7 (no retain)": {**RECOMMENDED, "alpha": 7.0, "retain_weight": 0.0,
+                                                        "reinforced": "strong"},
+    "recommended, strong reinforcement, α=7, 3× steps": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
+                                                         "num_train_epochs": 24},
+    "recommended, strong reinforcement, α=7, lr×5": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
+                                                     "learning_rate": 1e-2},
+    "recommended, strong reinforcement, α=7, lr×5, 3× steps": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
+                                                               "learning_rate": 1e-2, "num_train_epochs": 24},
+    "recommended, strong reinforcement, α=7, lr×5, 2× steps": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
+                                                               "learning_rate": 1e-2, "num_train_epochs": 16},
+    "recommended, strong reinforcement, α=6, lr×5, 3× steps": {**RECOMMENDED, "alpha": 6.0, "reinforced": "strong",
+                                                               "learning_rate": 1e-2, "num_train_epochs": 24},
+    "recommended, strong reinforcement, α=6, lr×5, 3× steps, retain×2": {
+        **RECOMMENDED, "alpha": 6.0, "reinforced": "strong", "learning_rate": 1e-2, "num_train_epochs": 24,
+        "retain_weight": 2.0},
+    "recommended, strong reinforcement, α=6, lr×5, 3× steps, retain×3": {
+        **RECOMMENDED, "alpha": 6.0, "reinforced": "strong", "learning_rate": 1e-2, "num_train_epochs": 24,
+        "retain_weight": 3.0},
+    "soft+cap×3, strong reinforcement, α=7, lr×5, 3× steps": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
+                                                              "original_cap_weight": 3.0, "learning_rate": 1e-2,
+                                                              "num_train_epochs": 24},
 }
 TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0]}
 
