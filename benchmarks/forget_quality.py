@@ -116,6 +116,9 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
                                                                "learning_rate": 1e-2, "num_train_epochs": 16},
     "recommended, strong reinforcement, α=6, lr×5, 3× steps": {**RECOMMENDED, "alpha": 6.0, "reinforced": "strong",
                                                                "learning_rate": 1e-2, "num_train_epochs": 24},
+    "recommended, strong reinforcement, α=6, lr×5, 3× steps, retain×1.5": {
+        **RECOMMENDED, "alpha": 6.0, "reinforced": "strong", "learning_rate": 1e-2, "num_train_epochs": 24,
+        "retain_weight": 1.5},
     "recommended, strong reinforcement, α=6, lr×5, 3× steps, retain×2": {
         **RECOMMENDED, "alpha": 6.0, "reinforced": "strong", "learning_rate": 1e-2, "num_train_epochs": 24,
         "retain_weight": 2.0},
