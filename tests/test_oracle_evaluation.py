@@ -239,3 +239,22 @@ def test_roles_are_ordered_teachers_by_alpha_whatever_follows_it():
     roles = ["unlearned", "teacher α=10", "teacher α=5 (strong reinforcement)", "base", "mine", "oracle"]
     assert ordered_roles(dict.fromkeys(roles)) == [
         "base", "oracle", "teacher α=5 (strong reinforcement)", "teacher α=10", "unlearned", "mine"]
+
+
+def test_the_report_names_the_smallest_alpha_whose_teacher_reaches_the_oracles_membership(tmp_path):
+    """From the record alone (as the card renders it from JSON): the α to train with, or that none reaches it."""
+    from whp_trainer.evaluation.markdown import markdown_report
+    from whp_trainer.evaluation.report import evaluation_record
+
+    results = {"base": {"membership_auc_mink": 1.0}, "oracle": {"membership_auc_mink": 0.6},
+               "teacher α=5": {"membership_auc_mink": 0.94}, "teacher α=10": {"membership_auc_mink": 0.15},
+               "teacher α=7": {"membership_auc_mink": 0.64}, "teacher α=3 (other)": {"membership_auc_mink": 0.1},
+               "unlearned": {"membership_auc_mink": 0.7}}
+    record = json.loads(json.dumps(evaluation_record(results)))
+    assert record["teacher_reaching_the_oracle"]["alpha"] == 7.0  # 0.64 is within 0.05 of 0.6; 0.94 is not
+    assert "reaches the oracle's `membership_auc_mink` at α = 7 (0.64 against 0.6" in markdown_report(record)
+    results["teacher α=7"]["membership_auc_mink"] = results["teacher α=10"]["membership_auc_mink"] = 0.9
+    record = json.loads(json.dumps(evaluation_record(results)))
+    assert record["teacher_reaching_the_oracle"]["alpha"] is None
+    assert "at none of the α measured (5, 7, 10; lowest 0.9 against the oracle's 0.6)" in markdown_report(record)
+    assert "teacher_reaching_the_oracle" not in evaluation_record({"oracle": {}, "unlearned": {}})

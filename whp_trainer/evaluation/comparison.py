@@ -21,6 +21,27 @@ ORACLE_METRICS = {  # forget metrics compared with the oracle: metric -> (tolera
 RETAIN_TOLERANCE = 0.03  # retain perplexity within 3 % of the base's counts as ability kept
 
 
+def teacher_alphas(results: dict) -> dict[float, str]:
+    """α -> role of every teacher column named exactly "teacher α=<α>"."""
+    found = (re.fullmatch(rf"{TEACHER} α=(\d+(?:\.\d*)?)", role) for role in results)
+    return {float(match.group(1)): match.group(0) for match in found if match}
+
+
+def teacher_reaching_the_oracle(results: dict, metric: str = "membership_auc_mink") -> dict | None:
+    """The smallest α measured whose teacher's membership AUC is at most the oracle's plus the tolerance of "at the
+    oracle": a student trained towards that teacher can reach the oracle's membership signal, one trained towards a
+    teacher that does not, cannot. `{"alpha": None, ...}` when no teacher measured reaches it; `None` without an
+    oracle's or a teacher's value."""
+    oracle = results.get(ORACLE, {}).get(metric)
+    teachers = {alpha: results[role][metric] for alpha, role in sorted(teacher_alphas(results).items())
+                if measured(results[role].get(metric))}
+    if not (measured(oracle) and teachers):
+        return None
+    reached = [alpha for alpha, value in teachers.items() if value <= oracle + ORACLE_METRICS[metric][0]]
+    return {"metric": metric, "alpha": reached[0] if reached else None, "oracle": oracle,
+            "teachers": [{"alpha": alpha, "value": value} for alpha, value in teachers.items()]}
+
+
 def ordered_roles(results: dict) -> list[str]:
     """The known roles in their order (base, oracle, reinforced, teachers by α, unlearned), then any other in the
     order given."""

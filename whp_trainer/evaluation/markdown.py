@@ -96,7 +96,8 @@ def evaluation_markdown(evaluation: dict, level: int = 2) -> str:
     ]
     if comparison:
         heading = "#" * level
-        lines += ["", f"{heading} Against the oracle", "", *verdict_summary(comparison), *oracle_table(comparison)]
+        lines += ["", f"{heading} Against the oracle", "", *verdict_summary(comparison),
+                  *teacher_summary(evaluation.get("teacher_reaching_the_oracle")), *oracle_table(comparison)]
     lines += ["", f"{'#' * level} Metrics", ""]
     lines += [f"- `{metric}`: {metric_help(metric)}" for metric in metrics]
     return "\n".join(lines) + "\n"
@@ -129,6 +130,24 @@ def verdict_summary(comparison: dict[str, dict[str, dict]]) -> list[str]:
     if retained:
         lines.append(f"- retain perplexity {retained['change']:+.1%} against the base's: {retained['meaning']}")
     return [f"The {COMPARED[0]} model against the oracle:", "", *lines, ""] if lines else []
+
+
+def teacher_summary(teacher: dict | None) -> list[str]:
+    """Which α, of the teachers measured, reaches the oracle's membership signal (nothing when none was measured)."""
+    if not teacher:
+        return []
+    values = {row["alpha"]: row["value"] for row in teacher["teachers"]}
+    measured_at = ", ".join(format_number(alpha) for alpha in values)
+    if teacher["alpha"] is None:
+        best = min(values.values())
+        return [f"The teacher reaches the oracle's `{teacher['metric']}` at none of the α measured ({measured_at}; "
+                f"lowest {format_number(best)} against the oracle's {format_number(teacher['oracle'])}): a student "
+                "cannot go further than its teacher. Measure a larger α, or reinforce longer (see the recommended "
+                "procedure in the documentation's results).", ""]
+    value = values[teacher["alpha"]]
+    return [f"The teacher reaches the oracle's `{teacher['metric']}` at α = {format_number(teacher['alpha'])} "
+            f"({format_number(value)} against {format_number(teacher['oracle'])}; α measured: {measured_at}): the "
+            "smallest of these with which a student can reach the oracle's membership signal.", ""]
 
 
 def oracle_table(comparison: dict[str, dict[str, dict]]) -> list[str]:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..record import framework_versions
-from .comparison import ORACLE, oracle_comparison
+from .comparison import ORACLE, oracle_comparison, teacher_reaching_the_oracle
 from .config import EvaluateConfig
 from .markdown import markdown_report
 from .plots import write_plots
@@ -59,4 +59,7 @@ def evaluation_record(results: dict[str, dict[str, float | None]]) -> dict:
     record = {"results": results}
     if ORACLE in results:
         record["oracle_comparison"] = oracle_comparison(results)
+    teacher = teacher_reaching_the_oracle(results)
+    if teacher is not None:
+        record["teacher_reaching_the_oracle"] = teacher
     return record
