@@ -8,6 +8,7 @@ import re
 
 ORACLE = "oracle"  # the column of --oracle_model: a model that never read the target
 TEACHER = "teacher"  # columns "teacher α=5": the generic-logit teacher evaluated as a model
+TEACHER_COLUMN = re.compile(rf"{TEACHER} α=(\d+(?:\.\d*)?)")  # its α, in "teacher α=5" (or "teacher α=5 (…)")
 COLUMN_ORDER = ("base", ORACLE, "reinforced", TEACHER, "unlearned")
 ORACLE_METRICS = {  # forget metrics compared with the oracle: metric -> (tolerance of "at the oracle", relative?,
     # more = more knowledge?)
@@ -23,15 +24,14 @@ RETAIN_TOLERANCE = 0.03  # retain perplexity within 3 % of the base's counts as 
 
 def teacher_alphas(results: dict) -> dict[float, str]:
     """α -> role of every teacher column named exactly "teacher α=<α>"."""
-    found = (re.fullmatch(rf"{TEACHER} α=(\d+(?:\.\d*)?)", role) for role in results)
+    found = (TEACHER_COLUMN.fullmatch(role) for role in results)
     return {float(match.group(1)): match.group(0) for match in found if match}
 
 
 def teacher_reaching_the_oracle(results: dict, metric: str = "membership_auc_mink") -> dict | None:
     """The smallest α measured whose teacher's membership AUC is at most the oracle's plus the tolerance of "at the
-    oracle": a student trained towards that teacher can reach the oracle's membership signal, one trained towards a
-    teacher that does not, cannot. `{"alpha": None, ...}` when no teacher measured reaches it; `None` without an
-    oracle's or a teacher's value."""
+    oracle": around it, a student trained towards the teacher can reach the oracle's membership signal.
+    `{"alpha": None, ...}` when no teacher measured reaches it; `None` without an oracle's or a teacher's value."""
     oracle = results.get(ORACLE, {}).get(metric)
     teachers = {alpha: results[role][metric] for alpha, role in sorted(teacher_alphas(results).items())
                 if measured(results[role].get(metric))}
@@ -47,7 +47,7 @@ def ordered_roles(results: dict) -> list[str]:
     order given."""
 
     def rank(role: str):
-        teacher = re.match(rf"{TEACHER} α=(\d+(?:\.\d*)?)", role)  # "teacher α=5", "teacher α=5 (…)"
+        teacher = TEACHER_COLUMN.match(role)
         kind = TEACHER if teacher else role
         alpha = float(teacher.group(1)) if teacher else 0.0
         return (COLUMN_ORDER.index(kind) if kind in COLUMN_ORDER else len(COLUMN_ORDER), alpha)

@@ -141,13 +141,13 @@ def teacher_summary(teacher: dict | None) -> list[str]:
     if teacher["alpha"] is None:
         best = min(values.values())
         return [f"The teacher reaches the oracle's `{teacher['metric']}` at none of the α measured ({measured_at}; "
-                f"lowest {format_number(best)} against the oracle's {format_number(teacher['oracle'])}): a student "
-                "cannot go further than its teacher. Measure a larger α, or reinforce longer (see the recommended "
-                "procedure in the documentation's results).", ""]
+                f"lowest {format_number(best)} against the oracle's {format_number(teacher['oracle'])}). Measure a "
+                "larger α, or reinforce longer (see the recommended procedure in the documentation's results).", ""]
     value = values[teacher["alpha"]]
     return [f"The teacher reaches the oracle's `{teacher['metric']}` at α = {format_number(teacher['alpha'])} "
-            f"({format_number(value)} against {format_number(teacher['oracle'])}; α measured: {measured_at}): the "
-            "smallest of these with which a student can reach the oracle's membership signal.", ""]
+            f"({format_number(value)} against {format_number(teacher['oracle'])}; α measured: {measured_at}): around "
+            "it a student can reach the oracle's membership signal (a student trained long can pass its teacher: "
+            "compare the student with the oracle).", ""]
 
 
 def oracle_table(comparison: dict[str, dict[str, dict]]) -> list[str]:
