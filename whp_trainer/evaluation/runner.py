@@ -81,12 +81,13 @@ def evaluate_model(
         oracle: a model of the same tokenizer that never read the target: the `"oracle"` column.
         holdout_texts: texts of the forget target's kind that no model read: membership AUC (and, with the oracle,
             PrivLeak).
-        knowledge_qa, knowledge_shots, retain_qa: `{"question", "answer"}` pairs: KnowMem on forget (after the
-            few-shot examples) and on retain.
+        knowledge_qa: `{"question", "answer"}` pairs about the forget target: KnowMem on forget.
+        knowledge_shots: `{"question", "answer"}` few-shot examples put before each KnowMem question.
+        retain_qa: `{"question", "answer"}` pairs about retain knowledge: KnowMem on retain.
 
     A teacher column `"teacher α=A"` is measured for each `config.teacher_alphas` when the model holds the
     `"reinforced"` adapter. The active adapter, the trainable parameters and the train/eval mode are restored
-    afterwards; the oracle relearns through a fresh adapter, removed afterwards.
+    afterwards; every role relearns through a fresh adapter on top of its own, removed afterwards.
     """
     roles = default_roles(model, config) if roles is None else roles
     data = evaluation_data(config, probes, forget_texts, retain_texts, dictionary, holdout_texts, knowledge_qa,
