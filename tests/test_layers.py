@@ -17,7 +17,7 @@ LAYERS = [
     ("padding and the method's mathematics", {"targets", "batching"}),
     ("anchors", {"anchors"}),
     ("batches and data", {"collator", "cache", "data"}),
-    ("models", {"models", "chat", "toy"}),
+    ("models", {"models", "loading", "chat", "toy"}),
     ("settings and records", {"config", "runs", "record"}),
     ("evaluation", {"evaluation"}),
     ("model card and publishing", {"hub"}),
