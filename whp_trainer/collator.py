@@ -48,8 +48,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .anchors import AnchorDictionary, read_text
+from .anchors import AnchorDictionary
 from .batching import pad_rows, pad_token_id, padding_mask
+from .dictionary import read_text
 from .targets import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
