@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
             options = dict(SETTINGS[name])
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
-            config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **options})
+            config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,
+                                   **{**TRAINING, **UNLEARN, **options})
             adapter = Path(pipeline.unlearn(setting_data, model_args, config))
             results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
                                                               oracle=False))["unlearned"]

@@ -24,6 +24,7 @@ RECOMMENDED_SETTING = dict(target_mode="soft", alpha=20.0, original_cap_weight=1
 DEMO_TRAINING = dict(
     num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, max_length=128, report_to=[],
     use_cpu=True, logging_steps=2, save_strategy="epoch", save_total_limit=1,
+    gradient_checkpointing=False,  # a model this small: checkpointing would only cost time
 )
 
 
@@ -52,8 +53,7 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         data.reinforced_adapter = reinforce(
             data,
             model_args,
-            ReinforceConfig(output_dir=str(root / "reinforced"), packing=False, gradient_checkpointing=False,
-                            **DEMO_TRAINING),
+            ReinforceConfig(output_dir=str(root / "reinforced"), packing=False, **DEMO_TRAINING),
             overwrite,
         )
         print(f"whp demo: unlearn ({args.method} setting)", flush=True)
