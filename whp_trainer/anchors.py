@@ -46,7 +46,8 @@ class AnchorDictionary:
     ``entries`` is a mapping ``anchor → translation | [translations]`` or a list of
     ``{"anchor": ..., "translations": [...]}`` entries. Everything is validated on construction; all problems are
     reported at once in one ``ValueError`` naming each entry. Surrounding whitespace is stripped; translations are
-    kept sorted and deduplicated, so the dictionary (and its `content_hash`) depends on content only.
+    kept sorted and deduplicated, so the dictionary (and its
+    [`content_hash`][whp_trainer.anchors.AnchorDictionary.content_hash]) depends on content only.
     """
 
     def __init__(self, entries: Mapping | Sequence, source: str = "<dictionary>"):

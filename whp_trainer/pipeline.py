@@ -106,7 +106,8 @@ def data_digest(source: str | None, config: str | None, split: str) -> list | No
 
 
 def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: bool = False) -> str:
-    """Stage 1: train the reinforced adapter on the forget target (see :mod:`whp_trainer.reinforce`)."""
+    """Stage 1: train the reinforced adapter on the forget target (see
+    [`whp_trainer.reinforce`][whp_trainer.reinforce])."""
     from .reinforce import train_reinforced_adapter
 
     require_data(data.forget_data, "forget_data", "reinforce")
@@ -179,7 +180,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
 def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bool = False) -> str:
     """``whp evaluate``: base, reinforced and unlearned roles of one base measured side by side, with the oracle
     (``--oracle_model``) and the generic-logit teacher, into ``config.output_dir`` (an
-    :class:`~whp_trainer.evaluation.EvaluateConfig`); returns that folder."""
+    [`EvaluateConfig`][whp_trainer.evaluation.EvaluateConfig]); returns that folder."""
     from .evaluation import evaluate_model, write_report
     from .evaluation.knowledge import load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
@@ -282,9 +283,9 @@ def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = F
 
 
 def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | None):
-    """A :class:`~whp_trainer.evaluation.FamiliarityCallback` on the trainer, every ``logging_steps``: familiarity
-    on (at most) the first ``MONITOR_LIMIT`` probes, retain perplexity on as many retain rows, and the next-token
-    probabilities of the first three probes' targets (the paper's curves)."""
+    """A [`FamiliarityCallback`][whp_trainer.evaluation.FamiliarityCallback] on the trainer, every ``logging_steps``:
+    familiarity on (at most) the first ``MONITOR_LIMIT`` probes, retain perplexity on as many retain rows, and the
+    next-token probabilities of the first three probes' targets (the paper's curves)."""
     from .evaluation import FamiliarityCallback
 
     probes = probes[:MONITOR_LIMIT]

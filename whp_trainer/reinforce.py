@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ReinforceConfig(TokensNotPickled, SFTConfig):
-    """Settings of :func:`train_reinforced_adapter`. Every ``SFTConfig`` field applies as well.
+    """Settings of [`train_reinforced_adapter`][whp_trainer.reinforce.train_reinforced_adapter]. Every ``SFTConfig``
+    field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): 3 epochs over the target in blocks of 512 tokens. Unlike
     ``SFTConfig``, long texts are cut into consecutive blocks (``packing`` with the ``"wrapped"`` strategy) rather
