@@ -1,7 +1,9 @@
 """The ``whp`` command: one sub-command per stage, ``whp run CONFIG.yaml`` to chain them, ``whp demo``.
 
-Every stage's options come from dataclasses (``DataArguments``, TRL's ``ModelConfig``, the stage's config) parsed
-by TRL's parser: ``--config FILE.yaml`` sets them, flags override the file, ``--help`` lists them with their help.
+One registry, ``COMMANDS``, names every command with its help line, the dataclasses of its options and the function
+it runs; the usage text, the parsers and the dispatch all read it. Every stage's options come from those dataclasses
+(``DataArguments``, TRL's ``ModelConfig``, the stage's config) parsed by TRL's parser: ``--config FILE.yaml`` sets
+them, flags override the file, ``--help`` lists them with their help.
 """
 
 from __future__ import annotations
