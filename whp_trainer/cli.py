@@ -163,8 +163,9 @@ def group_help(parser, dataclass_types: tuple) -> None:
 
 
 def dataclass_parent(cls: type) -> type | None:
-    """The dataclass ``cls`` extends (``TrainingArguments``, ``SFTConfig``), if any."""
-    return next((base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)), None)
+    """The library dataclass ``cls`` extends (``TrainingArguments``, ``SFTConfig``), if any."""
+    return next((base for base in cls.__mro__[1:]
+                 if dataclasses.is_dataclass(base) and not base.__module__.startswith("whp_trainer")), None)
 
 
 def parse_stage(command: str, argv: list[str], defaults: dict | None = None, source: str = "flags"):

@@ -49,7 +49,32 @@ def check_max_steps(args: TrainingArguments) -> None:
 
 
 @dataclass
-class UnlearnConfig(TokensNotPickled, TrainingArguments):
+class TrlTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the three defaults TRL's configs change, so that
+    [`UnlearnConfig`][whp_trainer.UnlearnConfig] agrees with [`ReinforceConfig`][whp_trainer.reinforce.ReinforceConfig]
+    (an ``SFTConfig``): ``logging_steps=10``, ``gradient_checkpointing=True``, and ``bf16`` on where a GPU or XPU
+    supports it."""
+
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log (and, with --probes, measure familiarity) every X update steps; a float below 1 is a "
+                  "ratio of the total steps. TRL's default (TrainingArguments: 500)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "Recompute the student's activations in the backward pass instead of keeping them: less "
+                  "memory, a fifth more time or so. TRL's default (TrainingArguments: False); turn it off for small "
+                  "models on a CPU, where it only costs time."},
+    )
+    bf16: bool | None = auto_bf16_field()
+
+    def __post_init__(self):
+        resolve_auto_bf16(self)
+        super().__post_init__()
+
+
+@dataclass
+class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     """Settings of [`UnlearnTrainer`][whp_trainer.UnlearnTrainer]. Every ``TrainingArguments`` field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): α = 5, ReLU on the reinforced boost, argmax (hard) targets, both
@@ -63,19 +88,6 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
         default="whp-unlearned",
         metadata={"help": "Where the unlearning adapter, its card and the checkpoints are written."},
     )
-    # TRL's defaults (its configs change these three of TrainingArguments), so that both stages' configs agree
-    logging_steps: float = field(
-        default=10,
-        metadata={"help": "Log (and, with --probes, measure familiarity) every X update steps; a float below 1 is a "
-                  "ratio of the total steps. TRL's default (TrainingArguments: 500)."},
-    )
-    gradient_checkpointing: bool = field(
-        default=True,
-        metadata={"help": "Recompute the student's activations in the backward pass instead of keeping them: less "
-                  "memory, a fifth more time or so. TRL's default (TrainingArguments: False); turn it off for small "
-                  "models on a CPU, where it only costs time."},
-    )
-    bf16: bool | None = auto_bf16_field()
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     alpha: float = field(
@@ -204,7 +216,6 @@ class UnlearnConfig(TokensNotPickled, TrainingArguments):
     )
 
     def __post_init__(self):
-        resolve_auto_bf16(self)
         super().__post_init__()
         check_max_steps(self)
         if self.target_mode not in TARGET_MODES:
