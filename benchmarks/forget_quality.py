@@ -31,7 +31,10 @@ from pathlib import Path
 from trl import ModelConfig
 
 from whp_trainer import UnlearnConfig, pipeline
+from whp_trainer.arguments import DataArguments
+from whp_trainer.data import load_texts
 from whp_trainer.demo import DemoSize, cache_root, one_thread, pretrain
+from whp_trainer.loading import load_base_model, load_tokenizer, with_adapters
 from whp_trainer.runs import STAGE_FILE
 from whp_trainer.toy import tiny_llama, train_tokenizer
 
@@ -217,10 +220,10 @@ def measure(root: Path, data, model_args, adapters: dict[str, Path], teacher_alp
     from whp_trainer.evaluation.knowledge import load_qa
 
     texts = root / "texts"
-    read = lambda name: pipeline.load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
+    read = lambda name: load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
     forget, anchors = read("target"), AnchorDictionary(ANCHORS)
-    tokenizer = pipeline.load_tokenizer(model_args)
-    model = pipeline.with_adapters(pipeline.load_base_model(model_args), adapters)
+    tokenizer = load_tokenizer(model_args)
+    model = with_adapters(load_base_model(model_args), adapters)
     roles = {role: None if role == "base" else role for role in adapters if role != "reinforced" or oracle}
     if oracle:
         roles = {"base": None, **roles}
@@ -261,8 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, dictionary in DICTIONARIES.items():
         (texts / f"{name}.json").write_text(json.dumps(dictionary, indent=1), encoding="utf-8")
     model_args = ModelConfig(model_name_or_path=str(root / "base"), **LORA)
-    data = pipeline.DataArguments(forget_data=str(texts / "target.txt"), retain_data=str(texts / "retain.txt"),
-                                  anchors=str(texts / "anchors.json"))
+    data = DataArguments(forget_data=str(texts / "target.txt"), retain_data=str(texts / "retain.txt"),
+                         anchors=str(texts / "anchors.json"))
     needed = {"default"} | {SETTINGS[name].get("reinforced", "default") for name in args.settings}
     with one_thread():
         from whp_trainer.reinforce import ReinforceConfig
@@ -285,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
             options = dict(SETTINGS[name])
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
-            config = UnlearnConfig(output_dir=str(folder), **{**TRAINING, **UNLEARN, **options})
+            config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,
+                                   **{**TRAINING, **UNLEARN, **options})
             adapter = Path(pipeline.unlearn(setting_data, model_args, config))
             results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
                                                               oracle=False))["unlearned"]

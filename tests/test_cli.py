@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from trl import ModelConfig
 
 from whp_trainer import cli, pipeline
+from whp_trainer.arguments import DataArguments
 from whp_trainer.reinforce import ReinforceConfig
 from whp_trainer.toy import tiny_llama
 
@@ -305,7 +306,7 @@ def test_the_drop_in_example_runs(files, tmp_path, monkeypatch):
     import drop_in
 
     reinforced = pipeline.reinforce(
-        pipeline.DataArguments(forget_data=str(files / "forget.txt")),
+        DataArguments(forget_data=str(files / "forget.txt")),
         ModelConfig(model_name_or_path=str(files / "base"), lora_r=4, lora_target_modules=["q_proj"]),
         ReinforceConfig(output_dir=str(tmp_path / "reinforced"), **TRAINING),
     )

@@ -12,8 +12,10 @@ from peft import LoraConfig, get_peft_model
 from trl import ModelConfig
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer, data, pipeline
+from whp_trainer.arguments import DataArguments, PublishArguments
 from whp_trainer.collator import read_paragraphs
 from whp_trainer.data import load_texts
+from whp_trainer.loading import load_base_model, load_tokenizer
 from whp_trainer.toy import tiny_llama
 
 MESSY = "  first paragraph\nline two\n\n\n\nsecond\r\n\r\nthird  \n\n \n\nlast\n"
@@ -87,7 +89,7 @@ def test_the_stages_train_on_a_hub_dataset_and_the_card_names_it(tokenizer, tmp_
     tiny_llama(tokenizer).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     output = pipeline.reinforce(
-        pipeline.DataArguments(forget_data="someone/hp-books", forget_data_config="books"),
+        DataArguments(forget_data="someone/hp-books", forget_data_config="books"),
         ModelConfig(model_name_or_path=str(tmp_path / "base"), lora_r=4, lora_target_modules=["q_proj"]),
         ReinforceConfig(output_dir=str(tmp_path / "reinforced"), max_steps=1, per_device_train_batch_size=2,
                         max_length=32, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True),
@@ -96,7 +98,7 @@ def test_the_stages_train_on_a_hub_dataset_and_the_card_names_it(tokenizer, tmp_
     assert (tmp_path / "reinforced" / "adapter_config.json").is_file() and output == str(tmp_path / "reinforced")
 
     (tmp_path / "anchors.yaml").write_text("Harry: Jon\n", encoding="utf-8")
-    data_args = pipeline.DataArguments(forget_data="someone/hp-books", forget_data_config="books",
+    data_args = DataArguments(forget_data="someone/hp-books", forget_data_config="books",
                                        reinforced_adapter=output, anchors=str(tmp_path / "anchors.yaml"))
     unlearned = pipeline.unlearn(
         data_args, ModelConfig(model_name_or_path=str(tmp_path / "base"), lora_r=4, lora_target_modules=["q_proj"]),
@@ -138,21 +140,21 @@ def custom_code_model(tokenizer, tmp_path):
 def test_trust_remote_code_reaches_the_model_loaders(custom_code_model):
     model_args = ModelConfig(model_name_or_path=str(custom_code_model))
     with pytest.raises(ValueError, match="trust_remote_code"):
-        pipeline.load_base_model(model_args)
-    assert type(pipeline.load_base_model(model_args, trust_remote_code=True)).__name__ == "HouseForCausalLM"
-    assert pipeline.load_tokenizer(model_args, trust_remote_code=True).pad_token is not None
+        load_base_model(model_args)
+    assert type(load_base_model(model_args, trust_remote_code=True)).__name__ == "HouseForCausalLM"
+    assert load_tokenizer(model_args, trust_remote_code=True).pad_token is not None
     args = UnlearnConfig(output_dir="unused", report_to=[], use_cpu=True, trust_remote_code=True)
     trainer = UnlearnTrainer(model=str(custom_code_model), args=args, anchors={"Harry": "Jon"},
                              peft_config=LoraConfig(**LORA))
     assert type(trainer.model.get_base_model()).__name__ == "HouseForCausalLM"
 
-    get_peft_model(pipeline.load_base_model(model_args, trust_remote_code=True), LoraConfig(**LORA)).save_pretrained(
+    get_peft_model(load_base_model(model_args, trust_remote_code=True), LoraConfig(**LORA)).save_pretrained(
         custom_code_model.parent / "adapter")
-    export = pipeline.PublishArguments(folder=str(custom_code_model.parent / "adapter"), base_model=str(custom_code_model),
-                                       merged_dir=str(custom_code_model.parent / "merged"))
+    export = PublishArguments(folder=str(custom_code_model.parent / "adapter"), base_model=str(custom_code_model),
+                              merged_dir=str(custom_code_model.parent / "merged"))
     with pytest.raises(ValueError, match="trust_remote_code"):
         pipeline.export(export)
-    pipeline.export(dataclasses.replace(export, trust_remote_code=True, overwrite=True))
+    pipeline.export(dataclasses.replace(export, trust_remote_code=True), overwrite=True)
     assert json.loads((custom_code_model.parent / "merged" / "config.json").read_text())["auto_map"]
 
 

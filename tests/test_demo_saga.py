@@ -5,9 +5,10 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from whp_trainer import demo, pipeline
+from whp_trainer.demo import saga
 from whp_trainer.anchors import AnchorDictionary
 from whp_trainer.collator import read_paragraphs
-from whp_trainer.pipeline import DemoArguments
+from whp_trainer.arguments import DemoArguments
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_build_caches_and_a_second_call_trains_nothing(tmp_path, monkeypatch):
     assert assets.root.parent == tmp_path / "demo"
     assert json.loads((assets.root / "complete.json").read_text())["probe_probability"] > 0
 
-    monkeypatch.setattr(demo, "pretrain", lambda *args: pytest.fail("the cached base was trained again"))
+    monkeypatch.setattr(saga, "pretrain", lambda *args: pytest.fail("the cached base was trained again"))
     assert demo.build_demo_assets(size="tiny") == assets
 
 
@@ -75,7 +76,7 @@ def test_built_assets_load_with_the_standard_classes(tmp_path):
 
 
 def test_the_demo_pipeline_forgets_the_saga_at_tiny_size(tmp_path, capsys):
-    report = Path(pipeline.demo(DemoArguments(output_dir=str(tmp_path / "demo"), size="tiny", cache_dir=str(tmp_path))))
+    report = Path(demo.run_demo(DemoArguments(output_dir=str(tmp_path / "demo"), size="tiny", cache_dir=str(tmp_path))))
     printed = capsys.readouterr().out
     assert "| `familiarity_token` |" in printed and "| `retain_perplexity` |" in printed
     results = json.loads((report / "report.json").read_text())["results"]
@@ -99,10 +100,10 @@ def test_the_demo_runs_the_recommended_setting_beside_the_paper_one(tmp_path):
     import torch
 
     out = tmp_path / "demo"
-    report = Path(pipeline.demo(DemoArguments(output_dir=str(out), size="tiny", cache_dir=str(tmp_path),
+    report = Path(demo.run_demo(DemoArguments(output_dir=str(out), size="tiny", cache_dir=str(tmp_path),
                                               method="recommended")))
     assert report == out / "evaluation-recommended"
     args = torch.load(out / "unlearned-recommended" / "training_args.bin", weights_only=False)
-    assert {key: getattr(args, key) for key in pipeline.RECOMMENDED_SETTING} == pipeline.RECOMMENDED_SETTING
+    assert {key: getattr(args, key) for key in demo.RECOMMENDED_SETTING} == demo.RECOMMENDED_SETTING
     results = json.loads((report / "report.json").read_text())["results"]
     assert results["unlearned"]["familiarity_token"] < 0.6 * results["base"]["familiarity_token"]

@@ -16,6 +16,7 @@ from trl import ModelConfig
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli, pipeline
 from whp_trainer.anchors import AnchorDictionary
+from whp_trainer.arguments import DataArguments
 from whp_trainer.evaluation import EvaluateConfig, FamiliarityCallback, evaluate_model, write_report
 from whp_trainer.hub import build_model_card
 from whp_trainer.runs import record_reinforced_adapter
@@ -163,7 +164,7 @@ def inputs(tokenizer, make_model, reinforced_path, tmp_path):
     (tmp_path / "forget.txt").write_text("\n\n".join(FORGET * 3), encoding="utf-8")
     (tmp_path / "retain.txt").write_text("\n\n".join(RETAIN * 3), encoding="utf-8")
     (tmp_path / "anchors.yaml").write_text(yaml.safe_dump(ANCHORS), encoding="utf-8")
-    return pipeline.DataArguments(
+    return DataArguments(
         forget_data=str(tmp_path / "forget.txt"), retain_data=str(tmp_path / "retain.txt"),
         anchors=str(tmp_path / "anchors.yaml"), unlearned_adapter=str(unlearned),
     )

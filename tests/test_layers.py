@@ -15,9 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "whp_trainer"
 # Low to high; the names are top-level modules or sub-packages of whp_trainer. Keep docs/architecture.md in step.
 LAYERS = [
     ("padding and the method's mathematics", {"targets", "batching"}),
-    ("anchors", {"anchors"}),
+    ("anchors", {"dictionary", "anchors"}),
     ("batches and data", {"collator", "cache", "data"}),
-    ("models", {"models", "chat", "toy"}),
+    ("models", {"models", "loading", "chat", "toy"}),
     ("settings and records", {"config", "runs", "record"}),
     ("evaluation", {"evaluation"}),
     ("model card and publishing", {"hub"}),

@@ -187,7 +187,7 @@ def test_a_role_with_an_adapter_relearns_through_a_fresh_adapter_on_top_of_its_o
 @pytest.fixture
 def stage_inputs(tokenizer, make_model, tmp_path):
     """A saved tiny base and an oracle of the same tokenizer, an unlearning adapter, texts and questions."""
-    from whp_trainer import pipeline
+    from whp_trainer.arguments import DataArguments
 
     for name, seed in (("base", 0), ("oracle", 1)):
         make_model(seed=seed).save_pretrained(tmp_path / name)
@@ -197,8 +197,8 @@ def stage_inputs(tokenizer, make_model, tmp_path):
         (tmp_path / f"{name}.txt").write_text("\n\n".join(texts), encoding="utf-8")
     (tmp_path / "qa.json").write_text(json.dumps([{"question": "Where does Harry study?", "answer": "Hogwarts"}]))
     (tmp_path / "probes.json").write_text(json.dumps(PROBES))
-    return pipeline.DataArguments(forget_data=str(tmp_path / "forget.txt"), retain_data=str(tmp_path / "retain.txt"),
-                                  probes=str(tmp_path / "probes.json"), unlearned_adapter=str(tmp_path / "unlearned"))
+    return DataArguments(forget_data=str(tmp_path / "forget.txt"), retain_data=str(tmp_path / "retain.txt"),
+                         probes=str(tmp_path / "probes.json"), unlearned_adapter=str(tmp_path / "unlearned"))
 
 
 def test_whp_evaluate_with_an_oracle_holdout_and_questions(stage_inputs, tmp_path):

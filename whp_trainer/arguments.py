@@ -94,7 +94,6 @@ class DiscoverArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing candidates file."})
 
 
 @dataclass
@@ -121,7 +120,6 @@ class PublishArguments:
     base_model: str | None = field(
         default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "export: replace a non-empty merged_dir."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "export: allow a base model and tokenizer that ship their own code."}
     )
@@ -138,7 +136,6 @@ class DemoArguments:
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache of the generated texts and base model (default: $WHP_CACHE or ~/.cache)."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Redo stages whose outputs were made otherwise."})
     method: str = field(
         default="paper",
         metadata={"help": "'paper': the method as published; 'recommended': the setting docs/results.md recommends "

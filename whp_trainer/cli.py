@@ -1,12 +1,15 @@
 """The ``whp`` command: one sub-command per stage, ``whp run CONFIG.yaml`` to chain them, ``whp demo``.
 
-Every stage's options come from dataclasses (``DataArguments``, TRL's ``ModelConfig``, the stage's config) parsed
-by TRL's parser: ``--config FILE.yaml`` sets them, flags override the file, ``--help`` lists them with their help.
+One registry, ``COMMANDS``, names every command with its help line, the dataclasses of its options and the function
+it runs; the usage text, the parsers and the dispatch all read it. Every stage's options come from those dataclasses
+(``DataArguments``, TRL's ``ModelConfig``, the stage's config) parsed by TRL's parser: ``--config FILE.yaml`` sets
+them, flags override the file, ``--help`` lists them with their help.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import sys
 import types
@@ -17,19 +20,66 @@ from pathlib import Path
 
 import yaml
 
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One ``whp`` command: its line in ``whp --help``, the dataclasses its options fill, and the function it runs.
+
+    ``options`` and ``function`` are ``"module:name"`` paths, imported only when the command is parsed or run, so
+    that ``whp --help`` loads no library. The function takes the parsed dataclasses in order, and ``overwrite=``
+    when the command has ``--overwrite`` (``overwrite`` is that flag's help). A stage with an ``output`` writes its
+    markers (`whp_trainer.runs`) into that subfolder of ``whp run``'s ``output_dir``.
+    """
+
+    help: str
+    function: str
+    options: tuple[str, ...] = ()
+    overwrite: str | None = None
+    output: str | None = None
+
+
+DATA, MODEL = "whp_trainer.arguments:DataArguments", "trl:ModelConfig"
+REDO = "Delete what an earlier run of this stage wrote to output_dir (and only that), and start over."
 COMMANDS = {
-    "reinforce": "Stage 1: train the reinforced LoRA adapter on the forget target.",
-    "anchors": "Propose anchor candidates (statistics and/or an LLM) into a file for review.",
-    "unlearn": "Stages 2-4: train the unlearning adapter towards the generic targets.",
-    "evaluate": "Familiarity, memorization, retained ability and robustness: base vs reinforced vs unlearned.",
-    "export": "Merge the unlearning adapter into its full-precision base (loads without this package).",
-    "push": "Upload an adapter or merged folder, with its model card, to the Hugging Face Hub.",
-    "run": "Run the stages of a sectioned YAML config in order, skipping those whose output is current.",
-    "demo": "The CPU demo: a small invented saga is learnt, then forgotten, in a few minutes.",
+    "reinforce": Command(
+        "Stage 1: train the reinforced LoRA adapter on the forget target.", "whp_trainer.pipeline:reinforce",
+        (DATA, MODEL, "whp_trainer.reinforce:ReinforceConfig"), REDO, output="reinforced",
+    ),
+    "anchors": Command(
+        "Propose anchor candidates (statistics and/or an LLM) into a file for review.", "whp_trainer.pipeline:discover",
+        (DATA, MODEL, "whp_trainer.arguments:DiscoverArguments"), "Replace an existing candidates file.",
+    ),
+    "unlearn": Command(
+        "Stages 2-4: train the unlearning adapter towards the generic targets.", "whp_trainer.pipeline:unlearn",
+        (DATA, MODEL, "whp_trainer.config:UnlearnConfig"), REDO, output="unlearned",
+    ),
+    "evaluate": Command(
+        "Familiarity, memorization, retained ability and robustness: base vs reinforced vs unlearned.",
+        "whp_trainer.pipeline:evaluate", (DATA, MODEL, "whp_trainer.evaluation:EvaluateConfig"), REDO,
+        output="evaluation",
+    ),
+    "export": Command(
+        "Merge the unlearning adapter into its full-precision base (loads without this package).",
+        "whp_trainer.pipeline:export", ("whp_trainer.arguments:PublishArguments",),
+        "Replace an earlier export in a non-empty merged_dir.",
+    ),
+    "push": Command(
+        "Upload an adapter or merged folder, with its model card, to the Hugging Face Hub.",
+        "whp_trainer.pipeline:push", ("whp_trainer.arguments:PublishArguments",),
+    ),
+    "run": Command(
+        "Run the stages of a sectioned YAML config in order, skipping those whose output is current.",
+        "whp_trainer.cli:run_config",
+    ),
+    "demo": Command(
+        "The CPU demo: a small invented saga is learnt, then forgotten, in a few minutes.",
+        "whp_trainer.demo.run:run_demo", ("whp_trainer.arguments:DemoArguments",),
+        "Redo stages whose outputs were made otherwise.",
+    ),
 }
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
-    f"  {name:<10} {text}" for name, text in COMMANDS.items()
+    f"  {name:<10} {command.help}" for name, command in COMMANDS.items()
 )
 
 
@@ -50,34 +100,26 @@ class CliError(Exception):
     """A user error, printed as one line before anything is loaded."""
 
 
+def imported(path: str):
+    """The object a ``"module:name"`` path names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def command_of(name: str) -> Command:
+    if name not in COMMANDS or not COMMANDS[name].options:
+        raise CliError(f"unknown command {name!r}\n{USAGE}")
+    return COMMANDS[name]
+
+
 def stage_dataclasses(command: str) -> tuple:
-    from trl import ModelConfig
-
-    from .arguments import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
-
-    if command == "reinforce":
-        from .reinforce import ReinforceConfig
-
-        return DataArguments, ModelConfig, ReinforceConfig
-    if command == "anchors":
-        return DataArguments, ModelConfig, DiscoverArguments
-    if command == "unlearn":
-        from .config import UnlearnConfig
-
-        return DataArguments, ModelConfig, UnlearnConfig
-    if command == "evaluate":
-        from .evaluation import EvaluateConfig
-
-        return DataArguments, ModelConfig, EvaluateConfig
-    if command in ("export", "push"):
-        return (PublishArguments,)
-    if command == "demo":
-        return (DemoArguments,)
-    raise CliError(f"unknown command {command!r}\n{USAGE}")
+    """The dataclasses whose fields are the options of ``whp COMMAND``, in the order the function takes them."""
+    return tuple(imported(path) for path in command_of(command).options)
 
 
 def parser_for(command: str):
     """The stage's parser: its own options first in ``--help``, errors as one line (no usage dump)."""
+    from transformers.hf_argparser import string_to_bool
     from trl import TrlParser
 
     class StageParser(TrlParser):
@@ -85,14 +127,12 @@ def parser_for(command: str):
             raise CliError(f"{self.prog}: {message} (see {self.prog} --help)")
 
     dataclass_types = stage_dataclasses(command)
-    parser = StageParser(dataclass_types, prog=f"whp {command}", description=COMMANDS[command])
+    parser = StageParser(dataclass_types, prog=f"whp {command}", description=COMMANDS[command].help)
     parser.usage = f"whp {command} [--config FILE.yaml] [--OPTION VALUE ...]"
     parser.add_argument("--config", metavar="FILE.yaml", help="Read options from a YAML file; flags override it.")
-    if command in ("reinforce", "unlearn", "evaluate"):
-        parser.add_argument(
-            "--overwrite", action="store_true",
-            help="Delete what an earlier run of this stage wrote to output_dir (and only that), and start over.",
-        )
+    if COMMANDS[command].overwrite:  # a boolean flag as the dataclasses' are: --overwrite, or --overwrite true/false
+        parser.add_argument("--overwrite", type=string_to_bool, nargs="?", const=True, default=False,
+                            help=COMMANDS[command].overwrite)
     group_help(parser, dataclass_types)
     return parser
 
@@ -123,8 +163,9 @@ def group_help(parser, dataclass_types: tuple) -> None:
 
 
 def dataclass_parent(cls: type) -> type | None:
-    """The dataclass ``cls`` extends (``TrainingArguments``, ``SFTConfig``), if any."""
-    return next((base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)), None)
+    """The library dataclass ``cls`` extends (``TrainingArguments``, ``SFTConfig``), if any."""
+    return next((base for base in cls.__mro__[1:]
+                 if dataclasses.is_dataclass(base) and not base.__module__.startswith("whp_trainer")), None)
 
 
 def parse_stage(command: str, argv: list[str], defaults: dict | None = None, source: str = "flags"):
@@ -219,24 +260,9 @@ def read_yaml(path: str) -> dict:
 
 def run_stage(command: str, argv: list[str], defaults: dict | None = None, source: str = "flags"):
     """Parse and run one stage; returns its output path."""
-    from . import pipeline
-
     parsed, overwrite = parse_stage(command, argv, defaults, source)
-    if command == "reinforce":
-        return pipeline.reinforce(*parsed, overwrite=overwrite)
-    if command == "unlearn":
-        return pipeline.unlearn(*parsed, overwrite=overwrite)
-    if command == "anchors":
-        return pipeline.discover(*parsed)
-    if command == "evaluate":
-        return pipeline.evaluate(*parsed, overwrite=overwrite)
-    if command == "export":
-        return pipeline.export(*parsed)
-    if command == "push":
-        return pipeline.push(*parsed)
-    if command == "demo":
-        return pipeline.demo(*parsed)
-    raise CliError(f"unknown command {command!r}")
+    extra = {"overwrite": overwrite} if COMMANDS[command].overwrite else {}
+    return imported(COMMANDS[command].function)(*parsed, **extra)
 
 
 def run_config(argv: list[str]) -> None:
@@ -255,7 +281,7 @@ def run_config(argv: list[str]) -> None:
         parse_stage(command, [], values, f"{path} [{command}]")
     for command, values in plans:
         print(f"whp run: {command}", flush=True)
-        extra = ["--overwrite"] if overwrite and command in ("reinforce", "unlearn", "evaluate") else []
+        extra = ["--overwrite"] if overwrite and COMMANDS[command].output else []  # marked outputs only
         run_stage(command, extra, values, f"{path} [{command}]")
 
 
@@ -284,7 +310,7 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
     root = Path(config.get("output_dir") or "whp-run")
     data = dict(config.get("data") or {})
     shared = {**(config.get("model") or {}), **data}
-    outputs = {"reinforce": root / "reinforced", "unlearn": root / "unlearned", "evaluate": root / "evaluation"}
+    outputs = {name: root / command.output for name, command in COMMANDS.items() if command.output}
     if "reinforce" in config:
         data.setdefault("reinforced_adapter", str(outputs["reinforce"]))
     if "unlearn" in config:
@@ -334,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_third_parties()
     command, rest = argv[0], argv[1:]
     try:
-        if command == "run":
-            run_config(rest)
+        if command in COMMANDS and not COMMANDS[command].options:  # `whp run CONFIG.yaml` reads its own arguments
+            imported(COMMANDS[command].function)(rest)
         else:
             output = run_stage(command, rest)
             if output is not None:

@@ -1,4 +1,4 @@
-"""Batches for :class:`~whp_trainer.UnlearnTrainer`.
+"""Batches for [`UnlearnTrainer`][whp_trainer.UnlearnTrainer].
 
 The batch format
 ----------------
@@ -48,8 +48,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .anchors import AnchorDictionary, read_text
+from .anchors import AnchorDictionary
 from .batching import pad_rows, pad_token_id, padding_mask
+from .dictionary import read_text
 from .targets import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ class AnchorSwapCollator:
     """Build the batch format above from raw examples (``{text_field: str}``) or tokenized ones (``{"input_ids"}``).
 
     Each example becomes one block of at most ``max_length`` tokens (longer ones are truncated; use
-    :func:`split_into_blocks` to keep the rest). With ``anchors`` each block is translated by
-    :meth:`~whp_trainer.anchors.TokenAnchors.translate`; with ``anchors=None`` the batch has no translated keys
+    [`split_into_blocks`][whp_trainer.collator.split_into_blocks] to keep the rest). With ``anchors`` each block is
+    translated by [`translate`][whp_trainer.anchors.TokenAnchors.translate]; with ``anchors=None`` the batch has no
+    translated keys
     (bootstrapping-only ablation). With ``translations_per_block = N > 1`` each block is translated ``N`` times,
     each anchor taking a different one of its translations where it has enough (WHP+, Liu et al. 2024). With
     ``bootstrap_untranslated``, the positions the translation leaves without a stand-in get a loss too, from the

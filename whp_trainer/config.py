@@ -1,4 +1,6 @@
-"""``UnlearnConfig``: the unlearning stage's settings, a ``TrainingArguments`` (as TRL's configs are)."""
+"""``UnlearnConfig``: the unlearning stage's settings, a ``TrainingArguments`` with TRL's training defaults (as TRL's
+configs are); and what both stages' configs share (auto bf16, Hub tokens kept out of pickles, ``max_steps`` checks).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available
 
 from .targets import RETAIN_LOSSES, TARGET_MODES
 
@@ -18,6 +21,24 @@ class TokensNotPickled:
         return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
 
 
+def auto_bf16_field():
+    """The ``bf16`` field of whp's configs: ``None`` by default, resolved by `resolve_auto_bf16`."""
+    return field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. None (default): on when a GPU or XPU supports bf16 and fp16 is off, else "
+            "off, so that the config also works as is on a CPU (TRL's configs would turn it on and then fail there)."
+        },
+    )
+
+
+def resolve_auto_bf16(args: TrainingArguments) -> None:
+    """``bf16=None`` becomes True where a GPU or XPU supports bf16 and ``fp16`` is off, else False (before
+    ``TrainingArguments.__post_init__`` checks it)."""
+    if args.bf16 is None:
+        args.bf16 = not args.fp16 and is_torch_bf16_gpu_available()
+
+
 def check_max_steps(args: TrainingArguments) -> None:
     """``max_steps`` is a positive number of steps, or -1 (train ``num_train_epochs``); anything else is a typo."""
     if args.max_steps == 0 or args.max_steps < -1:
@@ -28,11 +49,39 @@ def check_max_steps(args: TrainingArguments) -> None:
 
 
 @dataclass
-class UnlearnConfig(TokensNotPickled, TrainingArguments):
-    """Settings of :class:`~whp_trainer.UnlearnTrainer`. Every ``TrainingArguments`` field applies as well.
+class TrlTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the three defaults TRL's configs change, so that
+    [`UnlearnConfig`][whp_trainer.UnlearnConfig] agrees with [`ReinforceConfig`][whp_trainer.reinforce.ReinforceConfig]
+    (an ``SFTConfig``): ``logging_steps=10``, ``gradient_checkpointing=True``, and ``bf16`` on where a GPU or XPU
+    supports it."""
+
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log (and, with --probes, measure familiarity) every X update steps; a float below 1 is a "
+                  "ratio of the total steps. TRL's default (TrainingArguments: 500)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "Recompute the student's activations in the backward pass instead of keeping them: less "
+                  "memory, a fifth more time or so. TRL's default (TrainingArguments: False); turn it off for small "
+                  "models on a CPU, where it only costs time."},
+    )
+    bf16: bool | None = auto_bf16_field()
+
+    def __post_init__(self):
+        resolve_auto_bf16(self)
+        super().__post_init__()
+
+
+@dataclass
+class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
+    """Settings of [`UnlearnTrainer`][whp_trainer.UnlearnTrainer]. Every ``TrainingArguments`` field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): α = 5, ReLU on the reinforced boost, argmax (hard) targets, both
-    consistency rules on, blocks of 512 tokens.
+    consistency rules on, blocks of 512 tokens. The training defaults are TRL's, as in
+    [`ReinforceConfig`][whp_trainer.reinforce.ReinforceConfig]: ``logging_steps=10``,
+    ``gradient_checkpointing=True`` and ``bf16`` on where the GPU supports it (``TrainingArguments`` has 500, False
+    and False).
     """
 
     output_dir: str = field(

@@ -1,17 +1,20 @@
 """Candidate anchors for a new forget target, written to a YAML dictionary for a person to review.
 
-Two sources, usable together (:func:`merge_candidates`):
+Two sources, usable together ([`merge_candidates`][whp_trainer.discover.merge_candidates]):
 
-* statistics (:func:`boosted_expressions`): expressions that are frequent in the target text, rare in a reference
-  text, and whose tokens the reinforced adapter boosts most over the baseline. Their translations are left empty.
-* a chat model (:func:`candidates_from_llm`), prompted as in Eldan & Russinovich (2023) for idiosyncratic names,
-  places, objects and expressions with generic alternatives. The model is any ``Callable[[str], str]``:
+* statistics ([`boosted_expressions`][whp_trainer.discover.boosted_expressions]): expressions that are frequent in the
+  target text, rare in a reference text, and whose tokens the reinforced adapter boosts most over the baseline. Their
+  translations are left empty.
+* a chat model ([`candidates_from_llm`][whp_trainer.discover.candidates_from_llm]), prompted as in Eldan & Russinovich
+  (2023) for idiosyncratic names, places, objects and expressions with generic alternatives. The model is any
+  ``Callable[[str], str]``:
   [`EndpointChat`][whp_trainer.chat.EndpointChat] (an OpenAI-compatible endpoint),
   [`LocalChat`][whp_trainer.chat.LocalChat] (a local ``transformers`` model, prompts batched), or your own (e.g.
   ``lambda prompt: pipe(prompt)[0]["generated_text"]``).
 
-:func:`write_candidates` writes empty translations as ``""``, which :meth:`AnchorDictionary.load` rejects, naming the
-line: the file cannot be used before every entry has been reviewed.
+[`write_candidates`][whp_trainer.discover.write_candidates] writes empty translations as ``""``, which
+[`AnchorDictionary.load`][whp_trainer.anchors.AnchorDictionary.load] rejects, naming the line: the file cannot be used
+before every entry has been reviewed.
 """
 
 from __future__ import annotations

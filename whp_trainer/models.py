@@ -94,9 +94,11 @@ def has_adapter(model: torch.nn.Module, name: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def teacher_pass(model: PeftModel, adapter: str | None = BASELINE, adapter_names: list[str] | None = None):
-    """Run the block in eval mode, without grad, as ``adapter`` (``None``: the base with adapters disabled), or,
-    with ``adapter_names``, as PEFT's mixed batch (one adapter name per row, ``"__base__"`` for the base).
+def using_adapter(model: PeftModel, adapter: str | None = BASELINE, adapter_names: list[str] | None = None):
+    """Run the block as one role of the shared base: with ``adapter`` active (``BASELINE``, i.e. ``None``: the base
+    with adapters disabled), or, with ``adapter_names``, as PEFT's mixed batch (one adapter name per row,
+    ``"__base__"`` for the base). The block runs in eval mode and without grad, as the teacher passes and the
+    measurements of a role need; code inside that trains turns grad on itself (``torch.enable_grad()``).
 
     Restores the active adapter, the training flag and exactly which parameters were trainable.
     """
@@ -129,7 +131,7 @@ def final_hidden_states(model: PeftModel, input_ids: torch.Tensor, attention_mas
     """Hidden states after the decoder's last norm, i.e. what the LM head reads (``(B, T, H)``).
 
     The model's own forward runs (so FSDP2 or DeepSpeed ZeRO-3 gather the parameters of a sharded model through the
-    hooks of its root), with the LM head skipped (:func:`head_input_captured`).
+    hooks of its root), with the LM head skipped ([`head_input_captured`][whp_trainer.models.head_input_captured]).
     """
     with head_input_captured(model) as captured:
         model(
@@ -228,7 +230,7 @@ def logits_from_hidden(model: PeftModel, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head applied to ``hidden`` (float32), with final logit soft-capping where the model uses it.
 
     A plain ``nn.Linear`` head is applied through its weight, not its call, so that no FSDP2 or ZeRO-3 hook runs per
-    chunk: on a sharded model, gather it once around all chunks with :func:`gathered`.
+    chunk: on a sharded model, gather it once around all chunks with [`gathered`][whp_trainer.models.gathered].
     """
     head = model.get_base_model().get_output_embeddings()
     logits = (F.linear(hidden, head.weight, head.bias) if is_plain_linear(head) else head(hidden)).float()
@@ -242,5 +244,5 @@ def teacher_logits(
     model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None = BASELINE
 ) -> torch.Tensor:
     """Full logits ``(B, T, V)`` of one role, computed without grad (for evaluation and discovery)."""
-    with teacher_pass(model, adapter):
+    with using_adapter(model, adapter):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()

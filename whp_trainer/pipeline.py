@@ -1,4 +1,5 @@
-"""The stages as functions the CLI (and the demo) call: inputs checked first, then models loaded, then work.
+"""The stages of ``whp`` as functions (what the CLI and the demo call): inputs checked first, then models loaded
+(through [`whp_trainer.loading`][whp_trainer.loading]), then the work.
 
 Every stage writes ``whp_stage.json`` into its output folder with a fingerprint of what it was run with, so that
 ``whp run`` can skip a stage whose output is current, and refuses to overwrite a stage output made otherwise.
@@ -12,15 +13,16 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.trainer import TRAINER_STATE_NAME
-from trl import ModelConfig, get_peft_config, get_quantization_config
+from trl import ModelConfig
 
 from .anchors import AnchorDictionary
+from .arguments import DataArguments, DiscoverArguments, PublishArguments
 from .collator import check_anchor_coverage, collator_for, split_into_blocks
 from .config import UnlearnConfig
-from .arguments import DataArguments, DemoArguments, DiscoverArguments, PublishArguments
 from .data import check_source, is_hub_id, load_texts
+from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
@@ -30,19 +32,7 @@ logger = logging.getLogger(__name__)
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 
 
-def lora_config(model_args: ModelConfig):
-    """The LoRA config of TRL's ``ModelConfig`` options (``--lora_r`` …); always on, as every stage trains LoRA.
-
-    ``ModelConfig`` turns a one-module list into a plain string, which PEFT would read as a regular expression of
-    the full module name: one module name stays a list here.
-    """
-    config = get_peft_config(dataclasses.replace(model_args, use_peft=True))
-    if isinstance(config.target_modules, str) and config.target_modules != "all-linear":
-        config.target_modules = {config.target_modules}
-    return config
-
-
-# ---------------------------------------------------------------------------------------------- checks and loading
+# ---------------------------------------------------------------------------------------------------- input checks
 
 
 def require_path(value: str | None, argument: str, stage: str) -> Path:
@@ -112,33 +102,12 @@ def data_digest(source: str | None, config: str | None, split: str) -> list | No
     return [file_digest(source) if Path(source).exists() else source, config, split]
 
 
-def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False):
-    """The base's tokenizer, with the EOS token as pad token when it has none."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False):
-    """The base, quantized with bitsandbytes when ``--load_in_4bit``/``--load_in_8bit`` is set."""
-    return AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        quantization_config=get_quantization_config(model_args),
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=trust_remote_code,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------- stages
 
 
 def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: bool = False) -> str:
-    """Stage 1: train the reinforced adapter on the forget target (see :mod:`whp_trainer.reinforce`)."""
+    """Stage 1: train the reinforced adapter on the forget target (see
+    [`whp_trainer.reinforce`][whp_trainer.reinforce])."""
     from .reinforce import train_reinforced_adapter
 
     require_data(data.forget_data, "forget_data", "reinforce")
@@ -211,7 +180,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
 def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bool = False) -> str:
     """``whp evaluate``: base, reinforced and unlearned roles of one base measured side by side, with the oracle
     (``--oracle_model``) and the generic-logit teacher, into ``config.output_dir`` (an
-    :class:`~whp_trainer.evaluation.EvaluateConfig`); returns that folder."""
+    [`EvaluateConfig`][whp_trainer.evaluation.EvaluateConfig]); returns that folder."""
     from .evaluation import evaluate_model, write_report
     from .evaluation.knowledge import load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
@@ -313,51 +282,10 @@ def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = F
     return adapters
 
 
-def with_adapters(base, adapters: dict[str, Path]):
-    """One ``PeftModel`` holding every adapter under its role's name (the base role disables them)."""
-    from peft import PeftModel
-
-    (first, path), *others = adapters.items()
-    model = PeftModel.from_pretrained(base, str(path), adapter_name=first)
-    for role, path in others:
-        model.load_adapter(str(path), adapter_name=role)
-    return model
-
-
-def demo_evaluation_config(output_dir: str | os.PathLike, assets=None):
-    """``whp evaluate`` settings sized for the CPU demo; the next-token prompt is the saga's "Zorvath studies"
-    (saga object vs its generic counterpart), as the paper's "Harry Potter studies" (" magic" vs " the"). With the
-    demo's ``assets``, its oracle and holdout saga text are the references."""
-    from .demo import CHARACTERS, RELATIONS
-    from .evaluation import EvaluateConfig
-
-    first_name = next(iter(CHARACTERS))[0]
-    saga_objects, generic_objects = RELATIONS["studies", False]
-    return EvaluateConfig(
-        output_dir=str(output_dir),
-        batch_size=16,
-        max_length=128,
-        completions=24,
-        max_new_tokens=16,
-        memorization_passages=32,
-        prompt_tokens=16,
-        continuation_tokens=16,
-        retain_texts=64,
-        relearn_steps=10,
-        relearn_learning_rate=1e-3,
-        hints=True,
-        plots=True,
-        next_token_prompts={f"{first_name} studies": [f" {saga_objects[0]}", f" {generic_objects[0]}"]},
-        oracle_model=str(assets.oracle_model_dir) if assets else None,
-        holdout_data=str(assets.holdout_path) if assets else None,
-        membership_texts=40,
-    )
-
-
 def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | None):
-    """A :class:`~whp_trainer.evaluation.FamiliarityCallback` on the trainer, every ``logging_steps``: familiarity
-    on (at most) the first ``MONITOR_LIMIT`` probes, retain perplexity on as many retain rows, and the next-token
-    probabilities of the first three probes' targets (the paper's curves)."""
+    """A [`FamiliarityCallback`][whp_trainer.evaluation.FamiliarityCallback] on the trainer, every ``logging_steps``:
+    familiarity on (at most) the first ``MONITOR_LIMIT`` probes, retain perplexity on as many retain rows, and the
+    next-token probabilities of the first three probes' targets (the paper's curves)."""
     from .evaluation import FamiliarityCallback
 
     probes = probes[:MONITOR_LIMIT]
@@ -370,13 +298,13 @@ def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | N
     return monitor
 
 
-def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArguments) -> str:
-    """Write candidate anchors to ``args.output`` for review (never over a file unless ``--overwrite``)."""
+def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArguments, overwrite: bool = False) -> str:
+    """Write candidate anchors to ``args.output`` for review (never over a file unless ``overwrite``)."""
     from .chat import EndpointChat, LocalChat
     from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
     require_data(data.forget_data, "forget_data", "anchors")
-    if Path(args.output).exists() and not args.overwrite:
+    if Path(args.output).exists() and not overwrite:
         raise FileExistsError(f"whp anchors: {args.output} exists (it may hold your review); pass --overwrite")
     statistics = args.method in ("statistics", "both")
     if statistics:
@@ -406,13 +334,15 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
     return args.output
 
 
-def export(args: PublishArguments) -> str:
+def export(args: PublishArguments, overwrite: bool = False) -> str:
+    """Merge the adapter in ``args.folder`` into its base, into ``args.merged_dir`` (replacing an earlier export
+    there with ``overwrite``)."""
     from .hub import export_merged
 
     adapter = require_adapter(args.folder, "folder", "export")
     if not args.merged_dir:
         raise ValueError("whp export: --merged_dir is required")
-    return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=args.overwrite,
+    return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=overwrite,
                              trust_remote_code=args.trust_remote_code))
 
 
@@ -445,56 +375,3 @@ def push(args: PublishArguments):
         )
     except (HfHubHTTPError, ConnectionError, hub_transport_error()) as error:  # offline, unreachable, refused
         raise ConnectionError(f"whp push: the Hub did not take the upload to {args.repo_id}: {error}") from None
-
-
-DEMO_LORA = dict(
-    lora_r=8, lora_alpha=16, lora_dropout=0.0,
-    lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-)
-# The setting docs/results.md recommends (measured there against an oracle); every part is off by default
-RECOMMENDED_SETTING = dict(target_mode="soft", alpha=20.0, original_cap_weight=1.0, retain_weight=1.0)
-DEMO_TRAINING = dict(
-    num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, max_length=128, report_to=[],
-    use_cpu=True, logging_steps=2, save_strategy="epoch", save_total_limit=1,
-)
-
-
-def demo(args: DemoArguments) -> str:
-    """Build (or reuse) the demo's saga and base model, then reinforce → unlearn → evaluate, and print the table."""
-    from .demo import build_demo_assets, one_thread
-    from .reinforce import ReinforceConfig
-
-    root = Path(args.output_dir)
-    with one_thread():  # models this small run faster on one thread than on two
-        print("whp demo: building the saga, its tokenizer and a small Llama that knows it (cached)", flush=True)
-        assets = build_demo_assets(args.cache_dir, args.size)
-        model_args = ModelConfig(model_name_or_path=str(assets.base_model_dir), **DEMO_LORA)
-        data = DataArguments(
-            forget_data=str(assets.saga_path),
-            retain_data=str(assets.retain_path),
-            anchors=str(assets.dictionary_path),
-            probes=str(assets.probes_path),
-            dataset_description="The invented saga generated by whp_trainer's CPU demo.",
-        )
-        print("whp demo: reinforce", flush=True)
-        data.reinforced_adapter = reinforce(
-            data,
-            model_args,
-            ReinforceConfig(output_dir=str(root / "reinforced"), packing=False, gradient_checkpointing=False,
-                            **DEMO_TRAINING),
-            args.overwrite,
-        )
-        print(f"whp demo: unlearn ({args.method} setting)", flush=True)
-        paper = args.method == "paper"
-        options = {} if paper else RECOMMENDED_SETTING
-        suffix = "" if paper else "-recommended"
-        data.unlearned_adapter = unlearn(
-            data if paper else dataclasses.replace(data, retain_data=str(assets.ordinary_path)),  # text it read
-            model_args, UnlearnConfig(output_dir=str(root / f"unlearned{suffix}"), **DEMO_TRAINING, **options),
-            args.overwrite,
-        )
-        print("whp demo: evaluate", flush=True)
-        config = demo_evaluation_config(root / f"evaluation{suffix}", assets)
-        report = evaluate(data, model_args, config, args.overwrite)
-    print((Path(report) / "report.md").read_text(encoding="utf-8"))
-    return report

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from peft import PeftConfig
 from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig, SFTTrainer
 
-from .config import TokensNotPickled, check_max_steps
+from .config import TokensNotPickled, auto_bf16_field, check_max_steps, resolve_auto_bf16
 from .models import guard_cpu_4bit
 
 logger = logging.getLogger(__name__)
@@ -25,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ReinforceConfig(TokensNotPickled, SFTConfig):
-    """Settings of :func:`train_reinforced_adapter`. Every ``SFTConfig`` field applies as well.
+    """Settings of [`train_reinforced_adapter`][whp_trainer.reinforce.train_reinforced_adapter]. Every ``SFTConfig``
+    field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): 3 epochs over the target in blocks of 512 tokens. Unlike
     ``SFTConfig``, long texts are cut into consecutive blocks (``packing`` with the ``"wrapped"`` strategy) rather
@@ -59,17 +59,10 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
     learning_rate: float = field(
         default=1e-4, metadata={"help": "Initial AdamW learning rate; a usual LoRA rate (the adapter starts at zero)."}
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={
-            "help": "bf16 mixed precision. None (default): on when a GPU or XPU supports bf16 and fp16 is off, else "
-            "off, so that the config also works as is on a CPU (SFTConfig would turn it on and then fail there)."
-        },
-    )
+    bf16: bool | None = auto_bf16_field()
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and is_torch_bf16_gpu_available()
+        resolve_auto_bf16(self)
         super().__post_init__()
         check_max_steps(self)
 

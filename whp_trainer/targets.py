@@ -104,8 +104,9 @@ def chunked_distillation_loss(
     softcap: float | None = None,
     cap_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`distillation_loss` of the logits ``hidden @ weight.T`` (soft-capped with ``softcap``), computed chunk
-    by chunk so that only ``chunk_size`` rows of vocabulary-sized logits exist at a time, in forward and backward.
+    """[`distillation_loss`][whp_trainer.targets.distillation_loss] of the logits ``hidden @ weight.T`` (soft-capped
+    with ``softcap``), computed chunk by chunk so that only ``chunk_size`` rows of vocabulary-sized logits exist at a
+    time, in forward and backward.
 
     ``hidden`` holds the student's final hidden states at the ``N`` loss positions (``(N, H)``, with grad),
     ``weight`` the frozen LM head (``(V, H)``), ``targets`` token ids (``(N,)``, ``-100`` = no loss) or
@@ -127,8 +128,8 @@ def chunked_distillation_loss(
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
-    """Summed loss of :func:`chunked_distillation_loss`; its gradient with respect to ``hidden`` is kept from the
-    forward (``(N, H)`` float32), so the weight is frozen (no gradient)."""
+    """Summed loss of [`chunked_distillation_loss`][whp_trainer.targets.chunked_distillation_loss]; its gradient with
+    respect to ``hidden`` is kept from the forward (``(N, H)`` float32), so the weight is frozen (no gradient)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, original, chunk_size, softcap, cap_weight):
@@ -213,8 +214,8 @@ def original_token_cap(
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Σ ReLU(log p_student(original) − log p_target(original))`` over the loss positions, divided as
-    :func:`distillation_loss` divides: pushes the original next token down to the soft target's probability for it,
-    in log space (so down to the target's far tail too), and never up.
+    [`distillation_loss`][whp_trainer.targets.distillation_loss] divides: pushes the original next token down to the
+    soft target's probability for it, in log space (so down to the target's far tail too), and never up.
 
     ``log_probs`` and ``targets`` are ``(N, V)`` student log-probabilities and target probabilities at the ``N``
     loss positions, ``original`` the ``(N,)`` original next tokens.

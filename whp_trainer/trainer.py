@@ -2,8 +2,8 @@
 
 Each step: two teacher passes under ``no_grad`` on the shared base (baseline: adapters disabled, reading the
 translated block; reinforced: the frozen reinforced adapter, reading the original block), the generic logits of
-:mod:`whp_trainer.targets` computed chunk by chunk at the loss positions only, then the student (the trainable
-unlearning adapter) on the original block, trained towards those targets.
+[`whp_trainer.targets`][whp_trainer.targets] computed chunk by chunk at the loss positions only, then the student (the
+trainable unlearning adapter) on the original block, trained towards those targets.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .models import (
     logits_from_hidden,
     plain_linear_head,
     prepare_unlearning_model,
-    teacher_pass,
+    using_adapter,
 )
 from .hub import local_only_patterns, tracker_urls, write_model_card
 from .runs import last_complete_checkpoint, record_reinforced_adapter
@@ -76,7 +76,7 @@ class UnlearnTrainer(Trainer):
             or, as TRL's trainers accept, a Hub id or path loaded with ``args.model_init_kwargs`` (dtype,
             quantization_config, …) and ``args.trust_remote_code``. Its tokenizer is loaded too when
             ``processing_class`` is not given.
-        args: an :class:`UnlearnConfig`.
+        args: an [`UnlearnConfig`][whp_trainer.UnlearnConfig].
         reinforced_adapter: path or Hub id of the reinforced adapter to load (frozen) onto the same base.
             Without one, and none on the model, the targets come from the anchors only (an ablation).
         peft_config: the unlearning adapter to add and train, when the model does not hold it yet.
@@ -241,7 +241,8 @@ class UnlearnTrainer(Trainer):
 
     def _chunked_student_loss(self, model, head, inputs, targets, rows, cols, num_items_in_batch):
         """The same loss from the student's final hidden states at the loss positions, through the LM head chunk by
-        chunk (:func:`~whp_trainer.targets.chunked_distillation_loss`): no ``(B, T, V)`` logits."""
+        chunk ([`chunked_distillation_loss`][whp_trainer.targets.chunked_distillation_loss]): no ``(B, T, V)``
+        logits."""
         peft_model = self.accelerator.unwrap_model(model)
         with head_input_captured(peft_model) as captured:
             outputs = student_forward(model, inputs)
@@ -276,7 +277,7 @@ class UnlearnTrainer(Trainer):
             return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                                ignore_index=IGNORE_INDEX)
         peft_model = self.accelerator.unwrap_model(model)
-        with teacher_pass(peft_model, BASELINE):
+        with using_adapter(peft_model, BASELINE):
             baseline = peft_model(**inputs).logits[:, :-1]
         return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
 
@@ -307,7 +308,7 @@ class UnlearnTrainer(Trainer):
         return ids, probs
 
     def _cached_targets(self, inputs, rows, cols) -> torch.Tensor:
-        """Targets read from the cache, in the layout of :meth:`_generic_targets`."""
+        """Targets read from the cache, in the layout of `_generic_targets`."""
         ids, probs = inputs["cached_target_ids"], inputs["cached_target_probs"]
         if self.args.target_mode == "argmax":
             return ids[..., 0]
@@ -336,7 +337,7 @@ class UnlearnTrainer(Trainer):
         else:
             hidden = {}
             for name, (adapter, pass_ids, pass_mask, positions) in passes.items():
-                with teacher_pass(peft_model, adapter):
+                with using_adapter(peft_model, adapter):
                     hidden[name] = final_hidden_states(peft_model, pass_ids, pass_mask)[positions]
         if "original baseline" in hidden:
             hidden["baseline"][:, bootstrapped] = hidden.pop("original baseline")
@@ -353,7 +354,7 @@ class UnlearnTrainer(Trainer):
             for adapter, pass_ids, _, _ in passes.values()
             for _ in range(len(pass_ids))
         ]
-        with teacher_pass(peft_model, adapter_names=names):
+        with using_adapter(peft_model, adapter_names=names):
             states = final_hidden_states(peft_model, stacked_ids, stacked_mask)
         hidden, start = {}, 0
         for name, (_, pass_ids, _, positions) in passes.items():

@@ -27,7 +27,7 @@ def next_token_metric(prompt: str, token: str) -> str:
 
 
 def parse_next_token_key(key: str) -> tuple[str, str] | None:
-    """``(prompt, token)`` of a :func:`next_token_metric` name, logged (``eval_`` prefix) or not; else ``None``."""
+    """``(prompt, token)`` of a `next_token_metric` name, logged (``eval_`` prefix) or not; else ``None``."""
     key = key.removeprefix(LOG_PREFIX)
     if not (key.startswith("p_next[") and key.endswith("]")):
         return None
@@ -36,8 +36,8 @@ def parse_next_token_key(key: str) -> tuple[str, str] | None:
 
 
 def history_from_log_history(log_history: list[dict]) -> list[dict]:
-    """The measurements of a :class:`FamiliarityCallback` found in a ``trainer.state.log_history`` (as saved in
-    ``trainer_state.json``), in the form of :attr:`FamiliarityCallback.history`."""
+    """The measurements of a [`FamiliarityCallback`][whp_trainer.evaluation.callback.FamiliarityCallback] found in a
+    ``trainer.state.log_history`` (as saved in ``trainer_state.json``), in the form of `FamiliarityCallback.history`."""
     history = []
     for entry in log_history:
         if FAMILIARITY_KEY in entry:
@@ -64,7 +64,7 @@ class FamiliarityCallback(TrainerCallback):
     Args:
         trainer: the trainer whose model is measured and whose ``log`` is used; its ``processing_class`` must be the
             tokenizer.
-        probes: ``{"prompt", "target"}`` records (see :mod:`whp_trainer.evaluation.probes`).
+        probes: ``{"prompt", "target"}`` records (see `whp_trainer.evaluation.probes`).
         retain_texts: ordinary texts whose perplexity is logged; ``None``: not measured.
         next_token_prompts: prompt -> tokens whose next-token probability is logged (tokens with their leading space).
         every_n_steps: measure every this many optimizer steps.
@@ -73,8 +73,8 @@ class FamiliarityCallback(TrainerCallback):
 
     Attributes:
         history: ``[{"step": int, "metrics": {key: value}}]``, one entry per measurement (for
-            :func:`whp_trainer.evaluation.write_report`'s plots). The same measurements are in
-            ``trainer.state.log_history``; :func:`history_from_log_history` reads them back from it.
+            [`whp_trainer.evaluation.write_report`][whp_trainer.evaluation.write_report]'s plots). The same measurements
+            are in ``trainer.state.log_history``; `history_from_log_history` reads them back from it.
     """
 
     def __init__(

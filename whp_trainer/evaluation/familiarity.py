@@ -1,8 +1,8 @@
 """Familiarity with the forget target: the paper's token-probability and completion-based metrics.
 
 Every function takes a causal LM (a ``PeftModel`` measures its active adapter), runs it in eval mode without grad
-and in batches, and restores its train/eval mode afterwards. The batching helpers here (:func:`next_token_logits`,
-:func:`generate_continuations`) are shared by the other metrics.
+and in batches, and restores its train/eval mode afterwards. The batching helpers here (`next_token_logits`,
+`generate_continuations`) are shared by the other metrics.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def token_familiarity(model, tokenizer, probes: Sequence[dict], batch_size: int 
     Args:
         model: a causal LM (a ``PeftModel`` is measured with its active adapter).
         tokenizer: its tokenizer.
-        probes: ``{"prompt", "target"}`` records (see :mod:`whp_trainer.evaluation.probes`).
+        probes: ``{"prompt", "target"}`` records (see `whp_trainer.evaluation.probes`).
         batch_size: prompts per forward pass.
     """
     if not probes:
@@ -139,7 +139,7 @@ def completion_familiarity(
 ) -> dict:
     """The paper's completion-based familiarity of judged completions.
 
-    Each completion is put by ``judge(prompt, completion)`` in one of :data:`~whp_trainer.evaluation.judges.CATEGORIES`
+    Each completion is put by ``judge(prompt, completion)`` in one of `CATEGORIES`
     (or ``"unparsed"`` when an LLM judge's answer could not be read). The score weighs explicit completions 5 to 1
     against thematic ones, as the paper's GPT-4 grades are scored in the re-implementation of Lynch et al. (2024,
     "Eight Methods to Evaluate Robust Unlearning in LLMs": explicit 5, thematic 1, accidental and none 0), divided by
@@ -150,9 +150,11 @@ def completion_familiarity(
     Unparsed judgements are counted apart and left out of the denominator (``nan`` when nothing was judged).
 
     Args:
-        completions: per prompt, its completions (as :func:`sample_completions` returns them).
+        completions: per prompt, its completions (as
+            [`sample_completions`][whp_trainer.evaluation.familiarity.sample_completions] returns them).
         judge: a callable ``(prompt, completion) -> category``, e.g. an
-            :class:`~whp_trainer.evaluation.judges.AnchorJudge` or :class:`~whp_trainer.evaluation.judges.LLMJudge`.
+            [`AnchorJudge`][whp_trainer.evaluation.judges.AnchorJudge] or
+            [`LLMJudge`][whp_trainer.evaluation.judges.LLMJudge].
         prompts: the prompt of each row of ``completions``; without them the judge sees an empty prompt (so a term
             repeated from the prompt cannot be told from new knowledge).
 

@@ -31,7 +31,7 @@ def lm_eval_benchmarks(
     Args:
         model: a causal LM.
         tokenizer: its tokenizer.
-        tasks: lm-eval task names; the default is the paper's benchmarks (:data:`PAPER_TASKS`).
+        tasks: lm-eval task names; the default is the paper's benchmarks (`PAPER_TASKS`).
         batch_size: requests per forward pass.
         limit: at most this many examples per task (a fraction of each task if below 1); ``None``: all.
         num_fewshot: few-shot examples per prompt; ``None``: each task's default (zero-shot for these tasks).

@@ -1,8 +1,10 @@
 """Judges of completions: in which of the paper's four familiarity categories a completion of a prompt falls.
 
-:class:`AnchorJudge` decides from term lists (the anchor dictionary and optional extra terms), offline and
-deterministic; :class:`LLMJudge` asks a chat model of [`whp_trainer.chat`][whp_trainer.chat] with the paper's rubric
-(:func:`openai_judge` for an OpenAI-compatible server, or ``LLMJudge(LocalChat(model, tokenizer))``).
+[`AnchorJudge`][whp_trainer.evaluation.judges.AnchorJudge] decides from term lists (the anchor dictionary and optional
+extra terms), offline and deterministic; [`LLMJudge`][whp_trainer.evaluation.judges.LLMJudge] asks a chat model of
+[`whp_trainer.chat`][whp_trainer.chat] with the paper's rubric
+([`openai_judge`][whp_trainer.evaluation.judges.openai_judge] for an OpenAI-compatible server, or
+``LLMJudge(LocalChat(model, tokenizer))``).
 """
 
 from __future__ import annotations
@@ -125,17 +127,19 @@ class AnchorJudge:
 
 
 class LLMJudge:
-    """A judge asking a chat model: ``generate(rubric + prompt + completion)`` answers, :func:`parse_judgement` reads.
+    """A judge asking a chat model: ``generate(rubric + prompt + completion)`` answers,
+    [`parse_judgement`][whp_trainer.evaluation.judges.parse_judgement] reads.
 
     An unreadable answer is asked once more; a second one gives ``"unparsed"`` (logged, and counted apart by
-    :func:`~whp_trainer.evaluation.familiarity.completion_familiarity`). [`judge_many`][whp_trainer.evaluation.judges.LLMJudge.judge_many]
-    asks all its questions at once, so a [`LocalChat`][whp_trainer.chat.LocalChat] answers them in batches.
+    [`completion_familiarity`][whp_trainer.evaluation.familiarity.completion_familiarity]).
+    [`judge_many`][whp_trainer.evaluation.judges.LLMJudge.judge_many] asks all its questions at once, so a
+    [`LocalChat`][whp_trainer.chat.LocalChat] answers them in batches.
 
     Args:
         generate: a callable ``prompt -> answer``, e.g. [`EndpointChat`][whp_trainer.chat.EndpointChat] or
             [`LocalChat`][whp_trainer.chat.LocalChat].
         rubric: the instructions before the prompt and completion; it must ask for the categories in
-            :data:`CATEGORIES` (by name, or numbered 1-4 / lettered a-d in that order).
+            `CATEGORIES` (by name, or numbered 1-4 / lettered a-d in that order).
     """
 
     def __init__(self, generate: Callable[[str], str], rubric: str = DEFAULT_RUBRIC):
@@ -164,6 +168,6 @@ class LLMJudge:
 
 
 def openai_judge(url: str, model: str, api_key: str | None = None, **chat_options) -> LLMJudge:
-    """An :class:`LLMJudge` over an OpenAI-compatible server at ``url`` (an
+    """An [`LLMJudge`][whp_trainer.evaluation.judges.LLMJudge] over an OpenAI-compatible server at ``url`` (an
     [`EndpointChat`][whp_trainer.chat.EndpointChat]; ``chat_options`` such as ``timeout``, ``max_retries`` go to it)."""
     return LLMJudge(EndpointChat(url, model, api_key, **chat_options))

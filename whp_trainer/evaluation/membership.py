@@ -86,9 +86,10 @@ def membership_auc(
 
 
 def privleak(membership: float, oracle_membership: float) -> float:
-    """MUSE's PrivLeak, in percent: ``(AUC − AUC_oracle) / AUC_oracle × 100`` with MUSE's AUC, which labels the
-    holdout texts as members (``1 − membership``, as :func:`membership_auc` returns it). Near 0 = like the oracle;
-    strongly negative = the forget text is still recognised (under-unlearned); positive = it is now recognised as
-    *unseen* more than an unseen text is (over-unlearned, itself a membership signal)."""
+    """MUSE's PrivLeak, in percent: ``(AUC − AUC_oracle) / AUC_oracle × 100`` with MUSE's AUC, which labels the holdout
+    texts as members (``1 − membership``, as [`membership_auc`][whp_trainer.evaluation.membership.membership_auc]
+    returns it). Near 0 = like the oracle; strongly negative = the forget text is still recognised (under-unlearned);
+    positive = it is now recognised as *unseen* more than an unseen text is (over-unlearned, itself a membership
+    signal)."""
     muse, muse_oracle = 1 - membership, 1 - oracle_membership
     return float("nan") if muse_oracle == 0 else (muse - muse_oracle) / muse_oracle * 100

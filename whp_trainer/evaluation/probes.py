@@ -1,8 +1,9 @@
 """Familiarity probes: ``{"prompt": str, "target": str}`` records, read from files or built from the forget text.
 
-A probe asks for one idiosyncratic continuation of the forget target: the prompt ``"Every day Harry went to"`` and
-the target ``" Hogwarts"`` (with its leading space, as in the text). :func:`build_probes` cuts them out of the forget
-text at the occurrences of the anchors of an :class:`~whp_trainer.anchors.AnchorDictionary`.
+A probe asks for one idiosyncratic continuation of the forget target: the prompt ``"Every day Harry went to"`` and the
+target ``" Hogwarts"`` (with its leading space, as in the text).
+[`build_probes`][whp_trainer.evaluation.probes.build_probes] cuts them out of the forget text at the occurrences of the
+anchors of an [`AnchorDictionary`][whp_trainer.anchors.AnchorDictionary].
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_
     """Perplexity of ``texts``: exp of the mean negative log-likelihood over all their predicted tokens.
 
     Texts are tokenized without special tokens and cut into blocks of ``max_length`` tokens
-    (:func:`whp_trainer.collator.split_into_blocks`); each block is scored on its own, so every token is predicted
-    from the tokens before it in its block. Token-weighted: long texts count more than short ones.
+    ([`whp_trainer.collator.split_into_blocks`][whp_trainer.collator.split_into_blocks]); each block is scored on its
+    own, so every token is predicted from the tokens before it in its block. Token-weighted: long texts count more than
+    short ones.
     """
     blocks = sorted(split_into_blocks(list(texts), tokenizer, max_length), key=len)  # similar lengths pad less
     if not blocks:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..models import BASELINE, teacher_pass
+from ..models import BASELINE, using_adapter
 from .callback import next_token_metric
 from .comparison import ORACLE, TEACHER, ordered_roles
 from .config import EvaluateConfig
@@ -109,7 +109,7 @@ def evaluate_model(
             progress.set_postfix_str(f"{role}: {what}")
 
         is_teacher = isinstance(subject, GenericTeacher)
-        with contextlib.nullcontext() if is_teacher else teacher_pass(subject, adapter):
+        with contextlib.nullcontext() if is_teacher else using_adapter(subject, adapter):
             metrics, completions = measure(subject, tokenizer, config, data, lm_eval=not is_teacher, doing=doing)
         if completions:  # judged outside the role: a local judge runs as the base
             doing("judging completions")
@@ -303,7 +303,8 @@ def make_judge(config: EvaluateConfig, model, tokenizer, dictionary):
     from ..chat import LocalChat
 
     # the judge is the base, whatever adapter is active
-    return LLMJudge(LocalChat(model, tokenizer, batch_size=config.batch_size, context=lambda: teacher_pass(model, BASELINE)))
+    return LLMJudge(LocalChat(model, tokenizer, batch_size=config.batch_size,
+                              context=lambda: using_adapter(model, BASELINE)))
 
 
 def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, probes, forget_texts) -> float:

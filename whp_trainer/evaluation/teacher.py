@@ -11,7 +11,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..batching import position_ids_from_mask
-from ..models import BASELINE, teacher_pass
+from ..models import BASELINE, using_adapter
 from ..targets import generic_logits
 
 
@@ -39,9 +39,9 @@ class GenericTeacher(torch.nn.Module):
         position_ids = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       logits_to_keep=logits_to_keep, use_cache=False)
-        with teacher_pass(self.model, BASELINE):
+        with using_adapter(self.model, BASELINE):
             baseline = self.model(**inputs).logits.float()
-        with teacher_pass(self.model, self.adapter):
+        with using_adapter(self.model, self.adapter):
             reinforced = self.model(**inputs).logits.float()
         return CausalLMOutput(logits=generic_logits(baseline, reinforced, self.alpha, relu=self.relu))
 

@@ -1,11 +1,12 @@
-"""The CPU demo's data: a small invented saga, ordinary text from the same templates, its dictionary and probes.
+"""The CPU demo's data: a small invented saga, ordinary text from the same templates, its dictionary and probes,
+and the tokenizer, base model and oracle pretrained on them (built once, then cached).
 
 Everything is generated from a seed in pure Python (nothing is downloaded). The saga gives each invented character
 fixed, idiosyncratic associations ("Zorvath studies" → "runecraft"); the ordinary text fills the same sentence
 templates with generic people and randomly chosen generic objects ("Tom studies" → "history", "math", ...), so a
 model pretrained on both knows the saga and the generic world that the unlearning stage falls back to.
-:func:`build_demo_assets` trains a tokenizer and a tiny Llama on both texts, and the oracle (the same pretraining on
-the ordinary text alone: a model that never read the saga), and caches them.
+`build_demo_assets` trains a tokenizer and a tiny Llama on both texts, and the oracle (the same pretraining on the
+ordinary text alone: a model that never read the saga), and caches them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .toy import tiny_llama, train_tokenizer
+from ..batching import padded_batch
+from ..toy import tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class DemoTexts:
 
 @dataclass(frozen=True)
 class DemoAssets:
-    """Paths of the cached demo assets (see :func:`build_demo_assets`)."""
+    """Paths of the cached demo assets (see `build_demo_assets`)."""
 
     root: Path
     tokenizer_dir: Path
@@ -308,7 +310,7 @@ def build_demo_assets(cache_dir: str | os.PathLike | None = None, size: str = "f
     """Generate the demo's texts, train its tokenizer, base model and oracle, and cache them; later calls reuse the
     cache.
 
-    The assets live in ``<cache root>/demo/<hash of generator version and size>`` (see :func:`cache_root`); a
+    The assets live in ``<cache root>/demo/<hash of generator version and size>`` (see `cache_root`); a
     ``complete.json`` marker, written last, records the build time and the base model's probe probabilities.
     """
     root = cache_root(cache_dir) / "demo" / cache_key(size)
@@ -326,6 +328,8 @@ def build_demo_assets(cache_dir: str | os.PathLike | None = None, size: str = "f
 
 
 def write_assets(assets: DemoAssets, size: str) -> None:
+    from ..evaluation.familiarity import token_familiarity  # the metrics load only when assets are built
+
     start = time.perf_counter()
     spec = demo_size(size)
     texts = generate_texts(size)
@@ -335,8 +339,6 @@ def write_assets(assets: DemoAssets, size: str) -> None:
     assets.dictionary_path.write_text(json.dumps(texts.dictionary, indent=1, ensure_ascii=False), encoding="utf-8")
     assets.probes_path.write_text(json.dumps(texts.probes, indent=1, ensure_ascii=False), encoding="utf-8")
     tokenizer = train_tokenizer(texts.saga + texts.ordinary, vocab_size=spec.vocab_size)
-    from .evaluation.familiarity import token_familiarity  # here: evaluation imports this module's padded_batch
-
     tokenizer.save_pretrained(assets.tokenizer_dir)
     probabilities = {}
     pretraining = {assets.base_model_dir: texts.saga + texts.ordinary, assets.oracle_model_dir: texts.ordinary}
@@ -391,15 +393,3 @@ def warmup_cosine(step: int, total: int, warmup_fraction: float = 0.05) -> float
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(map(len, sequences))
-    input_ids = torch.full((len(sequences), width), pad_id)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        attention_mask[row, : len(sequence)] = 1
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
