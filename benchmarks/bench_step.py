@@ -95,6 +95,7 @@ def make_step(variant, args, tmp):
         trainer = UnlearnTrainer(
             model=base, reinforced_adapter=tmp / "reinforced", peft_config=LoraConfig(**lora),
             args=UnlearnConfig(output_dir=str(tmp / "out"), report_to=[], use_cpu=True, logits_chunk_size=chunk,
+                              gradient_checkpointing=False,  # as the sft reference: compare the same step
                               fused_teacher_pass=variant == "whp-fused", chunked_student_loss=variant != "whp-logits",
                               **(RECOMMENDED_LOSS if variant == "whp-cap" else {})),
             data_collator=lambda x: x, train_dataset=[0],
