@@ -121,11 +121,12 @@ class BlockTranslation:
 
 
 class TokenAnchors:
-    """An :class:`AnchorDictionary` compiled for one tokenizer: surface forms of every anchor in a trie over token ids.
+    """An [`AnchorDictionary`][whp_trainer.anchors.AnchorDictionary] compiled for one tokenizer: surface forms of
+    every anchor in a trie over token ids.
 
     A surface form is the token sequence an anchor gets in context: byte-level BPE tokenizes " Harry" and "Harry"
     differently, and a tokenizer without a merge for " Jon" yields ``[" ", "Jon"]``. Each anchor is tokenized in
-    :data:`CONTEXT_PREFIXES` × :data:`CONTEXT_SUFFIXES` together with each of its translations in the same context;
+    `CONTEXT_PREFIXES` × `CONTEXT_SUFFIXES` together with each of its translations in the same context;
     the form is the smallest token span, containing the anchor, outside of which both tokenizations agree, and the
     translation's tokens over the same span are what replaces it. An occurrence must sit on word boundaries:
     "Ron" does not match inside "Ronald".
