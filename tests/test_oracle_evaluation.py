@@ -128,8 +128,13 @@ def test_the_oracle_column_relearns_and_every_forget_metric_is_compared_with_it(
     reinforced = comparison["reinforced"]["membership_auc_mink"]
     assert reinforced["verdict"] == "above" and reinforced["meaning"] == "knowledge left"
     write_report(results, tmp_path, config=config)
-    assert json.loads((tmp_path / "report.json").read_text())["oracle_comparison"] == comparison
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["oracle_comparison"] == comparison
+    teacher = report["teacher_reaching_the_oracle"]  # measured teachers, judged against the measured oracle
+    assert [row["alpha"] for row in teacher["teachers"]] == [2.0, 10.0]
+    assert teacher["oracle"] == results["oracle"]["membership_auc_mink"]
     assert "## Against the oracle" in (tmp_path / "report.md").read_text()
+    assert "The teacher reaches the oracle's `membership_auc_mink`" in (tmp_path / "report.md").read_text()
 
 
 def test_verdicts_say_above_at_or_below_the_oracle_and_what_it_means():
