@@ -4,6 +4,7 @@ all show. Every role's logits, the student loss and its gradients must be those 
 default LoRA configuration must train, save and reload on each."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -12,13 +13,14 @@ from conftest import CORPUS
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from whp_trainer import UnlearnConfig, UnlearnTrainer
+from whp_trainer import UnlearnConfig, UnlearnTrainer, models
 from whp_trainer.batching import position_ids_from_mask
 from whp_trainer.models import (
     BASELINE,
     final_hidden_states,
     logits_from_states,
     logits_head,
+    plain_linear_head,
     role_logits,
     using_adapter,
 )
@@ -115,6 +117,13 @@ def own_logits(model, adapter, ids, mask):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_teacher_logits_are_the_models_own(name, tokenizer, tmp_path):
     trainer = make_trainer(name, tokenizer, tmp_path)
+    assert logits_head(trainer.model).rebuilds  # rebuilt from the hidden states, chunk by chunk, on all 20
+    check_teacher_logits(name, trainer, tokenizer)
+
+
+def check_teacher_logits(name, trainer, tokenizer):
+    """Both roles' logits (the evaluation's and discovery's path; the trainer's separate and fused teacher passes)
+    equal PEFT's ``model(...).logits``; left-padded rows read as the rows alone."""
     model = trainer.model.eval()
     ids, mask, rows = left_padded(tokenizer, CORPUS[:3])
     inputs = {"input_ids": ids, "attention_mask": mask}
@@ -142,8 +151,14 @@ def test_teacher_logits_are_the_models_own(name, tokenizer, tmp_path):
 @pytest.mark.parametrize("mode", ["argmax", "soft"])
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_student_loss_and_gradients_are_those_of_the_models_logits(name, mode, tokenizer, tmp_path):
-    peft_model = with_reinforced_adapter(tiny_model(name, tokenizer))
-    trainer = make_trainer(name, tokenizer, tmp_path, peft_model, target_mode=mode, alpha=2.0)
+    trainer = make_trainer(name, tokenizer, tmp_path, target_mode=mode, alpha=2.0)
+    assert plain_linear_head(trainer.model) is not None  # the default, chunked student loss runs on all 20
+    check_student_loss(name, trainer, mode)
+
+
+def check_student_loss(name, trainer, mode):
+    """The default (chunked) and the unchunked student loss, their gradients and the student's probability of the
+    original token equal those computed from the student's ``model(...).logits``."""
     model = trainer.model.train()
     with torch.no_grad():  # a student that differs from the base
         for parameter in (p for n, p in model.named_parameters() if ".default." in n and "lora_B" in n):
@@ -200,3 +215,34 @@ def test_default_lora_trains_saves_and_reloads(name, tokenizer, tmp_path):
         expected = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
         again = reloaded(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_post_processing_falls_back_to_the_models_own_logits(tokenizer, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(models, "LOGIT_SCALES", {})  # as if whp_trainer did not know Cohere's logit_scale
+    with caplog.at_level(logging.WARNING, logger="whp_trainer.models"):
+        trainer = make_trainer("cohere", tokenizer, tmp_path, target_mode="soft", alpha=2.0)
+    assert "CohereForCausalLM" in caplog.text and "using the model's own logits" in caplog.text
+    assert not logits_head(trainer.model).rebuilds
+    check_teacher_logits("cohere", trainer, tokenizer)
+    check_student_loss("cohere", trainer, "soft")
+
+
+def test_whp_reinforce_and_unlearn_train_every_linear_layer_where_peft_has_no_default(tokenizer, tmp_path, caplog):
+    from whp_trainer import cli
+
+    tiny_model("cohere", tokenizer).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    (tmp_path / "forget.txt").write_text("\n\n".join(CORPUS[:4]), encoding="utf-8")
+    common = ["--model_name_or_path", str(tmp_path / "base"), "--forget_data", str(tmp_path / "forget.txt"),
+              "--lora_r", "2", "--max_steps", "1", "--per_device_train_batch_size", "2", "--max_length", "32",
+              "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"]
+    with caplog.at_level(logging.WARNING, logger="whp_trainer.models"):
+        cli.main(["reinforce", *common, "--output_dir", str(tmp_path / "reinforced")])
+        cli.main(["unlearn", *common, "--reinforced_adapter", str(tmp_path / "reinforced"),
+                  "--output_dir", str(tmp_path / "unlearned")])
+    assert caplog.text.count("PEFT has no default LORA target modules for model type 'cohere'") == 2
+    for stage in ("reinforced", "unlearned"):
+        targets = json.loads((tmp_path / stage / "adapter_config.json").read_text())["target_modules"]
+        suffixes = {target.rsplit(".", 1)[-1] for target in targets}
+        assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, stage
+    assert "every linear layer of the decoder" in (tmp_path / "unlearned" / "README.md").read_text()
