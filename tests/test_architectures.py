@@ -39,7 +39,8 @@ ARCHITECTURES = {  # name -> (config class, model class, config options); no dro
     "gemma3": (hf.Gemma3TextConfig, hf.Gemma3ForCausalLM, dict(DECODER, head_dim=8, final_logit_softcapping=2.0)),
     "phi3": (hf.Phi3Config, hf.Phi3ForCausalLM, DECODER),
     "phi": (hf.PhiConfig, hf.PhiForCausalLM, DECODER),  # its LM head has a bias
-    "gpt2": (hf.GPT2Config, hf.GPT2LMHeadModel, dict(n_embd=32, n_layer=1, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+    "gpt2": (hf.GPT2Config, hf.GPT2LMHeadModel,
+             dict(n_embd=32, n_layer=1, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
     "gpt_neox": (hf.GPTNeoXConfig, hf.GPTNeoXForCausalLM,
                  dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                       max_position_embeddings=256)),

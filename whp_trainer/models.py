@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import weakref
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -175,11 +174,10 @@ def final_hidden_states(
     return captured[-1]
 
 
-def own_forward(model, input_ids, attention_mask, position_ids=None, **kwargs):
+def own_forward(model, input_ids, attention_mask, position_ids=None):
     """The model's forward on a padded batch, with the positions of its mask (left-padded rows read as unpadded)."""
     position_ids = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                 **kwargs)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
 
 @contextlib.contextmanager
@@ -391,5 +389,6 @@ def role_logits(
     with using_adapter(model, adapter):
         states = final_states(model, input_ids, attention_mask, head, position_ids)
         states = states[:, -logits_to_keep:] if logits_to_keep else states
-        with gathered(model, model.get_base_model().get_output_embeddings()) if head.rebuilds else nullcontext():
+        output_embeddings = model.get_base_model().get_output_embeddings()
+        with gathered(model, output_embeddings) if head.rebuilds else contextlib.nullcontext():
             return logits_from_states(model, states, head)

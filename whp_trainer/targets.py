@@ -106,13 +106,13 @@ def chunked_distillation_loss(
     bias: torch.Tensor | None = None,
     scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[`distillation_loss`][whp_trainer.targets.distillation_loss] of the logits ``(hidden @ weight.T + bias) · scale``
-    (then soft-capped with ``softcap``), computed chunk by chunk so that only ``chunk_size`` rows of vocabulary-sized
-    logits exist at a time, in forward and backward.
+    """[`distillation_loss`][whp_trainer.targets.distillation_loss] of the logits
+    ``(hidden @ weight.T + bias) · scale`` (then soft-capped with ``softcap``), computed chunk by chunk so that only
+    ``chunk_size`` rows of vocabulary-sized logits exist at a time, in forward and backward.
 
     ``hidden`` holds the student's final hidden states at the ``N`` loss positions (``(N, H)``, with grad),
-    ``weight`` and ``bias`` the frozen LM head (``(V, H)``, ``(V,)``), ``targets`` token ids (``(N,)``, ``-100`` = no loss) or
-    probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
+    ``weight`` and ``bias`` the frozen LM head (``(V, H)``, ``(V,)``), ``targets`` token ids (``(N,)``, ``-100`` = no
+    loss) or probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
     ``hidden`` is computed in the forward, so the backward neither keeps nor recomputes logits.
     ``cap_weight`` (soft targets) adds `original_token_cap` times that weight, as the unchunked loss does.
     Returns the loss and the student's log-probabilities of the ``original`` tokens (``(N,)``, no grad), for metrics.
