@@ -72,13 +72,13 @@ def test_candidates_from_llm_prompts_each_passage_and_merges():
 def test_boosted_expressions_rank_what_the_reinforced_adapter_boosts(tokenizer, monkeypatch):
     boosted = tokenizer(" Hogwarts", add_special_tokens=False)["input_ids"] + tokenizer("Hogwarts")["input_ids"]
 
-    def fake_teacher_logits(model, input_ids, attention_mask, adapter=None):
+    def fake_role_logits(model, input_ids, attention_mask, adapter=None):
         logits = torch.zeros(*input_ids.shape, len(tokenizer))
         if adapter == "reinforced":
             logits[..., boosted] = 5.0
         return logits
 
-    monkeypatch.setattr(discover, "teacher_logits", fake_teacher_logits)
+    monkeypatch.setattr(discover, "role_logits", fake_role_logits)
     candidates = boosted_expressions(None, tokenizer, TARGET, REFERENCE, top_k=3)
     assert candidates[0].anchor == "Hogwarts" and candidates[0].translations == []
     assert "3× in target, 0× in reference" in candidates[0].note

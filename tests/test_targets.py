@@ -87,11 +87,13 @@ def test_make_targets_rejects_unknown_mode():
 
 @pytest.mark.parametrize("mode", ["argmax", "soft"])
 @pytest.mark.parametrize("num_items", [None, 23])
-@pytest.mark.parametrize("softcap", [None, 3.0])
-def test_chunked_loss_gives_the_loss_and_gradients_of_full_logits(mode, num_items, softcap):
+@pytest.mark.parametrize("softcap,scale,with_bias", [(None, 1.0, False), (3.0, 1.0, False), (None, 16.0, True),
+                                                     (3.0, 0.125, True)])
+def test_chunked_loss_gives_the_loss_and_gradients_of_full_logits(mode, num_items, softcap, scale, with_bias):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    bias = torch.randn(50, generator=g, dtype=torch.float64) if with_bias else None
     original = torch.randint(0, 50, (10,), generator=g)
     if mode == "argmax":
         targets = torch.randint(0, 50, (10,), generator=g)
@@ -100,14 +102,14 @@ def test_chunked_loss_gives_the_loss_and_gradients_of_full_logits(mode, num_item
         targets = torch.softmax(torch.randn(10, 50, generator=g, dtype=torch.float64), -1).float()
 
     def full_logits():
-        logits = (hidden @ weight.T).float()
+        logits = torch.nn.functional.linear(hidden, weight, bias).float() * scale  # as Cohere, Granite, Phi
         return torch.tanh(logits / softcap) * softcap if softcap else logits
 
     log_probs = full_logits().log_softmax(-1)
     expected = distillation_loss(log_probs, targets, num_items)
     (expected_grad,) = torch.autograd.grad(3.0 * expected, hidden)
     loss, original_log_probs = chunked_distillation_loss(
-        hidden, weight, targets, original, num_items, chunk_size=3, softcap=softcap
+        hidden, weight, targets, original, num_items, chunk_size=3, softcap=softcap, bias=bias, scale=scale
     )
     (grad,) = torch.autograd.grad(3.0 * loss, hidden)  # the upstream gradient (here 3) scales the kept one
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

@@ -432,7 +432,7 @@ def test_cached_targets_train_like_targets_computed_on_the_fly(
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
     passes = []
-    monkeypatch.setattr(UnlearnTrainer, "_teacher_hidden_states", lambda *args: passes.append(1))
+    monkeypatch.setattr(UnlearnTrainer, "_teacher_states", lambda *args: passes.append(1))
     again = make_trainer(make_model, reinforced_path, dataset, tmp_path / "again", cache_targets=True,
                          cache_top_k=400, **common)
     again.train()  # a second run with the same settings reads the cache: no teacher pass at all

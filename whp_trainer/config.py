@@ -166,7 +166,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={
             "help": "Compute the student loss from its final hidden states through the LM head chunk by chunk "
             "(logits_chunk_size positions at a time, each chunk's gradient taken in the forward), so B×T×V student "
-            "logits never exist. Used when the LM head is a frozen, unquantized nn.Linear; else the plain loss."
+            "logits never exist. Used when the LM head is a frozen, unquantized nn.Linear and the model's logits are "
+            "rebuilt exactly from its hidden states (checked before training); else the plain loss."
         },
     )
     cache_targets: bool = field(

@@ -33,7 +33,7 @@ import torch
 
 from .batching import pad_token_id, padded_batch
 from .chat import ask
-from .models import teacher_logits
+from .models import role_logits
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ def token_boosts(model, tokenizer, texts, adapter: str, max_length: int, batch_s
         batch = chunks[begin : begin + batch_size]
         padded = padded_batch([chunk[0] for chunk in batch], pad_token_id(tokenizer))
         ids, mask = padded["input_ids"], padded["attention_mask"]
-        base = torch.log_softmax(teacher_logits(model, ids, mask), dim=-1)
-        reinforced = torch.log_softmax(teacher_logits(model, ids, mask, adapter=adapter), dim=-1)
+        base = torch.log_softmax(role_logits(model, ids, mask), dim=-1)
+        reinforced = torch.log_softmax(role_logits(model, ids, mask, adapter=adapter), dim=-1)
         following = ids[:, 1:, None]
         boost = (reinforced[:, :-1].gather(-1, following) - base[:, :-1].gather(-1, following)).squeeze(-1)
         for row, (chunk_ids, offsets, sample) in enumerate(batch):

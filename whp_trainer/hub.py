@@ -69,6 +69,7 @@ def build_model_card(
     dictionary: dict | None = None,
     dataset_description: str | None = None,
     peft_config: PeftConfig | None = None,
+    all_linear_default: bool = False,
     eval_results: dict[str, dict[str, float]] | None = None,
     form: str = "adapter",
     tags: list[str] | None = None,
@@ -86,6 +87,8 @@ def build_model_card(
         dictionary: the anchor dictionary's `{"size": int, "hash": str, "path": str}` (any subset).
         dataset_description: free text describing the forget data.
         peft_config: the unlearning adapter's config (LoRA r, alpha, dropout, target modules).
+        all_linear_default: whether its target modules are every linear layer of the decoder because PEFT has no
+            default for the architecture ([`default_lora_targets`][whp_trainer.models.default_lora_targets]).
         eval_results: flat `metric -> value` per role, e.g. `{"unlearned": {...}, "base": {...}}`. All roles
             appear in the card's table; with an `"oracle"` role, the card says which forget metrics are above, at
             or below it; the `"unlearned"` role's finite values become the `model-index` metadata (a metric that
@@ -98,6 +101,7 @@ def build_model_card(
     return render_model_card(build_run_record(args, model_name=model_name, base_model=base_model,
                                               reinforced_adapter=reinforced_adapter, dictionary=dictionary,
                                               dataset_description=dataset_description, peft_config=peft_config,
+                                              all_linear_default=all_linear_default,
                                               eval_results=eval_results, tags=tags, datasets=datasets,
                                               tracker_urls=tracker_urls), form)
 

@@ -7,8 +7,10 @@ exactly the active adapter, the train/eval mode and the set of trainable paramet
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,36 @@ def prepare_unlearning_model(
     return model
 
 
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output layer (the LM head)
+
+
+def default_lora_targets(peft_config: PeftConfig | None, model_or_type) -> tuple[PeftConfig | None, bool]:
+    """``peft_config``, with every linear layer of the decoder as targets (PEFT's ``"all-linear"``, never the LM
+    head) when it names no target modules and PEFT has no default for the model type; and whether that happened
+    (logged, and said on the model card). ``model_or_type`` is the model or its ``config.model_type``."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    model_type = model_or_type if isinstance(model_or_type, str) else _model_type(model_or_type)
+    if peft_config is None or getattr(peft_config, "target_modules", ALL_LINEAR) is not None:
+        return peft_config, False
+    if getattr(peft_config, "target_parameters", None):
+        return peft_config, False
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_config.peft_type)
+    if model_type in getattr(tuner, "target_module_mapping", {}):
+        return peft_config, False
+    logger.warning(
+        "whp_trainer: PEFT has no default %s target modules for model type %r; training every linear layer of the "
+        "decoder (%r, never the LM head). Set lora_target_modules to choose others.",
+        getattr(peft_config.peft_type, "value", peft_config.peft_type), model_type, ALL_LINEAR,
+    )
+    return dataclasses.replace(peft_config, target_modules=ALL_LINEAR), True
+
+
+def _model_type(model: torch.nn.Module) -> str | None:
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(getattr(base, "config", None), "model_type", None)
+
+
 def load_reinforced_adapter(model: PeftModel, path: str | os.PathLike, adapter_name: str) -> None:
     """Load the reinforced adapter frozen, with an error naming the adapter when it does not fit the base."""
     if adapter_name in model.peft_config:
@@ -127,20 +159,25 @@ def using_adapter(model: PeftModel, adapter: str | None = BASELINE, adapter_name
         model.train(was_training)
 
 
-def final_hidden_states(model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def final_hidden_states(
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hidden states after the decoder's last norm, i.e. what the LM head reads (``(B, T, H)``).
 
     The model's own forward runs (so FSDP2 or DeepSpeed ZeRO-3 gather the parameters of a sharded model through the
     hooks of its root), with the LM head skipped ([`head_input_captured`][whp_trainer.models.head_input_captured]).
     """
     with head_input_captured(model) as captured:
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
+        own_forward(model, input_ids, attention_mask, position_ids)
+    if not captured:
+        raise ValueError(f"{type(model.get_base_model()).__name__} does not call its output embeddings module")
     return captured[-1]
+
+
+def own_forward(model, input_ids, attention_mask, position_ids=None):
+    """The model's forward on a padded batch, with the positions of its mask (left-padded rows read as unpadded)."""
+    position_ids = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
 
 @contextlib.contextmanager
@@ -167,9 +204,10 @@ def is_plain_linear(module: torch.nn.Module) -> bool:
 
 
 def plain_linear_head(model: PeftModel) -> torch.nn.Linear | None:
-    """The LM head when it is a frozen, bias-free plain ``nn.Linear``; else ``None``."""
+    """The LM head when it is a frozen plain ``nn.Linear`` (bias or not); else ``None``."""
     head = model.get_base_model().get_output_embeddings()
-    return head if is_plain_linear(head) and head.bias is None and not head.weight.requires_grad else None
+    frozen = not any(parameter.requires_grad for parameter in head.parameters())
+    return head if is_plain_linear(head) and frozen else None
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -226,23 +264,131 @@ def _contains(outer: str, inner: str) -> bool:
     return outer == "" or inner == outer or inner.startswith(outer + ".")
 
 
-def logits_from_hidden(model: PeftModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head applied to ``hidden`` (float32), with final logit soft-capping where the model uses it.
+# --- a role's logits ----------------------------------------------------------------------------------------------
+
+# model type -> the factor its forward multiplies the LM head's output by (transformers' modeling files)
+LOGIT_SCALES = {
+    **dict.fromkeys(("cohere", "cohere2", "cohere2_moe"), lambda config: config.logit_scale),
+    **dict.fromkeys(
+        ("granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoeshared", "granitemoehybrid"),
+        lambda config: 1 / config.logits_scaling,
+    ),
+    "falcon_h1": lambda config: config.lm_head_multiplier,
+    "hyperclovax": lambda config: config.logits_scaling,
+}
+CHECKED_POSITIONS = 8  # positions compared between the model's forward and the rebuilt logits
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """How a causal LM turns its LM head's output ``z`` into its logits: ``z · scale``, then soft-capped as
+    ``softcap · tanh(· / softcap)`` when ``softcap`` is set (Gemma 2/3). ``rebuilds``: whether whp_trainer rebuilds
+    the logits so from the final hidden states (chunk by chunk), or, where that does not give the model's own logits,
+    takes them whole from the model's forward."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+    rebuilds: bool = True
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def head_spec(config) -> HeadSpec:
+    """The post-processing after the LM head that the model of ``config`` is known to apply (not yet checked)."""
+    scale = LOGIT_SCALES.get(getattr(config, "model_type", None))
+    return HeadSpec(
+        scale=1.0 if scale is None else float(scale(config)),
+        softcap=getattr(config, "final_logit_softcapping", None) or None,
+    )
+
+
+_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> its checked HeadSpec
+
+
+def logits_head(model: PeftModel) -> HeadSpec:
+    """The model's checked [`HeadSpec`][whp_trainer.models.HeadSpec], found once per base model
+    ([`verify_logits_rebuild`][whp_trainer.models.verify_logits_rebuild])."""
+    base = model.get_base_model()
+    if base not in _HEADS:
+        _HEADS[base] = verify_logits_rebuild(model)
+    return _HEADS[base]
+
+
+def verify_logits_rebuild(model: PeftModel) -> HeadSpec:
+    """The model's [`head_spec`][whp_trainer.models.head_spec] when logits rebuilt with it from the final hidden states
+    equal the model's own forward's on a few positions (baseline role); else one that takes the model's own logits,
+    with a warning naming the architecture: rebuilt logits are never used unchecked."""
+    spec = head_spec(model.config)
+    embeddings = model.get_input_embeddings().weight
+    ids = torch.linspace(0, len(embeddings) - 1, CHECKED_POSITIONS, device=embeddings.device).long()[None]
+    mask = torch.ones_like(ids)
+    with using_adapter(model, BASELINE):
+        own = own_forward(model, ids, mask).logits
+        try:
+            hidden = final_hidden_states(model, ids, mask)
+        except ValueError as error:
+            return _own_logits_instead(model, spec, str(error))
+        with gathered(model, model.get_base_model().get_output_embeddings()):
+            rebuilt = logits_from_states(model, hidden, spec)
+    tolerance = 8 * max(torch.finfo(own.dtype).eps, 1e-5)
+    difference = (rebuilt - own.float()).abs().max().item()
+    if difference > tolerance * (1 + own.float().abs().max().item()):
+        return _own_logits_instead(model, spec, f"rebuilt logits differ from its own by up to {difference:.3g}")
+    return spec
+
+
+def _own_logits_instead(model: PeftModel, spec: HeadSpec, reason: str) -> HeadSpec:
+    logger.warning(
+        "whp_trainer: %s (model type %r) post-processes its LM head's output in a way whp_trainer does not rebuild "
+        "(%s, with scale %g and soft cap %s); using the model's own logits instead: correct, but whole B×T×V logits "
+        "per teacher pass and no chunked student loss (more memory)",
+        type(model.get_base_model()).__name__, getattr(model.config, "model_type", None), reason, spec.scale,
+        spec.softcap,
+    )
+    return dataclasses.replace(spec, rebuilds=False)
+
+
+def final_states(
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, head: HeadSpec,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What [`logits_from_states`][whp_trainer.models.logits_from_states] turns into the active role's logits, per
+    position: the final hidden states ``(B, T, H)``, or, where ``head`` does not rebuild, the model's own logits
+    ``(B, T, V)`` (float32)."""
+    if head.rebuilds:
+        return final_hidden_states(model, input_ids, attention_mask, position_ids)
+    return own_forward(model, input_ids, attention_mask, position_ids).logits.float()
+
+
+def logits_from_states(model: PeftModel, states: torch.Tensor, head: HeadSpec) -> torch.Tensor:
+    """The logits (float32) of [`final_states`][whp_trainer.models.final_states]: the LM head and its post-processing
+    applied to final hidden states (the states themselves where ``head`` does not rebuild).
 
     A plain ``nn.Linear`` head is applied through its weight, not its call, so that no FSDP2 or ZeRO-3 hook runs per
     chunk: on a sharded model, gather it once around all chunks with [`gathered`][whp_trainer.models.gathered].
     """
-    head = model.get_base_model().get_output_embeddings()
-    logits = (F.linear(hidden, head.weight, head.bias) if is_plain_linear(head) else head(hidden)).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    if not head.rebuilds:
+        return states.float()
+    module = model.get_base_model().get_output_embeddings()
+    logits = F.linear(states, module.weight, module.bias) if is_plain_linear(module) else module(states)
+    return head.apply(logits.float())
 
 
-def teacher_logits(
-    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None = BASELINE
+def role_logits(
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter: str | None = BASELINE,
+    position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
 ) -> torch.Tensor:
-    """Full logits ``(B, T, V)`` of one role, computed without grad (for evaluation and discovery)."""
+    """Logits ``(B, T, V)`` (the last ``logits_to_keep`` positions, if set) of one role, float32 and without grad:
+    the model's own ``model(...).logits`` of that role, by the path the trainer's teacher passes take."""
+    head = logits_head(model)
     with using_adapter(model, adapter):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        states = final_states(model, input_ids, attention_mask, head, position_ids)
+        states = states[:, -logits_to_keep:] if logits_to_keep else states
+        output_embeddings = model.get_base_model().get_output_embeddings()
+        with gathered(model, output_embeddings) if head.rebuilds else contextlib.nullcontext():
+            return logits_from_states(model, states, head)

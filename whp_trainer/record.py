@@ -8,7 +8,9 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 - `model_name`, `base_model`, `hub_model_id`: names (`base_model`: a Hub id or a path, as given);
 - `method`: α, ReLU, target mode and temperature, the anchor heuristics;
 - `training`: learning rate and schedule, epochs or steps, batch sizes, max length, seed;
-- `lora`: the unlearning adapter's PEFT type, r, alpha, dropout, target modules (`null` if unknown);
+- `lora`: the unlearning adapter's PEFT type, r, alpha, dropout, target modules, and `all_linear_default` (true when
+  PEFT had no default targets for the architecture and every linear layer of the decoder was trained) (`null` if
+  unknown);
 - `dictionary`: the anchor dictionary's `size`, `hash`, `path` (`null` without one);
 - `reinforced_adapter`: path or Hub id of the reinforced adapter (the adapter itself is never uploaded);
 - `dataset_description`, `datasets`: free text; Hub ids of the forget data;
@@ -43,6 +45,7 @@ def run_record(
     dictionary: dict | None = None,
     dataset_description: str | None = None,
     peft_config=None,
+    all_linear_default: bool = False,
     evaluation: dict | None = None,
     tags: list[str] | None = None,
     datasets: list[str] | None = None,
@@ -57,7 +60,7 @@ def run_record(
         "hub_model_id": args.hub_model_id,
         "method": method_settings(args),
         "training": training_hyperparameters(args),
-        "lora": adapter_settings(peft_config),
+        "lora": adapter_settings(peft_config, all_linear_default),
         "dictionary": checked_dictionary(dictionary),
         "reinforced_adapter": None if reinforced_adapter is None else str(reinforced_adapter),
         "dataset_description": dataset_description,
@@ -120,8 +123,9 @@ def training_hyperparameters(args) -> dict:
     }
 
 
-def adapter_settings(peft_config) -> dict | None:
-    """The unlearning adapter's type and, for LoRA, r / alpha / dropout / target modules."""
+def adapter_settings(peft_config, all_linear_default: bool = False) -> dict | None:
+    """The unlearning adapter's type and, for LoRA, r / alpha / dropout / target modules, and whether those were
+    every linear layer of the decoder because PEFT has no default for the architecture."""
     if peft_config is None:
         return None
     target_modules = getattr(peft_config, "target_modules", None)
@@ -131,6 +135,7 @@ def adapter_settings(peft_config) -> dict | None:
         "lora_alpha": getattr(peft_config, "lora_alpha", None),
         "lora_dropout": getattr(peft_config, "lora_dropout", None),
         "target_modules": sorted(target_modules) if isinstance(target_modules, (set, list, tuple)) else target_modules,
+        "all_linear_default": all_linear_default,
     }
 
 

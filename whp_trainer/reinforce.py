@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from peft import PeftConfig
-from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from .config import TokensNotPickled, auto_bf16_field, check_max_steps, resolve_auto_bf16
-from .models import guard_cpu_4bit
+from .models import default_lora_targets, guard_cpu_4bit
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def train_reinforced_adapter(
         raise TypeError(f"args must be a ReinforceConfig, got {type(args).__name__}")
     if peft_config is None:
         raise ValueError("peft_config is required: the reinforced model is the base plus a LoRA adapter")
+    peft_config, _ = default_lora_targets(peft_config, base_model_type(model_or_path, args))
     trainer = SFTTrainer(
         model=str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path,
         args=args,
@@ -103,6 +104,16 @@ def train_reinforced_adapter(
     trainer.model.unload()  # take the LoRA layers out of the caller's base
     logger.info("reinforced adapter saved to %s", args.output_dir)
     return args.output_dir
+
+
+def base_model_type(model_or_path: str | os.PathLike | PreTrainedModel, args: ReinforceConfig) -> str | None:
+    """``config.model_type`` of the base, read from its config file when it is given by path or Hub id."""
+    if isinstance(model_or_path, PreTrainedModel):
+        return model_or_path.config.model_type
+    kwargs = args.model_init_kwargs or {}
+    chosen = {name: kwargs[name] for name in ("revision", "gguf_file") if name in kwargs}
+    trust = kwargs.get("trust_remote_code", args.trust_remote_code)
+    return AutoConfig.from_pretrained(str(model_or_path), trust_remote_code=trust, **chosen).model_type
 
 
 def as_text_dataset(train_dataset: Dataset | Sequence[str], text_field: str) -> Dataset:

@@ -103,14 +103,16 @@ def chunked_distillation_loss(
     chunk_size: int = 1024,
     softcap: float | None = None,
     cap_weight: float = 0.0,
+    bias: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[`distillation_loss`][whp_trainer.targets.distillation_loss] of the logits ``hidden @ weight.T`` (soft-capped
-    with ``softcap``), computed chunk by chunk so that only ``chunk_size`` rows of vocabulary-sized logits exist at a
-    time, in forward and backward.
+    """[`distillation_loss`][whp_trainer.targets.distillation_loss] of the logits
+    ``(hidden @ weight.T + bias) · scale`` (then soft-capped with ``softcap``), computed chunk by chunk so that only
+    ``chunk_size`` rows of vocabulary-sized logits exist at a time, in forward and backward.
 
     ``hidden`` holds the student's final hidden states at the ``N`` loss positions (``(N, H)``, with grad),
-    ``weight`` the frozen LM head (``(V, H)``), ``targets`` token ids (``(N,)``, ``-100`` = no loss) or
-    probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
+    ``weight`` and ``bias`` the frozen LM head (``(V, H)``, ``(V,)``), ``targets`` token ids (``(N,)``, ``-100`` = no
+    loss) or probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
     ``hidden`` is computed in the forward, so the backward neither keeps nor recomputes logits.
     ``cap_weight`` (soft targets) adds `original_token_cap` times that weight, as the unchunked loss does.
     Returns the loss and the student's log-probabilities of the ``original`` tokens (``(N,)``, no grad), for metrics.
@@ -118,7 +120,7 @@ def chunked_distillation_loss(
     if cap_weight and not targets.is_floating_point():
         raise ValueError("the original-token cap needs soft targets (probabilities)")
     total, original_log_probs = _ChunkedHeadLoss.apply(
-        hidden, weight, targets, original, chunk_size, softcap, cap_weight
+        hidden, weight, bias, targets, original, chunk_size, softcap, cap_weight, scale
     )
     if num_items_in_batch is not None:
         denominator = num_items_in_batch
@@ -129,17 +131,19 @@ def chunked_distillation_loss(
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """Summed loss of [`chunked_distillation_loss`][whp_trainer.targets.chunked_distillation_loss]; its gradient with
-    respect to ``hidden`` is kept from the forward (``(N, H)`` float32), so the weight is frozen (no gradient)."""
+    respect to ``hidden`` is kept from the forward (``(N, H)`` float32), so the head is frozen (no gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, original, chunk_size, softcap, cap_weight):
+    def forward(ctx, hidden, weight, bias, targets, original, chunk_size, softcap, cap_weight, scale):
         wants_grad = ctx.needs_input_grad[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if wants_grad else None
         original_log_probs = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
         for start in range(0, len(hidden), chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = F.linear(hidden[rows], weight).float()
+            logits = F.linear(hidden[rows], weight, bias).float()
+            if scale != 1.0:
+                logits = logits * scale
             if softcap:
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
@@ -156,6 +160,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 grad_logits = _loss_grad_wrt_logits(log_probs, targets[rows], original[rows], capped_rows)
                 if softcap:
                     grad_logits *= 1 - capped.square()
+                if scale != 1.0:
+                    grad_logits *= scale
                 grad_hidden[rows] = grad_logits.to(weight.dtype) @ weight
         ctx.mark_non_differentiable(original_log_probs)
         ctx.save_for_backward(grad_hidden)
@@ -165,7 +171,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, grad_original):
         (grad_hidden,) = ctx.saved_tensors
-        return (grad_hidden * grad_total).to(ctx.hidden_dtype), None, None, None, None, None, None
+        return (grad_hidden * grad_total).to(ctx.hidden_dtype), *[None] * 8
 
 
 def _target_log_prob(targets: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

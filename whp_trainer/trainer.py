@@ -38,12 +38,14 @@ from .collator import (
 from .config import UnlearnConfig
 from .models import (
     BASELINE,
-    final_hidden_states,
+    default_lora_targets,
+    final_states,
     gathered,
     has_adapter,
     head_input_captured,
     is_sharded,
-    logits_from_hidden,
+    logits_from_states,
+    logits_head,
     plain_linear_head,
     prepare_unlearning_model,
     using_adapter,
@@ -116,9 +118,12 @@ class UnlearnTrainer(Trainer):
         self.retain_blocks = _retain_blocks(retain_dataset, processing_class, args)
         self._retain_order: list[int] = []  # retain blocks still to serve this pass over them
         self._retain_passes = 0
+        peft_config, self.all_linear_lora = default_lora_targets(peft_config, model)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
         )
+        if not (is_sharded(model) or any(parameter.is_meta for parameter in model.parameters())):
+            logits_head(model)  # checked now; a model sharded at load is checked at its first step
         if data_collator is None:
             data_collator = collator_for(processing_class, anchors, args)
         self.anchors = anchors if anchors is not None else getattr(data_collator, "anchors", None)
@@ -207,7 +212,8 @@ class UnlearnTrainer(Trainer):
             targets = self._generic_targets(peft_model, inputs, rows, cols)
         if self.args.skip_unchanged_targets and not targets.is_floating_point():
             targets = drop_unchanged(targets, inputs["shift_labels"])
-        head = plain_linear_head(peft_model) if self.args.chunked_student_loss else None
+        chunked = self.args.chunked_student_loss and logits_head(peft_model).rebuilds
+        head = plain_linear_head(peft_model) if chunked else None
         if head is None:
             loss, outputs, original_log_probs = self._student_loss(model, inputs, targets, rows, cols, num_items_in_batch)
         else:
@@ -244,6 +250,7 @@ class UnlearnTrainer(Trainer):
         chunk ([`chunked_distillation_loss`][whp_trainer.targets.chunked_distillation_loss]): no ``(B, T, V)``
         logits."""
         peft_model = self.accelerator.unwrap_model(model)
+        spec = logits_head(peft_model)
         with head_input_captured(peft_model) as captured:
             outputs = student_forward(model, inputs)
         with gathered(peft_model, head):
@@ -254,8 +261,10 @@ class UnlearnTrainer(Trainer):
                 inputs["shift_labels"][rows, cols],
                 num_items_in_batch,
                 chunk_size=self._chunk_size(head.out_features),
-                softcap=getattr(peft_model.config, "final_logit_softcapping", None),
+                softcap=spec.softcap,
                 cap_weight=self.args.original_cap_weight,
+                bias=head.bias,
+                scale=spec.scale,
             )
         # outputs.logits hold zero positions: adding them changes nothing but keeps the backward hooks that FSDP
         # sets on the model's output in the graph
@@ -318,10 +327,11 @@ class UnlearnTrainer(Trainer):
         soft.scatter_(-1, ids[rows, cols].clamp(min=0), top_probs / top_probs.sum(-1, keepdim=True).clamp(min=1e-12))
         return soft
 
-    def _teacher_hidden_states(self, peft_model, inputs, rows, cols) -> dict[str, torch.Tensor]:
-        """Final hidden states of the teachers at the loss positions: ``(N, H)`` for the reinforced teacher,
-        ``(K, N, H)`` for the baseline reading each of the ``K`` translations of the blocks (the original block at
-        the positions of ``bootstrap_mask``)."""
+    def _teacher_states(self, peft_model, head, inputs, rows, cols) -> dict[str, torch.Tensor]:
+        """The teachers' [`final_states`][whp_trainer.models.final_states] at the loss positions: ``(N, H)`` for the
+        reinforced teacher, ``(K, N, H)`` for the baseline reading each of the ``K`` translations of the blocks (the
+        original block at the positions of ``bootstrap_mask``); ``V`` in place of ``H`` where the model's logits are
+        not rebuilt from its hidden states."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         passes = {  # name -> (adapter, ids, attention mask, positions read)
             "baseline": (BASELINE, inputs.get("translated_input_ids", ids), inputs.get("translated_attention_mask", mask),
@@ -333,17 +343,17 @@ class UnlearnTrainer(Trainer):
         if self.has_reinforced:
             passes["reinforced"] = (self.args.reinforced_adapter_name, ids, mask, (rows, cols))
         if self.args.fused_teacher_pass and len(passes) > 1:
-            hidden = self._fused_teacher_pass(peft_model, passes)
+            hidden = self._fused_teacher_pass(peft_model, passes, head)
         else:
             hidden = {}
             for name, (adapter, pass_ids, pass_mask, positions) in passes.items():
                 with using_adapter(peft_model, adapter):
-                    hidden[name] = final_hidden_states(peft_model, pass_ids, pass_mask)[positions]
+                    hidden[name] = final_states(peft_model, pass_ids, pass_mask, head)[positions]
         if "original baseline" in hidden:
             hidden["baseline"][:, bootstrapped] = hidden.pop("original baseline")
         return hidden
 
-    def _fused_teacher_pass(self, peft_model, passes: dict) -> dict[str, torch.Tensor]:
+    def _fused_teacher_pass(self, peft_model, passes: dict, head) -> dict[str, torch.Tensor]:
         """Every teacher pass in one forward (PEFT mixed batch: an adapter name per row); the states at each pass's
         positions."""
         width = max(pass_ids.shape[1] for _, pass_ids, _, _ in passes.values())
@@ -355,7 +365,7 @@ class UnlearnTrainer(Trainer):
             for _ in range(len(pass_ids))
         ]
         with using_adapter(peft_model, adapter_names=names):
-            states = final_hidden_states(peft_model, stacked_ids, stacked_mask)
+            states = final_states(peft_model, stacked_ids, stacked_mask, head)
         hidden, start = {}, 0
         for name, (_, pass_ids, _, positions) in passes.items():
             hidden[name] = states[start : start + len(pass_ids)][positions]
@@ -368,20 +378,22 @@ class UnlearnTrainer(Trainer):
         of vocabulary-sized teacher logits exists at a time. Hard targets come back as a ``(B, T)`` id tensor
         (``-100`` = no loss), soft targets as ``(N, V)`` probabilities of the ``N`` loss positions."""
         args = self.args
-        teacher = self._teacher_hidden_states(peft_model, inputs, rows, cols)
+        head = logits_head(peft_model)
+        teacher = self._teacher_states(peft_model, head, inputs, rows, cols)
         baseline_rows, _ = translated_positions(inputs, rows, cols)
         suppressed = inputs["suppress_ids"][baseline_rows, cols] if "suppress_ids" in inputs else None
-        vocab_size = peft_model.get_base_model().get_output_embeddings().out_features
+        output_embeddings = peft_model.get_base_model().get_output_embeddings()
+        vocab_size = output_embeddings.out_features
         translations = len(teacher["baseline"])
         chunk_size = max(1, self._chunk_size(vocab_size) // translations)  # K translations' logits per chunk
         chunks = []
-        with gathered(peft_model, peft_model.get_base_model().get_output_embeddings()):  # once, not per chunk
+        with gathered(peft_model, output_embeddings) if head.rebuilds else contextlib.nullcontext():  # once
             for chunk in torch.arange(len(rows), device=rows.device).split(chunk_size):
                 if self.has_reinforced:
-                    reinforced = logits_from_hidden(peft_model, teacher["reinforced"][chunk])
+                    reinforced = logits_from_states(peft_model, teacher["reinforced"][chunk], head)
                 generics = []
                 for k in range(translations):
-                    generic = logits_from_hidden(peft_model, teacher["baseline"][k, chunk])
+                    generic = logits_from_states(peft_model, teacher["baseline"][k, chunk], head)
                     if self.has_reinforced:
                         generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
                     if suppressed is not None and args.suppression_penalty:
@@ -464,6 +476,7 @@ class UnlearnTrainer(Trainer):
             dictionary=None if anchors is None else {"size": len(anchors), "hash": anchors.content_hash},
             dataset_description=self.dataset_description,
             peft_config=model.peft_config[self.args.unlearn_adapter_name],
+            all_linear_default=self.all_linear_lora,
             eval_results=self.eval_results,
             tags=self._tag_names,
             datasets=self.dataset_ids,

@@ -2,7 +2,8 @@
 
 ``v_baseline − α·ReLU(v_reinforced − v_baseline)`` on the text as it is (no anchor translation: the bootstrapping
 teacher), evaluated like any model. A student trained towards these targets can at best become this teacher, so
-measuring it at a few α tells, in seconds and before training, how far the method can go and which α to use.
+measuring it at a few α tells, in seconds and before training, how far the method can go and which α to use. Each
+role's logits come from [`role_logits`][whp_trainer.models.role_logits], the path of the trainer's teacher passes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import torch
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..batching import position_ids_from_mask
-from ..models import BASELINE, using_adapter
+from ..models import BASELINE, role_logits
 from ..targets import generic_logits
 
 
@@ -36,13 +36,10 @@ class GenericTeacher(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0, **ignored):
         """Generic logits ``(B, T or logits_to_keep, V)`` (float32); ``labels`` and other keys are ignored."""
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        position_ids = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      logits_to_keep=logits_to_keep, use_cache=False)
-        with using_adapter(self.model, BASELINE):
-            baseline = self.model(**inputs).logits.float()
-        with using_adapter(self.model, self.adapter):
-            reinforced = self.model(**inputs).logits.float()
+                      logits_to_keep=logits_to_keep)
+        baseline = role_logits(self.model, adapter=BASELINE, **inputs)
+        reinforced = role_logits(self.model, adapter=self.adapter, **inputs)
         return CausalLMOutput(logits=generic_logits(baseline, reinforced, self.alpha, relu=self.relu))
 
     @torch.no_grad()
