@@ -34,6 +34,8 @@ ATTACKS = {  # the robustness section's attacks, in its order: name -> what is d
     "paraphrased": "the --paraphrased_probes: the probes reworded",
     "hints": "other anchors of the target named before each probe",
 }
+ATTACKED_METRICS = ("familiarity_token", "entity_first_mention", "verbmem_forget", "knowledge_forget_loglik",
+                    "knowledge_forget_two_choice")  # the forget metrics measured again after each attack, in order
 LEGACY_KEYS = {("familiarity_token", "relearn_forget"): "familiarity_token_relearned",
                ("familiarity_token", "hints"): "familiarity_token_hints"}  # names these had before the section
 
