@@ -100,6 +100,12 @@ def metric_help(metric: str) -> str:
     return next((text for prefix, text in PREFIX_HELP.items() if metric.startswith(prefix)), "")
 
 
+def unattacked(metric: str) -> bool:
+    """Whether `metric` belongs in the main tables: not measured after an attack (those are in the robustness
+    section), or one of the attacked metrics reported there since before it existed (relearned, with hints)."""
+    return split_attack(metric)[1] is None or metric in METRIC_HELP
+
+
 def markdown_report(report: dict) -> str:
     """`report.md`: the evaluation record's results, verdicts against the oracle and metric meanings, titled."""
     return "# Unlearning evaluation\n\n" + evaluation_markdown(report)
@@ -111,8 +117,8 @@ def evaluation_markdown(evaluation: dict, level: int = 2) -> str:
     what each metric means. `evaluation` holds `results` (role -> metric -> value) and, with an oracle,
     `oracle_comparison`; `level` is the heading level of its sections."""
     results, comparison = evaluation["results"], evaluation.get("oracle_comparison")
-    metrics = sorted(dict.fromkeys(metric for role in results.values() for metric in role
-                                   if split_attack(metric)[1] is None or metric in METRIC_HELP), key=metric_rank)
+    metrics = sorted(dict.fromkeys(metric for role in results.values() for metric in role if unattacked(metric)),
+                     key=metric_rank)
     lines = [
         "Lower familiarity = more forgotten. Retained ability (perplexity of retain text, lm-eval scores) should stay "
         "near the base's." + (ORACLE_GOAL if comparison else ""),
@@ -150,7 +156,7 @@ def verdict_summary(comparison: dict[str, dict[str, dict]]) -> list[str]:
     rows = comparison.get(COMPARED[0], {})
     lines = []
     for side in VERDICTS:
-        metrics = [(metric, row) for metric, row in rows.items() if row.get("verdict") == side]
+        metrics = [(metric, row) for metric, row in rows.items() if row.get("verdict") == side and unattacked(metric)]
         if metrics:
             named = ", ".join(f"`{metric}` ({row['meaning']})" for metric, row in metrics)
             lines.append(f"- **{side}** the oracle: {named}")
@@ -184,8 +190,7 @@ def teacher_summary(teacher: dict | None) -> list[str]:
 def oracle_table(comparison: dict[str, dict[str, dict]]) -> list[str]:
     """Per forget metric and role, above / at / below the oracle and what that means, as a Markdown table."""
     roles = ordered_roles(comparison)
-    metrics = sorted(dict.fromkeys(m for role in roles for m in comparison[role]
-                                   if split_attack(m)[1] is None or m in METRIC_HELP), key=metric_rank)
+    metrics = sorted(dict.fromkeys(m for role in roles for m in comparison[role] if unattacked(m)), key=metric_rank)
     tolerances = ", ".join(f"{tolerance:g}{' relative' if relative else ''} for `{metric}`"
                            for metric, (tolerance, relative, _) in ORACLE_METRICS.items() if metric in metrics)
     intro = (f"Each forget metric of each role beside the oracle's: **above**, **at** or **below** it (at = within "
