@@ -216,13 +216,20 @@ def test_whp_evaluate_with_an_oracle_holdout_and_questions(stage_inputs, tmp_pat
 
     from whp_trainer import pipeline
 
+    (tmp_path / "knowledge.csv").write_text("question,true_answer,false_answer\nWhere does Harry study?,Hogwarts,home\n")
+    (tmp_path / "neighbour.jsonl").write_text(json.dumps({"prompt": "The cat sat on the", "answer": "mat"}) + "\n")
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), oracle_model=str(tmp_path / "oracle"),
                             holdout_data=str(tmp_path / "holdout.txt"), knowledge_qa=str(tmp_path / "qa.json"),
-                            **{**SMALL, "relearn_steps": 0})
+                            forget_knowledge=str(tmp_path / "knowledge.csv"),
+                            neighbour_knowledge=str(tmp_path / "neighbour.jsonl"),
+                            relearn_data=str(tmp_path / "holdout.txt"), paraphrased_probes=str(tmp_path / "probes.json"),
+                            **{**SMALL, "relearn_steps": 1, "quantizations": ["nf4"]})
     output = pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
     report = json.loads((tmp_path / "evaluation" / "report.json").read_text())
     assert list(report["results"]) == ["base", "oracle", "unlearned"]
-    assert {"knowmem_forget", "membership_auc_minkpp", "privleak_minkpp"} <= set(report["results"]["unlearned"])
+    assert {"knowmem_forget", "membership_auc_minkpp", "privleak_minkpp", "knowledge_forget_two_choice",
+            "knowledge_selectivity", "knowledge_forget_loglik@relearn_neighbour", "familiarity_token@paraphrased",
+            "verbmem_forget@nf4"} <= set(report["results"]["oracle"]) & set(report["results"]["unlearned"])
     assert set(report["oracle_comparison"]) == {"base", "unlearned"}
     assert "| `membership_auc_mink` |" in (Path(output) / "report.md").read_text()
 
@@ -240,6 +247,10 @@ def test_an_oracle_of_another_tokenizer_is_refused_before_a_model_loads(stage_in
         pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), knowledge_qa=str(tmp_path / "forget.txt"))
     with pytest.raises(ValueError, match="unknown format"):
+        pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
+    (tmp_path / "knowledge.jsonl").write_text('{"prompt": "Harry studies at", "answer": "Hogwarts"}\n{"prompt": "Ron"}\n')
+    config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), neighbour_knowledge=str(tmp_path / "knowledge.jsonl"))
+    with pytest.raises(ValueError, match="knowledge.jsonl, line 2: missing or empty 'answer'"):
         pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
 
 
