@@ -116,3 +116,34 @@ def test_neighbour_knowledge_is_compared_with_the_base_within_a_tenth_of_a_nat()
     row = evaluation_record(results)["oracle_comparison"]["unlearned"]["knowledge_neighbour_loglik"]
     assert row["meaning"] == "damaged" and row["change"] == pytest.approx(-0.3)
     assert "- neighbour knowledge -0.3 nat against the base's: damaged" in markdown_report(evaluation_record(results))
+
+
+def test_an_adapter_trained_on_a_quantized_base_is_measured_on_the_full_precision_base(make_model, tokenizer,
+                                                                                         tmp_path):
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from whp_trainer.evaluation import token_familiarity
+    from whp_trainer.models import guard_cpu_4bit
+
+    make_model().save_pretrained(tmp_path / "base")
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    quantized_base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=nf4)
+    guard_cpu_4bit(quantized_base)
+    torch.manual_seed(2)
+    model = get_peft_model(quantized_base, LoraConfig(init_lora_weights=False, **LORA), adapter_name="unlearned")
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    config = EvaluateConfig(batch_size=4, max_length=64, completions=0, memorization_passages=0, relearn_steps=0,
+                            membership_texts=0, many_shot_passages=0, quantizations=[], hints=False, teacher_alphas=[])
+    results = evaluate_model(model, tokenizer, config, PROBES, FORGET, HOLDOUT, oracle=make_model(seed=1),
+                             forget_knowledge=FORGET_KNOWLEDGE, full_precision_base=full)
+    assert not any("lora" in name for name, _ in full.named_parameters())  # the moved adapter was taken off again
+    expected = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), LoraConfig(**LORA))
+    set_peft_model_state_dict(expected, get_peft_model_state_dict(model, adapter_name="unlearned"))
+    unlearned = results["unlearned"]
+    assert unlearned["familiarity_token@full_precision"] == pytest.approx(token_familiarity(expected, tokenizer, PROBES))
+    assert unlearned["familiarity_token@full_precision"] != pytest.approx(unlearned["familiarity_token"])
+    assert results["base"]["familiarity_token@full_precision"] == pytest.approx(token_familiarity(full, tokenizer,
+                                                                                                  PROBES))
+    assert results["oracle"]["familiarity_token@full_precision"] == results["oracle"]["familiarity_token"]
+    assert math.isfinite(unlearned["knowledge_forget_loglik@full_precision"])

@@ -229,12 +229,19 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     oracle = None
     if references["oracle_model"]:
         oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=str(references["oracle_model"])))
+    full_precision = {}
+    if model_args.load_in_4bit or model_args.load_in_8bit:  # the full_precision attack: adapters on the base unquantized
+        unquantized = dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
+        full_precision["full_precision_base"] = load_base_model(unquantized, config.trust_remote_code)
+        if oracle is not None:
+            full_precision["full_precision_oracle"] = load_base_model(dataclasses.replace(
+                unquantized, model_name_or_path=str(references["oracle_model"])))
     holdout = load_texts(references["holdout_data"], data.text_field)["text"] if references["holdout_data"] else None
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"], **knowledge, relearn_texts=relearn,
-        paraphrased_probes=paraphrased,
+        paraphrased_probes=paraphrased, **full_precision,
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,

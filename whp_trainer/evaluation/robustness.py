@@ -182,6 +182,26 @@ def quantized(model, adapter: str | None, quantization: str):
             del reloaded
 
 
+@contextlib.contextmanager
+def adapter_moved(model, adapter: str | None, full_precision):
+    """``model``'s LoRA ``adapter`` put on ``full_precision`` (the same base, not quantized) for the block, as
+    someone loading an adapter trained on a quantized base onto the full-precision base would; ``BASELINE``: the
+    full-precision base itself. The adapter is removed from ``full_precision`` afterwards."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    if adapter is BASELINE:
+        yield full_precision
+        return
+    config = copy.deepcopy(model.peft_config[adapter])
+    config.inference_mode, config.base_model_name_or_path = True, None
+    moved = get_peft_model(full_precision, config, adapter_name=adapter)
+    set_peft_model_state_dict(moved, get_peft_model_state_dict(model, adapter_name=adapter), adapter_name=adapter)
+    try:
+        yield moved
+    finally:
+        moved.unload()
+
+
 def save_weights(config, state: dict[str, torch.Tensor], folder: Path) -> None:
     """``config`` (without its quantization) and ``state`` as a model folder that ``from_pretrained`` reads; a tensor
     shared with an earlier one (tied embeddings) is saved once."""

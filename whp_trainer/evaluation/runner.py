@@ -23,7 +23,7 @@ from .knowledge import first_mention_probes, knowledge_memorization, knowledge_s
 from .membership import membership_auc, privleak
 from .memorization import verbatim_memorization
 from .retain import perplexity
-from .robustness import hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
+from .robustness import adapter_moved, hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
 from .teacher import GenericTeacher
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def evaluate_model(
     neighbour_knowledge: list[dict] | None = None,
     relearn_texts: list[str] | None = None,
     paraphrased_probes: list[dict] | None = None,
+    full_precision_base=None,
+    full_precision_oracle=None,
 ) -> dict[str, dict[str, float]]:
     """Measure each role of one `PeftModel`, the oracle and the generic-logit teacher; return
     `role -> metric -> value`.
@@ -97,6 +99,9 @@ def evaluate_model(
             selectivity of every role (forget drop minus neighbour drop, against the base).
         relearn_texts: text about the target that is not the forget text: the `relearn_neighbour` attack.
         paraphrased_probes: the probes reworded: the `paraphrased` attack.
+        full_precision_base: when `model`'s base is quantized, the same base unquantized: every role's adapter is
+            measured on it too (the `full_precision` attack), and `full_precision_oracle` (the oracle unquantized;
+            default: the oracle as given) beside them.
 
     Robustness (`metric@attack` results, see `comparison.ATTACKS`): every role but the teachers, the oracle
     included, relearns on forget text (and `relearn_texts`), is merged and reloaded quantized
@@ -133,7 +138,10 @@ def evaluate_model(
             doing("judging completions")
             metrics.update(judged(completions, data.prompts, judge))
         if not is_teacher:
-            metrics.update(attacked(subject, tokenizer, config, data, adapter, doing))
+            full_precision = None if full_precision_base is None else (
+                full_precision_base if role != ORACLE else wrapped if full_precision_oracle is None
+                else full_precision_oracle)
+            metrics.update(attacked(subject, tokenizer, config, data, adapter, doing, full_precision))
         results[role] = {metric: float(value) for metric, value in metrics.items()}
     if wrapped is not None and wrapped is not oracle:
         wrapped.unload()  # the oracle's own modules back in place
@@ -182,9 +190,11 @@ def forget_metrics(model, tokenizer, config: EvaluateConfig, data: EvaluationDat
     return metrics
 
 
-def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, adapter, doing) -> dict:
+def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, adapter, doing,
+             full_precision=None) -> dict:
     """The forget metrics of one role (the active adapter `adapter` of `model`) after each attack, as
-    `metric@attack` (see `comparison.attack_key`): relearning, the in-context attacks and quantization."""
+    `metric@attack` (see `comparison.attack_key`): relearning, the in-context attacks, quantization, and (given
+    the `full_precision` base) the role's adapter on it."""
     metrics = {}
 
     def keep(attack: str, measured: dict) -> None:
@@ -206,6 +216,14 @@ def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, ada
         doing(f"quantized {quantization}")
         with quantized(model, adapter, quantization) as model_quantized:
             keep(quantization, forget_metrics(model_quantized, tokenizer, config, data))
+    if full_precision is not None:
+        doing("on the full-precision base")
+        if full_precision is model:  # the oracle as given, without its relearning adapter
+            with using_adapter(model, BASELINE):
+                keep("full_precision", forget_metrics(model, tokenizer, config, data))
+        else:
+            with adapter_moved(model, adapter, full_precision) as moved:
+                keep("full_precision", forget_metrics(moved, tokenizer, config, data))
     return metrics
 
 
