@@ -103,10 +103,13 @@ def test_the_robustness_section_says_which_attack_brings_knowledge_beyond_the_or
     assert record["oracle_comparison"]["unlearned"]["familiarity_token@nf4"]["meaning"] == "knowledge left"
     report = markdown_report(record)
     section = report.split("## Robustness")[1].split("## Metrics")[0]
-    assert "**Beyond the oracle**: `familiarity_token` after `nf4` (+0.2)." in section
+    assert "`familiarity_token` after `nf4` (+0.2)." in section  # the attack brought it back
+    results["unlearned"]["familiarity_token"] = 0.29
+    section = markdown_report(evaluation_record(results)).split("## Robustness")[1]
+    assert "`familiarity_token` after `nf4` (+0.2; +0.19 without it)." in section  # it was there before
     assert "| `relearn_forget` | `familiarity_token` | 0.6 | 0.2 | 0.22 | at (+0.02) |" in section
     assert "@nf4" not in report.split("## Robustness")[0]  # attacks only in their section
-    results["unlearned"]["familiarity_token@nf4"] = 0.1
+    results["unlearned"].update({"familiarity_token": 0.1, "familiarity_token@nf4": 0.1})
     assert "No attack brings" in markdown_report(evaluation_record(results))
 
 
