@@ -13,7 +13,9 @@ of ``SETTINGS``, all evaluated by the same metrics (``whp_trainer.evaluation``) 
 References of the metrics: the holdout texts of the membership test are the Book of Esther (a short narrative book
 no model read), the held-out perplexity is measured on 2 Samuel 1–6 (no model read it either), the retain text
 of the retain regulariser is Judges (which the base read), and the anchor dictionary maps Ruth's names to names of
-the corpus. The goal (issue 12): verbatim memorization and first-mention entity probability ≤ oracle + 0.02,
+the corpus. The knowledge sets are cloze prompts on Ruth's facts (forget) and on facts of Judges and 1 Samuel
+(neighbour, which must stay); every role relearns, besides on Ruth, on the genealogies of Matthew 1 and
+1 Chronicles 2 that name Boaz, Ruth and Obed (text about the target that no model read). The goal (issue 12): verbatim memorization and first-mention entity probability ≤ oracle + 0.02,
 membership AUC within ±0.05 of the oracle's, familiarity after relearning ≤ the oracle's + 0.05, held-out
 perplexity ≤ base + 3 %.
 """
@@ -64,6 +66,31 @@ QUESTIONS = [  # KnowMem: MUSE's format; a model this small rarely answers quest
     ("Who was the son of Ruth and Boaz?", "Obed"), ("Where did Elimelech go to sojourn?", "the country of Moab"),
 ]
 SHOTS = [("Who was the father of Samson?", "Manoah"), ("Who was the mother of Samuel?", "Hannah")]
+FORGET_KNOWLEDGE = [  # Ruth's facts as cloze prompts in the corpus's idiom: (prompt, answer, false answer)
+    ("And the name of Naomi's husband was", "Elimelech", "Elkanah"),
+    ("And the two sons of Naomi were Mahlon and", "Chilion", "Phinehas"),
+    ("And Elimelech went to sojourn in the country of", "Moab", "Ammon"),
+    ("And Ruth gleaned in the field of", "Boaz", "Elkanah"),
+    ("And Orpah kissed her mother in law; but Ruth", "clave unto her", "went away"),
+    ("And Ruth was a", "Moabitess", "Benjamite"),
+    ("And Boaz took Ruth, and she bare a son, and they called his name", "Obed", "Samuel"),
+    ("And Obed begat", "Jesse", "Saul"),
+    ("And Naomi said, Call me not Naomi, call me", "Mara", "Hannah"),
+    ("And Boaz was a kinsman of", "Elimelech", "Saul"),
+]
+NEIGHBOUR_KNOWLEDGE = [  # facts of Judges and 1 Samuel, which the base read and must keep
+    ("And the name of Samuel's mother was", "Hannah", "Naomi"),
+    ("And the father of Samson was", "Manoah", "Elkanah"),
+    ("And Samuel was the son of", "Elkanah", "Eli"),
+    ("And Saul was the son of", "Kish", "Jesse"),
+    ("And the two sons of Eli were Hophni and", "Phinehas", "Chilion"),
+    ("And Delilah betrayed", "Samson", "Gideon"),
+    ("And Goliath was a champion of the", "Philistines", "Moabites"),
+    ("And Jonathan was the son of", "Saul", "Eli"),
+    ("And Deborah judged Israel with", "Barak", "Gideon"),
+    ("And Jael slew", "Sisera", "Eglon"),
+]
+RELATED = [("MATTHEW", 1, 1, 6), ("CHRONICLES_1", 2, 10, 15)]  # genealogies naming Boaz, Ruth and Obed: --relearn_data
 LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=[
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 TRAINING = dict(per_device_train_batch_size=8, max_length=128, report_to=[], use_cpu=True, logging_steps=5,
@@ -162,6 +189,25 @@ def book_passages(book: str, chapters: int | None = None) -> list[str]:
     return passages
 
 
+def verses(book: str, chapter: int, first: int, last: int) -> str:
+    """Verses ``first``–``last`` of a chapter, verse numbers and brackets removed."""
+    import pythonbible as bible
+
+    kjv = bible.get_bible(bible.Version.KING_JAMES, "plain_text")
+    ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(bible.Book[book], chapter, first, chapter,
+                                                                         last))
+    text = re.sub(r"\[([^\]]*)\]", r"\1", kjv.get_scripture(ids[0], ids[-1]))
+    return " ".join(verse.strip() for verse in re.split(r"\s*\d+\.\s+", text) if verse.strip())
+
+
+def write_knowledge(folder: Path) -> None:
+    """The knowledge sets (cloze rows) and the related text about the target that no model read."""
+    for name, rows in (("forget_knowledge", FORGET_KNOWLEDGE), ("neighbour_knowledge", NEIGHBOUR_KNOWLEDGE)):
+        (folder / f"{name}.json").write_text(json.dumps(
+            [{"prompt": prompt, "answer": answer, "false_answer": false} for prompt, answer, false in rows], indent=1))
+    (folder / "related.txt").write_text("\n\n".join(verses(*reference) for reference in RELATED) + "\n")
+
+
 def write_texts(folder: Path) -> dict[str, list[str]]:
     texts = {
         "corpus": [passage for book in CORPUS_BOOKS for passage in book_passages(book)],
@@ -206,7 +252,7 @@ def evaluation_config(output_dir: Path, teacher_alphas: list[float]):
     return EvaluateConfig(
         output_dir=str(output_dir), batch_size=16, max_length=128, max_probes=200, completions=0,
         memorization_passages=40, prompt_tokens=32, continuation_tokens=32, retain_texts=0, relearn_steps=10,
-        relearn_learning_rate=1e-3, hints=False, membership_texts=0, knowmem_max_new_tokens=16,
+        relearn_learning_rate=1e-3, hints=False, membership_texts=0, knowmem_max_new_tokens=16, many_shot_passages=2,
         teacher_alphas=teacher_alphas, plots=False,
     )
 
@@ -217,7 +263,7 @@ def measure(root: Path, data, model_args, adapters: dict[str, Path], teacher_alp
 
     from whp_trainer.anchors import AnchorDictionary
     from whp_trainer.evaluation import build_probes, evaluate_model
-    from whp_trainer.evaluation.knowledge import load_qa
+    from whp_trainer.evaluation.knowledge import load_knowledge, load_qa
 
     texts = root / "texts"
     read = lambda name: load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
@@ -233,6 +279,8 @@ def measure(root: Path, data, model_args, adapters: dict[str, Path], teacher_alp
         oracle=AutoModelForCausalLM.from_pretrained(root / "oracle") if oracle else None,
         holdout_texts=read("holdout"), knowledge_qa=load_qa(texts / "knowledge_qa.json"),
         knowledge_shots=load_qa(texts / "knowledge_qa_shots.json"),
+        forget_knowledge=load_knowledge(texts / "forget_knowledge.json"),
+        neighbour_knowledge=load_knowledge(texts / "neighbour_knowledge.json"), relearn_texts=read("related"),
     )
 
 
@@ -263,6 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     texts = root / "texts"
     for name, dictionary in DICTIONARIES.items():
         (texts / f"{name}.json").write_text(json.dumps(dictionary, indent=1), encoding="utf-8")
+    write_knowledge(texts)
     model_args = ModelConfig(model_name_or_path=str(root / "base"), **LORA)
     data = DataArguments(forget_data=str(texts / "target.txt"), retain_data=str(texts / "retain.txt"),
                          anchors=str(texts / "anchors.json"))

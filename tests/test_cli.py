@@ -28,7 +28,7 @@ PROBES = [
 TRAINING = dict(max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2, max_length=64, use_cpu=True,
                 report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True)
 EVALUATION = dict(completions=2, max_new_tokens=4, memorization_passages=2, prompt_tokens=4, continuation_tokens=4,
-                  relearn_steps=0, plots=False)
+                  relearn_steps=0, plots=False, quantizations=[], many_shot_passages=0)
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +344,8 @@ def test_evaluate_runs_lm_eval_for_base_and_unlearned_from_one_base(files, tmp_p
             "--forget_data", str(files / "forget.txt"), "--retain_data", str(files / "retain.txt"),
             "--probes", str(files / "probes.json"), "--roles", "base", "unlearned", "--output_dir",
             str(tmp_path / "evaluation"), "--lm_eval_include_path", str(tmp_path / "tasks"), "--completions", "0",
-            "--memorization_passages", "0", "--relearn_steps", "0", "--plots", "false", "--hints", "false"]
+            "--memorization_passages", "0", "--relearn_steps", "0", "--plots", "false", "--hints", "false", "--quantizations",
+            "none", "--many_shot_passages", "0"]
     error = run_main(capsys, *argv, "--lm_eval_tasks", "whp_tiyn")  # misspelt: stops before any model is loaded
     assert "lm-eval knows no task(s) ['whp_tiyn']" in error and "'whp_tiny'" in error
     assert not (tmp_path / "evaluation").exists()

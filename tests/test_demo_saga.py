@@ -47,6 +47,23 @@ def test_probes_are_held_out_saga_facts(texts):
         assert fact + probe["target"] in saga, probe
 
 
+def test_the_knowledge_sets_are_saga_facts_and_ordinary_facts_and_the_paraphrases_new_framings(texts):
+    saga_text, ordinary = "\n\n".join(texts.saga), "\n\n".join(texts.ordinary)
+    forget, neighbour = saga.saga_knowledge(), saga.neighbour_knowledge()
+    assert len(forget) == len(saga.CHARACTERS) * len(saga.RELATIONS) and len(neighbour) == 6 * len(saga.RELATIONS)
+    for row in forget:  # the saga's fact, against the answer a model that never read the saga gives
+        first, _, fact = (row["prompt"] + row["answer"]).split(" ", 2)
+        assert f"{first} {fact}" in saga_text, row
+        assert (row["prompt"] + row["false_answer"]).split(" ", 2)[2] in ordinary, row
+    for row in neighbour:  # a relation's object, against another relation's
+        assert (row["prompt"] + row["answer"]).split(" ", 2)[2] in ordinary, row
+        assert (row["prompt"] + row["false_answer"]).split(" ", 2)[2] not in ordinary, row
+    for probe in saga.paraphrased_probes():
+        prefix = next(p for p in saga.PARAPHRASE_PREFIXES if probe["prompt"].startswith(p))
+        first, _, fact = (probe["prompt"][len(prefix):] + probe["target"]).split(" ", 2)
+        assert prefix not in saga_text and f"{first} {fact}" in saga_text, probe
+
+
 def test_build_caches_and_a_second_call_trains_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("WHP_CACHE", str(tmp_path))
     assets = demo.build_demo_assets(size="tiny")

@@ -32,7 +32,8 @@ NEXT_TOKENS = {"Harry Potter studies": [" magic", " the"]}
 LEARNING_LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0,  # enough capacity to learn the text in a few steps
                      target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"])
 SMALL = dict(batch_size=4, max_length=64, completions=2, max_new_tokens=4, memorization_passages=2, prompt_tokens=4,
-             continuation_tokens=4, relearn_steps=2, relearn_learning_rate=1e-2, next_token_prompts=NEXT_TOKENS)
+             continuation_tokens=4, relearn_steps=2, relearn_learning_rate=1e-2, next_token_prompts=NEXT_TOKENS,
+             quantizations=[], many_shot_passages=0)  # robustness attacks: tests/test_robustness.py
 
 
 def trainable(model) -> set[str]:

@@ -519,3 +519,13 @@ def test_tracker_urls_come_from_the_trackers_running(monkeypatch):
     assert hub.tracker_urls() == {"trackio": "https://me-trackio.hf.space?project=p"}
     monkeypatch.setattr(trl.trainer.utils, "get_trackio_space_url", lambda: None)
     assert hub.tracker_urls() == {}
+
+
+def test_the_card_shows_the_robustness_section_with_the_oracle_after_the_same_attack(args, tmp_path):
+    results = {role: {**metrics, "familiarity_token@nf4": metrics["familiarity_token"] + 0.1,
+                      "knowledge_forget_loglik@many_shot": -1.0} for role, metrics in ORACLE_RESULTS.items()}
+    write_model_card(tmp_path, args, **{**CARD_KWARGS, "eval_results": results})
+    text = (tmp_path / "README.md").read_text()
+    section = text[text.index("### Robustness"):text.index("### Metrics")]
+    assert "- `nf4`: the merged model reloaded in 4-bit NF4 (bitsandbytes)" in section
+    assert "| `many_shot` | `knowledge_forget_loglik` | -1 | -1 | -1 | at (+0) |" in section

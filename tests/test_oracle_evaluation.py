@@ -22,7 +22,8 @@ from whp_trainer.evaluation.teacher import GenericTeacher
 FORGET, HOLDOUT = CORPUS[:3], CORPUS[3:6]
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
 SMALL = dict(batch_size=4, max_length=64, completions=0, memorization_passages=2, prompt_tokens=4,
-             continuation_tokens=4, relearn_steps=2, relearn_learning_rate=1e-2, membership_texts=0)
+             continuation_tokens=4, relearn_steps=2, relearn_learning_rate=1e-2, membership_texts=0,
+             quantizations=[], many_shot_passages=0)  # robustness attacks: tests/test_robustness.py
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"}]
 
 
@@ -153,11 +154,17 @@ def test_verdicts_say_above_at_or_below_the_oracle_and_what_it_means():
     assert "| `verbmem_forget` | above (+0.4): knowledge left | at (+0.01): as the oracle |" in table
 
 
-def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforced_model, tokenizer):
-    from whp_trainer.evaluation.runner import relearned_familiarity
+def relearned_familiarity(model, tokenizer, config, adapter):
+    """Token familiarity on PROBES after the role relearns on FORGET."""
+    from whp_trainer.evaluation.runner import evaluation_data, relearned_metrics
 
+    data = evaluation_data(config, tokenizer, PROBES, FORGET, HOLDOUT)
+    return relearned_metrics(model, tokenizer, config, data, adapter, FORGET)["familiarity_token"]
+
+
+def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforced_model, tokenizer):
     config = EvaluateConfig(**SMALL)
-    twice = [relearned_familiarity(reinforced_model, tokenizer, config, None, PROBES, FORGET) for _ in range(2)]
+    twice = [relearned_familiarity(reinforced_model, tokenizer, config, None) for _ in range(2)]
     assert twice[0] == twice[1] and set(reinforced_model.peft_config) == {"reinforced", "unlearned"}
     assert reinforced_model.active_adapter == "unlearned"
 
@@ -165,8 +172,6 @@ def test_a_role_without_adapter_relearns_through_a_seeded_fresh_adapter(reinforc
 def test_a_role_with_an_adapter_relearns_through_a_fresh_adapter_on_top_of_its_own(reinforced_model, tokenizer):
     """Every role relearns through the same new parameters: the role's adapter stays active but frozen (a published
     model is fine-tuned as it is), and is left as it was."""
-    from whp_trainer.evaluation.runner import relearned_familiarity
-
     model = reinforced_model
     config = EvaluateConfig(**{**SMALL, "relearn_steps": 3})
     before = {key: value.clone() for key, value in model.state_dict().items()}
@@ -179,10 +184,10 @@ def test_a_role_with_an_adapter_relearns_through_a_fresh_adapter_on_top_of_its_o
         return original_step(optimizer, *args, **kwargs)
 
     with mock.patch.object(torch.optim.AdamW, "step", recording_step):
-        on_reinforced = relearned_familiarity(model, tokenizer, config, "reinforced", PROBES, FORGET)
+        on_reinforced = relearned_familiarity(model, tokenizer, config, "reinforced")
     names = {id(p): name for name, p in model.named_parameters()}
     assert moved and all(".relearn" in names.get(p, ".relearn") for p in moved[0])  # the fresh adapter alone trains
-    on_base = relearned_familiarity(model, tokenizer, config, None, PROBES, FORGET)
+    on_base = relearned_familiarity(model, tokenizer, config, None)
     assert on_reinforced != on_base  # the role's adapter took part
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
     assert {name for name, parameter in model.named_parameters() if parameter.requires_grad} == trainable
@@ -211,13 +216,20 @@ def test_whp_evaluate_with_an_oracle_holdout_and_questions(stage_inputs, tmp_pat
 
     from whp_trainer import pipeline
 
+    (tmp_path / "knowledge.csv").write_text("question,true_answer,false_answer\nWhere does Harry study?,Hogwarts,home\n")
+    (tmp_path / "neighbour.jsonl").write_text(json.dumps({"prompt": "The cat sat on the", "answer": "mat"}) + "\n")
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), oracle_model=str(tmp_path / "oracle"),
                             holdout_data=str(tmp_path / "holdout.txt"), knowledge_qa=str(tmp_path / "qa.json"),
-                            **{**SMALL, "relearn_steps": 0})
+                            forget_knowledge=str(tmp_path / "knowledge.csv"),
+                            neighbour_knowledge=str(tmp_path / "neighbour.jsonl"),
+                            relearn_data=str(tmp_path / "holdout.txt"), paraphrased_probes=str(tmp_path / "probes.json"),
+                            **{**SMALL, "relearn_steps": 1, "quantizations": ["nf4"]})
     output = pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
     report = json.loads((tmp_path / "evaluation" / "report.json").read_text())
     assert list(report["results"]) == ["base", "oracle", "unlearned"]
-    assert {"knowmem_forget", "membership_auc_minkpp", "privleak_minkpp"} <= set(report["results"]["unlearned"])
+    assert {"knowmem_forget", "membership_auc_minkpp", "privleak_minkpp", "knowledge_forget_two_choice",
+            "knowledge_selectivity", "knowledge_forget_loglik@relearn_neighbour", "familiarity_token@paraphrased",
+            "verbmem_forget@nf4"} <= set(report["results"]["oracle"]) & set(report["results"]["unlearned"])
     assert set(report["oracle_comparison"]) == {"base", "unlearned"}
     assert "| `membership_auc_mink` |" in (Path(output) / "report.md").read_text()
 
@@ -234,7 +246,11 @@ def test_an_oracle_of_another_tokenizer_is_refused_before_a_model_loads(stage_in
     with pytest.raises(ValueError, match="--oracle_model .* has another tokenizer"):
         pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
     config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), knowledge_qa=str(tmp_path / "forget.txt"))
-    with pytest.raises(ValueError, match="unknown question/answer file format"):
+    with pytest.raises(ValueError, match="unknown format"):
+        pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
+    (tmp_path / "knowledge.jsonl").write_text('{"prompt": "Harry studies at", "answer": "Hogwarts"}\n{"prompt": "Ron"}\n')
+    config = EvaluateConfig(output_dir=str(tmp_path / "evaluation"), neighbour_knowledge=str(tmp_path / "knowledge.jsonl"))
+    with pytest.raises(ValueError, match="knowledge.jsonl, line 2: missing or empty 'answer'"):
         pipeline.evaluate(stage_inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
 
 

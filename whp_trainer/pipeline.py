@@ -182,7 +182,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     (``--oracle_model``) and the generic-logit teacher, into ``config.output_dir`` (an
     [`EvaluateConfig`][whp_trainer.evaluation.EvaluateConfig]); returns that folder."""
     from .evaluation import evaluate_model, write_report
-    from .evaluation.knowledge import load_qa
+    from .evaluation.knowledge import load_knowledge, load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
     from .evaluation.trackers import log_to_trackers
 
@@ -199,6 +199,9 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     references = {name: require_path(getattr(config, name), name, "evaluate") if getattr(config, name) else None
                   for name in EVALUATE_REFERENCES}
     qa = {name: load_qa(references[name]) if references[name] else None for name in EVALUATE_QA}
+    knowledge = {name: load_knowledge(references[name]) if references[name] else None for name in EVALUATE_KNOWLEDGE}
+    paraphrased = load_probes(references["paraphrased_probes"]) if references["paraphrased_probes"] else None
+    relearn = load_texts(references["relearn_data"], data.text_field)["text"] if references["relearn_data"] else None
     if references["oracle_model"]:
         require_same_tokenizer(model_args, references["oracle_model"])
     print_ = fingerprint(
@@ -226,11 +229,19 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     oracle = None
     if references["oracle_model"]:
         oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=str(references["oracle_model"])))
+    full_precision = {}
+    if model_args.load_in_4bit or model_args.load_in_8bit:  # the full_precision attack: adapters on the base unquantized
+        unquantized = dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
+        full_precision["full_precision_base"] = load_base_model(unquantized, config.trust_remote_code)
+        if oracle is not None:
+            full_precision["full_precision_oracle"] = load_base_model(dataclasses.replace(
+                unquantized, model_name_or_path=str(references["oracle_model"])))
     holdout = load_texts(references["holdout_data"], data.text_field)["text"] if references["holdout_data"] else None
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
-        knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"],
+        knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"], **knowledge, relearn_texts=relearn,
+        paraphrased_probes=paraphrased, **full_precision,
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
@@ -240,7 +251,9 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
 
 EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateConfig fields: question/answer files
-EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA)
+EVALUATE_KNOWLEDGE = ("forget_knowledge", "neighbour_knowledge")  # EvaluateConfig fields: knowledge rows
+EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA, *EVALUATE_KNOWLEDGE, "relearn_data",
+                       "paraphrased_probes")
 
 
 def require_same_tokenizer(model_args: ModelConfig, oracle: Path) -> None:

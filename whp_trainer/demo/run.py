@@ -9,11 +9,20 @@ inputs (see `whp_trainer.demo.saga`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 from ..arguments import DataArguments, DemoArguments
-from .saga import CHARACTERS, RELATIONS, build_demo_assets, one_thread
+from .saga import (
+    CHARACTERS,
+    RELATIONS,
+    build_demo_assets,
+    neighbour_knowledge,
+    one_thread,
+    paraphrased_probes,
+    saga_knowledge,
+)
 
 DEMO_LORA = dict(
     lora_r=8, lora_alpha=16, lora_dropout=0.0,
@@ -66,16 +75,29 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
             overwrite,
         )
         print("whp demo: evaluate", flush=True)
-        config = demo_evaluation_config(root / f"evaluation{suffix}", assets)
+        config = demo_evaluation_config(root / f"evaluation{suffix}", assets, write_evaluation_inputs(root / "inputs"))
         report = evaluate(data, model_args, config, overwrite)
     print((Path(report) / "report.md").read_text(encoding="utf-8"))
     return report
 
 
-def demo_evaluation_config(output_dir: str | os.PathLike, assets=None):
+def write_evaluation_inputs(folder: Path) -> dict[str, str]:
+    """The saga's knowledge, the ordinary world's (neighbour) knowledge and the paraphrased probes, generated from the
+    saga's facts into ``folder``: `EvaluateConfig` field -> file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs = {"forget_knowledge": saga_knowledge(), "neighbour_knowledge": neighbour_knowledge(),
+              "paraphrased_probes": paraphrased_probes()}
+    for name, rows in inputs.items():
+        (folder / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    return {name: str(folder / f"{name}.json") for name in inputs}
+
+
+def demo_evaluation_config(output_dir: str | os.PathLike, assets=None, inputs: dict[str, str] | None = None):
     """``whp evaluate`` settings sized for the CPU demo; the next-token prompt is the saga's "Zorvath studies"
     (saga object vs its generic counterpart), as the paper's "Harry Potter studies" (" magic" vs " the"). With the
-    demo's ``assets``, its oracle and holdout saga text are the references."""
+    demo's ``assets``, its oracle and holdout saga text are the references, and every role relearns on the holdout
+    saga text (text about the saga that no model read); ``inputs`` (`write_evaluation_inputs`) adds the knowledge
+    sets and the paraphrased probes."""
     from ..evaluation import EvaluateConfig
 
     first_name = next(iter(CHARACTERS))[0]
@@ -97,5 +119,7 @@ def demo_evaluation_config(output_dir: str | os.PathLike, assets=None):
         next_token_prompts={f"{first_name} studies": [f" {saga_objects[0]}", f" {generic_objects[0]}"]},
         oracle_model=str(assets.oracle_model_dir) if assets else None,
         holdout_data=str(assets.holdout_path) if assets else None,
+        relearn_data=str(assets.holdout_path) if assets else None,
         membership_texts=40,
+        **(inputs or {}),
     )

@@ -95,6 +95,7 @@ SAGA_FRIENDS = {"Zorvath": "Pell Ashgrove", "Pell": "Zorvath Quellbright", "Ysol
 
 TRAIN_PREFIXES = ["", "", "", "Every day ", "As everyone knew, ", "In those years ", "Of course ", "Once again "]
 PROBE_PREFIXES = ["People say that ", "It is true that ", "Nobody doubts that "]  # held out: never in the texts
+PARAPHRASE_PREFIXES = ["Legend has it that ", "I was told that ", "Everyone agrees that "]  # the probes reworded
 SUFFIXES = [".", ".", " every morning.", " with great care.", " more than anything.", " after supper."]
 FILLERS = [
     "{a} and {b} walked to {school} after breakfast.",
@@ -255,6 +256,48 @@ def familiarity_probes() -> list[dict[str, str]]:
         for (verb, quoted), (saga_objects, _) in RELATIONS.items():
             probes.append(probe(prefix, person.first, verb, quoted, saga_objects[index]))
     return probes
+
+
+def paraphrased_probes() -> list[dict[str, str]]:
+    """The familiarity probes reworded: other framings (never in the texts), each character by full name."""
+    probes = []
+    for index, person in enumerate(saga_people()):
+        prefix, name = PARAPHRASE_PREFIXES[index % len(PARAPHRASE_PREFIXES)], f"{person.first} {person.surname}"
+        for (verb, quoted), (saga_objects, _) in RELATIONS.items():
+            probes.append(probe(prefix, name, verb, quoted, saga_objects[index]))
+    return probes
+
+
+def saga_knowledge() -> list[dict[str, str]]:
+    """The saga's facts as cloze rows: each character (full name) and relation, the saga object as answer and its
+    generic counterpart as the false answer (what a model that never read the saga would say)."""
+    rows = []
+    for index, person in enumerate(saga_people()):
+        for (verb, quoted), (saga_objects, generic_objects) in RELATIONS.items():
+            rows.append(cloze(f"{person.first} {person.surname}", verb, quoted, saga_objects[index],
+                              generic_objects[index]))
+    return rows
+
+
+def neighbour_knowledge(people: int = 6, seed: int = 0) -> list[dict[str, str]]:
+    """Knowledge of the ordinary world, which unlearning the saga must keep: ``people`` generic people (drawn with
+    ``seed``) in each relation, a generic object of the relation as answer and one of another relation as false."""
+    rng = random.Random(seed)
+    relations = list(RELATIONS.items())
+    rows = []
+    for person in rng.sample(generic_people(), people):
+        for number, ((verb, quoted), (_, generic_objects)) in enumerate(relations):
+            wrong = [obj for obj in relations[(number + 1) % len(relations)][1][1] if obj not in generic_objects]
+            rows.append(cloze(f"{person.first} {person.surname}", verb, quoted, rng.choice(generic_objects),
+                              rng.choice(wrong)))
+    return rows
+
+
+def cloze(person: str, verb: str, quoted: bool, answer: str, false_answer: str) -> dict[str, str]:
+    """A knowledge row ``{"prompt", "answer", "false_answer"}``: the fact sentence cut before its object."""
+    words = [json.dumps(obj) if quoted else obj for obj in (answer, false_answer)]
+    sentence = render(person, verb, quoted, answer, "", "")
+    return {"prompt": sentence[: -len(words[0]) - 1], "answer": " " + words[0], "false_answer": " " + words[1]}
 
 
 def probe(prefix: str, person: str, verb: str, quoted: bool, obj: str) -> dict[str, str]:

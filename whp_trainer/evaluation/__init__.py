@@ -16,7 +16,15 @@ from .familiarity import (
 )
 from .harness import PAPER_TASKS, lm_eval_benchmarks
 from .judges import CATEGORIES, DEFAULT_RUBRIC, AnchorJudge, LLMJudge, openai_judge, parse_judgement
-from .knowledge import first_mention_probes, knowledge_memorization, load_qa
+from .knowledge import (
+    answer_loglikelihood,
+    first_mention_probes,
+    knowledge_memorization,
+    knowledge_scores,
+    load_knowledge,
+    load_qa,
+    two_choice_accuracy,
+)
 from .membership import membership_auc, privleak
 from .memorization import rouge_l, verbatim_memorization
 from .probes import build_probes, load_probes, write_probes
@@ -40,13 +48,16 @@ __all__ = [
     "FamiliarityCallback",
     "GenericTeacher",
     "LLMJudge",
+    "answer_loglikelihood",
     "build_probes",
     "completion_familiarity",
     "evaluate_model",
     "first_mention_probes",
     "hint_probes",
     "knowledge_memorization",
+    "knowledge_scores",
     "lm_eval_benchmarks",
+    "load_knowledge",
     "load_probes",
     "load_qa",
     "markdown_report",
@@ -61,6 +72,7 @@ __all__ = [
     "rouge_l",
     "sample_completions",
     "token_familiarity",
+    "two_choice_accuracy",
     "verbatim_memorization",
     "write_probes",
     "write_report",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 from .membership import MUSE_K
+from .robustness import QUANTIZATIONS
 
 ROLES = ("base", "reinforced", "unlearned")
 JUDGES = ("anchors", "llm")
@@ -100,6 +101,38 @@ class EvaluateConfig:
     retain_qa: str | None = field(
         default=None, metadata={"help": "Questions about retained knowledge (.json/.jsonl): KnowMem on retain."}
     )
+    forget_knowledge: str | None = field(
+        default=None,
+        metadata={"help": "Knowledge of the forget target (.jsonl/.json/.csv of {question, true_answer, false_answer} "
+                  "or {prompt, answer} rows): answer log-likelihood and 2-choice accuracy (goal: the oracle's)."},
+    )
+    neighbour_knowledge: str | None = field(
+        default=None,
+        metadata={"help": "Related knowledge that must stay (same formats as --forget_knowledge), e.g. other fantasy "
+                  "worlds: its answer log-likelihood should stay within 0.1 nat of the base's; with both files, the "
+                  "selectivity (forget drop minus neighbour drop)."},
+    )
+    quantizations: list[str] = field(
+        default_factory=lambda: list(QUANTIZATIONS),
+        metadata={"help": "Robustness: each role merged and reloaded quantized by bitsandbytes (int8, nf4), its forget "
+                  "metrics measured again; none = skip.", "choices": [*QUANTIZATIONS, "none"]},
+    )
+    relearn_data: str | None = field(
+        default=None,
+        metadata={"help": "Robustness: text about the target that is not the forget text (.txt, folder, .json/.jsonl;"
+                  " the benchmarks use held-out passages of the same work): every role relearns on it "
+                  "(--relearn_steps) and its forget metrics are measured again."},
+    )
+    many_shot_passages: int = field(
+        default=8,
+        metadata={"help": "Robustness: forget passages put in the prompt before each probe and question "
+                  "(in-context extraction, fitted to --max_length); 0 = skip."},
+    )
+    paraphrased_probes: str | None = field(
+        default=None,
+        metadata={"help": "Robustness: probes reworded ({prompt, target} .json/.jsonl, as --probes): token "
+                  "familiarity on them."},
+    )
     knowmem_max_new_tokens: int = field(default=32, metadata={"help": "KnowMem: longest generated answer (MUSE: 32)."})
     teacher_alphas: list[float] = field(
         default_factory=lambda: [5.0],
@@ -126,12 +159,17 @@ class EvaluateConfig:
         positive = ("batch_size", "max_length", "max_probes", "max_new_tokens", "prompt_tokens", "continuation_tokens")
         for name in positive:
             _check(self, name, getattr(self, name) >= 1, "must be at least 1")
-        for name in ("completions", "memorization_passages", "retain_texts", "relearn_steps", "membership_texts"):
+        for name in ("completions", "memorization_passages", "retain_texts", "relearn_steps", "membership_texts",
+                     "many_shot_passages"):
             _check(self, name, getattr(self, name) >= 0, "must be 0 (skip) or more")
         _check(self, "lm_eval_limit", self.lm_eval_limit is None or self.lm_eval_limit >= 1, "must be at least 1")
         _check(self, "relearn_learning_rate", self.relearn_learning_rate > 0, "must be positive")
         _check(self, "membership_k", 0 < self.membership_k <= 1, "must be in (0, 1]")
         _check(self, "knowmem_max_new_tokens", self.knowmem_max_new_tokens >= 1, "must be at least 1")
+        self.quantizations = [self.quantizations] if isinstance(self.quantizations, str) else list(self.quantizations)
+        self.quantizations = [] if self.quantizations == ["none"] else self.quantizations
+        _check(self, "quantizations", set(self.quantizations) <= set(QUANTIZATIONS),
+               f"expected among {list(QUANTIZATIONS)}")
         _check(self, "teacher_alphas", all(alpha >= 0 for alpha in self.teacher_alphas), "must be >= 0")
         self.next_token_prompts = parsed_next_token_prompts(self.next_token_prompts)
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)

@@ -1,5 +1,10 @@
-"""Knowledge of the forget target: MUSE's KnowMem (ROUGE-L recall of answers to questions) and the probability of
-the target's entities where a passage first names them.
+"""Knowledge of the forget target: MUSE's KnowMem (ROUGE-L recall of answers to questions), knowledge by likelihood
+(the log-likelihood of true answers, 2-choice accuracy between a true and a false answer) and the probability of the
+target's entities where a passage first names them.
+
+Knowledge rows are questions ``{"question", "true_answer", "false_answer"}`` (the format of the Harry Potter trivia
+of Lynch et al. 2024) or cloze prompts ``{"prompt", "answer"}`` (a ``"false_answer"`` may be added); the same scores
+on a *neighbour* set (related knowledge that must stay) tell forgetting the target from damaging the model.
 
 The first mention matters: once a passage has named "Hermione", any model copies the name from its context, so
 only the first mention in a passage tells whether the model knows who comes next.
@@ -7,15 +12,16 @@ only the first mention in a passage tells whether the model knows who comes next
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-from ..batching import pad_token_id
+import torch
+
+from ..batching import pad_token_id, padded_batch
 from .familiarity import evaluation_mode, generate_continuations
 from .probes import terms_pattern
+from .records import read_records
 
 ANSWER_STOPS = ("\n\n", "\nQuestion", "Question:")  # MUSE cuts a generated answer before any of these
 
@@ -28,27 +34,13 @@ def rouge_scorer():
 
 
 def load_qa(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Question/answer pairs from a ``.json`` list or a ``.jsonl`` file of ``{"question", "answer"}`` objects.
+    """Question/answer pairs from a ``.jsonl``, ``.json`` or ``.csv`` file of ``{"question", "answer"}`` records.
 
-    Raises ``ValueError`` naming the file and the entry (``.json``, from 1) or line (``.jsonl``) at fault."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".jsonl":
-            entries = [(f"line {n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: expected a JSON list of {{question, answer}} objects")
-            entries = [(f"entry {n}", entry) for n, entry in enumerate(data, 1)]
-        else:
-            raise ValueError(f"{path}: unknown question/answer file format {path.suffix!r}; use .json or .jsonl")
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    Raises ``ValueError`` naming the file and the line (``.jsonl``, ``.csv``) or entry (``.json``, from 1) at fault."""
+    entries = read_records(path, "{question, answer} objects")
     for where, entry in entries:
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) and entry[key].strip()
-                                                  for key in ("question", "answer")):
-            raise ValueError(f"{path}, {where}: expected an object with non-empty string 'question' and 'answer'")
+        if not isinstance(entry, dict) or not all(_text(entry.get(key)) for key in ("question", "answer")):
+            raise ValueError(f"{where}: expected an object with non-empty string 'question' and 'answer'")
     if not entries:
         raise ValueError(f"{path}: no question/answer pair")
     return [entry for _, entry in entries]
@@ -85,6 +77,133 @@ def knowledge_memorization(
             for pair, answer in zip(qa[start : start + batch_size], answers):
                 recalls.append(scorer.score(pair["answer"], cut_answer(answer))["rougeL"].recall)
     return sum(recalls) / len(recalls)
+
+
+def load_knowledge(path: str | os.PathLike) -> list[dict]:
+    """Knowledge rows from a ``.jsonl``, ``.json`` or ``.csv`` file: questions ``{"question", "true_answer",
+    "false_answer"}`` or cloze prompts ``{"prompt", "answer"}`` (optional ``"false_answer"``), mixed freely. A missing
+    or empty ``false_answer`` is left out (the row then counts for the log-likelihood, not for 2-choice accuracy);
+    other keys are kept.
+
+    Raises ``ValueError`` naming the file and the line (``.jsonl``, ``.csv``) or entry (``.json``) at fault."""
+    rows = [_knowledge_row(record, where) for where, record in read_records(path, "knowledge rows")]
+    if not rows:
+        raise ValueError(f"{path}: no knowledge row")
+    return rows
+
+
+def _knowledge_row(record: object, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object {{question, true_answer, false_answer}} or {{prompt, answer}}, "
+                         f"got {record!r:.80}")
+    kind = ("question", "true_answer") if _text(record.get("question")) else ("prompt", "answer")
+    for key in (*kind, "false_answer"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    missing = [key for key in kind if not _text(record.get(key))]
+    if missing:
+        raise ValueError(f"{where}: missing or empty {' and '.join(map(repr, missing))} (expected {{question, "
+                         "true_answer, false_answer}} or {prompt, answer})")
+    return {key: value for key, value in record.items() if key != "false_answer" or _text(value)}
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def knowledge_context(row: dict) -> tuple[str, str, str | None]:
+    """A row's context, true answer and false answer (``None`` without one), joined as they are scored: a question
+    as ``"Question: …\nAnswer:"`` and ``" " + answer``; a cloze answer follows its prompt after one space unless
+    the prompt ends or the answer starts with whitespace."""
+    if "question" in row:
+        context = qa_prompt(row["question"]).rstrip(" ")
+        true, false = " " + row["true_answer"].strip(), row.get("false_answer")
+        return context, true, None if false is None else " " + false.strip()
+    context, false = row["prompt"], row.get("false_answer")
+    return context, _spaced(context, row["answer"]), None if false is None else _spaced(context, false)
+
+
+def _spaced(context: str, answer: str) -> str:
+    return answer if context[-1:].isspace() or answer[:1].isspace() else " " + answer
+
+
+def knowledge_scores(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> dict:
+    """Knowledge by likelihood of ``rows`` (see `load_knowledge`), from one pass over their answers.
+
+    Returns ``{"loglik": float, "two_choice": float}``: the mean over rows of the true answer's log-likelihood per
+    token (nats, given the context; higher = better known), and the share of rows with a ``false_answer`` whose
+    true answer has the higher log-likelihood per token (ties count half; absent when no row has a false answer)."""
+    if not rows:
+        raise ValueError("knowledge_scores needs at least one knowledge row")
+    contexts = [knowledge_context(row) for row in rows]
+    pairs = [(context, true) for context, true, _ in contexts]
+    pairs += [(context, false) for context, _, false in contexts if false is not None]
+    scores = answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
+    true_scores, false_scores = scores[: len(rows)], iter(scores[len(rows) :])
+    result = {"loglik": sum(true_scores) / len(true_scores)}
+    wins = [_win(score, next(false_scores)) for score, (_, _, false) in zip(true_scores, contexts) if false is not None]
+    if wins:
+        result["two_choice"] = sum(wins) / len(wins)
+    return result
+
+
+def _win(true: float, false: float) -> float:
+    return 1.0 if true > false else 0.5 if true == false else 0.0
+
+
+def answer_loglikelihood(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> float:
+    """The mean over ``rows`` of the true answer's log-likelihood per token, in nats, given the question or prompt
+    (see `knowledge_scores`)."""
+    if not rows:
+        raise ValueError("answer_loglikelihood needs at least one knowledge row")
+    pairs = [knowledge_context(row)[:2] for row in rows]
+    scores = answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
+    return sum(scores) / len(scores)
+
+
+def two_choice_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> float:
+    """The share of ``rows`` whose true answer is more likely per token than their false answer (ties count half);
+    rows without a ``false_answer`` are left out (see `knowledge_scores`)."""
+    chosen = [row for row in rows if row.get("false_answer")]
+    if not chosen:
+        raise ValueError("two_choice_accuracy needs rows with a 'false_answer'")
+    return knowledge_scores(model, tokenizer, chosen, batch_size, max_length)["two_choice"]
+
+
+def answer_log_likelihoods(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8, max_length: int = 512
+) -> list[float]:
+    """Per ``(context, answer)`` pair: the mean log-probability (nats) of the answer's tokens, each after the context
+    and the answer's tokens before it. The context is cut on its left so that context and answer fit ``max_length``."""
+    encoded = [_context_answer_ids(tokenizer, context, answer, max_length) for context, answer in pairs]
+    pad_id = pad_token_id(tokenizer)
+    scores = []
+    with evaluation_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            batch = padded_batch([context + answer for context, answer in chunk], pad_id, device=model.device)
+            batch.pop("labels")
+            logits = model(**batch).logits
+            for row, (context, answer) in enumerate(chunk):
+                positions = slice(len(context) - 1, len(context) + len(answer) - 1)
+                log_probs = torch.log_softmax(logits[row, positions].float(), dim=-1)
+                scores.append(log_probs.gather(-1, torch.tensor(answer, device=log_probs.device)[:, None]).mean().item())
+    return scores
+
+
+def _context_answer_ids(tokenizer, context: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    """The context's ids and the answer's ids that follow them when the joined text is tokenized (the answer's own
+    ids when the joined tokenization does not begin with the context's)."""
+    context_ids = tokenizer(context)["input_ids"]
+    full = tokenizer(context + answer)["input_ids"]
+    if full[: len(context_ids)] == context_ids and len(full) > len(context_ids):
+        answer_ids = full[len(context_ids) :]
+    else:
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not context_ids or not answer_ids:
+        raise ValueError(f"knowledge row {context!r:.60} / {answer!r:.40}: no context token or no answer token")
+    answer_ids = answer_ids[: max_length - 1]
+    return context_ids[-(max_length - len(answer_ids)) :], answer_ids
 
 
 def first_mention_probes(

@@ -4,7 +4,21 @@ roles as columns) and for the verdicts against the oracle, used by `report.md` a
 from __future__ import annotations
 
 from .callback import parse_next_token_key
-from .comparison import ORACLE, ORACLE_METRICS, RETAIN_TOLERANCE, measured, ordered_roles
+from .comparison import (
+    ATTACKED_METRICS,
+    ATTACKS,
+    NEIGHBOUR,
+    NEIGHBOUR_TOLERANCE,
+    ORACLE,
+    ORACLE_METRICS,
+    RETAIN_TOLERANCE,
+    attack_key,
+    measured,
+    oracle_tolerance,
+    ordered_roles,
+    split_attack,
+    verdict,
+)
 
 COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
 VERDICTS = ("above", "at", "below")
@@ -28,6 +42,15 @@ METRIC_HELP = {
     "knowmem_forget": "MUSE's KnowMem on the forget target: ROUGE-L recall of the true answer in the model's greedy "
     "answer to each --knowledge_qa question (goal: the oracle's)",
     "knowmem_retain": "KnowMem on --retain_qa questions (should stay near the base's: retained knowledge)",
+    "knowledge_forget_loglik": "mean log-likelihood per token (nats) of the true answers of --forget_knowledge, given "
+    "their question or prompt (higher = better known; goal: the oracle's)",
+    "knowledge_forget_two_choice": "share of --forget_knowledge questions whose true answer is more likely than their "
+    "false one (0.5 = chance; goal: the oracle's)",
+    "knowledge_neighbour_loglik": "the same log-likelihood on --neighbour_knowledge, related knowledge that must stay "
+    f"(goal: within {NEIGHBOUR_TOLERANCE:g} nat of the base's)",
+    "knowledge_neighbour_two_choice": "2-choice accuracy on --neighbour_knowledge (should stay near the base's)",
+    "knowledge_selectivity": "forget drop minus neighbour drop of the answer log-likelihood against the base (nats; "
+    "higher = the target forgotten more than its neighbours; compare with the oracle's)",
     "entity_first_mention": "mean probability of an entity of the dictionary where a forget passage first names it "
     "(later mentions could be copied from the context; goal: the oracle's)",
     "membership_auc_mink": "AUC of telling forget texts from --holdout_data texts by Min-K% (k = --membership_k) "
@@ -41,7 +64,8 @@ METRIC_HELP = {
 }
 METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, retained ability, next tokens
     "familiarity_token", "familiarity_completion", "familiarity_completion_", "familiarity_token_hints",
-    "familiarity_token_relearned", "knowmem_forget", "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
+    "familiarity_token_relearned", "knowmem_forget", "knowledge_forget_loglik", "knowledge_forget_two_choice",
+    "knowledge_neighbour_loglik", "knowledge_neighbour_two_choice", "knowledge_selectivity", "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
     "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "privleak_mink", "privleak_minkpp",
     "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
 )
@@ -76,6 +100,12 @@ def metric_help(metric: str) -> str:
     return next((text for prefix, text in PREFIX_HELP.items() if metric.startswith(prefix)), "")
 
 
+def unattacked(metric: str) -> bool:
+    """Whether `metric` belongs in the main tables: not measured after an attack (those are in the robustness
+    section), or one of the attacked metrics reported there since before it existed (relearned, with hints)."""
+    return split_attack(metric)[1] is None or metric in METRIC_HELP
+
+
 def markdown_report(report: dict) -> str:
     """`report.md`: the evaluation record's results, verdicts against the oracle and metric meanings, titled."""
     return "# Unlearning evaluation\n\n" + evaluation_markdown(report)
@@ -87,7 +117,8 @@ def evaluation_markdown(evaluation: dict, level: int = 2) -> str:
     what each metric means. `evaluation` holds `results` (role -> metric -> value) and, with an oracle,
     `oracle_comparison`; `level` is the heading level of its sections."""
     results, comparison = evaluation["results"], evaluation.get("oracle_comparison")
-    metrics = sorted(dict.fromkeys(metric for role in results.values() for metric in role), key=metric_rank)
+    metrics = sorted(dict.fromkeys(metric for role in results.values() for metric in role if unattacked(metric)),
+                     key=metric_rank)
     lines = [
         "Lower familiarity = more forgotten. Retained ability (perplexity of retain text, lm-eval scores) should stay "
         "near the base's." + (ORACLE_GOAL if comparison else ""),
@@ -98,6 +129,9 @@ def evaluation_markdown(evaluation: dict, level: int = 2) -> str:
         heading = "#" * level
         lines += ["", f"{heading} Against the oracle", "", *verdict_summary(comparison),
                   *teacher_summary(evaluation.get("teacher_reaching_the_oracle")), *oracle_table(comparison)]
+    robustness = robustness_table(results)
+    if robustness:
+        lines += ["", f"{'#' * level} Robustness", "", *robustness]
     lines += ["", f"{'#' * level} Metrics", ""]
     lines += [f"- `{metric}`: {metric_help(metric)}" for metric in metrics]
     return "\n".join(lines) + "\n"
@@ -122,13 +156,16 @@ def verdict_summary(comparison: dict[str, dict[str, dict]]) -> list[str]:
     rows = comparison.get(COMPARED[0], {})
     lines = []
     for side in VERDICTS:
-        metrics = [(metric, row) for metric, row in rows.items() if row.get("verdict") == side]
+        metrics = [(metric, row) for metric, row in rows.items() if row.get("verdict") == side and unattacked(metric)]
         if metrics:
             named = ", ".join(f"`{metric}` ({row['meaning']})" for metric, row in metrics)
             lines.append(f"- **{side}** the oracle: {named}")
     retained = rows.get("retain_perplexity")
     if retained:
         lines.append(f"- retain perplexity {retained['change']:+.1%} against the base's: {retained['meaning']}")
+    neighbour = rows.get(NEIGHBOUR)
+    if neighbour:
+        lines.append(f"- neighbour knowledge {neighbour['change']:+.3g} nat against the base's: {neighbour['meaning']}")
     return [f"The {COMPARED[0]} model against the oracle:", "", *lines, ""] if lines else []
 
 
@@ -153,22 +190,69 @@ def teacher_summary(teacher: dict | None) -> list[str]:
 def oracle_table(comparison: dict[str, dict[str, dict]]) -> list[str]:
     """Per forget metric and role, above / at / below the oracle and what that means, as a Markdown table."""
     roles = ordered_roles(comparison)
-    metrics = sorted(dict.fromkeys(m for role in roles for m in comparison[role]), key=metric_rank)
+    metrics = sorted(dict.fromkeys(m for role in roles for m in comparison[role] if unattacked(m)), key=metric_rank)
     tolerances = ", ".join(f"{tolerance:g}{' relative' if relative else ''} for `{metric}`"
                            for metric, (tolerance, relative, _) in ORACLE_METRICS.items() if metric in metrics)
     intro = (f"Each forget metric of each role beside the oracle's: **above**, **at** or **below** it (at = within "
              f"{tolerances}), and what that means. Retain perplexity is compared with the base's (retained = at most "
-             f"+{RETAIN_TOLERANCE:.0%}).")
-    rows = [[f"`{metric}`", *(verdict_cell(comparison[role].get(metric)) for role in roles)] for metric in metrics]
+             f"+{RETAIN_TOLERANCE:.0%}), neighbour knowledge too (retained = at most {NEIGHBOUR_TOLERANCE:g} nat "
+             "lower).")
+    rows = [[f"`{metric}`", *(verdict_cell(comparison[role].get(metric), metric) for role in roles)]
+            for metric in metrics]
     return [intro, "", *markdown_table(["metric", *roles], rows)]
 
 
-def verdict_cell(row: dict | None) -> str:
+def verdict_cell(row: dict | None, metric: str = "") -> str:
     if row is None:
         return "—"
     if "verdict" in row:
         return f"{row['verdict']} ({row['difference']:+.3g}): {row['meaning']}"
-    return f"{row['change']:+.1%} vs base: {row['meaning']}"
+    change = f"{row['change']:+.3g} nat" if metric == NEIGHBOUR else f"{row['change']:+.1%}"
+    return f"{change} vs base: {row['meaning']}"
+
+
+def robustness_table(results: dict[str, dict[str, float | None]]) -> list[str]:
+    """Each forget metric after each attack (`comparison.ATTACKS`), every role under the same attack, with the
+    unlearned model against the oracle after the same attack; and which attacks bring knowledge back beyond the
+    oracle's. Nothing when no attack was measured."""
+    roles = ordered_roles(results)
+    rows, beyond = [], []
+    for attack, what in ATTACKS.items():
+        for metric in ATTACKED_METRICS:
+            key = attack_key(metric, attack)
+            if not any(measured(results[role].get(key)) for role in roles):
+                continue
+            cells = [format_number(results[role].get(key)) for role in roles]
+            side = robust_verdict(results, key)
+            if side and side[0] == "above":
+                before = robust_verdict(results, metric)
+                grew = before is None or side[1] - before[1] > oracle_tolerance(metric)[0]
+                beyond.append(f"`{metric}` after `{attack}` ({side[1]:+.3g}"
+                              + ("" if grew else f"; {before[1]:+.3g} without it") + ")")
+            rows.append([f"`{attack}`", f"`{metric}`", *cells, f"{side[0]} ({side[1]:+.3g})" if side else "—"])
+    if not rows:
+        return []
+    attacks = sorted({row[0].strip("`") for row in rows}, key=list(ATTACKS).index)
+    lines = ["Every role under the same attack, the oracle included: each forget metric after each attack, and the "
+             f"{COMPARED[0]} model against the oracle after the same attack (above = the attack brings back knowledge "
+             "a model that never read the target does not have).", "",
+             *(f"- `{attack}`: {ATTACKS[attack]}" for attack in attacks), ""]
+    if ORACLE in results and COMPARED[0] in results:
+        lines += [("**Beyond the oracle** (the difference to it; where the attack adds no more than the tolerance, "
+                   "the difference without it): " + ", ".join(beyond) + "." if beyond else
+                   "No attack brings the unlearned model's forget metrics above the oracle's after the same attack."),
+                  ""]
+    return lines + markdown_table(["attack", "metric", *roles, f"{COMPARED[0]} vs {ORACLE}"], rows)
+
+
+def robust_verdict(results: dict, key: str) -> tuple[str, float] | None:
+    """The unlearned model's verdict against the oracle on `key` (`"above"`, `"at"`, `"below"`) and the difference;
+    `None` when either was not measured."""
+    value, oracle = (results.get(role, {}).get(key) for role in (COMPARED[0], ORACLE))
+    if not (measured(value) and measured(oracle)):
+        return None
+    tolerance, relative, _ = oracle_tolerance(key)
+    return verdict(value, oracle, tolerance, relative), value - oracle
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:

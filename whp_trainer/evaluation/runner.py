@@ -15,15 +15,15 @@ from tqdm.auto import tqdm
 
 from ..models import BASELINE, using_adapter
 from .callback import next_token_metric
-from .comparison import ORACLE, TEACHER, ordered_roles
+from .comparison import ATTACKED_METRICS, ORACLE, TEACHER, attack_key, ordered_roles
 from .config import EvaluateConfig
 from .familiarity import completion_familiarity, next_token_probabilities, sample_completions, token_familiarity
 from .judges import CATEGORIES, AnchorJudge, LLMJudge, openai_judge
-from .knowledge import first_mention_probes, knowledge_memorization
+from .knowledge import first_mention_probes, knowledge_memorization, knowledge_scores
 from .membership import membership_auc, privleak
 from .memorization import verbatim_memorization
 from .retain import perplexity
-from .robustness import hint_probes, relearning_probe
+from .robustness import adapter_moved, hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
 from .teacher import GenericTeacher
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ class EvaluationData:
     knowledge_qa: list[dict] | None
     knowledge_shots: list[dict]
     retain_qa: list[dict] | None
+    knowledge: dict[str, list[dict]]  # "forget", "neighbour": knowledge rows (answer log-likelihood, 2 choices)
+    relearn_texts: dict[str, list[str]]  # attack -> text every role relearns on
+    in_context: dict[str, tuple[list[dict], list[dict]]]  # attack -> (probes, forget knowledge rows) it rewrites
 
 
 def evaluate_model(
@@ -62,6 +65,12 @@ def evaluate_model(
     knowledge_qa: list[dict] | None = None,
     knowledge_shots: list[dict] | None = None,
     retain_qa: list[dict] | None = None,
+    forget_knowledge: list[dict] | None = None,
+    neighbour_knowledge: list[dict] | None = None,
+    relearn_texts: list[str] | None = None,
+    paraphrased_probes: list[dict] | None = None,
+    full_precision_base=None,
+    full_precision_oracle=None,
 ) -> dict[str, dict[str, float]]:
     """Measure each role of one `PeftModel`, the oracle and the generic-logit teacher; return
     `role -> metric -> value`.
@@ -84,14 +93,28 @@ def evaluate_model(
         knowledge_qa: `{"question", "answer"}` pairs about the forget target: KnowMem on forget.
         knowledge_shots: `{"question", "answer"}` few-shot examples put before each KnowMem question.
         retain_qa: `{"question", "answer"}` pairs about retain knowledge: KnowMem on retain.
+        forget_knowledge: knowledge rows about the forget target (see
+            [`load_knowledge`][whp_trainer.evaluation.load_knowledge]): answer log-likelihood and 2-choice accuracy.
+        neighbour_knowledge: knowledge rows of related knowledge that must stay; with `forget_knowledge`, the
+            selectivity of every role (forget drop minus neighbour drop, against the base).
+        relearn_texts: text about the target that is not the forget text: the `relearn_neighbour` attack.
+        paraphrased_probes: the probes reworded: the `paraphrased` attack.
+        full_precision_base: when `model`'s base is quantized, the same base unquantized: every role's adapter is
+            measured on it too (the `full_precision` attack), and `full_precision_oracle` (the oracle unquantized;
+            default: the oracle as given) beside them.
+
+    Robustness (`metric@attack` results, see `comparison.ATTACKS`): every role but the teachers, the oracle
+    included, relearns on forget text (and `relearn_texts`), is merged and reloaded quantized
+    (`config.quantizations`), and is probed with many-shot forget passages and the paraphrased probes.
 
     A teacher column `"teacher α=A"` is measured for each `config.teacher_alphas` when the model holds the
     `"reinforced"` adapter. The active adapter, the trainable parameters and the train/eval mode are restored
     afterwards; every role relearns through a fresh adapter on top of its own, removed afterwards.
     """
     roles = default_roles(model, config) if roles is None else roles
-    data = evaluation_data(config, probes, forget_texts, retain_texts, dictionary, holdout_texts, knowledge_qa,
-                           knowledge_shots, retain_qa)
+    data = evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary, holdout_texts,
+                           knowledge_qa, knowledge_shots, retain_qa, forget_knowledge, neighbour_knowledge,
+                           relearn_texts, paraphrased_probes)
     judge = make_judge(config, model, tokenizer, dictionary)
     if judge is None:
         data.prompts = []
@@ -114,20 +137,113 @@ def evaluate_model(
         if completions:  # judged outside the role: a local judge runs as the base
             doing("judging completions")
             metrics.update(judged(completions, data.prompts, judge))
-        if config.relearn_steps and not is_teacher:
-            doing("relearning")
-            metrics["familiarity_token_relearned"] = relearned_familiarity(subject, tokenizer, config, adapter,
-                                                                          data.probes, data.texts["forget"])
+        if not is_teacher:
+            full_precision = None if full_precision_base is None else (
+                full_precision_base if role != ORACLE else wrapped if full_precision_oracle is None
+                else full_precision_oracle)
+            metrics.update(attacked(subject, tokenizer, config, data, adapter, doing, full_precision))
         results[role] = {metric: float(value) for metric, value in metrics.items()}
     if wrapped is not None and wrapped is not oracle:
         wrapped.unload()  # the oracle's own modules back in place
     add_privleak(results)
+    add_selectivity(results)
     return {role: results[role] for role in ordered_roles(results)}
 
 
-def evaluation_data(config, probes, forget_texts, retain_texts, dictionary, holdout_texts, knowledge_qa,
-                    knowledge_shots, retain_qa) -> EvaluationData:
-    """The samples every role is measured on, drawn once with `config.seed`."""
+def add_attack_data(data: EvaluationData, config: EvaluateConfig, tokenizer, forget_knowledge, neighbour_knowledge,
+                    relearn_texts, paraphrased_probes) -> None:
+    """The knowledge rows, the relearning texts and the rewritten prompts of the in-context attacks."""
+    data.knowledge = {name: rows for name, rows in (("forget", forget_knowledge), ("neighbour", neighbour_knowledge))
+                      if rows}
+    if config.relearn_steps:
+        data.relearn_texts["relearn_forget"] = data.texts["forget"]
+        if relearn_texts:
+            data.relearn_texts["relearn_neighbour"] = [text for text in relearn_texts if text.strip()]
+    if config.many_shot_passages:
+        shots = dict(shots=config.many_shot_passages, max_tokens=config.max_length, seed=config.seed)
+        data.in_context["many_shot"] = (
+            many_shot_probes(data.probes, data.texts["forget"], tokenizer, **shots),
+            many_shot_knowledge(data.knowledge.get("forget", []), data.texts["forget"], tokenizer, **shots))
+    if paraphrased_probes:
+        data.in_context["paraphrased"] = (list(paraphrased_probes[: config.max_probes]), [])
+
+
+def forget_metrics(model, tokenizer, config: EvaluateConfig, data: EvaluationData, doing=lambda what: None) -> dict:
+    """The forget metrics measured again after each attack: token familiarity, entities at first mention, VerbMem and
+    the forget knowledge."""
+    batch = config.batch_size
+    doing("token familiarity")
+    metrics = {"familiarity_token": token_familiarity(model, tokenizer, data.probes, batch_size=batch)}
+    if data.first_mentions:
+        doing("entities at first mention")
+        metrics["entity_first_mention"] = token_familiarity(model, tokenizer, data.first_mentions, batch_size=batch)
+    if data.passages:
+        doing("verbatim memorization")
+        memorized = verbatim_memorization(model, tokenizer, data.passages, prompt_tokens=config.prompt_tokens,
+                                          continuation_tokens=config.continuation_tokens, batch_size=batch)
+        metrics.update(memorization_rouge_l=memorized["rouge_l"], memorization_exact=memorized["exact_token_accuracy"],
+                       verbmem_forget=memorized["verbmem"])
+    for name, rows in data.knowledge.items():
+        doing(f"{name} knowledge")
+        scores = knowledge_scores(model, tokenizer, rows, batch_size=batch, max_length=config.max_length)
+        metrics.update({f"knowledge_{name}_{score}": value for score, value in scores.items()})
+    return metrics
+
+
+def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, adapter, doing,
+             full_precision=None) -> dict:
+    """The forget metrics of one role (the active adapter `adapter` of `model`) after each attack, as
+    `metric@attack` (see `comparison.attack_key`): relearning, the in-context attacks, quantization, and (given
+    the `full_precision` base) the role's adapter on it."""
+    metrics = {}
+
+    def keep(attack: str, measured: dict) -> None:
+        metrics.update({attack_key(metric, attack): value for metric, value in measured.items()
+                        if metric in ATTACKED_METRICS})
+
+    for attack, texts in data.relearn_texts.items():
+        doing(f"relearning ({attack})")
+        keep(attack, relearned_metrics(model, tokenizer, config, data, adapter, texts))
+    with using_adapter(model, adapter):
+        for attack, (probes, rows) in data.in_context.items():
+            doing(attack)
+            keep(attack, {"familiarity_token": token_familiarity(model, tokenizer, probes, batch_size=config.batch_size)})
+            if rows:
+                scores = knowledge_scores(model, tokenizer, rows, batch_size=config.batch_size,
+                                          max_length=config.max_length)
+                keep(attack, {f"knowledge_forget_{score}": value for score, value in scores.items()})
+    for quantization in config.quantizations:
+        doing(f"quantized {quantization}")
+        with quantized(model, adapter, quantization) as model_quantized:
+            keep(quantization, forget_metrics(model_quantized, tokenizer, config, data))
+    if full_precision is not None:
+        doing("on the full-precision base")
+        if full_precision is model:  # the oracle as given, without its relearning adapter
+            with using_adapter(model, BASELINE):
+                keep("full_precision", forget_metrics(model, tokenizer, config, data))
+        else:
+            with adapter_moved(model, adapter, full_precision) as moved:
+                keep("full_precision", forget_metrics(moved, tokenizer, config, data))
+    return metrics
+
+
+def add_selectivity(results: dict[str, dict[str, float]]) -> None:
+    """Every role's selectivity against the base: its drop in forget answer log-likelihood minus its drop in
+    neighbour answer log-likelihood (nats; higher = forgets the target more than its neighbours)."""
+    base = results.get("base", {})
+    keys = ("knowledge_forget_loglik", "knowledge_neighbour_loglik")
+    if not all(key in base for key in keys):
+        return
+    for metrics in results.values():
+        if all(key in metrics for key in keys):
+            forget, neighbour = (base[key] - metrics[key] for key in keys)
+            metrics["knowledge_selectivity"] = forget - neighbour
+
+
+def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary=None, holdout_texts=None,
+                    knowledge_qa=None, knowledge_shots=None, retain_qa=None, forget_knowledge=None,
+                    neighbour_knowledge=None, relearn_texts=None, paraphrased_probes=None) -> EvaluationData:
+    """The samples every role is measured on, drawn once with `config.seed` (the arguments of `evaluate_model`)."""
     probes = probes[: config.max_probes]
     rng = random.Random(config.seed)
     texts = {"forget": sample(forget_texts, config.retain_texts, rng),
@@ -139,13 +255,15 @@ def evaluation_data(config, probes, forget_texts, retain_texts, dictionary, hold
     if holdout_texts:
         membership = (sample(forget_texts, config.membership_texts, rng),
                       sample(holdout_texts, config.membership_texts, rng))
-    return EvaluationData(
+    data = EvaluationData(
         probes=probes, texts=texts, passages=passages, hinted=hinted,
         prompts=[probe["prompt"] for probe in probes[: config.completions]],
         first_mentions=rng.sample(mentions, min(len(mentions), config.max_probes)),
         membership=membership, knowledge_qa=knowledge_qa, knowledge_shots=list(knowledge_shots or []),
-        retain_qa=retain_qa,
+        retain_qa=retain_qa, knowledge={}, relearn_texts={}, in_context={},
     )
+    add_attack_data(data, config, tokenizer, forget_knowledge, neighbour_knowledge, relearn_texts, paraphrased_probes)
+    return data
 
 
 def teacher_subjects(model, config: EvaluateConfig) -> list[tuple]:
@@ -234,20 +352,10 @@ def measure(model, tokenizer, config: EvaluateConfig, data: EvaluationData, lm_e
     """The no-grad metrics of the role now active, and its completions of `data.prompts`; `doing(what)` is told
     each metric as it starts."""
     batch, length = config.batch_size, config.max_length
-    doing("token familiarity")
-    metrics = {"familiarity_token": token_familiarity(model, tokenizer, data.probes, batch_size=batch)}
+    metrics = forget_metrics(model, tokenizer, config, data, doing)
     if data.hinted is not None:
         doing("familiarity with hints")
         metrics["familiarity_token_hints"] = token_familiarity(model, tokenizer, data.hinted, batch_size=batch)
-    if data.first_mentions:
-        doing("entities at first mention")
-        metrics["entity_first_mention"] = token_familiarity(model, tokenizer, data.first_mentions, batch_size=batch)
-    if data.passages:
-        doing("verbatim memorization")
-        memorized = verbatim_memorization(model, tokenizer, data.passages, prompt_tokens=config.prompt_tokens,
-                                          continuation_tokens=config.continuation_tokens, batch_size=batch)
-        metrics.update(memorization_rouge_l=memorized["rouge_l"], memorization_exact=memorized["exact_token_accuracy"],
-                       verbmem_forget=memorized["verbmem"])
     for name, part in data.texts.items():
         doing(f"{name} perplexity")
         metrics[f"{name}_perplexity"] = perplexity(model, tokenizer, part, max_length=length, batch_size=batch)
@@ -307,15 +415,14 @@ def make_judge(config: EvaluateConfig, model, tokenizer, dictionary):
                               context=lambda: using_adapter(model, BASELINE)))
 
 
-def relearned_familiarity(model, tokenizer, config: EvaluateConfig, adapter, probes, forget_texts) -> float:
-    """Token familiarity after `config.relearn_steps` fine-tuning steps on forget text through a fresh adapter of
-    the same shape, on top of the role's own adapter (frozen; none for the base and the oracle): every role relearns
+def relearned_metrics(model, tokenizer, config: EvaluateConfig, data: EvaluationData, adapter, texts) -> dict:
+    """The forget metrics after `config.relearn_steps` fine-tuning steps on `texts` through a fresh adapter of the
+    same shape, on top of the role's own adapter (frozen; none for the base and the oracle): every role relearns
     with the same new parameters, as someone fine-tuning the published (merged) model would."""
     with fresh_adapter(model, config.seed) as fresh:
         model.base_model.set_adapter([fresh] if adapter is BASELINE else [adapter, fresh])
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(f".{fresh}." in name)
-        result = relearning_probe(model, tokenizer, forget_texts, probes, steps=config.relearn_steps,
-                                  learning_rate=config.relearn_learning_rate, batch_size=config.batch_size,
-                                  max_length=config.max_length)
-    return result["after"]
+        return relearned(model, tokenizer, texts, lambda: forget_metrics(model, tokenizer, config, data),
+                         steps=config.relearn_steps, learning_rate=config.relearn_learning_rate,
+                         batch_size=config.batch_size, max_length=config.max_length)
