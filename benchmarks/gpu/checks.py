@@ -112,7 +112,7 @@ def tiny_trainer(work: Path, out: Path, cpu: bool, base_options: dict | None = N
 
     settings = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
                     lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=cpu,
-                    seed=0, max_length=BLOCK)
+                    seed=0, max_length=BLOCK, bf16=False)  # float32 compute unless asked: losses compare exactly
     args = UnlearnConfig(**{**settings, **config})
     options = base_options or {"dtype": torch.float32}
     model = AutoModelForCausalLM.from_pretrained(work / "base", **options)
