@@ -62,7 +62,8 @@ def passes(args, tmp: Path) -> dict:
     return {
         "whp-baseline": lambda: whp(BASELINE),
         "whp-reinforced": lambda: whp("reinforced"),
-        "whp-fused": lambda: trainer._teacher_hidden_states(model, {"input_ids": ids, "attention_mask": mask}, rows, cols),
+        "whp-fused": lambda: trainer._teacher_hidden_states(model, {"input_ids": ids, "attention_mask": mask},
+                                                            rows, cols),
         "copy-baseline": copy_baseline,
         "copy-teacher": lambda: no_grad(merged),
         "merged-body": lambda: no_grad(merged.model),

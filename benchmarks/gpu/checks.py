@@ -167,7 +167,7 @@ def run_worker(options) -> None:
     trainer = tiny_trainer(Path(options.work), Path(options.run_dir), options.cpu, **config)
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if not sharded:
-        raise SystemExit(f"{options.engine}: the Trainer runs unsharded (is_fsdp_enabled and is_deepspeed_enabled False)")
+        raise SystemExit(f"{options.engine}: the Trainer runs unsharded (neither FSDP nor DeepSpeed is enabled)")
 
     class KillAfterCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
