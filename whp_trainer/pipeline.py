@@ -19,9 +19,9 @@ from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
-from .collator import check_anchor_coverage, collator_for, split_into_blocks
+from .collator import block_summary, check_anchor_coverage, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
-from .data import check_source, is_hub_id, load_texts
+from .data import check_source, is_hub_id
 from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
@@ -102,6 +102,21 @@ def data_digest(source: str | None, config: str | None, split: str) -> list | No
     return [file_digest(source) if Path(source).exists() else source, config, split]
 
 
+def block_options(data: DataArguments) -> list:
+    """What decides the blocks of the texts, for a stage's fingerprint."""
+    return [data.blocks, data.document_field]
+
+
+def training_blocks(texts, tokenizer, max_length: int, stage: str):
+    """The forget documents cut into blocks of ``max_length`` tokens of running text (both stages read these), with
+    a line in the log on how many, their tokens and their padding."""
+    blocks = split_into_blocks(texts, tokenizer, max_length)
+    if not len(blocks):
+        raise ValueError(f"whp {stage}: --forget_data holds no block of at least 2 tokens")
+    logger.info("whp %s: forget text in %s", stage, block_summary(blocks, max_length))
+    return blocks
+
+
 # ---------------------------------------------------------------------------------------------------------- stages
 
 
@@ -111,17 +126,20 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     from .reinforce import train_reinforced_adapter
 
     require_data(data.forget_data, "forget_data", "reinforce")
+    if not args.max_length:
+        raise ValueError("whp reinforce: --max_length is required (the length of the blocks trained on)")
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
-    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field)
+    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field, *block_options(data))
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "reinforce")
+    blocks = training_blocks(texts, tokenizer, args.max_length, "reinforce")
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
-    train_reinforced_adapter(model, tokenizer, texts, lora_config(model_args), args)
+    train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args)
     tokenizer.save_pretrained(args.output_dir)
     finish_stage(args.output_dir, "reinforce", print_)
     return args.output_dir
@@ -145,14 +163,14 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     print_ = fingerprint(
         "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
         file_digest(reinforced), anchors and anchors.content_hash, probes,
-        data_digest(retain, data.retain_data_config, data.retain_data_split),
+        data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "unlearn")
-    blocks = split_into_blocks(texts, tokenizer, args.max_length)
+    blocks = training_blocks(texts, tokenizer, args.max_length, "unlearn")
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
     trainer = UnlearnTrainer(
@@ -169,7 +187,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.dataset_description = data.dataset_description
     trainer.dataset_ids = data.hub_datasets()
     if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
-        familiarity_monitor(trainer, probes, data.retain_texts()["text"] if retain else None)
+        retain_blocks = text_blocks(data.retain_texts()["text"], tokenizer, args.max_length) if retain else None
+        familiarity_monitor(trainer, probes, retain_blocks)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
@@ -203,7 +222,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         require_same_tokenizer(model_args, references["oracle_model"])
     print_ = fingerprint(
         "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
-        forget, retain, *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
+        forget, retain, *block_options(data), *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
         sorted(adapters),
     )
     if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
@@ -226,7 +245,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     oracle = None
     if references["oracle_model"]:
         oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=str(references["oracle_model"])))
-    holdout = load_texts(references["holdout_data"], data.text_field)["text"] if references["holdout_data"] else None
+    holdout = data.texts(str(references["holdout_data"]), data.text_field)["text"] if references["holdout_data"] else None
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],

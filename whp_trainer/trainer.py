@@ -36,6 +36,7 @@ from .collator import (
     with_shift_labels,
 )
 from .config import UnlearnConfig
+from .console import readable_progress
 from .models import (
     BASELINE,
     final_hidden_states,
@@ -148,6 +149,7 @@ class UnlearnTrainer(Trainer):
         # across processes by the Trainer), so gradient accumulation needs no further scaling.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        readable_progress(self)
         logger.info("whp_trainer: %s", self.method_variant)
 
     @property
