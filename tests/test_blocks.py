@@ -74,7 +74,6 @@ def blocks_each_stage_trains_on(book, base, tmp_path, monkeypatch, **data_option
 
 def test_both_stages_train_on_the_same_blocks_and_the_log_says_how_many(book, base, tokenizer, tmp_path, monkeypatch,
                                                                         caplog):
-    monkeypatch.setattr(logging.getLogger("whp_trainer"), "propagate", True)  # `whp` itself prints them directly
     caplog.set_level(logging.INFO, logger="whp_trainer")
     seen = blocks_each_stage_trains_on(book, base, tmp_path, monkeypatch)
 

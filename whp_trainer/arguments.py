@@ -138,6 +138,10 @@ class PublishArguments:
     base_model: str | None = field(
         default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
     )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "export: the base is this GGUF file in --base_model (or in the adapter's base "
+                                "folder), loaded dequantized."}
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "export: allow a base model and tokenizer that ship their own code."}
     )

@@ -2,7 +2,7 @@
 
 One registry, ``COMMANDS``, names every command with its help line, the dataclasses of its options and the function
 it runs; the usage text, the parsers and the dispatch all read it. Every stage's options come from those dataclasses
-(``DataArguments``, TRL's ``ModelConfig``, the stage's config) parsed by TRL's parser: ``--config FILE.yaml`` sets
+(``DataArguments``, TRL's ``ModelConfig`` with ``--gguf_file``, the stage's config) parsed by TRL's parser: ``--config FILE.yaml`` sets
 them, flags override the file, ``--help`` lists them with their help.
 """
 
@@ -36,7 +36,7 @@ class Command:
     output: str | None = None
 
 
-DATA, MODEL = "whp_trainer.arguments:DataArguments", "trl:ModelConfig"
+DATA, MODEL = "whp_trainer.arguments:DataArguments", "whp_trainer.loading:ModelArguments"
 REDO = "Delete what an earlier run of this stage wrote to output_dir (and only that), and start over."
 COMMANDS = {
     "reinforce": Command(

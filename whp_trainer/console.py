@@ -25,24 +25,26 @@ def verbose() -> bool:
 
 
 def setup_output() -> None:
-    """The ``whp`` command's output: whp's log lines as plain lines (above any progress bar), and, unless
-    ``WHP_VERBOSE`` is set, nothing of the libraries but errors."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    whp = logging.getLogger("whp_trainer")
-    if not any(isinstance(handler, BarSafeHandler) for handler in whp.handlers):
-        whp.addHandler(BarSafeHandler())
-    whp.setLevel(logging.INFO)
-    whp.propagate = False
+    """The ``whp`` command's output: log records as plain lines above any progress bar, whp's from INFO on, and,
+    unless ``WHP_VERBOSE`` is set, nothing of the libraries but errors."""
+    logging.basicConfig(level=logging.WARNING, handlers=[BarSafeHandler()])
+    logging.getLogger("whp_trainer").setLevel(logging.INFO)
     if not verbose():
         quiet_third_parties()
 
 
 class BarSafeHandler(logging.Handler):
-    """Writes whp's records above the progress bar in use (``tqdm.write``); warnings say so."""
+    """Writes records above the progress bar in use (``tqdm.write``): whp's information as it is, warnings and
+    errors with their level and logger."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        prefix = "" if record.levelno < logging.WARNING else f"whp: {record.levelname.lower()}: "
-        tqdm.write(prefix + record.getMessage(), file=sys.stderr)
+        if record.levelno < logging.WARNING:
+            line = record.getMessage()
+        elif record.name.startswith("whp_trainer"):
+            line = f"whp: {record.levelname.lower()}: {record.getMessage()}"
+        else:
+            line = f"{record.levelname} {record.name}: {record.getMessage()}"
+        tqdm.write(line, file=sys.stderr)
 
 
 def quiet_third_parties() -> None:

@@ -7,13 +7,11 @@ Every stage writes ``whp_stage.json`` into its output folder with a fingerprint 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 
-from transformers import AutoTokenizer
 from transformers.trainer import TRAINER_STATE_NAME
 from trl import ModelConfig
 
@@ -22,7 +20,7 @@ from .arguments import DataArguments, DiscoverArguments, PublishArguments
 from .collator import block_summary, check_anchor_coverage, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
 from .data import check_source, is_hub_id
-from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
+from .loading import gguf_file_of, load_base_model, load_tokenizer, lora_config, naming, with_adapters
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
@@ -57,16 +55,22 @@ def require_model(model_args: ModelConfig, stage: str, trust_remote_code: bool =
     is not sent to the Hub as an id when it looks like a path) or a Hub id that cannot be found or reached."""
     from transformers import AutoConfig
 
-    name = model_args.model_name_or_path
+    name, gguf_file = model_args.model_name_or_path, gguf_file_of(model_args)
     if not name:
         raise ValueError(f"whp {stage}: --model_name_or_path is required")
     path = Path(name).expanduser()
     if not path.exists() and not is_hub_id(name):
         raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name}: no such folder")
+    if gguf_file and path.is_dir() and not (path / gguf_file).is_file():
+        found = sorted(file.name for file in path.glob("*.gguf"))
+        raise FileNotFoundError(f"whp {stage}: --gguf_file {gguf_file}: not in {name} (GGUF files there: {found})")
+    if not gguf_file and path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf")):
+        raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name} holds GGUF files but no config.json: "
+                                "name the file with --gguf_file")
     try:
         return AutoConfig.from_pretrained(
             str(path) if path.exists() else name, revision=model_args.model_revision,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, gguf_file=gguf_file,
         )
     except OSError as error:
         where = "folder holds no model config" if path.exists() else "no such local folder, and no such model on the Hub (or it cannot be reached)"
@@ -219,6 +223,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
                   for name in EVALUATE_REFERENCES}
     qa = {name: load_qa(references[name]) if references[name] else None for name in EVALUATE_QA}
     if references["oracle_model"]:
+        require_model(naming(model_args, references["oracle_model"]), "evaluate", config.trust_remote_code)
         require_same_tokenizer(model_args, references["oracle_model"])
     print_ = fingerprint(
         "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
@@ -244,7 +249,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     roles = {role: None if role == "base" else role for role in config.roles if role == "base" or role in adapters}
     oracle = None
     if references["oracle_model"]:
-        oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=str(references["oracle_model"])))
+        oracle = load_base_model(naming(model_args, references["oracle_model"]))
     holdout = data.texts(str(references["holdout_data"]), data.text_field)["text"] if references["holdout_data"] else None
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
@@ -265,7 +270,7 @@ EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA)
 def require_same_tokenizer(model_args: ModelConfig, oracle: Path) -> None:
     """The oracle must read text as the evaluated model does: the same vocabulary, else a clear error."""
     mine = load_tokenizer(model_args).get_vocab()
-    theirs = AutoTokenizer.from_pretrained(str(oracle)).get_vocab()
+    theirs = load_tokenizer(naming(model_args, oracle)).get_vocab()
     if mine != theirs:
         raise ValueError(f"whp evaluate: --oracle_model {oracle} has another tokenizer than --model_name_or_path "
                          f"({len(theirs)} vs {len(mine)} tokens, or other ids): the oracle must share it")
@@ -362,7 +367,7 @@ def export(args: PublishArguments, overwrite: bool = False) -> str:
     if not args.merged_dir:
         raise ValueError("whp export: --merged_dir is required")
     return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=overwrite,
-                             trust_remote_code=args.trust_remote_code))
+                             trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file))
 
 
 def hub_transport_error() -> type[Exception]:

@@ -37,6 +37,7 @@ from .collator import (
 )
 from .config import UnlearnConfig
 from .console import readable_progress
+from .loading import without_gguf_quantizer
 from .models import (
     BASELINE,
     final_hidden_states,
@@ -534,9 +535,12 @@ def _model_from_id(model_id: str, args: UnlearnConfig, processing_class):
 
     kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
     model = create_model_from_path(model_id, **kwargs)
+    if kwargs.get("gguf_file"):
+        model = without_gguf_quantizer(model)
     if processing_class is None:
         processing_class = AutoTokenizer.from_pretrained(
-            model_id, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+            model_id, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"],
+            gguf_file=kwargs.get("gguf_file"),
         )
         processing_class.pad_token = processing_class.pad_token or processing_class.eos_token
     return model, processing_class
