@@ -147,7 +147,20 @@ def render_model_card(record: dict, form: str) -> ModelCard:
         repo_id=record["hub_model_id"] or record["model_name"],
         evaluation=None if evaluation is None else evaluation_markdown(evaluation, level=3),
         citation=CITATION,
+        base=shown_name(record["base_model"]),
+        reinforced=shown_name(record["reinforced_adapter"]),
+        dictionary_file=shown_name((record["dictionary"] or {}).get("path")),
     )
+
+
+def shown_name(name: str | None) -> dict | None:
+    """How the card names a model, adapter or file: ``{"name", "local"}``, a Hub id as it is, a local path by its
+    last part only (a card never shows where files lie on the machine that trained)."""
+    if not name:
+        return None
+    if hub_repo_id(name):
+        return {"name": name, "local": False}
+    return {"name": Path(name).name or str(name), "local": True}
 
 
 def model_index_results(evaluation: dict | None) -> list[EvalResult]:
