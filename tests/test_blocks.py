@@ -41,7 +41,7 @@ def test_a_book_of_short_paragraphs_trains_on_full_blocks_within_each_document(b
     assert sum(len(block) == BLOCK for block in blocks) == len(blocks) - CHAPTERS  # each document's last is shorter
     first = math.ceil(len(tokens[0]) / BLOCK)  # no block crosses a document: each one's blocks are its tokens
     assert sum(blocks[:first], []) == tokens[0] and sum(blocks[first:], []) == tokens[1]
-    assert block_summary(blocks, BLOCK).startswith(f"{len(blocks)} blocks of up to {BLOCK} tokens, {len(sum(tokens, []))} tokens")
+    assert block_summary(blocks, BLOCK).startswith(f"{len(blocks)} blocks of up to {BLOCK} tokens, {len(sum(tokens, [])):,} tokens")
 
     passages = text_blocks(documents["text"], tokenizer, BLOCK)  # what the evaluation measures
     assert len(passages) == len(blocks)

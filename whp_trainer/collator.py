@@ -385,7 +385,7 @@ def block_summary(blocks, block_size: int) -> str:
     lengths = [len(ids) for ids in (blocks["input_ids"] if hasattr(blocks, "column_names") else blocks)]
     tokens = sum(lengths)
     padding = 1 - tokens / (len(lengths) * block_size) if lengths else 0.0
-    return (f"{len(lengths)} blocks of up to {block_size} tokens, {tokens} tokens "
+    return (f"{len(lengths):,} blocks of up to {block_size} tokens, {tokens:,} tokens "
             f"({tokens / max(1, len(lengths)):.0f} a block), padding {padding:.0%} at {block_size}")
 
 
