@@ -145,7 +145,8 @@ def write_tiny_gguf(model, tokenizer, path) -> None:
     config, state = model.config, {name: tensor.detach().float().numpy() for name, tensor in model.state_dict().items()}
 
     def permuted(weights, heads):  # llama.cpp's convert_hf_to_gguf permute
-        return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+        pairs = weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        return pairs.swapaxes(1, 2).reshape(weights.shape)
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-llama")
@@ -156,7 +157,7 @@ def write_tiny_gguf(model, tokenizer, path) -> None:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None) else config.rope_theta)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     backend = json.loads(tokenizer.backend_tokenizer.to_str())

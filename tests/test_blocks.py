@@ -41,7 +41,8 @@ def test_a_book_of_short_paragraphs_trains_on_full_blocks_within_each_document(b
     assert sum(len(block) == BLOCK for block in blocks) == len(blocks) - CHAPTERS  # each document's last is shorter
     first = math.ceil(len(tokens[0]) / BLOCK)  # no block crosses a document: each one's blocks are its tokens
     assert sum(blocks[:first], []) == tokens[0] and sum(blocks[first:], []) == tokens[1]
-    assert block_summary(blocks, BLOCK).startswith(f"{len(blocks)} blocks of up to {BLOCK} tokens, {len(sum(tokens, [])):,} tokens")
+    summary = f"{len(blocks)} blocks of up to {BLOCK} tokens, {len(sum(tokens, [])):,} tokens"
+    assert block_summary(blocks, BLOCK).startswith(summary)
 
     passages = text_blocks(documents["text"], tokenizer, BLOCK)  # what the evaluation measures
     assert len(passages) == len(blocks)
@@ -62,8 +63,9 @@ def base(tokenizer, tmp_path_factory):
 def blocks_each_stage_trains_on(book, base, tmp_path, monkeypatch, **data_options) -> dict[str, list]:
     """The token-id blocks the reinforce stage (TRL) and the unlearn stage get, through `whp_trainer.pipeline`."""
     seen = {}
-    monkeypatch.setattr(SFTTrainer, "train", lambda self, *a, **k: seen.setdefault("reinforce", self.train_dataset["input_ids"]))
-    monkeypatch.setattr(UnlearnTrainer, "train", lambda self, *a, **k: seen.setdefault("unlearn", self.train_dataset["input_ids"]))
+    for stage, trainer in (("reinforce", SFTTrainer), ("unlearn", UnlearnTrainer)):
+        monkeypatch.setattr(trainer, "train", lambda self, *a, stage=stage, **k: seen.setdefault(
+            stage, self.train_dataset["input_ids"]))
     model = ModelConfig(model_name_or_path=str(base), lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     data = DataArguments(forget_data=str(book), **data_options)
     training = dict(max_length=BLOCK, use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)

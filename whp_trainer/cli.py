@@ -2,7 +2,8 @@
 
 One registry, ``COMMANDS``, names every command with its help line, the dataclasses of its options and the function
 it runs; the usage text, the parsers and the dispatch all read it. Every stage's options come from those dataclasses
-(``DataArguments``, TRL's ``ModelConfig`` with ``--gguf_file``, the stage's config) parsed by TRL's parser: ``--config FILE.yaml`` sets
+(``DataArguments``, TRL's ``ModelConfig`` with ``--gguf_file``, the stage's config) parsed by TRL's parser:
+``--config FILE.yaml`` sets
 them, flags override the file, ``--help`` lists them with their help.
 """
 

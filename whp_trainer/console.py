@@ -101,7 +101,8 @@ def metrics_line(state, logs: dict) -> str:
     shown = {key: value for key, value in logs.items() if key not in RUN_STATISTICS}
     values = " · ".join(f"{short_name(key)} {number(value)}" for key, value in shown.items())
     if "train_runtime" in logs:
-        return f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s" + (f" · {values}" if values else "")
+        done = f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s"
+        return f"{done} · {values}" if values else done
     epoch = f" · epoch {logs['epoch']:.2f}" if isinstance(logs.get("epoch"), (int, float)) else ""
     return f"step {state.global_step}/{state.max_steps}{epoch} · {values}"
 

@@ -254,8 +254,8 @@ def export_merged(
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
     record = read_record(adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
-    print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype),
-                         *([gguf_file] if gguf_file else []))
+    base_id = id(base_source) if in_memory else str(base_source)
+    print_ = fingerprint("export", file_digest(adapter_dir), base_id, str(dtype), *([gguf_file] if gguf_file else []))
     if not begin_stage(output_dir, "export", print_, overwrite):
         return output_dir
     base = load_full_precision_base(base_source, dtype, trust_remote_code, gguf_file)

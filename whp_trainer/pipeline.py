@@ -227,7 +227,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         require_same_tokenizer(model_args, references["oracle_model"])
     print_ = fingerprint(
         "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
-        forget, retain, *block_options(data), *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
+        forget, retain, *block_options(data),
+        *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
         sorted(adapters),
     )
     if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
@@ -250,7 +251,9 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     oracle = None
     if references["oracle_model"]:
         oracle = load_base_model(naming(model_args, references["oracle_model"]))
-    holdout = data.texts(str(references["holdout_data"]), data.text_field)["text"] if references["holdout_data"] else None
+    holdout = None
+    if references["holdout_data"]:  # documents of the forget data's kind, read as the forget data is
+        holdout = data.texts(str(references["holdout_data"]), data.text_field)["text"]
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],

@@ -84,8 +84,8 @@ def train_reinforced_adapter(
     ``model_or_path`` is the base (already loaded, possibly in 4-bit or 8-bit) or its path; with a path,
     ``quantization_config`` loads it quantized. ``train_dataset`` holds documents (a ``Dataset`` with the text
     column ``args.dataset_text_field``, or a list of texts), each cut into blocks of ``args.max_length`` tokens, or
-    blocks already cut (a ``Dataset`` with ``input_ids``, as `split_into_blocks` makes). The saved adapter is what ``UnlearnTrainer`` takes as
-    ``reinforced_adapter=``. A base model passed in is trained in place and left without the adapter afterwards,
+    blocks already cut (a ``Dataset`` with ``input_ids``, as `split_into_blocks` makes). The saved adapter is what
+    ``UnlearnTrainer`` takes as ``reinforced_adapter=``. A base model passed in is trained in place and left without the adapter afterwards,
     ready to be passed on to ``UnlearnTrainer``. ``args.resume_from_checkpoint`` (a checkpoint folder, or True
     for the last one in ``output_dir``) continues an interrupted run.
     """
