@@ -3,8 +3,8 @@
     python examples/drop_in.py --model meta-llama/Llama-2-7b-chat-hf --forget books/ \
         --reinforced out/reinforced --anchors anchors.yaml --output out/unlearned --load_in_4bit
 
-The forget target is a folder of .txt files (one row per paragraph); --reinforced is the output of
-`whp reinforce` (or examples/harry_potter.yaml's reinforce stage) on the same base.
+The forget target is a folder of .txt files (a file is one document, cut into blocks of running text);
+--reinforced is the output of `whp reinforce` (or examples/harry_potter.yaml's reinforce stage) on the same base.
 """
 
 import argparse

@@ -130,3 +130,71 @@ def torchrun(processes: int = 2) -> list[str]:
         port = probe.getsockname()[1]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--master_addr", "127.0.0.1", "--master_port", str(port)]
+
+
+def write_tiny_gguf(model, tokenizer, path) -> None:
+    """``model`` (a tiny Llama) and ``tokenizer`` (byte-level BPE) written as a GGUF file, float32, with llama.cpp's
+    names and its rotary permutation of the query and key weights (which transformers undoes on loading).
+
+    The unknown token is spelt ``<|endoftext|>``, as in GPT-2 vocabularies: transformers' GGUF tokenizer adds that
+    token when the vocabulary lacks it (byte-level BPE never produces the unknown token)."""
+    import json
+
+    import gguf
+
+    config, state = model.config, {name: tensor.detach().float().numpy() for name, tensor in model.state_dict().items()}
+
+    def permuted(weights, heads):  # llama.cpp's convert_hf_to_gguf permute
+        pairs = weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        return pairs.swapaxes(1, 2).reshape(weights.shape)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["<|endoftext|>" if token == tokenizer.unk_token else token for token, _ in vocab])
+    writer.add_token_types([3 if token in tokenizer.all_special_tokens else 1 for token, _ in vocab])
+    merges = backend["model"]["merges"]
+    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_unk_token_id(tokenizer.unk_token_id)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer_names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                   "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, weights in state.items():
+        if name.startswith("model.layers."):
+            layer, rest = name.removeprefix("model.layers.").split(".", 1)
+            module = rest.removesuffix(".weight")
+            if module == "self_attn.q_proj":
+                weights = permuted(weights, config.num_attention_heads)
+            elif module == "self_attn.k_proj":
+                weights = permuted(weights, config.num_key_value_heads)
+            names[name] = f"blk.{layer}.{layer_names[module]}.weight"
+        writer.add_tensor(names[name], weights)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="session")
+def gguf_base(tokenizer, tmp_path_factory):
+    """A folder holding ``tiny.gguf``: the tiny Llama of seed 0 and the session tokenizer, as a GGUF file."""
+    folder = tmp_path_factory.mktemp("gguf")
+    write_tiny_gguf(tiny_llama(tokenizer, seed=0), tokenizer, folder / "tiny.gguf")
+    return folder

@@ -21,12 +21,27 @@ from whp_trainer.toy import tiny_llama
 MESSY = "  first paragraph\nline two\n\n\n\nsecond\r\n\r\nthird  \n\n \n\nlast\n"
 
 
-def test_txt_paragraphs_match_the_hand_split(tmp_path):
+def test_a_txt_file_is_one_document_and_paragraphs_only_when_asked(tmp_path):
     (tmp_path / "a.txt").write_text(MESSY, encoding="utf-8")
     (tmp_path / "b.txt").write_text("b one\n\nb two", encoding="utf-8")
-    assert list(load_texts(tmp_path / "a.txt")["text"]) == read_paragraphs(tmp_path / "a.txt")
-    assert list(load_texts(tmp_path / "a.txt")["text"]) == ["first paragraph\nline two", "second", "third", "last"]
-    assert list(load_texts(tmp_path)["text"]) == read_paragraphs(tmp_path / "a.txt") + ["b one", "b two"]
+    assert list(load_texts(tmp_path / "a.txt")["text"]) == [MESSY.replace("\r\n", "\n").strip()]
+    assert list(load_texts(tmp_path)["text"]) == [MESSY.replace("\r\n", "\n").strip(), "b one\n\nb two"]
+    paragraphs = load_texts(tmp_path / "a.txt", blocks="paragraph")["text"]
+    assert list(paragraphs) == read_paragraphs(tmp_path / "a.txt") == ["first paragraph\nline two", "second", "third", "last"]
+    assert list(load_texts(tmp_path, blocks="paragraph")["text"]) == list(paragraphs) + ["b one", "b two"]
+    with pytest.raises(ValueError, match="blocks='chapter': expected one of"):
+        load_texts(tmp_path, blocks="chapter")
+
+
+def test_rows_of_one_document_are_joined_in_order(tmp_path):
+    rows = [{"book": "b", "text": "B1"}, {"book": "a", "text": "A1"}, {"book": "b", "text": "B2\n\nB3"},
+            {"book": "a", "text": " "}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    assert list(load_texts(tmp_path / "rows.jsonl")["text"]) == ["B1", "A1", "B2\n\nB3", " "]
+    assert list(load_texts(tmp_path / "rows.jsonl", document_field="book")["text"]) == ["B1\n\nB2\n\nB3", "A1"]
+    assert list(load_texts(tmp_path / "rows.jsonl", blocks="paragraph")["text"]) == ["B1", "A1", "B2", "B3"]
+    with pytest.raises(ValueError, match=r"rows.jsonl: no column 'chapter' \(columns: .*document field"):
+        load_texts(tmp_path / "rows.jsonl", document_field="chapter")
 
 
 def test_records_and_saved_datasets_give_their_text_column(tmp_path):

@@ -158,7 +158,7 @@ def test_merged_card_and_minimal_card(args):
     assert "model-index" not in metadata
     assert 'AutoModelForCausalLM.from_pretrained("someone/whp-tiny")' in card.text
     assert "PeftModel" not in card.text
-    assert "`/no/such/local/base`" in card.text
+    assert "`base` (a local model)" in card.text and "/no/such" not in card.text  # named, never its path
     assert "none (reinforced boost only)" in card.text and "none (anchors only)" in card.text
     assert "No evaluation results were recorded" in card.text
 
@@ -529,3 +529,19 @@ def test_the_card_shows_the_robustness_section_with_the_oracle_after_the_same_at
     section = text[text.index("### Robustness"):text.index("### Metrics")]
     assert "- `nf4`: the merged model reloaded in 4-bit NF4 (bitsandbytes)" in section
     assert "| `many_shot` | `knowledge_forget_loglik` | -1 | -1 | -1 | at (+0) |" in section
+
+
+def test_a_card_never_shows_a_local_path_and_names_a_local_base_by_its_folder(args, tmp_path):
+    base, reinforced, dictionary = tmp_path / "my-base", tmp_path / "runs" / "reinforced", tmp_path / "anchors.yaml"
+    for folder in (base, reinforced):
+        folder.mkdir(parents=True)
+    dictionary.write_text("Harry: Jon\n", encoding="utf-8")
+    facts = {**CARD_KWARGS, "base_model": str(base), "reinforced_adapter": str(reinforced),
+             "dictionary": {"size": 1, "hash": "sha256:abc", "path": str(dictionary)}}
+    for form in ("adapter", "merged"):
+        card = str(build_model_card(args, **facts, form=form))
+        assert str(tmp_path) not in card
+        assert "`my-base` (a local model)" in card and "| base model | `my-base` (a local folder, not on the Hub) |" in card
+    assert 'from_pretrained("my-base")  # the base\'s folder on your machine' in str(build_model_card(args, **facts))
+    hub_card = str(build_model_card(args, **CARD_KWARGS))
+    assert "`meta-llama/Llama-2-7b-hf` forget" in hub_card and "(a local model)" not in hub_card

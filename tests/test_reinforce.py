@@ -37,7 +37,7 @@ def target_loss(model, tokenizer) -> float:
 
 def test_defaults_follow_the_paper_and_every_new_field_has_help():
     args = ReinforceConfig(output_dir="unused")
-    assert (args.num_train_epochs, args.max_length, args.packing) == (3, 512, True)
+    assert (args.num_train_epochs, args.max_length, args.packing) == (3, 512, False)  # blocks cut per document
     assert args.bf16 is False  # no bf16 GPU here: the defaults work on a CPU
     fields = {f.name: f for f in dataclasses.fields(ReinforceConfig)}
     for name in ReinforceConfig.__annotations__:  # the fields ReinforceConfig declares or overrides

@@ -13,8 +13,9 @@ class DataArguments:
 
     forget_data: str | None = field(
         default=None,
-        metadata={"help": "The forget target: a .txt file or folder of .txt files (one row per paragraph), a .json/"
-                  ".jsonl/.csv/.parquet file, a save_to_disk folder, or a Hub dataset id (org/name)."},
+        metadata={"help": "The forget target: a .txt file or folder of .txt files (a file is one document), a .json/"
+                  ".jsonl/.csv/.parquet file, a save_to_disk folder, or a Hub dataset id (org/name) (a row is one "
+                  "document, or see --document_field)."},
     )
     forget_data_config: str | None = field(
         default=None, metadata={"help": "Configuration (subset) of a Hub forget dataset, as load_dataset's name."}
@@ -37,6 +38,19 @@ class DataArguments:
     retain_text_field: str | None = field(
         default=None, metadata={"help": "Text column of the retain data, when it differs from --text_field."}
     )
+    document_field: str | None = field(
+        default=None,
+        metadata={"help": "Column of the forget data naming each row's document (a book, a chapter): its rows are "
+                  "joined, in order, into one document, so that blocks of running text run across them. Default (and "
+                  "for the retain and holdout data): a row is a document."},
+    )
+    blocks: str = field(
+        default="document",
+        metadata={"help": "What a block of max_length tokens of running text stays within: 'document' (the paper: "
+                  "paragraphs packed together) or 'paragraph' (one block per blank-line separated paragraph). Read "
+                  "alike by every stage, the evaluation and the retain data included.",
+                  "choices": ["document", "paragraph"]},
+    )
     anchors: str | None = field(
         default=None, metadata={"help": "Anchor dictionary file (.yaml, .json or .csv): anchor -> generic terms."}
     )
@@ -55,17 +69,21 @@ class DataArguments:
     )
 
     def forget_texts(self):
-        """The forget target as a ``Dataset`` with a ``text`` column."""
-        from .data import load_texts
-
-        return load_texts(self.forget_data, self.text_field, self.forget_data_config, self.forget_data_split)
+        """The forget target's documents (or paragraphs, with ``blocks="paragraph"``): a ``Dataset`` with ``text``."""
+        return self.texts(self.forget_data, self.text_field, self.forget_data_config, self.forget_data_split,
+                          self.document_field)
 
     def retain_texts(self):
-        """The retain data as a ``Dataset`` with a ``text`` column."""
-        field_name = self.retain_text_field or self.text_field
+        """The retain data's documents (or paragraphs), as the forget target's."""
+        return self.texts(self.retain_data, self.retain_text_field or self.text_field, self.retain_data_config,
+                          self.retain_data_split)
+
+    def texts(self, source: str, text_field: str, config: str | None = None, split: str = "train",
+              document_field: str | None = None):
+        """The documents (or paragraphs, with ``blocks="paragraph"``) of ``source``."""
         from .data import load_texts
 
-        return load_texts(self.retain_data, field_name, self.retain_data_config, self.retain_data_split)
+        return load_texts(source, text_field, config, split, blocks=self.blocks, document_field=document_field)
 
     def hub_datasets(self) -> list[str]:
         """The Hub ids of the training (forget) data, for the model card's ``datasets`` metadata."""
@@ -119,6 +137,10 @@ class PublishArguments:
     merged_dir: str | None = field(default=None, metadata={"help": "export: where to write the merged model."})
     base_model: str | None = field(
         default=None, metadata={"help": "export: full-precision base to merge into (default: the adapter's base)."}
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "export: the base is this GGUF file in --base_model (or in the adapter's base "
+                                "folder), loaded dequantized."}
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "export: allow a base model and tokenizer that ship their own code."}

@@ -2,7 +2,8 @@
 
 One registry, ``COMMANDS``, names every command with its help line, the dataclasses of its options and the function
 it runs; the usage text, the parsers and the dispatch all read it. Every stage's options come from those dataclasses
-(``DataArguments``, TRL's ``ModelConfig``, the stage's config) parsed by TRL's parser: ``--config FILE.yaml`` sets
+(``DataArguments``, TRL's ``ModelConfig`` with ``--gguf_file``, the stage's config) parsed by TRL's parser:
+``--config FILE.yaml`` sets
 them, flags override the file, ``--help`` lists them with their help.
 """
 
@@ -10,11 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import logging
 import sys
 import types
 import typing
-import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -38,7 +37,7 @@ class Command:
     output: str | None = None
 
 
-DATA, MODEL = "whp_trainer.arguments:DataArguments", "trl:ModelConfig"
+DATA, MODEL = "whp_trainer.arguments:DataArguments", "whp_trainer.loading:ModelArguments"
 REDO = "Delete what an earlier run of this stage wrote to output_dir (and only that), and start over."
 COMMANDS = {
     "reinforce": Command(
@@ -334,30 +333,14 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
     return plans
 
 
-THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "peft", "trl", "accelerate", "datasets", "torch", "DeepSpeed")
-
-
-def quiet_third_parties() -> None:
-    """A plain run prints whp's lines only: libraries' warnings (optional kernels, deprecations) are not the user's
-    business here. ``WHP_VERBOSE=1`` shows them."""
-    import os
-
-    if os.environ.get("WHP_VERBOSE"):
-        return
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(?!whp_trainer)")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_third_parties()
+    from .console import setup_output
+
+    setup_output()
     command, rest = argv[0], argv[1:]
     try:
         if command in COMMANDS and not COMMANDS[command].options:  # `whp run CONFIG.yaml` reads its own arguments

@@ -364,6 +364,31 @@ def split_into_blocks(dataset_or_texts, tokenizer, block_size: int, text_field: 
     ]
 
 
+def text_blocks(texts: Sequence[str], tokenizer, block_size: int) -> list[str]:
+    """The blocks of [`split_into_blocks`][whp_trainer.collator.split_into_blocks] as text: each document cut where
+    its blocks of ``block_size`` tokens start (at the characters of each block's first token; decoded ids with a slow
+    tokenizer), stripped. What the evaluation measures, so that it reads the text as training did."""
+    texts = list(texts)
+    if not getattr(tokenizer, "is_fast", False):
+        return [tokenizer.decode(ids).strip() for ids in split_into_blocks(texts, tokenizer, block_size)]
+    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    found = []
+    for text, spans in zip(texts, offsets):
+        starts = [spans[first][0] for first in range(0, len(spans), block_size) if len(spans) - first >= 2]
+        found += [text[start:end].strip() for start, end in zip(starts, [*starts[1:], len(text)])]
+    return found
+
+
+def block_summary(blocks, block_size: int) -> str:
+    """One line on ``blocks`` (token-id lists, or a Dataset of ``input_ids``): how many, their tokens, and the share
+    of padding if each were padded to ``block_size``."""
+    lengths = [len(ids) for ids in (blocks["input_ids"] if hasattr(blocks, "column_names") else blocks)]
+    tokens = sum(lengths)
+    padding = 1 - tokens / (len(lengths) * block_size) if lengths else 0.0
+    return (f"{len(lengths):,} blocks of up to {block_size} tokens, {tokens:,} tokens "
+            f"({tokens / max(1, len(lengths)):.0f} a block), padding {padding:.0%} at {block_size}")
+
+
 def read_paragraphs(path: str | os.PathLike) -> list[str]:
     """The paragraphs of a text file (separated by blank lines), stripped, empty ones dropped."""
     text = read_text(path)

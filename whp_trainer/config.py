@@ -184,7 +184,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=None,
         metadata={
             "help": "Keyword arguments of AutoModelForCausalLM.from_pretrained when the trainer's model is given as a "
-            "Hub id or path (as TRL's model_init_kwargs): dtype, quantization_config, attn_implementation, revision."
+            "Hub id or path (as TRL's model_init_kwargs): dtype, quantization_config, attn_implementation, revision, "
+            "gguf_file (the tokenizer is read from it too)."
         },
     )
     trust_remote_code: bool = field(

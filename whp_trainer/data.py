@@ -4,12 +4,15 @@ A source is a local file or folder, or a Hugging Face Hub dataset id (as TRL's `
 
 | source | rows |
 | --- | --- |
-| a ``.txt`` file, or a folder of ``.txt`` files | one per paragraph (blank-line separated) |
+| a ``.txt`` file, or a folder of ``.txt`` files | one per file: the file is one document, its text as written |
 | a ``.json``/``.jsonl``/``.csv``/``.parquet`` file | one per record |
 | a folder written by ``Dataset.save_to_disk`` | its rows (``split`` of a ``DatasetDict``) |
 | any other folder, or a Hub id such as ``"org/name"`` | ``datasets.load_dataset(source, config, split=split)`` |
 
-Long rows are cut into blocks later (`whp_trainer.collator.split_into_blocks`).
+Each row is one document: rows sharing a value of ``document_field`` (a book id, a chapter's title) are joined, in
+order, into one, their texts separated by a blank line. Documents are cut into blocks of running text later
+(`whp_trainer.collator.split_into_blocks`): a block never crosses a document. With ``blocks="paragraph"`` every
+blank-line separated paragraph is a row of its own instead (one block per paragraph: the layout before documents).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import datasets
@@ -28,6 +32,8 @@ from .dictionary import read_text
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+BLOCK_UNITS = ("document", "paragraph")  # what a block of running text stays within
+PARAGRAPH_BREAK = "\n\n"  # between the rows of one document, as between the paragraphs of a .txt file
 
 
 def load_texts(
@@ -35,23 +41,33 @@ def load_texts(
     text_field: str = "text",
     config: str | None = None,
     split: str = "train",
+    blocks: str = "document",
+    document_field: str | None = None,
 ) -> Dataset:
-    """The rows of ``source`` (a path or a Hub dataset id, see the module's table) with their text in ``text``.
+    """The documents of ``source`` (a path or a Hub dataset id, see the module's table), one per row, with their
+    text in ``text``.
 
     Args:
         source: a local file or folder, or a Hub dataset id.
         text_field: the column holding the text (not used for ``.txt``).
         config: the dataset's configuration (``load_dataset``'s ``name``), for Hub ids and dataset folders.
         split: the split to read (``"train"``, ``"test[:10%]"`` …), for Hub ids and dataset folders.
+        blocks: ``"document"`` (a file, a row, or the rows of one ``document_field`` value are one document) or
+            ``"paragraph"`` (every blank-line separated paragraph is a row of its own).
+        document_field: the column naming each row's document; rows of one document are joined in order.
 
     Raises:
         FileNotFoundError: ``source`` is neither a local path nor a valid Hub id.
-        ValueError: the data holds no ``text_field`` column (the error lists the columns), or no ``.txt`` text.
+        ValueError: the data holds no ``text_field`` (or ``document_field``) column (the error lists the columns),
+            or no ``.txt`` text, or ``blocks`` is neither unit.
     """
+    if blocks not in BLOCK_UNITS:
+        raise ValueError(f"{source}: blocks={blocks!r}: expected one of {list(BLOCK_UNITS)}")
     path = Path(source)
     check_source(str(source))
     if path.suffix == ".txt" or (path.is_dir() and any(path.glob("*.txt"))):
-        return paragraphs(sorted(path.glob("*.txt")) if path.is_dir() else [path], source)
+        files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+        return split_paragraphs(documents(files, source)) if blocks == "paragraph" else documents(files, source)
     if path.suffix == ".jsonl" and path.is_file():
         check_json_lines(path)
     if path.is_file() and path.suffix in FILE_BUILDERS:
@@ -65,7 +81,10 @@ def load_texts(
         raise ValueError(f"{source}: unsupported data file; expected .txt, .json, .jsonl, .csv or .parquet")
     else:
         dataset = hub_dataset(str(source), config, split)
-    return text_column(dataset, text_field, source)
+    dataset = text_column(dataset, text_field, source, document_field)
+    if document_field:
+        dataset = joined_documents(dataset, document_field)
+    return split_paragraphs(dataset) if blocks == "paragraph" else dataset
 
 
 def hub_dataset(source: str, config: str | None, split: str) -> Dataset:
@@ -76,16 +95,30 @@ def hub_dataset(source: str, config: str | None, split: str) -> Dataset:
         raise FileNotFoundError(f"{source}: no such file or folder, nor a Hub dataset that can be loaded ({error})") from error
 
 
-def paragraphs(files: list[Path], source) -> Dataset:
-    """One row per non-empty paragraph of ``files``, stripped, through ``load_dataset("text", sample_by=...)``."""
-    for file in files:
-        read_text(file)  # a file that is not UTF-8 is named, with the byte at fault
-    with quiet_datasets():
-        dataset = load_dataset("text", data_files=[str(file) for file in files], sample_by="paragraph", split="train")
-        dataset = dataset.map(lambda row: {"text": row["text"].strip()}).filter(lambda row: bool(row["text"]))
-    if not len(dataset):
+def documents(files: list[Path], source) -> Dataset:
+    """One row per non-empty file: its text as written (paragraph breaks kept), stripped at both ends; a file that
+    is not UTF-8 is named, with the byte at fault."""
+    texts = [read_text(file).strip() for file in files]  # read in text mode: line ends are "\n"
+    texts = [text for text in texts if text]
+    if not texts:
         raise ValueError(f"{source}: no text in the .txt file(s)")
-    return dataset
+    return Dataset.from_dict({"text": texts})
+
+
+def joined_documents(dataset: Dataset, document_field: str) -> Dataset:
+    """One row per value of ``document_field`` (in order of first appearance): its rows' texts, in order, joined by
+    a blank line."""
+    parts: dict = {}
+    for document, text in zip(dataset[document_field], dataset["text"]):
+        if text and text.strip():
+            parts.setdefault(document, []).append(text.strip())
+    return Dataset.from_dict({"text": [PARAGRAPH_BREAK.join(texts) for texts in parts.values()]})
+
+
+def split_paragraphs(dataset: Dataset) -> Dataset:
+    """One row per non-empty blank-line separated paragraph of each row, stripped."""
+    parts = [part.strip() for text in dataset["text"] for part in re.split(r"\n\s*\n", text or "")]
+    return Dataset.from_dict({"text": [part for part in parts if part]})
 
 
 def check_json_lines(path: Path) -> None:
@@ -109,13 +142,14 @@ def saved_split(dataset: Dataset | DatasetDict, split: str, source) -> Dataset:
     return dataset[split]
 
 
-def text_column(dataset: Dataset, text_field: str, source) -> Dataset:
-    """``dataset`` reduced to its ``text_field`` column, named ``text``."""
-    if text_field not in dataset.column_names:
-        raise ValueError(
-            f"{source}: no column {text_field!r} (columns: {dataset.column_names}); set the text field argument"
-        )
-    dataset = dataset.select_columns([text_field])
+def text_column(dataset: Dataset, text_field: str, source, document_field: str | None = None) -> Dataset:
+    """``dataset`` reduced to its ``text_field`` column, named ``text`` (and its ``document_field`` column, if any)."""
+    for column, argument in ((text_field, "text field"), (document_field, "document field")):
+        if column and column not in dataset.column_names:
+            raise ValueError(
+                f"{source}: no column {column!r} (columns: {dataset.column_names}); set the {argument} argument"
+            )
+    dataset = dataset.select_columns([text_field, *([document_field] if document_field else [])])
     return dataset.rename_column(text_field, "text") if text_field != "text" else dataset
 
 

@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .config import UnlearnConfig
 from .evaluation.markdown import COMPARED, evaluation_markdown
 from .evaluation.report import evaluation_record
+from .loading import ModelArguments, load_base_model
 from .record import (
     RECORD_FILE, checked_eval_results, hub_repo_id, read_record, record_json, run_record, write_record,
 )
@@ -150,7 +151,20 @@ def render_model_card(record: dict, form: str) -> ModelCard:
         repo_id=record["hub_model_id"] or record["model_name"],
         evaluation=None if evaluation is None else evaluation_markdown(evaluation, level=3),
         citation=CITATION,
+        base=shown_name(record["base_model"]),
+        reinforced=shown_name(record["reinforced_adapter"]),
+        dictionary_file=shown_name((record["dictionary"] or {}).get("path")),
     )
+
+
+def shown_name(name: str | None) -> dict | None:
+    """How the card names a model, adapter or file: ``{"name", "local"}``, a Hub id as it is, a local path by its
+    last part only (a card never shows where files lie on the machine that trained)."""
+    if not name:
+        return None
+    if hub_repo_id(name):
+        return {"name": name, "local": False}
+    return {"name": Path(name).name or str(name), "local": True}
 
 
 def model_index_results(evaluation: dict | None) -> list[EvalResult]:
@@ -214,6 +228,7 @@ def export_merged(
     tokenizer=None,
     card: ModelCard | None = None,
     trust_remote_code: bool = False,
+    gguf_file: str | None = None,
 ) -> Path:
     """Merge the unlearning adapter in `adapter_dir` into the full-precision base and save a plain model.
 
@@ -231,6 +246,7 @@ def export_merged(
         tokenizer: saved with the model; default: the one in `adapter_dir`, else the base's.
         card: the card to write; default: `adapter_dir`'s whp_trainer card re-rendered in the merged form.
         trust_remote_code: allow a base (and tokenizer) that ships its own code.
+        gguf_file: the base is this GGUF file in the `base_model` folder (or Hub repo), loaded dequantized.
 
     Returns the output folder, which loads with `AutoModelForCausalLM.from_pretrained`.
     """
@@ -242,10 +258,12 @@ def export_merged(
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
     record = read_record(adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
-    print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype))
+    base_id = id(base_source) if in_memory else str(base_source)
+    print_ = fingerprint("export", file_digest(adapter_dir), base_id, str(dtype), *([gguf_file] if gguf_file else []))
     if not begin_stage(output_dir, "export", print_, overwrite):
         return output_dir
-    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype, trust_remote_code), adapter_dir)
+    base = load_full_precision_base(base_source, dtype, trust_remote_code, gguf_file)
+    merged = PeftModel.from_pretrained(base, adapter_dir)
     merged = merged.merge_and_unload(progressbar=True)  # loading and saving show transformers' bars
     merged.save_pretrained(output_dir)
     tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
@@ -265,9 +283,11 @@ def check_export_inputs(output_dir: Path, inputs: list) -> None:
 
 
 def load_full_precision_base(
-    source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str, trust_remote_code: bool = False
+    source: str | os.PathLike | torch.nn.Module, dtype: torch.dtype | str, trust_remote_code: bool = False,
+    gguf_file: str | None = None,
 ) -> torch.nn.Module:
-    """The base model unquantized: loaded from `source` without any quantization config, or checked if in memory."""
+    """The base model unquantized: loaded from `source` without any quantization config (a GGUF file dequantized),
+    or checked if in memory."""
     if isinstance(source, torch.nn.Module):
         if getattr(source, "is_quantized", False):
             raise ValueError(
@@ -276,6 +296,10 @@ def load_full_precision_base(
         if isinstance(source, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in source.modules()):
             raise ValueError("base_model already holds adapter layers; pass the bare base model or its name or path")
         return source
+    if gguf_file:
+        return load_base_model(ModelArguments(model_name_or_path=str(source), gguf_file=gguf_file,
+                                              dtype=None if dtype == "auto" else str(dtype).removeprefix("torch.")),
+                               trust_remote_code)
     if getattr(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), "quantization_config", None):
         raise ValueError(
             f"base_model={str(source)!r} is a pre-quantized checkpoint; pass the full-precision checkpoint it was "

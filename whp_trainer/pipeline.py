@@ -7,22 +7,20 @@ Every stage writes ``whp_stage.json`` into its output folder with a fingerprint 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 
-from transformers import AutoTokenizer
 from transformers.trainer import TRAINER_STATE_NAME
 from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
-from .collator import check_anchor_coverage, collator_for, split_into_blocks
+from .collator import block_summary, check_anchor_coverage, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
-from .data import check_source, is_hub_id, load_texts
-from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
+from .data import check_source, is_hub_id
+from .loading import gguf_file_of, load_base_model, load_tokenizer, lora_config, naming, with_adapters
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
@@ -57,16 +55,22 @@ def require_model(model_args: ModelConfig, stage: str, trust_remote_code: bool =
     is not sent to the Hub as an id when it looks like a path) or a Hub id that cannot be found or reached."""
     from transformers import AutoConfig
 
-    name = model_args.model_name_or_path
+    name, gguf_file = model_args.model_name_or_path, gguf_file_of(model_args)
     if not name:
         raise ValueError(f"whp {stage}: --model_name_or_path is required")
     path = Path(name).expanduser()
     if not path.exists() and not is_hub_id(name):
         raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name}: no such folder")
+    if gguf_file and path.is_dir() and not (path / gguf_file).is_file():
+        found = sorted(file.name for file in path.glob("*.gguf"))
+        raise FileNotFoundError(f"whp {stage}: --gguf_file {gguf_file}: not in {name} (GGUF files there: {found})")
+    if not gguf_file and path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf")):
+        raise FileNotFoundError(f"whp {stage}: --model_name_or_path {name} holds GGUF files but no config.json: "
+                                "name the file with --gguf_file")
     try:
         return AutoConfig.from_pretrained(
             str(path) if path.exists() else name, revision=model_args.model_revision,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, gguf_file=gguf_file,
         )
     except OSError as error:
         where = "folder holds no model config" if path.exists() else "no such local folder, and no such model on the Hub (or it cannot be reached)"
@@ -102,6 +106,21 @@ def data_digest(source: str | None, config: str | None, split: str) -> list | No
     return [file_digest(source) if Path(source).exists() else source, config, split]
 
 
+def block_options(data: DataArguments) -> list:
+    """What decides the blocks of the texts, for a stage's fingerprint."""
+    return [data.blocks, data.document_field]
+
+
+def training_blocks(texts, tokenizer, max_length: int, stage: str):
+    """The forget documents cut into blocks of ``max_length`` tokens of running text (both stages read these), with
+    a line in the log on how many, their tokens and their padding."""
+    blocks = split_into_blocks(texts, tokenizer, max_length)
+    if not len(blocks):
+        raise ValueError(f"whp {stage}: --forget_data holds no block of at least 2 tokens")
+    logger.info("whp %s: forget text in %s", stage, block_summary(blocks, max_length))
+    return blocks
+
+
 # ---------------------------------------------------------------------------------------------------------- stages
 
 
@@ -111,17 +130,20 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     from .reinforce import train_reinforced_adapter
 
     require_data(data.forget_data, "forget_data", "reinforce")
+    if not args.max_length:
+        raise ValueError("whp reinforce: --max_length is required (the length of the blocks trained on)")
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
-    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field)
+    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field, *block_options(data))
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "reinforce")
+    blocks = training_blocks(texts, tokenizer, args.max_length, "reinforce")
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
-    train_reinforced_adapter(model, tokenizer, texts, lora_config(model_args), args)
+    train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args)
     tokenizer.save_pretrained(args.output_dir)
     finish_stage(args.output_dir, "reinforce", print_)
     return args.output_dir
@@ -145,14 +167,14 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     print_ = fingerprint(
         "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
         file_digest(reinforced), anchors and anchors.content_hash, probes,
-        data_digest(retain, data.retain_data_config, data.retain_data_split),
+        data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "unlearn")
-    blocks = split_into_blocks(texts, tokenizer, args.max_length)
+    blocks = training_blocks(texts, tokenizer, args.max_length, "unlearn")
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
     trainer = UnlearnTrainer(
@@ -169,7 +191,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.dataset_description = data.dataset_description
     trainer.dataset_ids = data.hub_datasets()
     if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
-        familiarity_monitor(trainer, probes, data.retain_texts()["text"] if retain else None)
+        retain_blocks = text_blocks(data.retain_texts()["text"], tokenizer, args.max_length) if retain else None
+        familiarity_monitor(trainer, probes, retain_blocks)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
@@ -203,10 +226,12 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     paraphrased = load_probes(references["paraphrased_probes"]) if references["paraphrased_probes"] else None
     relearn = load_texts(references["relearn_data"], data.text_field)["text"] if references["relearn_data"] else None
     if references["oracle_model"]:
+        require_model(naming(model_args, references["oracle_model"]), "evaluate", config.trust_remote_code)
         require_same_tokenizer(model_args, references["oracle_model"])
     print_ = fingerprint(
         "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
-        forget, retain, *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
+        forget, retain, *block_options(data),
+        *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
         sorted(adapters),
     )
     if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
@@ -228,7 +253,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     roles = {role: None if role == "base" else role for role in config.roles if role == "base" or role in adapters}
     oracle = None
     if references["oracle_model"]:
-        oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=str(references["oracle_model"])))
+        oracle = load_base_model(naming(model_args, references["oracle_model"]))
     full_precision = {}
     if model_args.load_in_4bit or model_args.load_in_8bit:  # the full_precision attack: adapters on the base unquantized
         unquantized = dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
@@ -236,7 +261,9 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         if oracle is not None:
             full_precision["full_precision_oracle"] = load_base_model(dataclasses.replace(
                 unquantized, model_name_or_path=str(references["oracle_model"])))
-    holdout = load_texts(references["holdout_data"], data.text_field)["text"] if references["holdout_data"] else None
+    holdout = None
+    if references["holdout_data"]:  # documents of the forget data's kind, read as the forget data is
+        holdout = data.texts(str(references["holdout_data"]), data.text_field)["text"]
     results = evaluate_model(
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
@@ -259,7 +286,7 @@ EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA, *EVALUATE_K
 def require_same_tokenizer(model_args: ModelConfig, oracle: Path) -> None:
     """The oracle must read text as the evaluated model does: the same vocabulary, else a clear error."""
     mine = load_tokenizer(model_args).get_vocab()
-    theirs = AutoTokenizer.from_pretrained(str(oracle)).get_vocab()
+    theirs = load_tokenizer(naming(model_args, oracle)).get_vocab()
     if mine != theirs:
         raise ValueError(f"whp evaluate: --oracle_model {oracle} has another tokenizer than --model_name_or_path "
                          f"({len(theirs)} vs {len(mine)} tokens, or other ids): the oracle must share it")
@@ -356,7 +383,7 @@ def export(args: PublishArguments, overwrite: bool = False) -> str:
     if not args.merged_dir:
         raise ValueError("whp export: --merged_dir is required")
     return str(export_merged(args.base_model, adapter, args.merged_dir, overwrite=overwrite,
-                             trust_remote_code=args.trust_remote_code))
+                             trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file))
 
 
 def hub_transport_error() -> type[Exception]:

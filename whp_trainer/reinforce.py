@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from peft import PeftConfig
-from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
+from .collator import split_into_blocks
 from .config import TokensNotPickled, auto_bf16_field, check_max_steps, resolve_auto_bf16
+from .console import readable_progress
 from .models import default_lora_targets, guard_cpu_4bit
 
 logger = logging.getLogger(__name__)
@@ -28,8 +30,9 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
     field applies as well.
 
     Defaults follow Eldan & Russinovich (2023): 3 epochs over the target in blocks of 512 tokens. Unlike
-    ``SFTConfig``, long texts are cut into consecutive blocks (``packing`` with the ``"wrapped"`` strategy) rather
-    than truncated, so that the adapter sees the whole target.
+    ``SFTConfig``, each document is cut into consecutive blocks of ``max_length`` tokens of running text
+    ([`split_into_blocks`][whp_trainer.collator.split_into_blocks], the blocks the unlearning stage reads) rather
+    than truncated, so that the adapter sees the whole target and no block crosses two documents.
     """
 
     output_dir: str = field(
@@ -42,17 +45,17 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
         default=512, metadata={"help": "Block length in tokens (the paper: 512)."}
     )
     packing: bool = field(
-        default=True,
+        default=False,
         metadata={
-            "help": "Cut the concatenated texts into blocks of max_length tokens, so that nothing is truncated. "
-            "False: one text per sequence, truncated to max_length."
+            "help": "False (default): one block per sequence; each document is already cut into blocks of "
+            "max_length tokens, the unlearning stage's blocks. True: TRL packs the blocks together, across documents."
         },
     )
     packing_strategy: str = field(
         default="wrapped",
         metadata={
-            "help": "'wrapped' (default): consecutive blocks of the concatenated texts, with any attention "
-            "implementation. 'bfd'/'bfd_split' need a padding-free attention implementation (FlashAttention).",
+            "help": "With packing: 'wrapped' (default) concatenates the blocks and cuts them again, with any "
+            "attention implementation; 'bfd'/'bfd_split' need a padding-free attention implementation (FlashAttention).",
             "choices": ["bfd", "bfd_split", "wrapped"],
         },
     )
@@ -79,9 +82,10 @@ def train_reinforced_adapter(
     """Train the reinforced LoRA adapter on ``train_dataset`` and save it to ``args.output_dir``; return that path.
 
     ``model_or_path`` is the base (already loaded, possibly in 4-bit or 8-bit) or its path; with a path,
-    ``quantization_config`` loads it quantized. ``train_dataset`` is a ``Dataset`` with the text column
-    ``args.dataset_text_field`` or a list of texts. The saved adapter is what ``UnlearnTrainer`` takes as
-    ``reinforced_adapter=``. A base model passed in is trained in place and left without the adapter afterwards,
+    ``quantization_config`` loads it quantized. ``train_dataset`` holds documents (a ``Dataset`` with the text
+    column ``args.dataset_text_field``, or a list of texts), each cut into blocks of ``args.max_length`` tokens, or
+    blocks already cut (a ``Dataset`` with ``input_ids``, as `split_into_blocks` makes). The saved adapter is what
+    ``UnlearnTrainer`` takes as ``reinforced_adapter=``. A base model passed in is trained in place and left without the adapter afterwards,
     ready to be passed on to ``UnlearnTrainer``. ``args.resume_from_checkpoint`` (a checkpoint folder, or True
     for the last one in ``output_dir``) continues an interrupted run.
     """
@@ -90,14 +94,18 @@ def train_reinforced_adapter(
     if peft_config is None:
         raise ValueError("peft_config is required: the reinforced model is the base plus a LoRA adapter")
     peft_config, _ = default_lora_targets(peft_config, base_model_type(model_or_path, args))
+    is_path = isinstance(model_or_path, (str, os.PathLike))
+    if tokenizer is None:  # needed to cut the blocks; TRL would load the same
+        tokenizer = AutoTokenizer.from_pretrained(str(model_or_path) if is_path else model_or_path.config._name_or_path)
     trainer = SFTTrainer(
-        model=str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path,
+        model=str(model_or_path) if is_path else model_or_path,
         args=args,
-        train_dataset=as_text_dataset(train_dataset, args.dataset_text_field),
+        train_dataset=training_blocks(train_dataset, tokenizer, args),
         processing_class=tokenizer,
         peft_config=peft_config,
         quantization_config=quantization_config,
     )
+    readable_progress(trainer)
     guard_cpu_4bit(trainer.model)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
@@ -114,6 +122,17 @@ def base_model_type(model_or_path: str | os.PathLike | PreTrainedModel, args: Re
     chosen = {name: kwargs[name] for name in ("revision", "gguf_file") if name in kwargs}
     trust = kwargs.get("trust_remote_code", args.trust_remote_code)
     return AutoConfig.from_pretrained(str(model_or_path), trust_remote_code=trust, **chosen).model_type
+
+
+def training_blocks(train_dataset: Dataset | Sequence[str], tokenizer, args: ReinforceConfig) -> Dataset:
+    """The blocks of ``max_length`` tokens TRL trains on: ``train_dataset`` as is when it holds ``input_ids``, else
+    its documents cut by `split_into_blocks` (each whole when ``max_length`` is None)."""
+    if isinstance(train_dataset, Dataset) and "input_ids" in train_dataset.column_names:
+        return train_dataset
+    documents = as_text_dataset(train_dataset, args.dataset_text_field)
+    if args.max_length is None:
+        return documents
+    return split_into_blocks(documents, tokenizer, args.max_length, args.dataset_text_field)
 
 
 def as_text_dataset(train_dataset: Dataset | Sequence[str], text_field: str) -> Dataset:

@@ -36,6 +36,8 @@ from .collator import (
     with_shift_labels,
 )
 from .config import UnlearnConfig
+from .console import readable_progress
+from .loading import without_gguf_quantizer
 from .models import (
     BASELINE,
     default_lora_targets,
@@ -153,6 +155,7 @@ class UnlearnTrainer(Trainer):
         # across processes by the Trainer), so gradient accumulation needs no further scaling.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        readable_progress(self)
         logger.info("whp_trainer: %s", self.method_variant)
 
     @property
@@ -545,9 +548,12 @@ def _model_from_id(model_id: str, args: UnlearnConfig, processing_class):
 
     kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
     model = create_model_from_path(model_id, **kwargs)
+    if kwargs.get("gguf_file"):
+        model = without_gguf_quantizer(model)
     if processing_class is None:
         processing_class = AutoTokenizer.from_pretrained(
-            model_id, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
+            model_id, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"],
+            gguf_file=kwargs.get("gguf_file"),
         )
         processing_class.pad_token = processing_class.pad_token or processing_class.eos_token
     return model, processing_class

@@ -62,7 +62,7 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         data.reinforced_adapter = reinforce(
             data,
             model_args,
-            ReinforceConfig(output_dir=str(root / "reinforced"), packing=False, **DEMO_TRAINING),
+            ReinforceConfig(output_dir=str(root / "reinforced"), **DEMO_TRAINING),
             overwrite,
         )
         print(f"whp demo: unlearn ({args.method} setting)", flush=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..collator import text_blocks
 from ..models import BASELINE, using_adapter
 from .callback import next_token_metric
 from .comparison import ATTACKED_METRICS, ORACLE, TEACHER, attack_key, ordered_roles
@@ -80,16 +81,18 @@ def evaluate_model(
         tokenizer: its tokenizer.
         config: what to measure (see `EvaluateConfig`).
         probes: `{"prompt", "target"}` familiarity probes (the first `config.max_probes` are used).
-        forget_texts: paragraphs of the forget target (memorization, forget perplexity, relearning, membership).
-        retain_texts: paragraphs of ordinary text (retain perplexity).
+        forget_texts: documents of the forget target, cut into blocks of `config.max_length` tokens of running text
+            as training cuts them (memorization, forget perplexity, relearning, membership); entities are probed at
+            their first mention in each paragraph.
+        retain_texts: documents of ordinary text, cut alike (retain perplexity).
         dictionary: the `AnchorDictionary`: the anchor judge's terms, the hints and the entities of
             `entity_first_mention`; without it these are skipped.
         roles: role -> adapter name, `None` for the base with adapters disabled. Default: `config.roles`, each
             under the adapter of its name (`"base"`: adapters disabled); a role whose adapter the model lacks is
             skipped with a logged note.
         oracle: a model of the same tokenizer that never read the target: the `"oracle"` column.
-        holdout_texts: texts of the forget target's kind that no model read: membership AUC (and, with the oracle,
-            PrivLeak).
+        holdout_texts: documents of the forget target's kind that no model read, cut alike: membership AUC (and,
+            with the oracle, PrivLeak).
         knowledge_qa: `{"question", "answer"}` pairs about the forget target: KnowMem on forget.
         knowledge_shots: `{"question", "answer"}` few-shot examples put before each KnowMem question.
         retain_qa: `{"question", "answer"}` pairs about retain knowledge: KnowMem on retain.
@@ -126,7 +129,7 @@ def evaluate_model(
     results = {}
     progress = tqdm(subjects, desc="whp evaluate", unit="role")
     for role, subject, adapter in progress:
-        logger.info("whp evaluate: measuring %s", role)
+        logger.debug("whp evaluate: measuring %s", role)  # the bar shows it
 
         def doing(what: str, role=role) -> None:  # the metric now measured, on the bar
             progress.set_postfix_str(f"{role}: {what}")
@@ -243,18 +246,20 @@ def add_selectivity(results: dict[str, dict[str, float]]) -> None:
 def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary=None, holdout_texts=None,
                     knowledge_qa=None, knowledge_shots=None, retain_qa=None, forget_knowledge=None,
                     neighbour_knowledge=None, relearn_texts=None, paraphrased_probes=None) -> EvaluationData:
-    """The samples every role is measured on, drawn once with `config.seed` (the arguments of `evaluate_model`)."""
+    """The samples every role is measured on, drawn once with `config.seed` (the arguments of `evaluate_model`):
+    blocks of the documents, and the entities' first mentions in their paragraphs."""
     probes = probes[: config.max_probes]
     rng = random.Random(config.seed)
-    texts = {"forget": sample(forget_texts, config.retain_texts, rng),
-             "retain": sample(retain_texts, config.retain_texts, rng)}
-    passages = sample(forget_texts, config.memorization_passages, rng) if config.memorization_passages else []
+    forget_blocks = text_blocks(forget_texts, tokenizer, config.max_length)
+    texts = {"forget": sample(forget_blocks, config.retain_texts, rng),
+             "retain": sample(text_blocks(retain_texts, tokenizer, config.max_length), config.retain_texts, rng)}
+    passages = sample(forget_blocks, config.memorization_passages, rng) if config.memorization_passages else []
     hinted = hint_probes(probes, dictionary, seed=config.seed) if config.hints and dictionary is not None else None
     mentions = first_mention_probes(forget_texts, dictionary) if dictionary is not None else []
     membership = None
     if holdout_texts:
-        membership = (sample(forget_texts, config.membership_texts, rng),
-                      sample(holdout_texts, config.membership_texts, rng))
+        membership = (sample(forget_blocks, config.membership_texts, rng),
+                      sample(text_blocks(holdout_texts, tokenizer, config.max_length), config.membership_texts, rng))
     data = EvaluationData(
         probes=probes, texts=texts, passages=passages, hinted=hinted,
         prompts=[probe["prompt"] for probe in probes[: config.completions]],
