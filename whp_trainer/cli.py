@@ -77,6 +77,7 @@ COMMANDS = {
         "Redo stages whose outputs were made otherwise.",
     ),
 }
+NUMBER_OR_WORD = {"alpha"}  # options typed `float | str`, which TrlParser would parse as numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {command.help}" for name, command in COMMANDS.items()
@@ -133,6 +134,9 @@ def parser_for(command: str):
     if COMMANDS[command].overwrite:  # a boolean flag as the dataclasses' are: --overwrite, or --overwrite true/false
         parser.add_argument("--overwrite", type=string_to_bool, nargs="?", const=True, default=False,
                             help=COMMANDS[command].overwrite)
+    for action in parser._actions:  # a number or a word (alpha: auto): read as text, the dataclass checks it
+        if action.dest in NUMBER_OR_WORD:
+            action.type = str
     group_help(parser, dataclass_types)
     return parser
 
