@@ -77,6 +77,7 @@ COMMANDS = {
         "Redo stages whose outputs were made otherwise.",
     ),
 }
+AUTO_REFERENCES = ("holdout_data", "oracle_model")  # evaluate options that alpha auto reads too
 NUMBER_OR_WORD = {"alpha"}  # options typed `float | str`, which TrlParser would parse as numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
@@ -89,7 +90,9 @@ RUN_HELP = """usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value .
 Run the stage sections of CONFIG.yaml in order: reinforce, anchors, unlearn, evaluate, push. Shared sections:
 output_dir (stage outputs go to its reinforced/, unlearned/, evaluation/), model (ModelConfig options) and data
 (DataArguments options); each stage section takes that stage's options (whp STAGE --help). A stage whose output
-is current is skipped; an interrupted one resumes from its last complete checkpoint.
+is current is skipped; an interrupted one resumes from its last complete checkpoint. With `alpha: auto` in the
+unlearn section, the unlearn stage chooses α (teacher sweep, stronger reinforcement if needed) and stops the
+student at the targets; it reads holdout_data and oracle_model from the evaluate section unless given its own.
 
 options:
   --overwrite           redo stages whose output_dir holds a run with other settings (deleting only what that
@@ -320,11 +323,17 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
     if "unlearn" in config:
         data.setdefault("unlearned_adapter", str(outputs["unlearn"]))
     shared.update(data)
+    auto = str((config.get("unlearn") or {}).get("alpha", "")).lower() == "auto"
     plans = []
     for stage in RUN_STAGES:
         if stage not in config:
             continue
         options = dict(config[stage] or {})
+        if auto and stage == "unlearn":  # the sweep's references are the evaluation's, unless given here
+            evaluation = config.get("evaluate") or {}
+            options.update({key: evaluation[key] for key in AUTO_REFERENCES if key in evaluation and key not in options})
+        if auto and stage == "evaluate" and "reinforced_adapter" not in (config.get("data") or {}):
+            options.setdefault("reinforced_adapter", None)  # the one the unlearning run chose (it may be stronger)
         if stage in outputs:
             options.setdefault("output_dir", str(outputs[stage]))
         if stage in ("export", "push"):
