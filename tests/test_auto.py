@@ -3,6 +3,7 @@ retain cost, the stopping rule stops at the targets or a budget and ends on the 
 what it chose and why."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -196,3 +197,12 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "How α was chosen (`alpha: auto`)" in report and "teacher α=40" in report
     assert yaml.safe_load((tmp_path / "run.yaml").read_text())["unlearn"]["alpha"] == "auto"
+
+
+def test_the_auto_config_example_is_valid():
+    path = Path(__file__).parents[1] / "examples" / "harry_potter_auto.yaml"
+    plans = dict(cli.plan_run(cli.read_yaml(str(path)), str(path)))
+    assert plans["unlearn"]["holdout_data"] == "data/holdout"  # from the evaluate section
+    assert plans["evaluate"]["reinforced_adapter"] is None  # the one the unlearning run chose
+    (_, _, args), _ = cli.parse_stage("unlearn", [], {**plans["unlearn"], "bf16": False}, str(path))
+    assert args.auto and (args.target_mode, args.original_cap_weight, args.retain_weight) == ("soft", 1.0, 1.0)
