@@ -15,7 +15,9 @@ from test_cli import EVALUATION, TRAINING, files, run_config, write_config  # no
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
 from whp_trainer.evaluation import GenericTeacher, membership_auc, perplexity, token_familiarity
-from whp_trainer.evaluation.autotune import Targets, choose_alpha, teacher_sweep, translated_probes
+from whp_trainer.evaluation.autotune import (
+    Targets, choose_alpha, familiarity_reference, teacher_sweep, translated_probes,
+)
 from whp_trainer.evaluation.stopping import TargetStoppingCallback
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
@@ -34,6 +36,15 @@ def test_the_sweep_measures_each_teacher_as_the_metrics_do(make_model, reinforce
                     "retain_perplexity": perplexity(teacher, tokenizer, CORPUS[4:], max_length=32),
                     **membership_auc(teacher, tokenizer, forget, holdout, max_length=32)}
         assert sweep[alpha] == pytest.approx(expected, rel=1e-4)
+
+
+def test_on_the_probes_the_swept_teacher_reads_them_anchor_translated(make_model, reinforced_path, tokenizer):
+    model = PeftModel.from_pretrained(make_model(), reinforced_path, adapter_name="reinforced")
+    anchors = {"Harry": ("Jon",), "Quidditch": ("Skyball",)}
+    translated = translated_probes(PROBES, anchors)
+    sweep = teacher_sweep(model, tokenizer, [40], PROBES, CORPUS[4:], translated=translated, max_length=32)
+    assert sweep[0.0]["familiarity_token"] == pytest.approx(familiarity_reference(model, tokenizer, PROBES, anchors))
+    assert sweep[40.0]["familiarity_token"] < sweep[0.0]["familiarity_token"]  # the reinforced boost taken off
 
 
 def test_translated_probes_ask_about_the_generic_names():

@@ -79,7 +79,7 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
                       overwrite: bool = False) -> dict:
     """Targets, sweep, strengthening: the record of the choice (see
     [`choose_alpha`][whp_trainer.evaluation.autotune.choose_alpha]) with the ``reinforced_adapter`` to use."""
-    from .evaluation.autotune import choose_alpha, teacher_sweep
+    from .evaluation.autotune import choose_alpha, teacher_sweep, translated_probes
     from .loading import load_base_model, with_adapters
 
     paths, sweeps = [reinforced], []
@@ -92,7 +92,8 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
         if not round_:
             targets = auto_targets(model, model_args, args, tokenizer, inputs, anchors)
         sweeps.append(teacher_sweep(model, tokenizer, args.auto_alphas, inputs.probes, inputs.retain,
-                                    inputs.membership, max_length=args.max_length))
+                                    inputs.membership, anchors and translated_probes(inputs.probes, anchors),
+                                    max_length=args.max_length))
         del model
         choice = choose_alpha(sweeps, targets)
         if choice["reached"]:

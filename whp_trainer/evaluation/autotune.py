@@ -9,7 +9,9 @@ Two signals, as docs/results.md's recommended procedure reads them:
   read the target, the base reading the anchor-translated probes (or the oracle's familiarity).
 
 The teacher of every α comes from the same two passes (baseline and reinforced) per batch: ``v_generic`` is
-recomputed for each α from their logits, so a sweep of nine α costs what measuring one teacher costs.
+recomputed for each α from their logits, so a sweep of nine α costs what measuring one teacher costs. On the probes
+the teacher is the anchored one the student is trained towards (the baseline reads the translated prompt); on
+membership and retain text, the bootstrapped one of ``whp evaluate --teacher_alphas``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..batching import pad_token_id, padded_batch
 from ..collator import split_into_blocks
 from ..models import BASELINE, using_adapter
 from ..targets import generic_logits
-from .familiarity import evaluation_mode, probe_ids, token_familiarity
+from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
 from .membership import MUSE_K, auc, membership_ids, min_k, scores_from_logits
 from .probes import terms_pattern
 from .retain import summed_nll
@@ -88,21 +90,29 @@ def teacher_sweep(
     probes: Sequence[dict],
     retain_texts: Sequence[str],
     membership_texts: tuple[Sequence[str], Sequence[str]] | None = None,
+    translated: Sequence[dict] | None = None,
     adapter: str = "reinforced",
     k: float = MUSE_K,
     max_length: int = 512,
     batch_size: int = 8,
 ) -> dict[float, dict[str, float]]:
-    """The generic-logit teacher at each of ``alphas`` (``0`` is the base), measured on token familiarity of
-    ``probes``, perplexity of ``retain_texts`` and, with ``membership_texts`` (forget, holdout), the Min-K% and
-    Min-K%++ membership AUC: ``{alpha: {metric: value}}``, from two forward passes per batch whatever the number of α.
+    """The generic-logit teacher at each of ``alphas`` (``0`` is the base), measured on perplexity of
+    ``retain_texts``, with ``membership_texts`` (forget, holdout) on the Min-K% and Min-K%++ membership AUC, and on
+    token familiarity of ``probes``: ``{alpha: {metric: value}}``, from two forward passes per batch whatever the
+    number of α.
+
+    On the probes the teacher is the one the student is trained towards there: its baseline reads ``translated``
+    (the probes anchor-translated, see `translated_probes`; default: the probes as they are,
+    the bootstrapped teacher of ``whp evaluate --teacher_alphas``). On the other texts it is the bootstrapped
+    teacher, as ``whp evaluate`` measures it.
     """
     alphas = sorted({0.0, *map(float, alphas)})
     teacher = GenericTeacher(model, adapter, alpha=0.0)
     pad_id = pad_token_id(tokenizer)
     results = {alpha: {} for alpha in alphas}
     with evaluation_mode(model):
-        probabilities = probe_probabilities(teacher, tokenizer, probes, alphas, pad_id, batch_size)
+        probabilities = probe_probabilities(teacher, tokenizer, probes, translated or probes, alphas, pad_id,
+                                            batch_size)
         nll = retain_nll(teacher, tokenizer, retain_texts, alphas, pad_id, max_length, batch_size)
         for alpha in alphas:
             results[alpha][FAMILIARITY] = sum(probabilities[alpha]) / len(probabilities[alpha])
@@ -123,15 +133,22 @@ def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size, side="right", l
         yield batch, {alpha: generic_logits(baseline, reinforced, alpha, relu=teacher.relu) for alpha in alphas}
 
 
-def probe_probabilities(teacher, tokenizer, probes, alphas, pad_id, batch_size) -> dict[float, list[float]]:
-    pairs = [probe_ids(tokenizer, probe, index) for index, probe in enumerate(probes)]
-    contexts, targets = [pair[0] for pair in pairs], torch.tensor([pair[1] for pair in pairs])
+def probe_probabilities(teacher, tokenizer, probes, translated, alphas, pad_id, batch_size) -> dict[float, list]:
+    """Per α, the probability of each probe's target under the teacher the student is trained towards there: the
+    baseline reads the ``translated`` prompt (the anchored target), the reinforced adapter the original one."""
+    targets = torch.tensor([probe_ids(tokenizer, probe, index)[1] for index, probe in enumerate(probes)])
+    contexts = {name: [probe_ids(tokenizer, probe, index)[0] for index, probe in enumerate(rows)]
+                for name, rows in (("original", probes), ("translated", translated))}
     found = {alpha: [] for alpha in alphas}
-    for start, (_, logits) in zip(range(0, len(pairs), batch_size),
-                                  batches_of_alphas(teacher, contexts, alphas, pad_id, batch_size, "left", 1)):
-        chosen = targets[start : start + batch_size].to(teacher.device)
-        for alpha, values in logits.items():
-            found[alpha] += values[:, -1].softmax(-1)[torch.arange(len(chosen)), chosen].tolist()
+    for start in range(0, len(probes), batch_size):
+        with using_adapter(teacher.model, BASELINE):
+            baseline = next_token_logits(teacher.model, contexts["translated"][start : start + batch_size], pad_id)
+        with using_adapter(teacher.model, teacher.adapter):
+            reinforced = next_token_logits(teacher.model, contexts["original"][start : start + batch_size], pad_id)
+        chosen = targets[start : start + batch_size].to(baseline.device)
+        for alpha in alphas:
+            distribution = generic_logits(baseline, reinforced, alpha, relu=teacher.relu).softmax(-1)
+            found[alpha] += distribution[torch.arange(len(chosen)), chosen].tolist()
     return found
 
 
