@@ -164,7 +164,8 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, neighbour_k
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,
         inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, every_n_steps=args.auto_eval_steps,
-        retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget, max_length=args.max_length,
+        retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,
+        budget_patience=args.budget_patience, max_length=args.max_length,
     )
     trainer.add_callback(callback)
     return callback

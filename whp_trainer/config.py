@@ -154,6 +154,11 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "alpha auto: with a neighbour-knowledge measure, the student stops once the mean answer "
                   "log-likelihood falls more than this many nats below the base's."},
     )
+    budget_patience: int = field(
+        default=3,
+        metadata={"help": "alpha auto: a budget is spent when it is exceeded at this many measurements in a row (early "
+                  "steps often overshoot what the retain loss then brings back)."},
+    )
     auto_eval_steps: int = field(
         default=8, metadata={"help": "alpha auto: the student is measured against the targets every this many steps."}
     )
@@ -301,6 +306,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError(f"UnlearnConfig.auto_alphas={self.auto_alphas}: give at least one α, all > 0")
         if self.auto_reinforce_rounds < 0 or self.auto_reinforce_factor <= 1:
             raise ValueError("UnlearnConfig.auto_reinforce_rounds must be >= 0 and auto_reinforce_factor > 1")
+        if self.budget_patience < 1:
+            raise ValueError(f"UnlearnConfig.budget_patience={self.budget_patience}: must be >= 1")
         if self.auto_eval_steps < 1:
             raise ValueError(f"UnlearnConfig.auto_eval_steps={self.auto_eval_steps}: must be >= 1")
         if self.temperature <= 0:

@@ -24,8 +24,9 @@ class TargetStoppingCallback(TrainerCallback):
     familiarity on ``probes``, entity probability on ``first_mentions``, membership AUC of ``membership_texts``)
     and on the budgets (perplexity of ``retain_texts`` at most ``retain_budget`` above the base's; with
     ``neighbour_knowledge``, a callable ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget``
-    nats below the base's). Training stops when every target is reached within budget, or when a budget is spent;
-    at its end the student's trainable weights are put back to the measurement closest to the targets within budget
+    nats below the base's). Training stops when every target is reached within budget, or when a budget is spent:
+    over it at ``budget_patience`` measurements in a row (early steps often overshoot a budget that the retain loss
+    then brings back); at its end the student's trainable weights are put back to the measurement closest to the targets within budget
     (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie).
 
     Attributes:
@@ -45,11 +46,14 @@ class TargetStoppingCallback(TrainerCallback):
         every_n_steps: int = 8,
         retain_budget: float = 0.03,
         neighbour_budget: float = 0.1,
+        budget_patience: int = 3,
         batch_size: int = 16,
         max_length: int = 512,
     ):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps}: must be at least 1")
+        if budget_patience < 1:
+            raise ValueError(f"budget_patience={budget_patience}: must be at least 1")
         if not retain_texts:
             raise ValueError("TargetStoppingCallback needs retain texts: their perplexity is the budget")
         self.trainer, self.targets = trainer, targets
@@ -57,6 +61,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
         self.every_n_steps, self.retain_budget, self.neighbour_budget = every_n_steps, retain_budget, neighbour_budget
+        self.budget_patience = budget_patience
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -123,9 +128,10 @@ class TargetStoppingCallback(TrainerCallback):
             weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
             self.best = (shortfall, state.global_step, weights)
         self._log(metrics, shortfall)
-        if self.decision is None and not within:
-            self.decision = {"stopped_at": state.global_step, "reason": "a budget is spent (" + ", ".join(
-                self.spent(metrics)) + ")"}
+        over = [entry["within_budget"] for entry in self.history[-self.budget_patience:]]
+        if self.decision is None and len(over) == self.budget_patience and not any(over):
+            self.decision = {"stopped_at": state.global_step, "reason": f"a budget is spent at {self.budget_patience} "
+                             "measurements in a row (" + ", ".join(self.spent(metrics)) + ")"}
         elif self.decision is None and within and shortfall == 0 and state.global_step > 0:
             self.decision = {"stopped_at": state.global_step, "reason": "every target is reached within budget"}
         if self.decision is not None:
