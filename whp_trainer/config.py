@@ -147,7 +147,7 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     retain_budget: float = field(
         default=0.03,
         metadata={"help": "alpha auto: the student stops once retain perplexity rises more than this share above "
-                  "the base's (0.03 = +3 %)."},
+                  "the base's (0.03: 3 percent)."},
     )
     neighbour_budget: float = field(
         default=0.1,
