@@ -43,8 +43,9 @@ def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
         raise ValueError("whp unlearn: alpha auto measures the teacher: give --reinforced_adapter")
     if retain is None:
         raise ValueError("whp unlearn: alpha auto needs --retain_data (retain perplexity is its cost and budget)")
-    if args.holdout_data:
-        require_data(args.holdout_data, "holdout_data", "unlearn")
+    for name in ("holdout_data", "budget_data"):
+        if getattr(args, name):
+            require_data(getattr(args, name), name, "unlearn")
     if args.oracle_model:
         require_path(args.oracle_model, "oracle_model", "unlearn")
     if not args.holdout_data and probes is None and anchors is None:
@@ -65,8 +66,10 @@ def auto_inputs(data, args, forget_texts: list[str], probes: list[dict] | None, 
     if args.holdout_data:
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
         membership = (sample(forget_texts, rng), sample(holdout, rng))
+    budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
+        else data.retain_texts()["text"]
     return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
-                      retain=sample(data.retain_texts()["text"], rng), membership=membership)
+                      retain=sample(budget, rng), membership=membership)
 
 
 def sample(items: list, rng: random.Random) -> list:

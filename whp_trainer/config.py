@@ -124,6 +124,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "alpha auto: a model of the same tokenizer that never read the target; its membership AUC "
                   "and familiarity become the targets (default: AUC 0.5, the base on anchor-translated probes)."},
     )
+    budget_data: str | None = field(
+        default=None,
+        metadata={"help": "alpha auto: ordinary text whose perplexity is the cost of a teacher and the student's "
+                  "retain budget; best text the model did not train on and the retain loss does not see (its "
+                  "memorized text loses perplexity first). Same forms as --forget_data; default: --retain_data."},
+    )
     auto_alphas: list[float] = field(
         default_factory=lambda: [2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0],
         metadata={"help": "alpha auto: the α at which the teacher is measured (two forward passes per batch for all)."},

@@ -150,7 +150,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
         file_digest(reinforced), anchors and anchors.content_hash, probes,
         data_digest(retain, data.retain_data_config, data.retain_data_split),
-        *((data_digest(args.holdout_data, None, "train"), file_digest(args.oracle_model)) if args.auto else ()),
+        *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
+           file_digest(args.oracle_model)) if args.auto else ()),
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir

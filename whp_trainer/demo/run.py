@@ -62,8 +62,8 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         print(f"whp demo: unlearn ({args.method} setting)", flush=True)
         paper, auto = args.method == "paper", args.method == "auto"
         options = {} if paper else AUTO_SETTING if auto else RECOMMENDED_SETTING
-        if auto:  # no oracle: the holdout saga text is all it is told
-            options = dict(options, holdout_data=str(assets.holdout_path))
+        if auto:  # no oracle: it is told the holdout saga text, and ordinary text that no model trained on
+            options = dict(options, holdout_data=str(assets.holdout_path), budget_data=str(assets.retain_path))
         suffix = "" if paper else f"-{args.method}"
         data.unlearned_adapter = unlearn(
             data if paper else dataclasses.replace(data, retain_data=str(assets.ordinary_path)),  # text it read
