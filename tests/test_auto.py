@@ -193,7 +193,7 @@ def test_alpha_auto_without_a_reinforced_adapter_or_retain_text_is_refused_befor
 
 def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     auto = {"alpha": "auto", "auto_alphas": [5, 40], "auto_reinforce_rounds": 0, "auto_eval_steps": 1,
-            "holdout_data": str(files / "retain.txt")}
+            "holdout_data": str(files / "retain.txt"), "budget_data": str(files / "forget.txt")}
     config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto},
                         evaluate=EVALUATION)
     cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
@@ -204,6 +204,7 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert set(choice["sweeps"][0]) == {"0", "5", "40"} and choice["reason"]
     assert choice["targets"]["membership"] == 0.5 and choice["targets"]["familiarity"] is not None
     stopping = choice["stopping"]
+    assert stopping["base"]["retain_perplexity"] == pytest.approx(choice["sweeps"][0]["0"]["retain_perplexity"])
     assert stopping["reason"] and stopping["history"][0]["step"] == 0 and stopping["best_step"] is not None
     card = (tmp_path / "run" / "unlearned" / "README.md").read_text()
     assert "How α was chosen (`alpha: auto`)" in card and choice["reason"] in card
