@@ -124,13 +124,13 @@ def teacher_sweep(
     return results
 
 
-def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size, side="right", logits_to_keep=0):
-    """For each batch of ``rows``: the batch and ``{alpha: generic logits}`` (from the batch's two teacher passes)."""
+def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size):
+    """For each batch of ``rows`` (right-padded): the batch and ``(alpha, generic logits)`` of each α, computed one α
+    at a time from the batch's two teacher passes (so one α's vocabulary-sized logits are held at a time)."""
     for start in range(0, len(rows), batch_size):
-        batch = padded_batch(rows[start : start + batch_size], pad_id, side=side, device=teacher.device)
-        baseline, reinforced = teacher.role_logits(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                                                   logits_to_keep)
-        yield batch, {alpha: generic_logits(baseline, reinforced, alpha, relu=teacher.relu) for alpha in alphas}
+        batch = padded_batch(rows[start : start + batch_size], pad_id, device=teacher.device)
+        baseline, reinforced = teacher.role_logits(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        yield batch, ((alpha, generic_logits(baseline, reinforced, alpha, relu=teacher.relu)) for alpha in alphas)
 
 
 def probe_probabilities(teacher, tokenizer, probes, translated, alphas, pad_id, batch_size) -> dict[float, list]:
@@ -159,7 +159,7 @@ def retain_nll(teacher, tokenizer, texts, alphas, pad_id, max_length, batch_size
         raise ValueError("teacher_sweep: no retain text of at least 2 tokens")
     totals = {alpha: [0.0, 0] for alpha in alphas}
     for batch, logits in batches_of_alphas(teacher, blocks, alphas, pad_id, batch_size):
-        for alpha, values in logits.items():
+        for alpha, values in logits:
             nll, count = summed_nll(values, batch["labels"])
             totals[alpha][0] += nll
             totals[alpha][1] += count
@@ -173,7 +173,7 @@ def membership_aucs(teacher, tokenizer, texts, alphas, pad_id, k, max_length, ba
         found = {alpha: ([], []) for alpha in alphas}
         for start, (batch, logits) in zip(range(0, len(rows), batch_size),
                                           batches_of_alphas(teacher, rows, alphas, pad_id, batch_size)):
-            for alpha, values in logits.items():
+            for alpha, values in logits:
                 log_probs, standardised = scores_from_logits(values, batch["input_ids"], rows[start : start + batch_size])
                 found[alpha][0].extend(min_k(row, k) for row in log_probs)
                 found[alpha][1].extend(min_k(row, k) for row in standardised)
