@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import random
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 SAMPLE = 64  # probes, first mentions, retain rows and membership texts measured by the sweep and the stopping rule
 

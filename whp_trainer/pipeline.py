@@ -18,8 +18,8 @@ from transformers.trainer import TRAINER_STATE_NAME
 from trl import ModelConfig
 
 from .anchors import AnchorDictionary
-from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, stop_at_targets
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
+from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, stop_at_targets
 from .collator import check_anchor_coverage, collator_for, split_into_blocks
 from .config import UnlearnConfig
 from .data import check_source, is_hub_id, load_texts

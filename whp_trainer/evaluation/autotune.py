@@ -32,7 +32,6 @@ from .probes import terms_pattern
 from .retain import summed_nll
 from .teacher import GenericTeacher
 
-DEFAULT_ALPHAS = (2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0)
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
 MEMBERSHIP = "membership_auc_mink"
 FAMILIARITY = "familiarity_token"

@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..models import BASELINE, using_adapter
-from .autotune import ENTITY, FAMILIARITY, MEMBERSHIP, RETAIN, Targets
+from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
 from .callback import LOG_PREFIX
 from .familiarity import evaluation_mode, token_familiarity
 from .membership import membership_auc
