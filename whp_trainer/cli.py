@@ -78,7 +78,7 @@ COMMANDS = {
     ),
 }
 AUTO_REFERENCES = ("holdout_data", "oracle_model")  # evaluate options that alpha auto reads too
-NUMBER_OR_WORD = {"alpha"}  # options typed `float | str`, which TrlParser would parse as numbers only
+NUMBER_OR_WORD = {"alpha": "auto"}  # options typed `float | str` (a number or this word): TrlParser reads numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {command.help}" for name, command in COMMANDS.items()
@@ -209,6 +209,8 @@ def check_values(dataclass_types: tuple, values: dict, source: str, command: str
             continue
     for key, value in values.items():
         problem = type_problem(hints[key], value) if key in hints else None
+        if key in NUMBER_OR_WORD and str(value).strip().lower() != NUMBER_OR_WORD[key]:
+            problem = type_problem(float, value) and f"a number or {NUMBER_OR_WORD[key]!r}"
         if problem:
             raise CliError(f"{source}: {key}: expected {problem}, got {value!r} (whp {command})")
 
