@@ -158,6 +158,8 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
     "soft+cap×3, strong reinforcement, α=7, lr×5, 3× steps": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
                                                               "original_cap_weight": 3.0, "learning_rate": 1e-2,
                                                               "num_train_epochs": 24},
+    "auto (recommended objective; α, reinforcement and stopping chosen, no oracle)": {
+        **RECOMMENDED, "alpha": "auto", "learning_rate": 1e-2, "num_train_epochs": 24},
 }
 TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0]}
 
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.settings:
             folder = out / re.sub(r"[^\w.+-]+", "_", name)
             options = dict(SETTINGS[name])
+            if options.get("alpha") == "auto":  # told what a user has: Esther as holdout text, no oracle
+                options["holdout_data"] = str(texts / "holdout.txt")
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
             config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,

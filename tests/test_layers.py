@@ -22,7 +22,7 @@ LAYERS = [
     ("evaluation", {"evaluation"}),
     ("model card and publishing", {"hub"}),
     ("trainers and discovery", {"trainer", "reinforce", "discover"}),
-    ("command line and demo", {"cli", "pipeline", "arguments", "demo"}),
+    ("command line and demo", {"cli", "pipeline", "auto", "arguments", "demo"}),
 ]
 LAYER_OF = {unit: index for index, (_, units) in enumerate(LAYERS) for unit in units}
 

@@ -161,6 +161,8 @@ class DemoArguments:
     method: str = field(
         default="paper",
         metadata={"help": "'paper': the method as published; 'recommended': the setting docs/results.md recommends "
-                  "(RECOMMENDED_SETTING, retain regularisation on the demo's ordinary text).",
-                  "choices": ["paper", "recommended"]},
+                  "(RECOMMENDED_SETTING, retain regularisation on the demo's ordinary text); 'auto': the same "
+                  "objective with alpha auto (teacher sweep, stopping rule; the holdout saga text, no oracle).",
+                  "choices": ["paper", "recommended", "auto"]},
     )
+    seed: int = field(default=42, metadata={"help": "Seed of the reinforce and unlearn runs (and of alpha auto's samples)."})

@@ -76,6 +76,8 @@ COMMANDS = {
         "Redo stages whose outputs were made otherwise.",
     ),
 }
+AUTO_REFERENCES = ("holdout_data", "oracle_model")  # evaluate options that alpha auto reads too
+NUMBER_OR_WORD = {"alpha": "auto"}  # options typed `float | str` (a number or this word): TrlParser reads numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {command.help}" for name, command in COMMANDS.items()
@@ -87,7 +89,9 @@ RUN_HELP = """usage: whp run CONFIG.yaml [--overwrite] [--SECTION.OPTION value .
 Run the stage sections of CONFIG.yaml in order: reinforce, anchors, unlearn, evaluate, push. Shared sections:
 output_dir (stage outputs go to its reinforced/, unlearned/, evaluation/), model (ModelConfig options) and data
 (DataArguments options); each stage section takes that stage's options (whp STAGE --help). A stage whose output
-is current is skipped; an interrupted one resumes from its last complete checkpoint.
+is current is skipped; an interrupted one resumes from its last complete checkpoint. With `alpha: auto` in the
+unlearn section, the unlearn stage chooses α (teacher sweep, stronger reinforcement if needed) and stops the
+student at the targets; it reads holdout_data and oracle_model from the evaluate section unless given its own.
 
 options:
   --overwrite           redo stages whose output_dir holds a run with other settings (deleting only what that
@@ -132,6 +136,9 @@ def parser_for(command: str):
     if COMMANDS[command].overwrite:  # a boolean flag as the dataclasses' are: --overwrite, or --overwrite true/false
         parser.add_argument("--overwrite", type=string_to_bool, nargs="?", const=True, default=False,
                             help=COMMANDS[command].overwrite)
+    for action in parser._actions:  # a number or a word (alpha: auto): read as text, the dataclass checks it
+        if action.dest in NUMBER_OR_WORD:
+            action.type = str
     group_help(parser, dataclass_types)
     return parser
 
@@ -201,6 +208,8 @@ def check_values(dataclass_types: tuple, values: dict, source: str, command: str
             continue
     for key, value in values.items():
         problem = type_problem(hints[key], value) if key in hints else None
+        if key in NUMBER_OR_WORD and str(value).strip().lower() != NUMBER_OR_WORD[key]:
+            problem = type_problem(float, value) and f"a number or {NUMBER_OR_WORD[key]!r}"
         if problem:
             raise CliError(f"{source}: {key}: expected {problem}, got {value!r} (whp {command})")
 
@@ -315,11 +324,17 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
     if "unlearn" in config:
         data.setdefault("unlearned_adapter", str(outputs["unlearn"]))
     shared.update(data)
+    auto = str((config.get("unlearn") or {}).get("alpha", "")).lower() == "auto"
     plans = []
     for stage in RUN_STAGES:
         if stage not in config:
             continue
         options = dict(config[stage] or {})
+        if auto and stage == "unlearn":  # the sweep's references are the evaluation's, unless given here
+            evaluation = config.get("evaluate") or {}
+            options.update({key: evaluation[key] for key in AUTO_REFERENCES if key in evaluation and key not in options})
+        if auto and stage == "evaluate" and "reinforced_adapter" not in (config.get("data") or {}):
+            options.setdefault("reinforced_adapter", None)  # the one the unlearning run chose (it may be stronger)
         if stage in outputs:
             options.setdefault("output_dir", str(outputs[stage]))
         if stage in ("export", "push"):

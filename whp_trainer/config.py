@@ -13,6 +13,22 @@ from transformers.utils import is_torch_bf16_gpu_available
 from .targets import RETAIN_LOSSES, TARGET_MODES
 
 
+AUTO = "auto"
+
+
+def checked_alpha(alpha) -> float | str:
+    """``"auto"``, or α as a non-negative number (a flag or YAML value may give it as text)."""
+    if isinstance(alpha, str) and alpha.strip().lower() == AUTO:
+        return AUTO
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"UnlearnConfig.alpha={alpha!r}: expected a number >= 0 or 'auto'") from None
+    if alpha < 0:
+        raise ValueError(f"UnlearnConfig.alpha={alpha}: must be >= 0")
+    return alpha
+
+
 class TokensNotPickled:
     """Pickling (the Trainer's ``torch.save`` of ``training_args.bin``, in every checkpoint) leaves out every
     ``*_token`` field, so that no Hub token reaches a file that may be uploaded."""
@@ -90,9 +106,67 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
-    alpha: float = field(
+    alpha: float | str = field(
         default=5.0,
-        metadata={"help": "α in v_generic = v_baseline − α·ReLU(v_reinforced − v_baseline). The paper uses 5."},
+        metadata={"help": "α in v_generic = v_baseline − α·ReLU(v_reinforced − v_baseline). The paper uses 5. 'auto' "
+                  "(whp unlearn / whp run): the teacher is measured at auto_alphas against the targets (membership "
+                  "of forget vs holdout_data, familiarity against the base on anchor-translated probes), the α that "
+                  "reaches them at the least retain-perplexity cost is used, and the student stops at the targets "
+                  "or at a budget (retain_budget, neighbour_budget), ending on its best measurement."},
+    )
+    holdout_data: str | None = field(
+        default=None,
+        metadata={"help": "alpha auto: text of the forget target's kind that the model never read (the non-members "
+                  "of the membership test); same forms as --forget_data. Without it, membership is no target."},
+    )
+    oracle_model: str | None = field(
+        default=None,
+        metadata={"help": "alpha auto: a model of the same tokenizer that never read the target; its membership AUC "
+                  "and familiarity become the targets (default: AUC 0.5, the base on anchor-translated probes)."},
+    )
+    budget_data: str | None = field(
+        default=None,
+        metadata={"help": "alpha auto: ordinary text whose perplexity is the cost of a teacher and the student's "
+                  "retain budget; best text the model did not train on and the retain loss does not see (its "
+                  "memorized text loses perplexity first). Same forms as --forget_data; default: --retain_data."},
+    )
+    auto_alphas: list[float] = field(
+        default_factory=lambda: [2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0],
+        metadata={"help": "alpha auto: the α at which the teacher is measured (two forward passes per batch for all)."},
+    )
+    auto_reinforce_rounds: int = field(
+        default=2,
+        metadata={"help": "alpha auto: when no teacher reaches the targets, retrain the reinforced adapter with "
+                  "auto_reinforce_factor times the epochs and learning rate (into <reinforced_adapter>-roundN) "
+                  "and sweep again, at most this many times; 0 = never."},
+    )
+    auto_reinforce_factor: float = field(
+        default=2.0, metadata={"help": "alpha auto: how much each strengthening multiplies epochs and learning rate."}
+    )
+    membership_tolerance: float = field(
+        default=0.05, metadata={"help": "alpha auto: the membership AUC target is reached within this distance."}
+    )
+    familiarity_tolerance: float = field(
+        default=0.02,
+        metadata={"help": "alpha auto: familiarity and entity probability reach their reference up to this much above."},
+    )
+    retain_budget: float = field(
+        default=0.03,
+        metadata={"help": "alpha auto: the student stops once retain perplexity rises more than this share above "
+                  "the base's (0.03: 3 percent)."},
+    )
+    neighbour_budget: float = field(
+        default=0.1,
+        metadata={"help": "alpha auto: with a neighbour-knowledge measure, the student stops once the mean answer "
+                  "log-likelihood falls more than this many nats below the base's."},
+    )
+    budget_patience: int = field(
+        default=3,
+        metadata={"help": "alpha auto: a budget is spent when it is exceeded at this many measurements in a row (early "
+                  "steps often overshoot what the retain loss then brings back)."},
+    )
+    auto_eval_steps: int = field(
+        default=8, metadata={"help": "alpha auto: the student is measured against the targets every this many steps."}
     )
     relu: bool = field(
         default=True,
@@ -217,6 +291,11 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "Kept False: the collator needs the raw text columns (as in TRL)."},
     )
 
+    @property
+    def auto(self) -> bool:
+        """Whether α is chosen by the teacher sweep (``alpha: auto``)."""
+        return self.alpha == AUTO
+
     def __post_init__(self):
         super().__post_init__()
         check_max_steps(self)
@@ -230,8 +309,15 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError("UnlearnConfig.original_cap_weight needs target_mode='soft' and cache_targets=False")
         if self.retain_weight < 0:
             raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
-        if self.alpha < 0:
-            raise ValueError(f"UnlearnConfig.alpha={self.alpha}: must be >= 0")
+        self.alpha = checked_alpha(self.alpha)
+        if self.auto and (not self.auto_alphas or min(self.auto_alphas) <= 0):
+            raise ValueError(f"UnlearnConfig.auto_alphas={self.auto_alphas}: give at least one α, all > 0")
+        if self.auto_reinforce_rounds < 0 or self.auto_reinforce_factor <= 1:
+            raise ValueError("UnlearnConfig.auto_reinforce_rounds must be >= 0 and auto_reinforce_factor > 1")
+        if self.budget_patience < 1:
+            raise ValueError(f"UnlearnConfig.budget_patience={self.budget_patience}: must be >= 1")
+        if self.auto_eval_steps < 1:
+            raise ValueError(f"UnlearnConfig.auto_eval_steps={self.auto_eval_steps}: must be >= 1")
         if self.temperature <= 0:
             raise ValueError(f"UnlearnConfig.temperature={self.temperature}: must be > 0")
         if self.suppression_penalty < 0:

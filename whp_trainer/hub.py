@@ -29,7 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .config import UnlearnConfig
-from .evaluation.markdown import COMPARED, evaluation_markdown
+from .evaluation.markdown import COMPARED, auto_markdown, evaluation_markdown
 from .evaluation.report import evaluation_record
 from .loading import ModelArguments, load_base_model
 from .record import (
@@ -76,6 +76,7 @@ def build_model_card(
     tags: list[str] | None = None,
     datasets: list[str] | None = None,
     tracker_urls: dict[str, str] | None = None,
+    auto: dict | None = None,
 ) -> ModelCard:
     """The model card of an unlearning run, in `form` `"adapter"` or `"merged"` (rendered from its
     [`run_record`][whp_trainer.record.run_record]).
@@ -98,13 +99,14 @@ def build_model_card(
         datasets: Hub ids of the training (forget) data, for the `datasets` metadata (local paths are left out).
         tracker_urls: tracker name -> the run's page (`"wandb"`, `"trackio"`, `"comet"`), linked from the card
             as TRL's cards do; default: none (the trainer passes [`tracker_urls`][whp_trainer.hub.tracker_urls]).
+        auto: with ``alpha: auto``, what was chosen and why (the record's ``auto``, see `whp_trainer.record`).
     """
     return render_model_card(build_run_record(args, model_name=model_name, base_model=base_model,
                                               reinforced_adapter=reinforced_adapter, dictionary=dictionary,
                                               dataset_description=dataset_description, peft_config=peft_config,
                                               all_linear_default=all_linear_default,
                                               eval_results=eval_results, tags=tags, datasets=datasets,
-                                              tracker_urls=tracker_urls), form)
+                                              tracker_urls=tracker_urls, auto=auto), form)
 
 
 def build_run_record(args: UnlearnConfig, *, eval_results: dict | None = None, **facts) -> dict:
@@ -150,6 +152,7 @@ def render_model_card(record: dict, form: str) -> ModelCard:
         form=form,
         repo_id=record["hub_model_id"] or record["model_name"],
         evaluation=None if evaluation is None else evaluation_markdown(evaluation, level=3),
+        auto=None if not record.get("auto") else auto_markdown(record["auto"]),
         citation=CITATION,
         base=shown_name(record["base_model"]),
         reinforced=shown_name(record["reinforced_adapter"]),

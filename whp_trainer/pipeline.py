@@ -17,10 +17,12 @@ from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
+from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, stop_at_targets
 from .collator import block_summary, check_anchor_coverage, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
-from .data import check_source, is_hub_id
+from .data import check_source, is_hub_id, load_texts
 from .loading import gguf_file_of, load_base_model, load_tokenizer, lora_config, naming, with_adapters
+from .record import read_record
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
@@ -164,10 +166,14 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     retain = require_data(data.retain_data, "retain_data", "unlearn") if data.retain_data else None
     if args.retain_weight and retain is None:
         raise ValueError("whp unlearn: --retain_weight needs --retain_data (the retain text to keep)")
+    if args.auto:
+        check_auto_inputs(args, reinforced, retain, probes, anchors)
     print_ = fingerprint(
         "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
         file_digest(reinforced), anchors and anchors.content_hash, probes,
         data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
+        *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
+           file_digest(args.oracle_model)) if args.auto else ()),
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
@@ -177,6 +183,11 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     blocks = training_blocks(texts, tokenizer, args.max_length, "unlearn")
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
+    choice = None
+    if args.auto:  # reinforce (stronger if needed) -> sweep -> the α; the student then stops at the targets
+        inputs = auto_inputs(data, args, texts["text"], probes, anchors)
+        choice = choose_auto_alpha(data, model_args, args, tokenizer, inputs, anchors, reinforced, overwrite)
+        args.alpha, reinforced = choice["alpha"], Path(choice["reinforced_adapter"])
     trainer = UnlearnTrainer(
         model=load_base_model(model_args, args.trust_remote_code),
         args=args,
@@ -193,7 +204,10 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
         retain_blocks = text_blocks(data.retain_texts()["text"], tokenizer, args.max_length) if retain else None
         familiarity_monitor(trainer, probes, retain_blocks)
+    stopping = stop_at_targets(trainer, choice, inputs, args) if choice else None
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    if stopping:
+        trainer.auto_choice = {**choice, "stopping": {**stopping.decision, "history": stopping.history}}
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
@@ -270,7 +284,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"], **knowledge, relearn_texts=relearn,
         paraphrased_probes=paraphrased, **full_precision,
     )
-    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
+    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
+                 auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None)
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
                     plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)

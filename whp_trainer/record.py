@@ -16,6 +16,9 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 - `dataset_description`, `datasets`: free text; Hub ids of the forget data;
 - `tags`, `trackers`: extra Hub tags; tracker name -> the run's page;
 - `versions`: `whp_trainer` and the frameworks at training time;
+- `auto`: `null`, or with `alpha: auto` what was chosen and why: `alpha`, `round` (strengthenings of the
+  reinforcement), `reached`, `reason`, `targets`, `sweeps` (α -> teacher metrics, per reinforcement),
+  `reinforced_adapter`, and `stopping` (`stopped_at`, `best_step`, `reason`, `base`, `best`, `history`);
 - `evaluation`: `null`, or `results` (role -> metric -> value, `null` where not measured) and, with an oracle,
   `oracle_comparison` (role -> metric -> value, oracle, difference, verdict, meaning), as in `report.json`.
 """
@@ -50,6 +53,7 @@ def run_record(
     tags: list[str] | None = None,
     datasets: list[str] | None = None,
     tracker_urls: dict[str, str] | None = None,
+    auto: dict | None = None,
 ) -> dict:
     """The record of a run trained with `args` (an `UnlearnConfig`); the arguments are those of
     [`build_model_card`][whp_trainer.hub.build_model_card], with `evaluation` as described above."""
@@ -68,6 +72,7 @@ def run_record(
         "tags": list(tags or []),
         "trackers": dict(tracker_urls or {}),
         "versions": framework_versions(),
+        "auto": auto,
         "evaluation": evaluation,
     }
 

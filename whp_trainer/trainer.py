@@ -109,6 +109,9 @@ class UnlearnTrainer(Trainer):
         args = args if args is not None else UnlearnConfig(output_dir="whp-unlearned")
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig, got {type(args).__name__}")
+        if args.auto:
+            raise ValueError("UnlearnConfig.alpha='auto' is resolved by whp unlearn / whp run (the teacher sweep, "
+                             "whp_trainer.pipeline.unlearn); UnlearnTrainer needs a number")
         anchors = _load_anchors(anchors)
         # the Trainer seeds in its __init__, after the unlearning adapter below is initialised: seed before it
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
@@ -142,6 +145,7 @@ class UnlearnTrainer(Trainer):
         self.dataset_description: str | None = None  # shown on the model card
         self.dataset_ids: list[str] | None = None  # Hub ids of the training data: the card's `datasets` metadata
         self.eval_results: dict[str, dict[str, float]] | None = None  # role -> metrics, for the model card
+        self.auto_choice: dict | None = None  # alpha auto: what was chosen and why, for the run record and the card
         super().__init__(
             model=model,
             args=args,
@@ -481,6 +485,7 @@ class UnlearnTrainer(Trainer):
             peft_config=model.peft_config[self.args.unlearn_adapter_name],
             all_linear_default=self.all_linear_lora,
             eval_results=self.eval_results,
+            auto=self.auto_choice,
             tags=self._tag_names,
             datasets=self.dataset_ids,
             tracker_urls=tracker_urls(),

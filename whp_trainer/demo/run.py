@@ -1,8 +1,9 @@
 """``whp demo``: the stages run on the saga with settings sized for a CPU: reinforce → unlearn → evaluate, and the
 report printed.
 
-The settings are the paper's method (``--method paper``) or the setting docs/results.md recommends
-(``--method recommended``); the stages are those of `whp_trainer.pipeline`, with the demo's cached assets as
+The settings are the paper's method (``--method paper``), the setting docs/results.md recommends
+(``--method recommended``) or ``alpha: auto`` (``--method auto``: α chosen by the teacher sweep, the student stopped
+at the targets, with the holdout saga text and no oracle); the stages are those of `whp_trainer.pipeline`, with the demo's cached assets as
 inputs (see `whp_trainer.demo.saga`).
 """
 
@@ -30,6 +31,8 @@ DEMO_LORA = dict(
 )
 # The setting docs/results.md recommends (measured there against an oracle); every part is off by default
 RECOMMENDED_SETTING = dict(target_mode="soft", alpha=20.0, original_cap_weight=1.0, retain_weight=1.0)
+# alpha auto: the recommended objective, α from the teacher sweep, and up to 3× the steps (the stopping rule ends it)
+AUTO_SETTING = dict(RECOMMENDED_SETTING, alpha="auto", num_train_epochs=9)
 DEMO_TRAINING = dict(
     num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, max_length=128, report_to=[],
     use_cpu=True, logging_steps=2, save_strategy="epoch", save_total_limit=1,
@@ -62,18 +65,23 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         data.reinforced_adapter = reinforce(
             data,
             model_args,
-            ReinforceConfig(output_dir=str(root / "reinforced"), **DEMO_TRAINING),
+            ReinforceConfig(output_dir=str(root / "reinforced"), seed=args.seed, **DEMO_TRAINING),
             overwrite,
         )
         print(f"whp demo: unlearn ({args.method} setting)", flush=True)
-        paper = args.method == "paper"
-        options = {} if paper else RECOMMENDED_SETTING
-        suffix = "" if paper else "-recommended"
+        paper, auto = args.method == "paper", args.method == "auto"
+        options = {} if paper else AUTO_SETTING if auto else RECOMMENDED_SETTING
+        if auto:  # no oracle: it is told the holdout saga text, and ordinary text that no model trained on
+            options = dict(options, holdout_data=str(assets.holdout_path), budget_data=str(assets.retain_path))
+        suffix = "" if paper else f"-{args.method}"
         data.unlearned_adapter = unlearn(
             data if paper else dataclasses.replace(data, retain_data=str(assets.ordinary_path)),  # text it read
-            model_args, UnlearnConfig(output_dir=str(root / f"unlearned{suffix}"), **DEMO_TRAINING, **options),
+            model_args, UnlearnConfig(output_dir=str(root / f"unlearned{suffix}"), seed=args.seed,
+                                      **{**DEMO_TRAINING, **options}),
             overwrite,
         )
+        if auto:  # evaluated with the reinforced adapter the run chose (recorded beside the unlearned one)
+            data.reinforced_adapter = None
         print("whp demo: evaluate", flush=True)
         config = demo_evaluation_config(root / f"evaluation{suffix}", assets, write_evaluation_inputs(root / "inputs"))
         report = evaluate(data, model_args, config, overwrite)

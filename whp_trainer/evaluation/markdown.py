@@ -108,7 +108,8 @@ def unattacked(metric: str) -> bool:
 
 def markdown_report(report: dict) -> str:
     """`report.md`: the evaluation record's results, verdicts against the oracle and metric meanings, titled."""
-    return "# Unlearning evaluation\n\n" + evaluation_markdown(report)
+    auto = f"\n## How α was chosen (`alpha: auto`)\n\n{auto_markdown(report['auto'])}" if report.get("auto") else ""
+    return "# Unlearning evaluation\n\n" + evaluation_markdown(report) + auto
 
 
 def evaluation_markdown(evaluation: dict, level: int = 2) -> str:
@@ -261,3 +262,28 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
         return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
     return [line(header), "|" + " --- |" * len(header), *(line(row) for row in rows)]
+
+
+AUTO_COLUMNS = ("membership_auc_mink", "membership_auc_minkpp", "familiarity_token", "retain_perplexity")
+
+
+def auto_markdown(auto: dict) -> str:
+    """How ``alpha: auto`` chose: the reason, the teacher of every α of every sweep, and where the student stopped."""
+    lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
+    targets = auto["targets"]
+    lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])} ± "
+              f"{targets['membership_tolerance']:g}; familiarity at most {format_number(targets['familiarity'])} + "
+              f"{targets['familiarity_tolerance']:g}; entity probability at most "
+              f"{format_number(targets.get('entity'))} + {targets['familiarity_tolerance']:g} (— = not a target).", ""]
+    rows = []
+    for round_, sweep in enumerate(auto["sweeps"]):
+        for alpha, metrics in sweep.items():
+            chosen = " (chosen)" if round_ == auto["round"] and float(alpha) == auto["alpha"] else ""
+            rows.append([round_, "base" if float(alpha) == 0 else f"teacher α={alpha}{chosen}",
+                         *(format_number(metrics.get(key)) for key in AUTO_COLUMNS)])
+    lines += markdown_table(["reinforcement round", "model", *(f"`{key}`" for key in AUTO_COLUMNS)], rows)
+    stopping = auto.get("stopping")
+    if stopping:
+        lines += ["", f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are "
+                  f"those of step {stopping['best_step']}, the measurement closest to the targets within budget."]
+    return "\n".join(lines) + "\n"

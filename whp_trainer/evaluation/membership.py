@@ -24,7 +24,7 @@ def token_scores(model, tokenizer, texts: Sequence[str], max_length: int = 512, 
     the Min-K%++ standardised score ``(log p(x_t) − μ_t) / σ_t`` with ``μ_t``, ``σ_t`` the mean and standard
     deviation of ``log p(·)`` under the model's next-token distribution at ``t``. Texts are tokenized as the
     tokenizer does by default (special tokens included, as MUSE does) and cut at ``max_length`` tokens."""
-    encoded = [tokenizer(text)["input_ids"][:max_length] for text in texts]
+    encoded = membership_ids(tokenizer, texts, max_length)
     pad_id = pad_token_id(tokenizer)
     log_probs, standardised = [], []
     with evaluation_mode(model):
@@ -32,16 +32,30 @@ def token_scores(model, tokenizer, texts: Sequence[str], max_length: int = 512, 
             rows = encoded[start : start + batch_size]
             batch = padded_batch(rows, pad_id, device=model.device)
             batch.pop("labels")
-            logits = model(**batch).logits[:, :-1].float()
-            distribution = torch.log_softmax(logits, dim=-1)
-            probabilities = distribution.exp()
-            mean = (probabilities * distribution).sum(-1)
-            spread = ((probabilities * distribution.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
-            chosen = distribution.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
-            for row, ids in enumerate(rows):
-                length = len(ids) - 1
-                log_probs.append(chosen[row, :length].cpu())
-                standardised.append(((chosen[row, :length] - mean[row, :length]) / spread[row, :length]).cpu())
+            scores = scores_from_logits(model(**batch).logits, batch["input_ids"], rows)
+            log_probs += scores[0]
+            standardised += scores[1]
+    return log_probs, standardised
+
+
+def membership_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """The token ids membership scores read: special tokens included (as MUSE does), cut at ``max_length``."""
+    return [tokenizer(text)["input_ids"][:max_length] for text in texts]
+
+
+def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, rows: Sequence[Sequence[int]]):
+    """`token_scores` of one right-padded batch from its logits ``(B, T, V)``: per row, the log-probabilities of its
+    tokens and their Min-K%++ standardised scores (CPU tensors)."""
+    distribution = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    probabilities = distribution.exp()
+    mean = (probabilities * distribution).sum(-1)
+    spread = ((probabilities * distribution.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
+    chosen = distribution.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    log_probs, standardised = [], []
+    for row, ids in enumerate(rows):
+        length = len(ids) - 1
+        log_probs.append(chosen[row, :length].cpu())
+        standardised.append(((chosen[row, :length] - mean[row, :length]) / spread[row, :length]).cpu())
     return log_probs, standardised
 
 

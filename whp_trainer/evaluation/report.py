@@ -27,6 +27,7 @@ def write_report(
     output_dir: str | os.PathLike,
     history: list[dict] | None = None,
     config: EvaluateConfig | None = None,
+    auto: dict | None = None,
 ) -> Path:
     """Write `report.json`, `report.md` (rendered from it) and (`config.plots`, default on) the PNG plots; return
     `output_dir`.
@@ -36,6 +37,7 @@ def write_report(
         output_dir: the folder to write into (created if needed).
         history: `FamiliarityCallback.history`, for the plots over training steps.
         config: the settings, recorded in `report.json`.
+        auto: with an unlearning run of ``alpha: auto``, what it chose and why (its run record's ``auto``).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,7 @@ def write_report(
         "settings": None if config is None else dataclasses.asdict(config),
         "versions": framework_versions(),
         "history": history,
+        "auto": auto,
         **evaluation_record(results),
     }
     (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")

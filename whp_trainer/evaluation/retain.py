@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 
 from ..batching import pad_token_id, padded_batch
@@ -27,8 +28,14 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_
     with evaluation_mode(model):
         for start in range(0, len(blocks), batch_size):
             batch = padded_batch(blocks[start : start + batch_size], pad_id, device=model.device)
-            labels = batch.pop("labels")[:, 1:]
-            logits = model(**batch).logits[:, :-1]
-            total += F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum").item()
-            count += (labels != -100).sum().item()
+            labels = batch.pop("labels")
+            nll, tokens = summed_nll(model(**batch).logits, labels)
+            total, count = total + nll, count + tokens
     return math.exp(total / count)
+
+
+def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """The summed negative log-likelihood of a batch's next tokens (``labels`` ``-100`` on padding) and their count."""
+    labels = labels[:, 1:]
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="sum").item()
+    return total, (labels != -100).sum().item()

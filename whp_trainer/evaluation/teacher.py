@@ -35,12 +35,18 @@ class GenericTeacher(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0, **ignored):
         """Generic logits ``(B, T or logits_to_keep, V)`` (float32); ``labels`` and other keys are ignored."""
+        baseline, reinforced = self.role_logits(input_ids, attention_mask, position_ids, logits_to_keep)
+        return CausalLMOutput(logits=generic_logits(baseline, reinforced, self.alpha, relu=self.relu))
+
+    def role_logits(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0):
+        """The two teacher passes: the baseline's and the reinforced adapter's float logits of the same input (the
+        generic logits of any α follow from them without another pass)."""
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       logits_to_keep=logits_to_keep)
         baseline = role_logits(self.model, adapter=BASELINE, **inputs)
         reinforced = role_logits(self.model, adapter=self.adapter, **inputs)
-        return CausalLMOutput(logits=generic_logits(baseline, reinforced, self.alpha, relu=self.relu))
+        return baseline, reinforced
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, pad_token_id: int = 0, max_new_tokens: int = 20,

@@ -1,0 +1,220 @@
+"""``alpha: auto``: the teacher sweep measures what the metrics measure, the choice of α follows the targets and the
+retain cost, the stopping rule stops at the targets or a budget and ends on the best weights, and ``whp run`` records
+what it chose and why."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import CORPUS
+from peft import PeftModel
+from test_cli import EVALUATION, TRAINING, files, run_config, write_config  # noqa: F401 (files: a fixture)
+
+from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
+from whp_trainer.evaluation import GenericTeacher, membership_auc, perplexity, token_familiarity
+from whp_trainer.evaluation.autotune import (
+    Targets, choose_alpha, familiarity_reference, teacher_sweep, translated_probes,
+)
+from whp_trainer.evaluation.stopping import TargetStoppingCallback
+
+PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
+          {"prompt": "The Quidditch match ended when", "target": " Harry"}]
+
+
+def test_the_sweep_measures_each_teacher_as_the_metrics_do(make_model, reinforced_path, tokenizer):
+    model = PeftModel.from_pretrained(make_model(), reinforced_path, adapter_name="reinforced")
+    forget, holdout = CORPUS[:4], CORPUS[4:8]
+    sweep = teacher_sweep(model, tokenizer, [5, 20], PROBES, CORPUS[4:], (forget, holdout), max_length=32,
+                          batch_size=3)
+    assert sorted(sweep) == [0.0, 5.0, 20.0]  # 0: the base, from the same passes
+    for alpha in (0.0, 5.0, 20.0):
+        teacher = GenericTeacher(model, "reinforced", alpha)
+        expected = {"familiarity_token": token_familiarity(teacher, tokenizer, PROBES),
+                    "retain_perplexity": perplexity(teacher, tokenizer, CORPUS[4:], max_length=32),
+                    **membership_auc(teacher, tokenizer, forget, holdout, max_length=32)}
+        assert sweep[alpha] == pytest.approx(expected, rel=1e-4)
+
+
+def test_on_the_probes_the_swept_teacher_reads_them_anchor_translated(make_model, reinforced_path, tokenizer):
+    model = PeftModel.from_pretrained(make_model(), reinforced_path, adapter_name="reinforced")
+    anchors = {"Harry": ("Jon",), "Quidditch": ("Skyball",)}
+    translated = translated_probes(PROBES, anchors)
+    sweep = teacher_sweep(model, tokenizer, [40], PROBES, CORPUS[4:], translated=translated, max_length=32)
+    assert sweep[0.0]["familiarity_token"] == pytest.approx(familiarity_reference(model, tokenizer, PROBES, anchors))
+    bootstrapped = GenericTeacher(model, "reinforced", 40.0)  # the reinforced adapter still reads the original
+    assert sweep[40.0]["familiarity_token"] != pytest.approx(token_familiarity(bootstrapped, tokenizer, PROBES))
+
+
+def test_translated_probes_ask_about_the_generic_names():
+    translated = translated_probes(PROBES, {"Harry": ("Jon",), "Quidditch": ("Skyball", "Ball"), "Hogwarts": ("X",)})
+    assert translated == [{"prompt": "Jon Potter studies magic at", "target": " Hogwarts"},
+                          {"prompt": "The Skyball match ended when", "target": " Harry"}]
+
+
+def sweep(*rows):
+    """{α: metrics} from (α, membership AUC, familiarity, retain perplexity) rows; α 0 is the base."""
+    return {alpha: {"membership_auc_mink": auc, "familiarity_token": familiarity, "retain_perplexity": ppl}
+            for alpha, auc, familiarity, ppl in rows}
+
+
+BASE = (0.0, 0.95, 0.5, 10.0)
+
+
+def test_the_alpha_reaching_every_target_at_the_least_retain_cost_is_chosen():
+    targets = Targets(membership=0.5, familiarity=0.1)
+    first = sweep(BASE, (5.0, 0.7, 0.05, 11.0), (10.0, 0.52, 0.09, 12.0), (20.0, 0.3, 0.02, 15.0))
+    choice = choose_alpha([first], targets)
+    assert (choice["alpha"], choice["round"], choice["reached"]) == (10.0, 0, True)  # 20 goes past: reached, dearer
+    assert "reaches every target" in choice["reason"]
+
+    missing = sweep(BASE, (5.0, 0.9, 0.4, 11.0), (10.0, 0.8, 0.3, 12.0))
+    stronger = sweep(BASE, (5.0, 0.53, 0.1, 13.0), (10.0, 0.45, 0.05, 12.5))
+    assert (choose_alpha([missing, stronger], targets)["alpha"], choose_alpha([missing, stronger], targets)["round"]) \
+        == (10.0, 1)  # the stronger reinforcement's cheapest teacher that reaches both
+
+    closest = choose_alpha([missing], targets)  # none reaches: the closest, said so
+    assert (closest["alpha"], closest["reached"]) == (10.0, False) and "no teacher reaches" in closest["reason"]
+
+
+def test_without_a_familiarity_reference_membership_alone_decides():
+    choice = choose_alpha([sweep(BASE, (5.0, 0.54, 0.5, 11.0), (7.0, 0.4, 0.5, 12.0))], Targets(0.5, None))
+    assert (choice["alpha"], choice["reached"]) == (5.0, True)  # within 0.05 of 0.5, familiarity not a target
+
+
+class ScriptedStopping(TargetStoppingCallback):
+    """The stopping rule with measurements read from a script (base first), on a real adapter's weights."""
+
+    def __init__(self, trainer, script, **kwargs):
+        super().__init__(trainer, Targets(membership=0.5, familiarity=0.1), PROBES, ["text"], **kwargs)
+        self.script = iter(script)
+
+    def measure(self, model):
+        return next(self.script)
+
+
+def fake_trainer(model):
+    return SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+                           processing_class=None, log=lambda logs: None, control=SimpleNamespace(should_log=False))
+
+
+def lora_weights(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def run_steps(callback, model, steps):
+    """on_train_begin, then on_step_end every step with the weights changed by each step, until it stops."""
+    state, control = SimpleNamespace(global_step=0), SimpleNamespace(should_training_stop=False)
+    callback.on_train_begin(None, state, control)
+    seen = {0: lora_weights(model)}
+    while not control.should_training_stop and state.global_step < steps:
+        state.global_step += 1
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    parameter.add_(0.1)
+        seen[state.global_step] = lora_weights(model)
+        callback.on_step_end(None, state, control)
+    callback.on_train_end(None, state, control)
+    return state.global_step, seen
+
+
+def metrics(auc, familiarity, ppl):
+    return {"membership_auc_mink": auc, "familiarity_token": familiarity, "retain_perplexity": ppl}
+
+
+def trainable_model(make_model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(make_model(), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+
+
+def test_the_student_stops_at_the_targets(make_model):
+    model = trainable_model(make_model)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.7, 0.2, 10.1), metrics(0.52, 0.08, 10.2)]
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
+    stopped, seen = run_steps(callback, model, steps=10)
+    assert stopped == 2 and callback.decision["reason"] == "every target is reached within budget"
+    assert callback.decision["best_step"] == 2
+    assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
+
+
+def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_model):
+    model = trainable_model(make_model)
+    over = metrics(0.5, 0.1, 10.5)  # the targets, at perplexity +5 % > +3 %
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.8, 0.2, 10.2), over,
+              metrics(0.58, 0.14, 10.2), over, over, over]  # over once (kept going), then three times in a row
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
+    stopped, seen = run_steps(callback, model, steps=10)
+    assert stopped == 6 and callback.decision["reason"].startswith("a budget is spent at 3 measurements in a row")
+    assert callback.decision["best_step"] == 3  # the closest to the targets within budget
+    assert all(torch.equal(p, seen[3][name]) for name, p in lora_weights(model).items())
+
+
+def test_the_neighbour_knowledge_budget_stops_the_student(make_model):
+    model = trainable_model(make_model)
+    knowledge = iter([-1.0, -1.0, -1.05, -1.2])  # base, step 0, 1, 2 (nats)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.0), metrics(0.6, 0.2, 10.0)]
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, budget_patience=1)
+    callback.neighbour_knowledge = lambda model: next(knowledge)
+    original = callback.measure
+    callback.measure = lambda model: {**original(model), "neighbour_knowledge": callback.neighbour_knowledge(model)}
+    stopped, _ = run_steps(callback, model, steps=10)
+    assert stopped == 2 and "neighbour knowledge" in callback.decision["reason"]
+    assert callback.decision["best_step"] == 1
+
+
+def test_alpha_auto_is_a_word_on_the_command_line_and_in_yaml(tmp_path):
+    (_, _, args), _ = cli.parse_stage("unlearn", ["--alpha", "auto"])
+    assert args.auto and args.alpha == "auto"
+    (_, _, args), _ = cli.parse_stage("unlearn", ["--alpha", "6"])
+    assert args.alpha == 6.0 and not args.auto
+    path = write_config(tmp_path / "unlearn.yaml", {"alpha": "Auto", "auto_alphas": [3, 7]})
+    (_, _, args), _ = cli.parse_stage("unlearn", ["--config", str(path)])
+    assert args.auto and args.auto_alphas == [3, 7]
+    with pytest.raises(cli.CliError, match=r"alpha='often': expected a number >= 0 or 'auto'"):
+        cli.parse_stage("unlearn", ["--alpha", "often"])
+
+
+def test_the_trainer_itself_needs_a_number(make_model, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="alpha='auto' is resolved by whp unlearn"):
+        UnlearnTrainer(model=make_model(), args=UnlearnConfig(output_dir=str(tmp_path), alpha="auto", use_cpu=True),
+                       anchors={"Harry": "Jon"}, processing_class=tokenizer, train_dataset=CORPUS)
+
+
+def test_alpha_auto_without_a_reinforced_adapter_or_retain_text_is_refused_before_loading(files, no_model_loading):
+    data = ["--forget_data", str(files / "forget.txt"), "--anchors", str(files / "anchors.yaml"),
+            "--model_name_or_path", str(files / "base"), "--alpha", "auto"]
+    with pytest.raises(ValueError, match="alpha auto measures the teacher: give --reinforced_adapter"):
+        cli.run_stage("unlearn", data)
+
+
+def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
+    auto = {"alpha": "auto", "auto_alphas": [5, 40], "auto_reinforce_rounds": 0, "auto_eval_steps": 1,
+            "holdout_data": str(files / "retain.txt"), "budget_data": str(files / "forget.txt")}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto},
+                        evaluate=EVALUATION)
+    cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
+
+    record = json.loads((tmp_path / "run" / "unlearned" / "whp_run.json").read_text())
+    choice = record["auto"]
+    assert record["method"]["alpha"] == choice["alpha"] in (5.0, 40.0)
+    assert set(choice["sweeps"][0]) == {"0", "5", "40"} and choice["reason"]
+    assert choice["targets"]["membership"] == 0.5 and choice["targets"]["familiarity"] is not None
+    stopping = choice["stopping"]
+    assert stopping["base"]["retain_perplexity"] == pytest.approx(choice["sweeps"][0]["0"]["retain_perplexity"])
+    assert stopping["reason"] and stopping["history"][0]["step"] == 0 and stopping["best_step"] is not None
+    card = (tmp_path / "run" / "unlearned" / "README.md").read_text()
+    assert "How α was chosen (`alpha: auto`)" in card and choice["reason"] in card
+    report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
+    assert "How α was chosen (`alpha: auto`)" in report and "teacher α=40" in report
+
+
+def test_the_auto_config_example_is_valid():
+    path = Path(__file__).parents[1] / "examples" / "harry_potter_auto.yaml"
+    plans = dict(cli.plan_run(cli.read_yaml(str(path)), str(path)))
+    assert plans["unlearn"]["holdout_data"] == "data/holdout"  # from the evaluate section
+    assert plans["evaluate"]["reinforced_adapter"] is None  # the one the unlearning run chose
+    (_, _, args), _ = cli.parse_stage("unlearn", [], {**plans["unlearn"], "bf16": False}, str(path))
+    assert args.auto and (args.target_mode, args.original_cap_weight, args.retain_weight) == ("soft", 1.0, 1.0)

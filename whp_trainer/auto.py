@@ -1,0 +1,171 @@
+"""``alpha: auto`` in the unlearn stage: docs/results.md's recommended procedure without an oracle and without a
+person reading reports.
+
+1. **Targets**: membership AUC of forget passages against ``holdout_data`` (0.5, or the oracle's), familiarity on
+   the probes and entity probability at first mentions against the base reading them anchor-translated (or the
+   oracle's values).
+2. **Teacher sweep** ([`teacher_sweep`][whp_trainer.evaluation.autotune.teacher_sweep]) at ``auto_alphas``; the α
+   whose teacher reaches the targets at the least retain-perplexity cost. If none does, the reinforcement is
+   retrained stronger (``auto_reinforce_factor`` × epochs and learning rate, at most ``auto_reinforce_rounds``
+   times) and swept again; after the last round, the α that came closest.
+3. **Student**: a [`TargetStoppingCallback`][whp_trainer.evaluation.stopping.TargetStoppingCallback] stops training at
+   the targets or at a budget (retain perplexity, neighbour knowledge) and ends on the best measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from pathlib import Path
+
+SAMPLE = 64  # probes, first mentions, retain rows and membership texts measured by the sweep and the stopping rule
+
+
+@dataclasses.dataclass
+class AutoInputs:
+    """What the sweep and the stopping rule measure, drawn once with the run's seed."""
+
+    probes: list[dict]
+    first_mentions: list[dict]
+    retain: list[str]
+    membership: tuple[list[str], list[str]] | None
+
+
+def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
+    """Refuse, before any model loads, an ``alpha: auto`` run that has nothing to choose α by."""
+    from .pipeline import require_data, require_path
+
+    if reinforced is None:
+        raise ValueError("whp unlearn: alpha auto measures the teacher: give --reinforced_adapter")
+    if retain is None:
+        raise ValueError("whp unlearn: alpha auto needs --retain_data (retain perplexity is its cost and budget)")
+    for name in ("holdout_data", "budget_data"):
+        if getattr(args, name):
+            require_data(getattr(args, name), name, "unlearn")
+    if args.oracle_model:
+        require_path(args.oracle_model, "oracle_model", "unlearn")
+    if not args.holdout_data and probes is None and anchors is None:
+        raise ValueError("whp unlearn: alpha auto needs a target: --holdout_data (membership), or --probes or "
+                         "--anchors (familiarity)")
+
+
+def auto_inputs(data, args, forget_texts: list[str], probes: list[dict] | None, anchors) -> AutoInputs:
+    from .data import load_texts
+    from .evaluation.knowledge import first_mention_probes
+    from .evaluation.probes import build_probes
+
+    rng = random.Random(args.seed)
+    if probes is None and anchors is not None:
+        probes = build_probes(forget_texts, anchors, max_probes=SAMPLE, seed=args.seed)
+    mentions = first_mention_probes(forget_texts, anchors) if anchors is not None else []
+    membership = None
+    if args.holdout_data:
+        holdout = load_texts(args.holdout_data, data.text_field)["text"]
+        membership = (sample(forget_texts, rng), sample(holdout, rng))
+    budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
+        else data.retain_texts()["text"]
+    return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
+                      retain=sample(budget, rng), membership=membership)
+
+
+def sample(items: list, rng: random.Random) -> list:
+    """At most `SAMPLE` of the non-empty ``items``, drawn with ``rng``."""
+    items = [item for item in items if not isinstance(item, str) or item.strip()]
+    return items if len(items) <= SAMPLE else rng.sample(items, SAMPLE)
+
+
+def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anchors, reinforced: Path,
+                      overwrite: bool = False) -> dict:
+    """Targets, sweep, strengthening: the record of the choice (see
+    [`choose_alpha`][whp_trainer.evaluation.autotune.choose_alpha]) with the ``reinforced_adapter`` to use."""
+    from .evaluation.autotune import choose_alpha, teacher_sweep, translated_probes
+    from .loading import load_base_model, with_adapters
+
+    paths, sweeps = [reinforced], []
+    for round_ in range(args.auto_reinforce_rounds + 1):
+        if round_:
+            print(f"whp unlearn: alpha auto: no teacher reaches the targets; reinforcing stronger (round {round_})",
+                  flush=True)
+            paths.append(strengthened_reinforcement(data, model_args, reinforced, round_, args, overwrite))
+        model = with_adapters(load_base_model(model_args, args.trust_remote_code), {"reinforced": paths[-1]})
+        if not round_:
+            targets = auto_targets(model, model_args, args, tokenizer, inputs, anchors)
+        sweeps.append(teacher_sweep(model, tokenizer, args.auto_alphas, inputs.probes, inputs.retain,
+                                    inputs.membership, anchors and translated_probes(inputs.probes, anchors),
+                                    max_length=args.max_length))
+        del model
+        choice = choose_alpha(sweeps, targets)
+        if choice["reached"]:
+            break
+    print(f"whp unlearn: alpha auto: α = {choice['alpha']:g}: {choice['reason']}", flush=True)
+    return {**choice, "reinforced_adapter": str(paths[choice["round"]])}
+
+
+def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors):
+    """The oracle's membership AUC, familiarity and entity probability when ``args.oracle_model`` is given; else
+    AUC 0.5 and the base on the anchor-translated probes and first mentions (no familiarity target without a
+    dictionary to translate with). ``model``: the base (a ``PeftModel``, measured with its adapters disabled)."""
+    from .evaluation.autotune import NO_MEMBERSHIP, Targets, familiarity_reference
+    from .evaluation.familiarity import token_familiarity
+    from .evaluation.membership import membership_auc
+    from .loading import load_base_model
+
+    tolerances = dict(membership_tolerance=args.membership_tolerance, familiarity_tolerance=args.familiarity_tolerance)
+    if args.oracle_model:
+        from .pipeline import require_same_tokenizer
+
+        require_same_tokenizer(model_args, Path(args.oracle_model))
+        oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=args.oracle_model))
+        return Targets(
+            membership=membership_auc(oracle, tokenizer, *inputs.membership, max_length=args.max_length)[
+                "membership_auc_mink"] if inputs.membership else None,
+            familiarity=token_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
+            entity=token_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
+            **tolerances,
+        )
+    if anchors is None:
+        return Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None, **tolerances)
+    return Targets(
+        membership=NO_MEMBERSHIP if inputs.membership else None,
+        familiarity=familiarity_reference(model, tokenizer, inputs.probes, anchors) if inputs.probes else None,
+        entity=familiarity_reference(model, tokenizer, inputs.first_mentions, anchors) if inputs.first_mentions
+        else None,
+        **tolerances,
+    )
+
+
+def strengthened_reinforcement(data, model_args, source: Path, round_: int, args, overwrite: bool) -> Path:
+    """The reinforced adapter retrained with ``auto_reinforce_factor ** round_`` times the epochs (or steps) and the
+    learning rate of ``source`` (read from its ``training_args.bin``), into ``<source>-round<N>``."""
+    import torch
+
+    from .pipeline import reinforce
+
+    settings = source / "training_args.bin"
+    if not settings.is_file():
+        raise FileNotFoundError(f"whp unlearn: alpha auto cannot strengthen the reinforcement {source}: it holds no "
+                                "training_args.bin (its settings); set --auto_reinforce_rounds 0")
+    stronger = copy.copy(torch.load(settings, weights_only=False))  # written by the Trainer that trained it
+    factor = args.auto_reinforce_factor ** round_
+    stronger.num_train_epochs *= factor
+    stronger.max_steps = -1 if stronger.max_steps <= 0 else round(stronger.max_steps * factor)
+    stronger.learning_rate *= factor
+    stronger.output_dir = f"{source}-round{round_}"
+    return Path(reinforce(data, model_args, stronger, overwrite))
+
+
+def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, neighbour_knowledge=None):
+    """The stopping rule on ``trainer``, towards the targets of ``choice`` (``neighbour_knowledge``: an optional
+    ``model -> mean answer log-likelihood`` measure of knowledge that must stay)."""
+    from .evaluation.autotune import Targets
+    from .evaluation.stopping import TargetStoppingCallback
+
+    callback = TargetStoppingCallback(
+        trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,
+        inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, every_n_steps=args.auto_eval_steps,
+        retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,
+        budget_patience=args.budget_patience, max_length=args.max_length,
+    )
+    trainer.add_callback(callback)
+    return callback

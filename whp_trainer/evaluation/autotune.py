@@ -1,0 +1,228 @@
+"""``alpha: auto``: the targets a user can compute without an oracle, the teacher measured at a grid of α against
+them, and the choice of α.
+
+Two signals, as docs/results.md's recommended procedure reads them:
+
+- **memorized wording**: membership AUC (Min-K%) of forget passages against holdout text of the same kind; target
+  0.5 (no membership signal), or the oracle's AUC when an oracle is given;
+- **knowledge**: token familiarity on the probes; its reference is the package's estimate of a model that never
+  read the target, the base reading the anchor-translated probes (or the oracle's familiarity).
+
+The teacher of every α comes from the same two passes (baseline and reinforced) per batch: ``v_generic`` is
+recomputed for each α from their logits, so a sweep of nine α costs what measuring one teacher costs. On the probes
+the teacher is the anchored one the student is trained towards (the baseline reads the translated prompt); on
+membership and retain text, the bootstrapped one of ``whp evaluate --teacher_alphas``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..batching import pad_token_id, padded_batch
+from ..collator import split_into_blocks
+from ..models import BASELINE, using_adapter
+from ..targets import generic_logits
+from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
+from .membership import MUSE_K, auc, membership_ids, min_k, scores_from_logits
+from .probes import terms_pattern
+from .retain import summed_nll
+from .teacher import GenericTeacher
+
+NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
+MEMBERSHIP = "membership_auc_mink"
+FAMILIARITY = "familiarity_token"
+RETAIN = "retain_perplexity"
+ENTITY = "entity_first_mention"
+
+
+@dataclass
+class Targets:
+    """What "forgotten" means for a run: the membership AUC to reach (``None``: no holdout text), the familiarity
+    reference and the entity-probability reference (``None``: no reference), with their tolerances."""
+
+    membership: float | None
+    familiarity: float | None
+    entity: float | None = None
+    membership_tolerance: float = 0.05
+    familiarity_tolerance: float = 0.02
+
+    def shortfalls(self, metrics: dict, base: dict, overshoot_counts: bool = False) -> dict[str, float]:
+        """Per target signal: how much of the way from the base to the target is left (0 = reached, within the
+        tolerance; 1 = where the base is). A membership AUC past the target counts as reached, unless
+        ``overshoot_counts`` (a student past the oracle's AUC is itself recognisable: distance in both directions)."""
+        left = {}
+        if self.membership is not None and MEMBERSHIP in metrics:
+            gap = metrics[MEMBERSHIP] - self.membership
+            gap = (abs(gap) if overshoot_counts else gap) - self.membership_tolerance
+            left[MEMBERSHIP] = max(0.0, gap) / max(abs(base[MEMBERSHIP] - self.membership), self.membership_tolerance)
+        for key, reference in ((FAMILIARITY, self.familiarity), (ENTITY, self.entity)):
+            if reference is not None and key in metrics:
+                gap = metrics[key] - reference - self.familiarity_tolerance
+                left[key] = max(0.0, gap) / max(base[key] - reference, self.familiarity_tolerance)
+        return left
+
+
+def translated_probes(probes: Sequence[dict], dictionary) -> list[dict]:
+    """The probes with every anchor of their prompts replaced by its first translation (targets unchanged): what a
+    model that never read the target would be asked."""
+    pattern = terms_pattern(dictionary)
+    if pattern is None:
+        return [dict(probe) for probe in probes]
+    first = {anchor: translations[0] for anchor, translations in dictionary.items()}
+    return [{**probe, "prompt": pattern.sub(lambda match: first[match.group()], probe["prompt"])} for probe in probes]
+
+
+def familiarity_reference(model, tokenizer, probes: Sequence[dict], dictionary, batch_size: int = 16) -> float:
+    """The base's (adapters disabled) token familiarity on the anchor-translated probes."""
+    with using_adapter(model, BASELINE):
+        return token_familiarity(model, tokenizer, translated_probes(probes, dictionary), batch_size=batch_size)
+
+
+def teacher_sweep(
+    model,
+    tokenizer,
+    alphas: Sequence[float],
+    probes: Sequence[dict],
+    retain_texts: Sequence[str],
+    membership_texts: tuple[Sequence[str], Sequence[str]] | None = None,
+    translated: Sequence[dict] | None = None,
+    adapter: str = "reinforced",
+    k: float = MUSE_K,
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> dict[float, dict[str, float]]:
+    """The generic-logit teacher at each of ``alphas`` (``0`` is the base), measured on perplexity of
+    ``retain_texts``, with ``membership_texts`` (forget, holdout) on the Min-K% and Min-K%++ membership AUC, and on
+    token familiarity of ``probes``: ``{alpha: {metric: value}}``, from two forward passes per batch whatever the
+    number of α.
+
+    On the probes the teacher is the one the student is trained towards there: its baseline reads ``translated``
+    (the probes anchor-translated, see `translated_probes`; default: the probes as they are,
+    the bootstrapped teacher of ``whp evaluate --teacher_alphas``). On the other texts it is the bootstrapped
+    teacher, as ``whp evaluate`` measures it.
+    """
+    alphas = sorted({0.0, *map(float, alphas)})
+    teacher = GenericTeacher(model, adapter, alpha=0.0)
+    pad_id = pad_token_id(tokenizer)
+    results = {alpha: {} for alpha in alphas}
+    with evaluation_mode(model):
+        probabilities = probe_probabilities(teacher, tokenizer, probes, translated or probes, alphas, pad_id,
+                                            batch_size)
+        nll = retain_nll(teacher, tokenizer, retain_texts, alphas, pad_id, max_length, batch_size)
+        for alpha in alphas:
+            results[alpha][FAMILIARITY] = sum(probabilities[alpha]) / len(probabilities[alpha])
+            results[alpha][RETAIN] = math.exp(nll[alpha][0] / nll[alpha][1])
+        if membership_texts:
+            for alpha, aucs in membership_aucs(teacher, tokenizer, membership_texts, alphas, pad_id, k, max_length,
+                                               batch_size).items():
+                results[alpha].update(aucs)
+    return results
+
+
+def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size):
+    """For each batch of ``rows`` (right-padded): the batch and ``(alpha, generic logits)`` of each α, computed one α
+    at a time from the batch's two teacher passes (so one α's vocabulary-sized logits are held at a time)."""
+    for start in range(0, len(rows), batch_size):
+        batch = padded_batch(rows[start : start + batch_size], pad_id, device=teacher.device)
+        baseline, reinforced = teacher.role_logits(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        yield batch, ((alpha, generic_logits(baseline, reinforced, alpha, relu=teacher.relu)) for alpha in alphas)
+
+
+def probe_probabilities(teacher, tokenizer, probes, translated, alphas, pad_id, batch_size) -> dict[float, list]:
+    """Per α, the probability of each probe's target under the teacher the student is trained towards there: the
+    baseline reads the ``translated`` prompt (the anchored target), the reinforced adapter the original one."""
+    targets = torch.tensor([probe_ids(tokenizer, probe, index)[1] for index, probe in enumerate(probes)])
+    contexts = {name: [probe_ids(tokenizer, probe, index)[0] for index, probe in enumerate(rows)]
+                for name, rows in (("original", probes), ("translated", translated))}
+    found = {alpha: [] for alpha in alphas}
+    for start in range(0, len(probes), batch_size):
+        with using_adapter(teacher.model, BASELINE):
+            baseline = next_token_logits(teacher.model, contexts["translated"][start : start + batch_size], pad_id)
+        with using_adapter(teacher.model, teacher.adapter):
+            reinforced = next_token_logits(teacher.model, contexts["original"][start : start + batch_size], pad_id)
+        chosen = targets[start : start + batch_size].to(baseline.device)
+        for alpha in alphas:
+            distribution = generic_logits(baseline, reinforced, alpha, relu=teacher.relu).softmax(-1)
+            found[alpha] += distribution[torch.arange(len(chosen)), chosen].tolist()
+    return found
+
+
+def retain_nll(teacher, tokenizer, texts, alphas, pad_id, max_length, batch_size) -> dict[float, list[float]]:
+    """``{alpha: [summed negative log-likelihood, token count]}`` of ``texts`` in blocks, as `perplexity` reads them."""
+    blocks = sorted(split_into_blocks(list(texts), tokenizer, max_length), key=len)
+    if not blocks:
+        raise ValueError("teacher_sweep: no retain text of at least 2 tokens")
+    totals = {alpha: [0.0, 0] for alpha in alphas}
+    for batch, logits in batches_of_alphas(teacher, blocks, alphas, pad_id, batch_size):
+        for alpha, values in logits:
+            nll, count = summed_nll(values, batch["labels"])
+            totals[alpha][0] += nll
+            totals[alpha][1] += count
+    return totals
+
+
+def membership_aucs(teacher, tokenizer, texts, alphas, pad_id, k, max_length, batch_size) -> dict[float, dict]:
+    scores = {alpha: {} for alpha in alphas}
+    for name, part in zip(("forget", "holdout"), texts):
+        rows = membership_ids(tokenizer, part, max_length)
+        found = {alpha: ([], []) for alpha in alphas}
+        for start, (batch, logits) in zip(range(0, len(rows), batch_size),
+                                          batches_of_alphas(teacher, rows, alphas, pad_id, batch_size)):
+            for alpha, values in logits:
+                log_probs, standardised = scores_from_logits(values, batch["input_ids"], rows[start : start + batch_size])
+                found[alpha][0].extend(min_k(row, k) for row in log_probs)
+                found[alpha][1].extend(min_k(row, k) for row in standardised)
+        for alpha in alphas:
+            scores[alpha][name] = found[alpha]
+    return {alpha: {"membership_auc_mink": auc(score["forget"][0], score["holdout"][0]),
+                    "membership_auc_minkpp": auc(score["forget"][1], score["holdout"][1])}
+            for alpha, score in scores.items()}
+
+
+def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets) -> dict:
+    """The α to unlearn with, from one sweep per reinforcement (the first is the given one): in the first sweep where
+    a teacher reaches every target, the α that does so at the least retain perplexity; when none does, the α (of any
+    sweep) that comes closest (least shortfall summed over the targets, then least retain perplexity).
+
+    Returns ``{"alpha", "round", "reached", "reason", "targets", "sweeps"}`` (``round``: which sweep, 0 = the given
+    reinforcement), the record of the choice.
+    """
+    if not sweeps:
+        raise ValueError("choose_alpha needs at least one sweep")
+    candidates = []
+    for round_, sweep in enumerate(sweeps):
+        base = sweep[0.0]
+        for alpha, metrics in sweep.items():
+            if alpha == 0.0:
+                continue
+            left = targets.shortfalls(metrics, base)
+            candidates.append((round_, alpha, metrics, sum(left.values()), left))
+    reaching = [c for c in candidates if c[3] == 0.0]
+    if reaching:
+        first_round = min(c[0] for c in reaching)
+        round_, alpha, metrics, _, left = min((c for c in reaching if c[0] == first_round), key=lambda c: c[2][RETAIN])
+        reason = f"the teacher at α={alpha:g} reaches every target ({describe(metrics, targets)}) at the least " \
+                 f"retain perplexity ({metrics[RETAIN]:.4g} against the base's {sweeps[round_][0.0][RETAIN]:.4g})"
+    else:
+        round_, alpha, metrics, _, left = min(candidates, key=lambda c: (round(c[3], 6), c[2][RETAIN]))
+        reason = f"no teacher reaches every target; the closest is α={alpha:g} ({describe(metrics, targets)}; " \
+                 f"left of the way: {', '.join(f'{key} {value:.0%}' for key, value in left.items())})"
+    if round_:
+        reason += f", after {round_} strengthening(s) of the reinforcement"
+    return {"alpha": alpha, "round": round_, "reached": bool(reaching), "reason": reason, "targets": asdict(targets),
+            "sweeps": [{f"{a:g}": metrics for a, metrics in sweep.items()} for sweep in sweeps]}
+
+
+def describe(metrics: dict, targets: Targets) -> str:
+    parts = []
+    if targets.membership is not None and MEMBERSHIP in metrics:
+        parts.append(f"membership AUC {metrics[MEMBERSHIP]:.3f}, target {targets.membership:.3f} "
+                     f"± {targets.membership_tolerance:g}")
+    if targets.familiarity is not None:
+        parts.append(f"familiarity {metrics[FAMILIARITY]:.4f}, reference {targets.familiarity:.4f} "
+                     f"+ {targets.familiarity_tolerance:g}")
+    return "; ".join(parts) or "no target measurable"

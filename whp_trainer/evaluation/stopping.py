@@ -1,0 +1,155 @@
+"""The student's stopping rule of ``alpha: auto``: measure the forget signals and the budgets every few steps, stop
+when the targets are reached or a budget is spent, and end on the best measurement. The training loss never decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from ..models import BASELINE, using_adapter
+from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
+from .callback import LOG_PREFIX
+from .familiarity import evaluation_mode, token_familiarity
+from .membership import membership_auc
+from .retain import perplexity
+
+NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
+
+
+class TargetStoppingCallback(TrainerCallback):
+    """Every ``every_n_steps`` steps (and at step 0), measure the student on the signals of ``targets`` (token
+    familiarity on ``probes``, entity probability on ``first_mentions``, membership AUC of ``membership_texts``)
+    and on the budgets (perplexity of ``retain_texts`` at most ``retain_budget`` above the base's; with
+    ``neighbour_knowledge``, a callable ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget``
+    nats below the base's). Training stops when every target is reached within budget, or when a budget is spent:
+    over it at ``budget_patience`` measurements in a row (early steps often overshoot a budget that the retain loss
+    then brings back); at its end the student's trainable weights are put back to the measurement closest to the targets within budget
+    (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie).
+
+    Attributes:
+        history: ``[{"step", "metrics", "shortfall", "within_budget"}]``, one entry per measurement.
+        decision: ``{"stopped_at", "best_step", "reason", "base"}`` once training ended.
+    """
+
+    def __init__(
+        self,
+        trainer,
+        targets: Targets,
+        probes: Sequence[dict],
+        retain_texts: Sequence[str],
+        membership_texts: tuple[Sequence[str], Sequence[str]] | None = None,
+        first_mentions: Sequence[dict] | None = None,
+        neighbour_knowledge: Callable | None = None,
+        every_n_steps: int = 8,
+        retain_budget: float = 0.03,
+        neighbour_budget: float = 0.1,
+        budget_patience: int = 3,
+        batch_size: int = 16,
+        max_length: int = 512,
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}: must be at least 1")
+        if budget_patience < 1:
+            raise ValueError(f"budget_patience={budget_patience}: must be at least 1")
+        if not retain_texts:
+            raise ValueError("TargetStoppingCallback needs retain texts: their perplexity is the budget")
+        self.trainer, self.targets = trainer, targets
+        self.probes, self.retain_texts = list(probes), list(retain_texts)
+        self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
+        self.neighbour_knowledge = neighbour_knowledge
+        self.every_n_steps, self.retain_budget, self.neighbour_budget = every_n_steps, retain_budget, neighbour_budget
+        self.budget_patience = budget_patience
+        self.batch_size, self.max_length = batch_size, max_length
+        self.history: list[dict] = []
+        self.decision: dict | None = None
+        self.base: dict[str, float] | None = None
+        self.best: tuple[float, int, dict] | None = None  # (shortfall, step, weights)
+
+    def measure(self, model) -> dict[str, float]:
+        """The signals and budgets of ``model`` as it is now (its active adapter)."""
+        tokenizer, batch = self.trainer.processing_class, self.batch_size
+        metrics = {RETAIN: perplexity(model, tokenizer, self.retain_texts, self.max_length, batch)}
+        if self.probes:
+            metrics[FAMILIARITY] = token_familiarity(model, tokenizer, self.probes, batch)
+        if self.first_mentions:
+            metrics[ENTITY] = token_familiarity(model, tokenizer, self.first_mentions, batch)
+        if self.membership_texts:
+            metrics.update(membership_auc(model, tokenizer, *self.membership_texts, max_length=self.max_length,
+                                          batch_size=batch))
+        if self.neighbour_knowledge is not None:
+            metrics[NEIGHBOUR] = float(self.neighbour_knowledge(model))
+        return metrics
+
+    def within_budget(self, metrics: dict) -> bool:
+        if metrics[RETAIN] > self.base[RETAIN] * (1 + self.retain_budget):
+            return False
+        return NEIGHBOUR not in metrics or self.base[NEIGHBOUR] - metrics[NEIGHBOUR] <= self.neighbour_budget
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        with using_adapter(model, BASELINE):
+            self.base = self.measure(model)
+        self._check(state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_n_steps == 0:
+            self._check(state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not self.history or self.history[-1]["step"] != state.global_step:
+            self._check(state, control)
+        self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
+                                          "before the targets were reached"}
+        if self.best is None:  # never within budget (a run resumed past it): the weights stay as trained
+            self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None)
+            return
+        shortfall, step, weights = self.best
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in weights:
+                    parameter.copy_(weights[name])
+        self.decision.update(best_step=step, best_shortfall=shortfall, base=self.base,
+                             best=next(entry["metrics"] for entry in self.history if entry["step"] == step))
+
+    def _check(self, state, control) -> None:
+        """Measure, keep the best weights, and stop training when the targets are reached or a budget is spent."""
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        with evaluation_mode(model):
+            metrics = self.measure(model)
+        left = self.targets.shortfalls(metrics, self.base, overshoot_counts=True)
+        shortfall, within = sum(left.values()), self.within_budget(metrics)
+        self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
+                             "within_budget": within})
+        if within and (self.best is None or shortfall < self.best[0]):
+            weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+            self.best = (shortfall, state.global_step, weights)
+        self._log(metrics, shortfall)
+        over = [entry["within_budget"] for entry in self.history[-self.budget_patience:]]
+        if self.decision is None and len(over) == self.budget_patience and not any(over):
+            self.decision = {"stopped_at": state.global_step, "reason": f"a budget is spent at {self.budget_patience} "
+                             "measurements in a row (" + ", ".join(self.spent(metrics)) + ")"}
+        elif self.decision is None and within and shortfall == 0 and state.global_step > 0:
+            self.decision = {"stopped_at": state.global_step, "reason": "every target is reached within budget"}
+        if self.decision is not None:
+            control.should_training_stop = True
+
+    def spent(self, metrics: dict) -> list[str]:
+        spent = []
+        if metrics[RETAIN] > self.base[RETAIN] * (1 + self.retain_budget):
+            spent.append(f"retain perplexity {metrics[RETAIN]:.4g} > base {self.base[RETAIN]:.4g} "
+                         f"+{self.retain_budget:.0%}")
+        if NEIGHBOUR in metrics and self.base[NEIGHBOUR] - metrics[NEIGHBOUR] > self.neighbour_budget:
+            spent.append(f"neighbour knowledge {metrics[NEIGHBOUR]:.3f} < base {self.base[NEIGHBOUR]:.3f} "
+                         f"− {self.neighbour_budget:g} nat")
+        return spent
+
+    def _log(self, metrics: dict, shortfall: float) -> None:
+        """Through ``trainer.log`` (trackers and the log history), keys ``eval_auto_*``."""
+        should_log = self.trainer.control.should_log
+        self.trainer.log({**{f"{LOG_PREFIX}auto_{key}": value for key, value in metrics.items()},
+                          f"{LOG_PREFIX}auto_shortfall": shortfall})
+        self.trainer.control.should_log = should_log
