@@ -218,3 +218,33 @@ def test_the_auto_config_example_is_valid():
     assert plans["evaluate"]["reinforced_adapter"] is None  # the one the unlearning run chose
     (_, _, args), _ = cli.parse_stage("unlearn", [], {**plans["unlearn"], "bf16": False}, str(path))
     assert args.auto and (args.target_mode, args.original_cap_weight, args.retain_weight) == ("soft", 1.0, 1.0)
+
+
+def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_model, tokenizer, tmp_path):
+    from whp_trainer.auto import AutoInputs, stop_at_targets
+    from whp_trainer.evaluation.knowledge import answer_loglikelihood
+
+    rows = [{"prompt": "The cat sat on the", "answer": "mat"}, {"question": "Where did Jon go?",
+                                                                 "true_answer": "the Mystic Academy", "false_answer": "home"}]
+    path = tmp_path / "neighbour.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    model = trainable_model(make_model)
+    trainer = fake_trainer(model)
+    trainer.callback_handler = SimpleNamespace(callbacks=[])
+    trainer.add_callback = trainer.callback_handler.callbacks.append
+    args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, retain_budget=0.03,
+                           neighbour_budget=0.1, budget_patience=1)
+    choice = {"targets": {"membership": None, "familiarity": 0.1}}
+    callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
+    assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
+                                                                                     max_length=32))
+
+
+def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_path):
+    from whp_trainer.auto import check_auto_inputs
+
+    path = tmp_path / "neighbour.jsonl"
+    path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"\n')
+    args = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=str(path))
+    with pytest.raises(ValueError, match=r"neighbour\.jsonl.*line 2"):
+        check_auto_inputs(args, reinforced="r", retain="x", probes=[{}], anchors=None)

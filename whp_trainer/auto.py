@@ -45,6 +45,10 @@ def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
             require_data(getattr(args, name), name, "unlearn")
     if args.oracle_model:
         require_path(args.oracle_model, "oracle_model", "unlearn")
+    if args.neighbour_knowledge:
+        from .evaluation.knowledge import load_knowledge
+
+        load_knowledge(args.neighbour_knowledge)  # its errors name the file and line, before any model loads
     if not args.holdout_data and probes is None and anchors is None:
         raise ValueError("whp unlearn: alpha auto needs a target: --holdout_data (membership), or --probes or "
                          "--anchors (familiarity)")
@@ -155,11 +159,19 @@ def strengthened_reinforcement(data, model_args, source: Path, round_: int, args
     return Path(reinforce(data, model_args, stronger, overwrite))
 
 
-def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, neighbour_knowledge=None):
-    """The stopping rule on ``trainer``, towards the targets of ``choice`` (``neighbour_knowledge``: an optional
-    ``model -> mean answer log-likelihood`` measure of knowledge that must stay)."""
+def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=None):
+    """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``args.neighbour_knowledge``, the
+    mean answer log-likelihood of those rows is a budget too."""
     from .evaluation.autotune import Targets
+    from .evaluation.knowledge import answer_loglikelihood, load_knowledge
     from .evaluation.stopping import TargetStoppingCallback
+
+    neighbour_knowledge = None
+    if args.neighbour_knowledge:
+        rows = load_knowledge(args.neighbour_knowledge)
+
+        def neighbour_knowledge(model):
+            return answer_loglikelihood(model, tokenizer, rows, max_length=args.max_length)
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,

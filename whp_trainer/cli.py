@@ -76,7 +76,7 @@ COMMANDS = {
         "Redo stages whose outputs were made otherwise.",
     ),
 }
-AUTO_REFERENCES = ("holdout_data", "oracle_model")  # evaluate options that alpha auto reads too
+AUTO_REFERENCES = ("holdout_data", "oracle_model", "neighbour_knowledge")  # evaluate options alpha auto reads too
 NUMBER_OR_WORD = {"alpha": "auto"}  # options typed `float | str` (a number or this word): TrlParser reads numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
@@ -91,7 +91,8 @@ output_dir (stage outputs go to its reinforced/, unlearned/, evaluation/), model
 (DataArguments options); each stage section takes that stage's options (whp STAGE --help). A stage whose output
 is current is skipped; an interrupted one resumes from its last complete checkpoint. With `alpha: auto` in the
 unlearn section, the unlearn stage chooses α (teacher sweep, stronger reinforcement if needed) and stops the
-student at the targets; it reads holdout_data and oracle_model from the evaluate section unless given its own.
+student at the targets; it reads holdout_data, oracle_model and neighbour_knowledge from the evaluate section
+unless given its own.
 
 options:
   --overwrite           redo stages whose output_dir holds a run with other settings (deleting only what that

@@ -124,6 +124,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "alpha auto: a model of the same tokenizer that never read the target; its membership AUC "
                   "and familiarity become the targets (default: AUC 0.5, the base on anchor-translated probes)."},
     )
+    neighbour_knowledge: str | None = field(
+        default=None,
+        metadata={"help": "alpha auto: knowledge that must stay ({question, true_answer, false_answer} or "
+                  "{prompt, answer} rows, .jsonl/.json/.csv); the student stops once its mean answer log-likelihood "
+                  "falls more than neighbour_budget below the base's."},
+    )
     budget_data: str | None = field(
         default=None,
         metadata={"help": "alpha auto: ordinary text whose perplexity is the cost of a teacher and the student's "

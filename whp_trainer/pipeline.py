@@ -173,7 +173,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         file_digest(reinforced), anchors and anchors.content_hash, probes,
         data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
         *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
-           file_digest(args.oracle_model)) if args.auto else ()),
+           file_digest(args.oracle_model), data_digest(args.neighbour_knowledge, None, "train")) if args.auto else ()),
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir
@@ -204,7 +204,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
         retain_blocks = text_blocks(data.retain_texts()["text"], tokenizer, args.max_length) if retain else None
         familiarity_monitor(trainer, probes, retain_blocks)
-    stopping = stop_at_targets(trainer, choice, inputs, args) if choice else None
+    stopping = stop_at_targets(trainer, choice, inputs, args, tokenizer) if choice else None
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     if stopping:
         trainer.auto_choice = {**choice, "stopping": {**stopping.decision, "history": stopping.history}}
