@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 
 from ..batching import padded_batch
+from ..collator import text_blocks
 from ..toy import tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "3"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text
+GENERATOR_VERSION = "4"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
+# 4: pretraining reads blocks of running text, as the stages do
 
 # The saga's characters: (first name, surname) → generic first names (one per translation) and a generic surname.
 CHARACTERS = {
@@ -384,7 +386,8 @@ def write_assets(assets: DemoAssets, size: str) -> None:
     tokenizer = train_tokenizer(texts.saga + texts.ordinary, vocab_size=spec.vocab_size)
     tokenizer.save_pretrained(assets.tokenizer_dir)
     probabilities = {}
-    pretraining = {assets.base_model_dir: texts.saga + texts.ordinary, assets.oracle_model_dir: texts.ordinary}
+    saga, ordinary = (running_blocks(body, tokenizer) for body in (texts.saga, texts.ordinary))
+    pretraining = {assets.base_model_dir: saga + ordinary, assets.oracle_model_dir: ordinary}
     for folder, corpus in pretraining.items():
         model = tiny_llama(tokenizer, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads)
         with one_thread():
@@ -410,8 +413,14 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+def running_blocks(paragraphs: list[str], tokenizer, block_size: int = 128) -> list[str]:
+    """The paragraphs as one document of running text, cut into blocks of ``block_size`` tokens: what the stages
+    read (the demo trains with ``max_length`` 128), so the base and the oracle are pretrained on the same kind."""
+    return text_blocks(["\n\n".join(paragraphs)], tokenizer, block_size)
+
+
 def pretrain(model, tokenizer, texts: list[str], spec: DemoSize, seed: int = 0) -> None:
-    """Plain causal-LM training, one paragraph per sequence, AdamW with linear warm-up and cosine decay."""
+    """Plain causal-LM training, one text per sequence, AdamW with linear warm-up and cosine decay."""
     sequences = [tokenizer(text)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
     steps_per_epoch = math.ceil(len(sequences) / spec.batch_size)
     total = steps_per_epoch * spec.epochs
