@@ -25,6 +25,7 @@ from .data import check_source, is_hub_id, load_texts
 from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
+    require_stage_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -267,6 +268,8 @@ def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = F
     recorded (checked against its hash), and is loaded for the ``teacher`` too. A role without its adapter is
     skipped with a note; none at all is an error."""
     unlearned = require_adapter(data.unlearned_adapter, "unlearned_adapter", "evaluate") if data.unlearned_adapter else None
+    if unlearned is not None:  # a reinforce output or an unfinished run is not "unlearned"; an adapter made elsewhere is
+        require_stage_output(unlearned, ("unlearn",), "whp evaluate --unlearned_adapter", unmarked=True)
     reinforced = data.reinforced_adapter
     if reinforced is None and unlearned is not None:
         reinforced = recorded_reinforced_adapter(unlearned)

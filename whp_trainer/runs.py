@@ -309,6 +309,29 @@ def is_this_process(holder: dict) -> bool:
         holder.get("started") == process_start(os.getpid())
 
 
+def require_stage_output(folder: str | os.PathLike, stages: tuple[str, ...], use: str, unmarked: bool = False) -> None:
+    """Refuse ``folder`` for ``use`` (e.g. ``"whp push"``) unless its marker says it is the finished output of one of
+    ``stages``; a folder without a marker passes only when ``unmarked`` (the caller found another proof). The error
+    says what the folder is."""
+    folder = Path(folder)
+    marker = read_marker(folder)
+    wanted = " or ".join(f"`whp {stage}`" for stage in stages)
+    if marker is None and unmarked:
+        return
+    if marker is None:
+        what = "is no output of whp (no whp_stage.json): a plain model or adapter"
+    elif marker.get("stage") not in stages:
+        what = f"is the output of `whp {marker.get('stage')}`"
+        if marker.get("stage") == "reinforce":
+            what += ": the REINFORCED adapter, which knows MORE about the forget target than the base"
+    elif not marker["finished"]:
+        what = (f"holds a `whp {marker['stage']}` run that never finished (killed or failed: no {STAGE_FILE}); "
+                "run the same command again to finish it")
+    else:
+        return
+    raise ValueError(f"{use}: {folder} {what}; {use} takes only the finished output of {wanted}")
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-N`` whose trainer state was written (the Trainer writes it last); None if none.
 
@@ -362,8 +385,29 @@ def record_reinforced_adapter(folder: str | os.PathLike, source: str | os.PathLi
     record = {
         "source": None if source is None else str(Path(source).resolve()) if local else str(source),
         "sha256": adapter_digest(source) if local else None,
+        "files": sorted(adapter_file_fingerprints(source)) if local else [],
     }
     (Path(folder) / REINFORCED_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def adapter_file_fingerprints(folder: str | os.PathLike | None) -> set[tuple[int, str]]:
+    """``(size, sha256)`` of each weight file of an adapter folder (empty for a Hub id or no folder): what an upload
+    compares every file with, so that the weights leave under no name."""
+    if folder is None or not Path(folder).is_dir():
+        return set()
+    return {(path.stat().st_size, file_digest(path)) for path in Path(folder).glob("adapter_model.*") if path.is_file()}
+
+
+def reinforced_fingerprints(folder: str | os.PathLike) -> set[tuple[int, str]]:
+    """The weight files of the reinforced adapter an unlearning run in ``folder`` recorded (as recorded, and as its
+    source holds them now)."""
+    path = Path(folder) / REINFORCED_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    recorded = {(int(size), str(digest)) for size, digest in record.get("files") or []}
+    return recorded | adapter_file_fingerprints(record.get("source"))
 
 
 def recorded_reinforced_adapter(folder: str | os.PathLike) -> str | None:
