@@ -29,6 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .config import UnlearnConfig
+from .evaluation.callback import PROBE_NAMES_FILE
 from .evaluation.markdown import COMPARED, evaluation_markdown
 from .evaluation.report import evaluation_record
 from .record import (
@@ -36,7 +37,7 @@ from .record import (
 )
 from .runs import (
     MARKERS, REINFORCED_RECORD, begin_stage, file_digest, finish_stage, fingerprint, recorded_reinforced_adapter,
-    reinforced_fingerprints, require_stage_output,
+    content_digest, reinforced_fingerprints, require_stage_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -433,7 +434,7 @@ def upload_operations(folder: Path, include_reinforced: bool, reinforced_subfold
     with `include_reinforced`."""
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     ignored = ["checkpoint-*", *local_only_patterns(reinforced_subfolder)]
-    files = filter_repo_objects(files, ignore_patterns=ignored)
+    files = list(filter_repo_objects(files, ignore_patterns=ignored))
     excluded = content_excluded(folder, files, token, reinforced_fingerprints(folder))
     operations = [
         CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(folder / relative))
@@ -450,7 +451,7 @@ def content_excluded(folder: Path, files, token: str | None, reinforced: set[tup
     excluded = {}
     for relative in files:
         path = folder / relative
-        if path.stat().st_size in sizes and (path.stat().st_size, file_digest(path)) in reinforced:
+        if path.stat().st_size in sizes and (path.stat().st_size, content_digest(path)) in reinforced:
             excluded[relative] = "it holds the reinforced adapter's weights"
         elif token and holds_bytes(path, token.encode()):
             excluded[relative] = "it holds the Hub token of this upload"
@@ -498,12 +499,12 @@ def reinforced_operations(folder: Path, reinforced_subfolder: str) -> list[Commi
 
 
 def local_only_patterns(reinforced_subfolder: str = REINFORCED_SUBFOLDER) -> list[str]:
-    """What no upload may send (fnmatch patterns, as `huggingface_hub` applies them): the reinforced adapter (it
-    knows MORE about the target than the base), optimizer state, and whp's local records (markers, the reinforced
-    adapter's local path)."""
+    """What no upload may send (fnmatch patterns, as `huggingface_hub` applies them): the reinforced adapter under any
+    `reinforced/` folder (it knows MORE about the target than the base), optimizer state, and whp's local records
+    (markers, the reinforced adapter's local path, the probe prompts behind the next-token metrics)."""
     folders = dict.fromkeys([reinforced_subfolder, REINFORCED_SUBFOLDER])  # at any depth
     return [*(f"{name}/*" for name in folders), *(f"*/{name}/*" for name in folders), *OPTIMIZER_STATE_PATTERNS,
-            REINFORCED_RECORD, *MARKERS, ".*"]
+            REINFORCED_RECORD, PROBE_NAMES_FILE, *MARKERS, ".*"]
 
 
 def extra_operations(dictionary_file, eval_report) -> list[CommitOperationAdd]:

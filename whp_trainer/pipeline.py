@@ -183,6 +183,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     (``--oracle_model``) and the generic-logit teacher, into ``config.output_dir`` (an
     [`EvaluateConfig`][whp_trainer.evaluation.EvaluateConfig]); returns that folder."""
     from .evaluation import evaluate_model, write_report
+    from .evaluation.callback import read_probe_names
     from .evaluation.knowledge import load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
     from .evaluation.trackers import log_to_trackers
@@ -233,7 +234,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"],
     )
-    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
+    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
+                 probe_names=read_probe_names(data.unlearned_adapter))
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
                     plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)

@@ -395,7 +395,16 @@ def adapter_file_fingerprints(folder: str | os.PathLike | None) -> set[tuple[int
     compares every file with, so that the weights leave under no name."""
     if folder is None or not Path(folder).is_dir():
         return set()
-    return {(path.stat().st_size, file_digest(path)) for path in Path(folder).glob("adapter_model.*") if path.is_file()}
+    return {(path.stat().st_size, content_digest(path)) for path in Path(folder).glob("adapter_model.*") if path.is_file()}
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes alone (not its name)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def reinforced_fingerprints(folder: str | os.PathLike) -> set[tuple[int, str]]:
