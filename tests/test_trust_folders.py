@@ -3,13 +3,16 @@ only what the stage wrote, never writes over an edited file, and follows no link
 discovery never replaces a dictionary, and no run trains on candidates nobody reviewed."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
-from test_cli import files, run_main  # noqa: F401  (files is a fixture)
+from test_chat import familiar_server_reply
+from test_cli import TRAINING, files, run_config, run_main, write_config  # noqa: F401  (files is a fixture)
 from test_trust import unlearn_argv
 
+from whp_trainer.discover import Candidate, is_unedited_candidates, write_candidates
 from whp_trainer.runs import LOCK_FILE, STAGE_FILE, OutputFolderError, begin_stage, finish_stage, lock_owner
 
 
@@ -103,3 +106,44 @@ def test_no_deletion_outside_the_folder_whatever_the_marker_lists(tmp_path, entr
     with pytest.raises(OutputFolderError, match="outside .*deletes nothing outside"):
         begin_stage(out, "unlearn", "b", overwrite=True)
     assert victim.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------------- anchor discovery
+
+
+def discovery(files, output, *extra) -> list[str]:
+    return ["anchors", "--method", "llm", "--llm_url", "http://127.0.0.1:9/v1", "--forget_data",
+            str(files / "forget.txt"), "--output", str(output), *extra]
+
+
+def test_discovery_never_replaces_a_dictionary_a_review_or_an_input(files, tmp_path, capsys):
+    dictionary = tmp_path / "anchors.yaml"
+    shutil.copy(files / "anchors.yaml", dictionary)
+    error = run_main(capsys, *discovery(files, dictionary, "--overwrite"))
+    assert "was not written by whp anchors, or was edited since" in error
+    assert dictionary.read_text() == (files / "anchors.yaml").read_text()
+    error = run_main(capsys, *discovery(files, files / "forget.txt", "--overwrite"))
+    assert "is the run's --forget_data" in error
+
+    candidates = tmp_path / "anchors.candidates.yaml"
+    write_candidates(candidates, [Candidate("Hogwarts", ["Mystic Academy"])])
+    assert is_unedited_candidates(candidates)  # whp's own, unedited: --overwrite may replace it
+    candidates.write_text(candidates.read_text().replace("Mystic Academy", "Wizard School"))  # reviewed
+    assert not is_unedited_candidates(candidates)
+    error = run_main(capsys, *discovery(files, candidates, "--overwrite"))
+    assert "edited since" in error and "Wizard School" in candidates.read_text()
+
+
+def test_a_run_never_trains_on_candidates_nobody_reviewed(files, tmp_path, capsys, chat_server):
+    chat_server.reply = familiar_server_reply
+    run = tmp_path / "run"
+    config = run_config(files, run, anchors={"method": "llm", "llm_url": chat_server.url}, unlearn=TRAINING)
+    config["data"]["anchors"] = str(tmp_path / "reviewed.yaml")  # to be written by the user
+    config["data"].pop("probes")
+    path = write_config(tmp_path / "run.yaml", config)
+    error = run_main(capsys, "run", str(path))
+    assert f"review the candidates in {run / 'anchors.candidates.yaml'}" in error and "reviewed.yaml" in error
+    assert (run / "anchors.candidates.yaml").is_file() and not (tmp_path / "reviewed.yaml").exists()
+    assert not (run / "unlearned").exists()
+    error = run_main(capsys, "run", str(path))  # again, before the review: the candidates are kept, nothing trains
+    assert "review the candidates" in error and not (run / "unlearned").exists()

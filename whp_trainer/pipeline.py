@@ -309,8 +309,7 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
     from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
     require_data(data.forget_data, "forget_data", "anchors")
-    if Path(args.output).exists() and not overwrite:
-        raise FileExistsError(f"whp anchors: {args.output} exists (it may hold your review); pass --overwrite")
+    check_candidates_output(Path(args.output), data, overwrite)
     statistics = args.method in ("statistics", "both")
     if statistics:
         require_adapter(data.reinforced_adapter, "reinforced_adapter", "anchors")
@@ -337,6 +336,25 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
         found.append(candidates_from_llm(target, generate))
     write_candidates(args.output, merge_candidates(*found))
     return args.output
+
+
+def check_candidates_output(output: Path, data: DataArguments, overwrite: bool) -> None:
+    """Discovery writes a new file, or (``overwrite``) replaces candidates it wrote that nobody edited since: never an
+    input of the run, never a dictionary or a review."""
+    from .discover import is_unedited_candidates
+
+    for argument in ("forget_data", "retain_data", "anchors", "probes", "reinforced_adapter", "unlearned_adapter"):
+        value = getattr(data, argument)
+        if value and Path(value).exists() and (Path(value).resolve() == output.resolve()
+                                               or Path(value).resolve() in output.resolve().parents):
+            raise FileExistsError(f"whp anchors: --output {output} is the run's --{argument}; choose a new file")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"whp anchors: {output} exists (it may hold your review); pass --overwrite")
+    if output.exists() and not is_unedited_candidates(output):
+        raise FileExistsError(
+            f"whp anchors: {output} was not written by whp anchors, or was edited since (a dictionary, or your "
+            "review): --overwrite replaces only candidates nobody edited. Choose a new --output"
+        )
 
 
 def export(args: PublishArguments, overwrite: bool = False) -> str:
