@@ -37,7 +37,7 @@ def masked_secrets(value, key: str = ""):
     holding a Hub token (``hf_…``) replaced by ``<SECRET>``, at any depth of dicts, lists and tuples; a copy."""
     if isinstance(value, dict):
         return {name: masked_secrets(item, str(name)) for name, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         return type(value)(masked_secrets(item) for item in value)
     if isinstance(value, str) and (SECRET_KEYS.search(key) or HUB_TOKEN.search(value)):
         return MASK

@@ -333,9 +333,11 @@ def push_to_hub(
 ):
     """Upload an `"adapter"` or `"merged"` folder to the Hub model repo `repo_id` in one commit.
 
-    Never uploads the reinforced adapter (it knows MORE about the target than the base) unless
-    `include_reinforced` (then the recorded one goes to `reinforced_subfolder`), nor optimizer state, whp's local
-    records, hidden entries or `checkpoint-*` folders (see `local_only_patterns`). `dictionary_file` and
+    Takes only what whp made to publish (see `check_publishable`): a finished unlearn output (or a folder
+    `UnlearnTrainer` saved) for `"adapter"`, a finished export for `"merged"`. Never uploads the reinforced adapter
+    (it knows MORE about the target than the base), whatever its name (`content_excluded`), unless
+    `include_reinforced` (then the recorded one goes to `reinforced_subfolder`), nor a file holding the token,
+    optimizer state, whp's local records, hidden entries or `checkpoint-*` folders (see `local_only_patterns`). `dictionary_file` and
     `eval_report` (a file, or a dict written as JSON) go under `whp/`; a report with `results` (as
     `whp evaluate` writes it) also puts them in the uploaded model card. The repo is created if absent
     (`private` applies only then), and the `revision` branch too. The token is `token`, else `HF_TOKEN` or
