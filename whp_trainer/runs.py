@@ -131,18 +131,20 @@ def prepare_stage(folder: Path, stage: str, print_: str, overwrite: bool) -> boo
                 "or pass --overwrite to delete that run's files and start from scratch"
             )
     (folder / STAGE_FILE).unlink(missing_ok=True)
-    started = {"stage": stage, "fingerprint": print_, "present": sorted(present_files(folder))}
+    present = {relative: file_stamp(folder / relative) for relative in present_files(folder)}
+    started = {"stage": stage, "fingerprint": print_, "present": present}
     (folder / STARTED_FILE).write_text(json.dumps(started), encoding="utf-8")
     return True
 
 
 def finish_stage(output_dir: str | os.PathLike, stage: str, print_: str) -> None:
     """Mark ``output_dir`` as the finished output of ``stage``, listing the files this stage wrote: those there now
-    that were not there when it (re)started (a user's file, or one left by a killed run, is never listed)."""
+    that were not there, or not so, when it (re)started (a file a user added, untouched since, is never listed)."""
     folder = Path(output_dir)
     started = read_marker(folder) or {}
-    before = set(started.get("present") or []) if not started.get("finished", True) else set()
-    files = {relative: file_stamp(folder / relative) for relative in present_files(folder) if relative not in before}
+    before = (started.get("present") or {}) if not started.get("finished", True) else {}
+    now = {relative: file_stamp(folder / relative) for relative in present_files(folder)}
+    files = {relative: stamp for relative, stamp in now.items() if before.get(relative) != stamp}
     record = {"stage": stage, "fingerprint": print_, "files": files}
     (folder / STAGE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
     (folder / STARTED_FILE).unlink(missing_ok=True)
