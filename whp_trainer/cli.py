@@ -293,7 +293,8 @@ def check_reviewed(command: str, values: dict, config: dict, path: str) -> None:
         return
     dictionary = values.get("anchors")
     if dictionary and not Path(dictionary).exists():
-        candidates = (config["anchors"] or {}).get("output") or Path(config.get("output_dir") or "whp-run") / "anchors.candidates.yaml"
+        root = Path(config.get("output_dir") or "whp-run")
+        candidates = (config["anchors"] or {}).get("output") or root / "anchors.candidates.yaml"
         raise CliError(
             f"{path}: data.anchors {dictionary} does not exist yet: review the candidates in {candidates} (keep, "
             f"translate or delete each entry), save the result as {dictionary}, and run again. Nothing trains on "

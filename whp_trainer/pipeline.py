@@ -347,7 +347,8 @@ def check_candidates_output(output: Path, data: DataArguments, overwrite: bool) 
         value = getattr(data, argument)
         if value and Path(value).exists() and (Path(value).resolve() == output.resolve()
                                                or Path(value).resolve() in output.resolve().parents):
-            raise FileExistsError(f"whp anchors: --output {output} is the run's --{argument}; choose a new file")
+            raise FileExistsError(f"whp anchors: --output {output} is (or is inside) the run's --{argument}; "
+                                  "choose a new file")
     if output.exists() and not overwrite:
         raise FileExistsError(f"whp anchors: {output} exists (it may hold your review); pass --overwrite")
     if output.exists() and not is_unedited_candidates(output):
