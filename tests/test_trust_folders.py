@@ -123,7 +123,7 @@ def test_discovery_never_replaces_a_dictionary_a_review_or_an_input(files, tmp_p
     assert "was not written by whp anchors, or was edited since" in error
     assert dictionary.read_text() == (files / "anchors.yaml").read_text()
     error = run_main(capsys, *discovery(files, files / "forget.txt", "--overwrite"))
-    assert "is the run's --forget_data" in error
+    assert "the run's --forget_data" in error
 
     candidates = tmp_path / "anchors.candidates.yaml"
     write_candidates(candidates, [Candidate("Hogwarts", ["Mystic Academy"])])
