@@ -18,6 +18,7 @@ from whp_trainer import UnlearnConfig, UnlearnTrainer, cli, pipeline
 from whp_trainer.anchors import AnchorDictionary
 from whp_trainer.arguments import DataArguments
 from whp_trainer.evaluation import EvaluateConfig, FamiliarityCallback, evaluate_model, write_report
+from whp_trainer.evaluation.callback import read_probe_names
 from whp_trainer.hub import build_model_card
 from whp_trainer.runs import record_reinforced_adapter
 
@@ -67,13 +68,13 @@ def test_the_callback_logs_at_step_0_every_n_steps_and_the_end(make_model, token
     assert model.training and model.active_adapter == "default" and trainable(model) == before
 
     trainer.train()
-    keys = ["eval_familiarity", "eval_retain_perplexity", "eval_p_next[Harry Potter studies][ magic]",
-            "eval_p_next[Harry Potter studies][ the]"]
+    keys = ["eval_familiarity", "eval_retain_perplexity", "eval_p_next[0][0]", "eval_p_next[0][1]"]  # no forget text
     logged = [entry for entry in trainer.state.log_history if "eval_familiarity" in entry]
     assert [entry["step"] for entry in logged] == [0, 2, 4, 5]
     assert [entry["step"] for entry in trainer.state.log_history if "loss" in entry] == [1, 2, 3, 4, 5]
     assert all(key in entry and math.isfinite(entry[key]) for entry in logged for key in keys)
     assert [entry["step"] for entry in callback.history] == [0, 2, 4, 5]
+    assert read_probe_names(tmp_path / "out")["eval_p_next[0][1]"] == ["Harry Potter studies", " the"]
     assert model.active_adapter == "default" and trainable(model) == before
 
 

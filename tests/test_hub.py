@@ -280,13 +280,14 @@ def test_merged_export_overwrite_replaces_only_its_own_files(run, tmp_path):
         export_merged(run["base_dir"], tmp_path, tmp_path / "other")
 
 
-def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, tmp_path):
+def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path):
     quantized = AutoModelForCausalLM.from_pretrained(
         run["base_dir"], quantization_config=BitsAndBytesConfig(load_in_4bit=True)
     )
     torch.manual_seed(3)
     model = get_peft_model(quantized, LoraConfig(**LORA))
     model.save_pretrained(tmp_path / "adapter4")
+    write_model_card(tmp_path / "adapter4", args, model_name="whp-tiny4")  # as UnlearnTrainer saves it
 
     with pytest.raises(ValueError, match="base_model is a quantized model"):
         export_merged(model.get_base_model(), tmp_path / "adapter4", tmp_path / "refused")
@@ -298,7 +299,7 @@ def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, tmp_path):
 
     assert not getattr(merged, "is_quantized", False)
     assert (out / "tokenizer.json").exists()  # none beside this adapter: the base's
-    assert not (out / "README.md").exists()  # PEFT's own card holds no run record to re-render (a warning says so)
+    assert "merged" in load_card(out / "README.md")[1]["tags"]  # the run record, re-rendered in the merged form
     expected = logits_of(full_precision, run["inputs"])
     torch.testing.assert_close(logits_of(merged, run["inputs"]), expected, rtol=1e-5, atol=1e-5)
 

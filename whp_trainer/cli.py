@@ -289,9 +289,26 @@ def run_config(argv: list[str]) -> None:
     for command, values in plans:  # every stage's options are checked before the first one runs
         parse_stage(command, [], values, f"{path} [{command}]")
     for command, values in plans:
+        check_reviewed(command, values, config, path)
         print(f"whp run: {command}", flush=True)
         extra = ["--overwrite"] if overwrite and COMMANDS[command].output else []  # marked outputs only
         run_stage(command, extra, values, f"{path} [{command}]")
+
+
+def check_reviewed(command: str, values: dict, config: dict, path: str) -> None:
+    """No stage of a run with an ``anchors`` section trains or evaluates on candidates nobody reviewed: before one
+    reads a ``data.anchors`` that does not exist yet, the run stops and says where the candidates are."""
+    if "anchors" not in config or command not in ("unlearn", "evaluate"):
+        return
+    dictionary = values.get("anchors")
+    if dictionary and not Path(dictionary).exists():
+        root = Path(config.get("output_dir") or "whp-run")
+        candidates = (config["anchors"] or {}).get("output") or root / "anchors.candidates.yaml"
+        raise CliError(
+            f"{path}: data.anchors {dictionary} does not exist yet: review the candidates in {candidates} (keep, "
+            f"translate or delete each entry), save the result as {dictionary}, and run again. Nothing trains on "
+            "candidates nobody reviewed."
+        )
 
 
 def apply_overrides(config: dict, overrides: list[str], path: str) -> dict:
@@ -340,10 +357,11 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
             options.setdefault("output_dir", str(outputs[stage]))
         if stage in ("export", "push"):
             plans.append((stage, {"folder": str(outputs["unlearn"]), **options}))
-        elif stage == "anchors":
-            if data.get("anchors") and Path(data["anchors"]).exists():
-                continue  # the reviewed dictionary is there: discovery is done
-            plans.append((stage, {**shared, "output": data.get("anchors") or str(root / "anchors.candidates.yaml"), **options}))
+        elif stage == "anchors":  # candidates go to their own file, never to the dictionary: the user reviews them
+            candidates = options.pop("output", None) or str(root / "anchors.candidates.yaml")
+            if data.get("anchors") and Path(data["anchors"]).exists() or Path(candidates).exists():
+                continue  # the reviewed dictionary is there, or candidates await their review: discovery is done
+            plans.append((stage, {**shared, "output": candidates, **options}))
         else:
             plans.append((stage, {**shared, **options}))
     return plans

@@ -4,6 +4,7 @@ configs are); and what both stages' configs share (auto bf16, Hub tokens kept ou
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,32 @@ def checked_alpha(alpha) -> float | str:
 
 class TokensNotPickled:
     """Pickling (the Trainer's ``torch.save`` of ``training_args.bin``, in every checkpoint) leaves out every
-    ``*_token`` field, so that no Hub token reaches a file that may be uploaded."""
+    ``*_token`` field, and ``to_dict`` (what TensorBoard, W&B and the other trackers log) shows none, so that no Hub
+    token reaches a file that may be uploaded; a secret inside another field (``model_init_kwargs={"token": ...}``,
+    a value that looks like a Hub token) is masked in both (see `masked_secrets`)."""
 
     def __getstate__(self):
-        return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
+        return {key: None if key.endswith("_token") else masked_secrets(value) for key, value in self.__dict__.items()}
+
+    def to_dict(self):
+        return masked_secrets(super().to_dict())
+
+
+SECRET_KEYS = re.compile(r"(^|_)(token|password|secret|api_key|apikey|authorization)$", re.IGNORECASE)
+HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+MASK = "<SECRET>"
+
+
+def masked_secrets(value, key: str = ""):
+    """``value`` with every string under a secret-like key (``token``, ``*_token``, ``password``, ``api_key``, …) or
+    holding a Hub token (``hf_…``) replaced by ``<SECRET>``, at any depth of dicts, lists and tuples; a copy."""
+    if isinstance(value, dict):
+        return {name: masked_secrets(item, str(name)) for name, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(masked_secrets(item) for item in value)
+    if isinstance(value, str) and (SECRET_KEYS.search(key) or HUB_TOKEN.search(value)):
+        return MASK
+    return value
 
 
 def auto_bf16_field():

@@ -19,6 +19,7 @@ before every entry has been reviewed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -317,12 +318,28 @@ HEADER = """\
 """
 
 
+SIGNATURE = "# written by whp anchors; any edit is a review, which whp never replaces: sha256 "
+
+
 def write_candidates(path: str | Path, candidates: Sequence[Candidate]) -> None:
-    """Write ``candidates`` as a YAML dictionary with one commented line per entry."""
+    """Write ``candidates`` as a YAML dictionary with one commented line per entry, signed on its last line with the
+    hash of the lines above (see `is_unedited_candidates`)."""
     lines = [HEADER.format(count=len(candidates))]
     for candidate in candidates:
         translations = candidate.translations
         value = json.dumps(translations[0] if len(translations) == 1 else translations or "", ensure_ascii=False)
         comment = f"  # {candidate.note}" if candidate.note else ""
         lines.append(f"{json.dumps(candidate.anchor, ensure_ascii=False)}: {value}{comment}\n")
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    body = "".join(lines)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(body + SIGNATURE + hashlib.sha256(body.encode()).hexdigest() + "\n", encoding="utf-8")
+
+
+def is_unedited_candidates(path: str | Path) -> bool:
+    """Whether ``path`` is a candidates file as `write_candidates` wrote it, not edited since (not yet a review)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    return last.startswith(SIGNATURE) and last.removeprefix(SIGNATURE) == hashlib.sha256(f"{body}\n".encode()).hexdigest()

@@ -29,6 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .config import UnlearnConfig
+from .evaluation.callback import PROBE_NAMES_FILE
 from .evaluation.markdown import COMPARED, auto_markdown, evaluation_markdown
 from .evaluation.report import evaluation_record
 from .loading import ModelArguments, load_base_model
@@ -37,6 +38,7 @@ from .record import (
 )
 from .runs import (
     MARKERS, REINFORCED_RECORD, begin_stage, file_digest, finish_stage, fingerprint, recorded_reinforced_adapter,
+    content_digest, reinforced_fingerprints, require_stage_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -256,6 +258,7 @@ def export_merged(
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"adapter_dir={str(adapter_dir)!r} has no adapter_config.json")
+    require_unlearned_adapter(adapter_dir, "whp export")
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
@@ -361,9 +364,11 @@ def push_to_hub(
 ):
     """Upload an `"adapter"` or `"merged"` folder to the Hub model repo `repo_id` in one commit.
 
-    Never uploads the reinforced adapter (it knows MORE about the target than the base) unless
-    `include_reinforced` (then the recorded one goes to `reinforced_subfolder`), nor optimizer state, whp's local
-    records, hidden entries or `checkpoint-*` folders (see `local_only_patterns`). `dictionary_file` and
+    Takes only what whp made to publish (see `check_publishable`): a finished unlearn output (or a folder
+    `UnlearnTrainer` saved) for `"adapter"`, a finished export for `"merged"`. Never uploads the reinforced adapter
+    (it knows MORE about the target than the base), whatever its name (`content_excluded`), unless
+    `include_reinforced` (then the recorded one goes to `reinforced_subfolder`), nor a file holding the token,
+    optimizer state, whp's local records, hidden entries or `checkpoint-*` folders (see `local_only_patterns`). `dictionary_file` and
     `eval_report` (a file, or a dict written as JSON) go under `whp/`; a report with `results` (as
     `whp evaluate` writes it) also puts them in the uploaded model card. The repo is created if absent
     (`private` applies only then), and the `revision` branch too. The token is `token`, else `HF_TOKEN` or
@@ -372,8 +377,10 @@ def push_to_hub(
     check_repo_id(repo_id)
     folder = Path(folder)
     check_folder_form(folder, form)
+    check_publishable(folder, form)
     token = resolve_token(token)
-    operations = upload_operations(folder, include_reinforced, reinforced_subfolder)
+    operations = upload_operations(folder, include_reinforced, reinforced_subfolder, token=token)
+    check_model_files_kept(folder, form, operations)
     operations += extra_operations(dictionary_file, eval_report)
     record = record_with_results(folder, eval_report)
     if record is not None:  # the uploaded record and card hold the report's results; the local files stay as they are
@@ -431,6 +438,19 @@ def check_folder_form(folder: Path, form: str) -> None:
         )
 
 
+def check_publishable(folder: Path, form: str) -> None:
+    """What a folder is decides whether it may leave: a finished unlearn (adapter) or a finished export (merged)."""
+    if form == "adapter":
+        require_unlearned_adapter(folder, "whp push")
+    else:
+        require_stage_output(folder, ("export",), "whp push --form merged")
+
+
+def require_unlearned_adapter(folder: Path, use: str) -> None:
+    """A finished `whp unlearn` output, or (no stage marker) a folder `UnlearnTrainer` saved: it holds its run record."""
+    require_stage_output(folder, ("unlearn",), use, unmarked=(folder / RECORD_FILE).is_file())
+
+
 def resolve_token(token: str | None) -> str:
     token = token or get_token()
     if not token:
@@ -440,16 +460,56 @@ def resolve_token(token: str | None) -> str:
     return token
 
 
-def upload_operations(folder: Path, include_reinforced: bool, reinforced_subfolder: str) -> list[CommitOperationAdd]:
+def upload_operations(folder: Path, include_reinforced: bool, reinforced_subfolder: str,
+                      token: str | None = None) -> list[CommitOperationAdd]:
     """One `CommitOperationAdd` per file of `folder` that belongs in the repo (sorted by path): nothing of
-    `local_only_patterns`, no `checkpoint-*` folder; the reinforced adapter only with `include_reinforced`."""
+    `local_only_patterns`, no `checkpoint-*` folder, nothing `content_excluded` finds; the reinforced adapter only
+    with `include_reinforced`."""
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     ignored = ["checkpoint-*", *local_only_patterns(reinforced_subfolder)]
+    files = list(filter_repo_objects(files, ignore_patterns=ignored))
+    excluded = content_excluded(folder, files, token, reinforced_fingerprints(folder))
     operations = [
         CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(folder / relative))
-        for relative in filter_repo_objects(files, ignore_patterns=ignored)
+        for relative in files if relative not in excluded
     ]
     return operations + (reinforced_operations(folder, reinforced_subfolder) if include_reinforced else [])
+
+
+def content_excluded(folder: Path, files, token: str | None, reinforced: set[tuple[int, str]]) -> dict[str, str]:
+    """The files (relative to `folder`) no upload may send whatever their name, with why: bytes equal to a weight
+    file of the reinforced adapter (`reinforced`: `(size, sha256)` pairs), or holding `token`. Each is named in a
+    warning."""
+    sizes = {size for size, _ in reinforced}
+    excluded = {}
+    for relative in files:
+        path = folder / relative
+        if path.stat().st_size in sizes and (path.stat().st_size, content_digest(path)) in reinforced:
+            excluded[relative] = "it holds the reinforced adapter's weights"
+        elif token and holds_bytes(path, token.encode()):
+            excluded[relative] = "it holds the Hub token of this upload"
+    for relative, why in excluded.items():
+        logger.warning("whp: %s/%s is not uploaded: %s", folder, relative, why)
+    return excluded
+
+
+def holds_bytes(path: Path, needle: bytes, block: int = 1 << 24) -> bool:
+    """Whether the file holds `needle` (read block by block, overlapping by its length)."""
+    tail = b""
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle):]
+    return False
+
+
+def check_model_files_kept(folder: Path, form: str, operations: list[CommitOperationAdd]) -> None:
+    """Refuse a push whose model weights were all held back (e.g. an adapter that is the reinforced one)."""
+    weights = ("adapter_model.*",) if form == "adapter" else ("*.safetensors", "*.bin")
+    if not list(filter_repo_objects([op.path_in_repo for op in operations if "/" not in op.path_in_repo],
+                                    allow_patterns=list(weights))):
+        raise ValueError(f"whp push: no model weights of {folder} may be uploaded (see the warnings above)")
 
 
 def reinforced_operations(folder: Path, reinforced_subfolder: str) -> list[CommitOperationAdd]:
@@ -472,10 +532,12 @@ def reinforced_operations(folder: Path, reinforced_subfolder: str) -> list[Commi
 
 
 def local_only_patterns(reinforced_subfolder: str = REINFORCED_SUBFOLDER) -> list[str]:
-    """What no upload may send (fnmatch patterns, as `huggingface_hub` applies them): the reinforced adapter (it
-    knows MORE about the target than the base), optimizer state, and whp's local records (markers, the reinforced
-    adapter's local path)."""
-    return [f"{reinforced_subfolder}/*", *OPTIMIZER_STATE_PATTERNS, REINFORCED_RECORD, *MARKERS, ".*"]
+    """What no upload may send (fnmatch patterns, as `huggingface_hub` applies them): the reinforced adapter under any
+    `reinforced/` folder (it knows MORE about the target than the base), optimizer state, and whp's local records
+    (markers, the reinforced adapter's local path, the probe prompts behind the next-token metrics)."""
+    folders = dict.fromkeys([reinforced_subfolder, REINFORCED_SUBFOLDER])  # at any depth
+    return [*(f"{name}/*" for name in folders), *(f"*/{name}/*" for name in folders), *OPTIMIZER_STATE_PATTERNS,
+            REINFORCED_RECORD, PROBE_NAMES_FILE, *MARKERS, ".*"]
 
 
 def extra_operations(dictionary_file, eval_report) -> list[CommitOperationAdd]:

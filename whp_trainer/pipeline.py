@@ -25,6 +25,7 @@ from .loading import gguf_file_of, load_base_model, load_tokenizer, lora_config,
 from .record import read_record
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
+    require_stage_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     (``--oracle_model``) and the generic-logit teacher, into ``config.output_dir`` (an
     [`EvaluateConfig`][whp_trainer.evaluation.EvaluateConfig]); returns that folder."""
     from .evaluation import evaluate_model, write_report
+    from .evaluation.callback import read_probe_names
     from .evaluation.knowledge import load_knowledge, load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
     from .evaluation.trackers import log_to_trackers
@@ -285,7 +287,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         paraphrased_probes=paraphrased, **full_precision,
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
-                 auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None)
+                 auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None,
+                 probe_names=read_probe_names(data.unlearned_adapter))
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
                     plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)
@@ -322,6 +325,8 @@ def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = F
     recorded (checked against its hash), and is loaded for the ``teacher`` too. A role without its adapter is
     skipped with a note; none at all is an error."""
     unlearned = require_adapter(data.unlearned_adapter, "unlearned_adapter", "evaluate") if data.unlearned_adapter else None
+    if unlearned is not None:  # a reinforce output or an unfinished run is not "unlearned"; an adapter made elsewhere is
+        require_stage_output(unlearned, ("unlearn",), "whp evaluate --unlearned_adapter", unmarked=True)
     reinforced = data.reinforced_adapter
     if reinforced is None and unlearned is not None:
         reinforced = recorded_reinforced_adapter(unlearned)
@@ -359,8 +364,7 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
     from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
     require_data(data.forget_data, "forget_data", "anchors")
-    if Path(args.output).exists() and not overwrite:
-        raise FileExistsError(f"whp anchors: {args.output} exists (it may hold your review); pass --overwrite")
+    check_candidates_output(Path(args.output), data, overwrite)
     statistics = args.method in ("statistics", "both")
     if statistics:
         require_adapter(data.reinforced_adapter, "reinforced_adapter", "anchors")
@@ -387,6 +391,26 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
         found.append(candidates_from_llm(target, generate))
     write_candidates(args.output, merge_candidates(*found))
     return args.output
+
+
+def check_candidates_output(output: Path, data: DataArguments, overwrite: bool) -> None:
+    """Discovery writes a new file, or (``overwrite``) replaces candidates it wrote that nobody edited since: never an
+    input of the run, never a dictionary or a review."""
+    from .discover import is_unedited_candidates
+
+    for argument in ("forget_data", "retain_data", "anchors", "probes", "reinforced_adapter", "unlearned_adapter"):
+        value = getattr(data, argument)
+        if value and Path(value).exists() and (Path(value).resolve() == output.resolve()
+                                               or Path(value).resolve() in output.resolve().parents):
+            raise FileExistsError(f"whp anchors: --output {output} is (or is inside) the run's --{argument}; "
+                                  "choose a new file")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"whp anchors: {output} exists (it may hold your review); pass --overwrite")
+    if output.exists() and not is_unedited_candidates(output):
+        raise FileExistsError(
+            f"whp anchors: {output} was not written by whp anchors, or was edited since (a dictionary, or your "
+            "review): --overwrite replaces only candidates nobody edited. Choose a new --output"
+        )
 
 
 def export(args: PublishArguments, overwrite: bool = False) -> str:

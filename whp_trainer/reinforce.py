@@ -65,9 +65,20 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
     bf16: bool | None = auto_bf16_field()
 
     def __post_init__(self):
+        refuse_push_to_hub(self)
         resolve_auto_bf16(self)
         super().__post_init__()
         check_max_steps(self)
+
+
+def refuse_push_to_hub(args: ReinforceConfig) -> None:
+    """The reinforced adapter is never uploaded: it knows MORE about the forget target than the base model."""
+    if args.push_to_hub:
+        raise ValueError(
+            "ReinforceConfig.push_to_hub=True: the reinforced adapter is never uploaded (it knows MORE about the "
+            "forget target than the base; anyone could load it and undo the unlearning). Push the unlearned model "
+            "instead: whp push --folder <the whp unlearn output>"
+        )
 
 
 def train_reinforced_adapter(

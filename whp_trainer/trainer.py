@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import logging
 import os
 from collections import defaultdict
+from pathlib import Path
 from unittest import mock
 
 import torch
 import transformers.trainer
 from datasets import Dataset
+from huggingface_hub import get_token
 from torch import nn
 from transformers import AutoTokenizer, Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -52,8 +55,8 @@ from .models import (
     prepare_unlearning_model,
     using_adapter,
 )
-from .hub import local_only_patterns, tracker_urls, write_model_card
-from .runs import last_complete_checkpoint, record_reinforced_adapter
+from .hub import content_excluded, local_only_patterns, tracker_urls, write_model_card
+from .runs import adapter_file_fingerprints, last_complete_checkpoint, record_reinforced_adapter
 from .targets import (
     IGNORE_INDEX,
     averaged_targets,
@@ -461,8 +464,10 @@ class UnlearnTrainer(Trainer):
         """Every ``upload_folder`` of the Trainer's push paths (all ``hub_strategy`` values) gets whp's ignore patterns.
         Patching fails loudly if transformers stops calling ``hf_api`` there, rather than uploading unfiltered."""
         ignored = local_only_patterns(self.args.reinforced_adapter_name)
+        excluded = functools.partial(content_excluded, token=self.args.hub_token or get_token(),
+                                     reinforced=adapter_file_fingerprints(self.reinforced_adapter))
         original = transformers.trainer.hf_api
-        with mock.patch.object(transformers.trainer, "hf_api", lambda: FilteredUploads(original(), ignored)):
+        with mock.patch.object(transformers.trainer, "hf_api", lambda: FilteredUploads(original(), ignored, excluded)):
             yield
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
@@ -520,18 +525,23 @@ def student_forward(model, inputs):
 
 
 class FilteredUploads:
-    """An ``HfApi`` whose ``upload_folder`` always ignores ``ignored`` (fnmatch patterns) as well."""
+    """An ``HfApi`` whose ``upload_folder`` always ignores ``ignored`` (fnmatch patterns) as well, and the files
+    ``excluded(folder, files)`` finds by their content (see `whp_trainer.hub.content_excluded`)."""
 
-    def __init__(self, api, ignored: list[str]):
-        self.api, self.ignored = api, ignored
+    def __init__(self, api, ignored: list[str], excluded):
+        self.api, self.ignored, self.excluded = api, ignored, excluded
 
     def __getattr__(self, name):
         return getattr(self.api, name)
 
-    def upload_folder(self, *args, ignore_patterns=None, **kwargs):
+    def upload_folder(self, *args, folder_path, ignore_patterns=None, **kwargs):
         if isinstance(ignore_patterns, str):
             ignore_patterns = [ignore_patterns]
-        return self.api.upload_folder(*args, ignore_patterns=[*(ignore_patterns or []), *self.ignored], **kwargs)
+        folder = Path(folder_path)
+        files = [path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()]
+        by_content = [glob.escape(relative) for relative in self.excluded(folder, files)]
+        return self.api.upload_folder(*args, folder_path=folder_path,
+                                      ignore_patterns=[*(ignore_patterns or []), *self.ignored, *by_content], **kwargs)
 
 
 def check_vocabulary(model, tokenizer) -> None:

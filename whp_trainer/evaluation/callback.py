@@ -5,11 +5,16 @@ the reporting integrations show under ``eval/``:
 
 - ``eval_familiarity``: mean probability of each probe target's first token (lower = more forgotten);
 - ``eval_retain_perplexity``: perplexity of the retain texts (should stay near the base's);
-- ``eval_p_next[PROMPT][TOKEN]``: probability of ``TOKEN`` right after ``PROMPT``, e.g.
-  ``eval_p_next[Harry Potter studies][ magic]`` (the paper's Figure of next-token probabilities over steps).
+- ``eval_p_next[I][J]``: probability of the ``J``-th token given for the ``I``-th prompt right after it (the paper's
+  Figure of next-token probabilities over steps). The prompts are forget text: they name no metric (metrics reach
+  trainer_state.json, the trackers and the Hub); ``whp_probe_names.json`` in ``output_dir``, which no upload sends,
+  maps each name to its prompt and token.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -19,6 +24,7 @@ from .retain import perplexity
 LOG_PREFIX = "eval_"  # shown as "eval/" by TensorBoard and W&B
 FAMILIARITY_KEY = LOG_PREFIX + "familiarity"
 RETAIN_PERPLEXITY_KEY = LOG_PREFIX + "retain_perplexity"
+PROBE_NAMES_FILE = "whp_probe_names.json"  # metric name -> [prompt, token]: local only, never uploaded
 
 
 def next_token_metric(prompt: str, token: str) -> str:
@@ -33,6 +39,17 @@ def parse_next_token_key(key: str) -> tuple[str, str] | None:
         return None
     prompt, _, token = key[len("p_next[") : -1].rpartition("][")
     return prompt, token
+
+
+def read_probe_names(folder) -> dict[str, list[str]]:
+    """The ``{metric: [prompt, token]}`` a `FamiliarityCallback` wrote into ``folder``; empty when there is none."""
+    path = Path(folder or "") / PROBE_NAMES_FILE
+    if not folder or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
 def history_from_log_history(log_history: list[dict]) -> list[dict]:
@@ -95,12 +112,20 @@ class FamiliarityCallback(TrainerCallback):
         self.probes = list(probes)
         self.retain_texts = list(retain_texts) if retain_texts else None
         self.next_token_prompts = dict(next_token_prompts or {})
+        self.metric_names = {  # logged name -> [prompt, token]
+            LOG_PREFIX + next_token_metric(str(i), str(j)): [prompt, token]
+            for i, (prompt, tokens) in enumerate(self.next_token_prompts.items()) for j, token in enumerate(tokens)
+        }
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.max_length = max_length
         self.history: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.metric_names and state.is_world_process_zero:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.output_dir) / PROBE_NAMES_FILE).write_text(
+                json.dumps(self.metric_names, indent=1, ensure_ascii=False), encoding="utf-8")
         self._record(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -120,9 +145,10 @@ class FamiliarityCallback(TrainerCallback):
                 metrics[RETAIN_PERPLEXITY_KEY] = perplexity(
                     model, tokenizer, self.retain_texts, max_length=self.max_length, batch_size=self.batch_size
                 )
-            for prompt, tokens in self.next_token_prompts.items():
+            for i, (prompt, tokens) in enumerate(self.next_token_prompts.items()):
                 probabilities = next_token_probabilities(model, tokenizer, prompt, list(tokens))
-                metrics.update({LOG_PREFIX + next_token_metric(prompt, token): p for token, p in probabilities.items()})
+                metrics.update({LOG_PREFIX + next_token_metric(str(i), str(j)): probabilities[token]
+                                for j, token in enumerate(tokens)})
         return metrics
 
     def _record(self, step: int) -> None:

@@ -9,12 +9,13 @@ from .callback import FAMILIARITY_KEY, RETAIN_PERPLEXITY_KEY, parse_next_token_k
 from .comparison import ordered_roles
 
 
-def write_plots(results: dict, history: list[dict] | None, output_dir: Path) -> list[Path]:
+def write_plots(results: dict, history: list[dict] | None, output_dir: Path,
+                probe_names: dict[str, list[str]] | None = None) -> list[Path]:
     """The PNGs: familiarity vs retain perplexity per role, and, from a callback's `history`, the next-token
     probabilities and the familiarity over training steps. Returns the files written."""
     figures = {"familiarity_vs_retain.png": familiarity_vs_retain_figure(results)}
     if history:
-        figures["next_token_curves.png"] = next_token_figure(history)
+        figures["next_token_curves.png"] = next_token_figure(history, probe_names)
         figures["familiarity_over_steps.png"] = familiarity_over_steps_figure(history)
     written = []
     for name, figure in figures.items():
@@ -43,7 +44,7 @@ def familiarity_vs_retain_figure(results: dict):
     return figure
 
 
-def next_token_figure(history: list[dict]):
+def next_token_figure(history: list[dict], probe_names: dict[str, list[str]] | None = None):
     from matplotlib.figure import Figure
 
     keys = list(dict.fromkeys(key for entry in history for key in entry["metrics"] if parse_next_token_key(key)))
@@ -53,7 +54,7 @@ def next_token_figure(history: list[dict]):
     axes = figure.subplots()
     for key in keys:
         steps, values = _series(history, key)
-        prompt, token = parse_next_token_key(key)
+        prompt, token = (probe_names or {}).get(key) or parse_next_token_key(key)
         axes.plot(steps, values, marker="o", label=f"{prompt!r} → {token!r}")
     axes.set(xlabel="training step", ylabel="next-token probability", title="Next-token probabilities while unlearning")
     axes.legend(fontsize="small")

@@ -28,6 +28,7 @@ def write_report(
     history: list[dict] | None = None,
     config: EvaluateConfig | None = None,
     auto: dict | None = None,
+    probe_names: dict[str, list[str]] | None = None,
 ) -> Path:
     """Write `report.json`, `report.md` (rendered from it) and (`config.plots`, default on) the PNG plots; return
     `output_dir`.
@@ -38,6 +39,8 @@ def write_report(
         history: `FamiliarityCallback.history`, for the plots over training steps.
         config: the settings, recorded in `report.json`.
         auto: with an unlearning run of ``alpha: auto``, what it chose and why (its run record's ``auto``).
+        probe_names: metric -> [prompt, token] of the history's next-token metrics (`read_probe_names`), for the
+            plot's legend only: the report names them by index, as they were logged.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +55,7 @@ def write_report(
     (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
     (output_dir / "report.md").write_text(markdown_report(report), encoding="utf-8")
     if config is None or config.plots:
-        write_plots(results, history, output_dir)
+        write_plots(results, history, output_dir, probe_names)
     return output_dir
 
 
