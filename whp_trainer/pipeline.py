@@ -19,10 +19,11 @@ from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
-from .collator import check_anchor_coverage, collator_for, split_into_blocks
+from .collator import check_anchor_coverage, check_loss_positions, collator_for, split_into_blocks
 from .config import UnlearnConfig
 from .data import check_source, is_hub_id, load_texts
 from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
+from .models import adapter_weights, check_adapter_trained
 from .runs import (
     begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
@@ -83,6 +84,22 @@ def check_tokenizer_fits(config, tokenizer, stage: str) -> None:
         )
 
 
+def check_max_length(config, max_length: int | None, stage: str) -> None:
+    """Refuse blocks longer than the model has positions (it would fail at the first step), from its config."""
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if max_length is not None and positions is not None and max_length > positions:
+        raise ValueError(f"whp {stage}: --max_length {max_length} is beyond the model's {positions} positions "
+                         f"(max_position_embeddings); give --max_length {positions} or less")
+
+
+def require_blocks(blocks, data: DataArguments, stage: str):
+    """The forget text's blocks; an error naming --forget_data when it holds none (no text of 2 tokens or more)."""
+    if len(blocks) == 0:
+        raise ValueError(f"whp {stage}: --forget_data {data.forget_data}: too short, no block of 2 tokens or more "
+                         "to train on")
+    return blocks
+
+
 def require_data(value: str | None, argument: str, stage: str) -> str:
     """A data source (a path or a Hub dataset id) that must be given; a missing path is named with its argument."""
     if not value:
@@ -112,6 +129,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
 
     require_data(data.forget_data, "forget_data", "reinforce")
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
+    check_max_length(model_config, args.max_length, "reinforce")
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
     print_ = fingerprint("reinforce", args, model_args, forget, data.text_field)
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
@@ -119,6 +137,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "reinforce")
+    require_blocks(split_into_blocks(texts, tokenizer, args.max_length or 2**31), data, "reinforce")
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
     train_reinforced_adapter(model, tokenizer, texts, lora_config(model_args), args)
@@ -134,6 +153,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
 
     require_data(data.forget_data, "forget_data", "unlearn")
     model_config = require_model(model_args, "unlearn", args.trust_remote_code)
+    check_max_length(model_config, args.max_length, "unlearn")
     reinforced = require_adapter(data.reinforced_adapter, "reinforced_adapter", "unlearn") if data.reinforced_adapter else None
     anchors = AnchorDictionary.load(require_path(data.anchors, "anchors", "unlearn")) if data.anchors else None
     if reinforced is None and anchors is None:
@@ -152,9 +172,10 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "unlearn")
-    blocks = split_into_blocks(texts, tokenizer, args.max_length)
+    blocks = require_blocks(split_into_blocks(texts, tokenizer, args.max_length), data, "unlearn")
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
+    check_loss_positions(collator, blocks)
     trainer = UnlearnTrainer(
         model=load_base_model(model_args, args.trust_remote_code),
         args=args,
@@ -170,8 +191,11 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.dataset_ids = data.hub_datasets()
     if probes:  # its measurements go to the trackers and to trainer_state.json's log_history, for the report
         familiarity_monitor(trainer, probes, data.retain_texts()["text"] if retain else None)
+    initial = adapter_weights(trainer.model, args.unlearn_adapter_name)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model()
+    trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
+    check_adapter_trained(initial, args.output_dir, "whp unlearn")
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir

@@ -16,8 +16,8 @@ from peft import PeftConfig
 from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
-from .config import TokensNotPickled, auto_bf16_field, check_max_steps, resolve_auto_bf16
-from .models import guard_cpu_4bit
+from .config import TokensNotPickled, auto_bf16_field, check_trains, resolve_auto_bf16
+from .models import adapter_weights, check_adapter_trained, guard_cpu_4bit
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
     def __post_init__(self):
         resolve_auto_bf16(self)
         super().__post_init__()
-        check_max_steps(self)
+        check_trains(self)
 
 
 def train_reinforced_adapter(
@@ -98,8 +98,11 @@ def train_reinforced_adapter(
         quantization_config=quantization_config,
     )
     guard_cpu_4bit(trainer.model)
+    initial = adapter_weights(trainer.model)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
+    trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
+    check_adapter_trained(initial, args.output_dir, "whp reinforce")
     trainer.model.unload()  # take the LoRA layers out of the caller's base
     logger.info("reinforced adapter saved to %s", args.output_dir)
     return args.output_dir
