@@ -127,3 +127,114 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_model, rein
     resumed.train(resume_from_checkpoint=True)
     a, b = lora_state(straight.model, "default"), lora_state(resumed.model, "default")
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+# ------------------------------------------------------------------------------ 17, 18: bad input, named early
+
+
+@pytest.mark.parametrize(
+    "command, options, message",
+    [
+        ("unlearn", {"dtype": "banana"}, "dtype: expected one of ['auto', 'bfloat16', 'float16', 'float32'], got 'banana'"),
+        ("reinforce", {"packing_strategy": "banana"}, "packing_strategy: expected one of ['bfd', 'bfd_split', 'wrapped']"),
+        ("anchors", {"method": "banana"}, "method: expected one of ['statistics', 'llm', 'both'], got 'banana'"),
+        ("unlearn", {"learning_rate": -1.0}, "UnlearnConfig.learning_rate=-1.0: must be a finite number > 0"),
+        ("unlearn", {"report_to": "tensorbord"}, "report_to: unknown tracker(s) ['tensorbord']"),
+    ],
+)
+def test_a_config_files_bad_choice_or_range_names_the_file_and_the_key(command, options, message, tmp_path, capsys,
+                                                                        no_model_loading):
+    config = write_config(tmp_path / "config.yaml", {"output_dir": str(tmp_path / "out"), **options})
+    error = run_main(capsys, command, "--config", str(config))
+    assert error.startswith("whp: error: ") and f"{config}: " in error and message in error, error
+
+
+def test_a_config_file_with_a_key_given_twice_is_refused(tmp_path, capsys, no_model_loading):
+    config = tmp_path / "config.yaml"
+    config.write_text("alpha: 5\nlearning_rate: 0.001\nalpha: 1\n", encoding="utf-8")
+    error = run_main(capsys, "unlearn", "--config", str(config))
+    assert f"{config}: not valid YAML at line 3" in error and "key 'alpha' given twice (lines 1 and 3)" in error
+    run = tmp_path / "run.yaml"
+    run.write_text("unlearn:\n  alpha: 5\nreinforce: {}\nunlearn:\n  alpha: 1\n", encoding="utf-8")
+    assert "key 'unlearn' given twice (lines 1 and 4)" in run_main(capsys, "run", str(run))
+
+
+def test_max_length_beyond_the_models_positions_is_refused_before_the_model_loads(files, tmp_path, capsys,
+                                                                                  no_model_loading):
+    error = run_main(capsys, *unlearn_argv(files, tmp_path / "out", "--max_length", "4096"))
+    assert "--max_length 4096 is beyond the model's 1024 positions" in error, error
+
+
+def test_an_unreachable_llm_url_is_one_clear_error(files, tmp_path, capsys, no_model_loading):
+    error = run_main(capsys, "anchors", "--method", "llm", "--llm_url", "http://127.0.0.1:9/v1", "--forget_data",
+                     str(files / "forget.txt"), "--output", str(tmp_path / "candidates.yaml"))
+    assert error.startswith("whp: error: whp anchors: --llm_url http://127.0.0.1:9/v1: cannot be reached"), error
+    assert not (tmp_path / "candidates.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"Harry": "Jon", "Jon": "Bob"}, "translation 'Jon' of 'Harry' is itself an anchor"),
+        ({"Hogwarts": "Hogwarts School"}, "translation 'Hogwarts School' contains its anchor 'Hogwarts'"),
+    ],
+)
+def test_a_translation_that_is_an_anchor_or_holds_its_anchor_is_refused(entries, message, files, tmp_path, capsys,
+                                                                        no_model_loading):
+    dictionary = write_config(tmp_path / "anchors.yaml", entries)
+    argv = unlearn_argv(files, tmp_path / "out")
+    argv[argv.index(str(files / "anchors.yaml"))] = str(dictionary)
+    error = run_main(capsys, *argv)
+    assert f"{dictionary}, line" in error and message in error, error
+
+
+# ------------------------------------------------------------------- 16: an oracle and a base that fit the model
+
+
+@pytest.fixture(scope="module")
+def unlearned(files, tmp_path_factory):
+    """A finished `whp unlearn` output on the `files` base."""
+    out = tmp_path_factory.mktemp("unlearned") / "out"
+    cli.main(unlearn_argv(files, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_bases(files, tokenizer, tmp_path_factory):
+    """Bases that do not fit the `files` one: fewer embeddings than its tokenizer has tokens, and more."""
+    from whp_trainer.toy import tiny_llama
+
+    root = tmp_path_factory.mktemp("other_bases")
+    for name, rows in (("smaller", 100), ("larger", 512)):
+        model = tiny_llama(tokenizer, seed=3)
+        model.resize_token_embeddings(rows)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+def evaluate_argv(files: Path, tmp_path: Path, unlearned: Path, oracle: Path) -> list[str]:
+    return ["evaluate", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
+            "--retain_data", str(files / "retain.txt"), "--probes", str(files / "probes.json"), "--unlearned_adapter",
+            str(unlearned), "--oracle_model", str(oracle), "--output_dir", str(tmp_path / "evaluation")]
+
+
+def test_an_adapter_folder_or_another_vocabulary_is_refused_as_the_oracle(files, unlearned, other_bases, tmp_path,
+                                                                          capsys, no_weights_loaded):
+    error = run_main(capsys, *evaluate_argv(files, tmp_path, unlearned, unlearned))
+    assert f"--oracle_model {unlearned} is a PEFT adapter (adapter_config.json), not a full model" in error, error
+    error = run_main(capsys, *evaluate_argv(files, tmp_path, unlearned, other_bases / "larger"))
+    assert "has a vocabulary of 512 tokens, --model_name_or_path 400" in error, error
+    assert not (tmp_path / "evaluation").exists()
+
+
+@pytest.mark.parametrize("base, message", [
+    ("smaller", "has 100 embeddings but the tokenizer saved with the export has 400 tokens"),
+    ("larger", "(vocabulary 512, hidden size 64) is not like"),
+])
+def test_export_refuses_a_base_that_does_not_fit_the_adapter(base, message, files, unlearned, other_bases, tmp_path,
+                                                             capsys, no_weights_loaded):
+    error = run_main(capsys, "export", "--folder", str(unlearned), "--merged_dir", str(tmp_path / "merged"),
+                     "--base_model", str(other_bases / base))
+    assert message in error, error
+    assert not (tmp_path / "merged").exists()

@@ -236,19 +236,55 @@ def export_merged(
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
+    tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
+    check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code)
     record = read_record(adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
     print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype))
     if not begin_stage(output_dir, "export", print_, overwrite):
         return output_dir
-    merged = PeftModel.from_pretrained(load_full_precision_base(base_source, dtype, trust_remote_code), adapter_dir)
+    base = load_full_precision_base(base_source, dtype, trust_remote_code)
+    try:
+        merged = PeftModel.from_pretrained(base, adapter_dir)
+    except RuntimeError as error:  # shapes that do not match: an adapter trained on another architecture
+        raise ValueError(f"the adapter in {adapter_dir} does not fit base_model={base_name(base_source)!r}: "
+                         f"{str(error).strip().splitlines()[-1].strip()}") from None
     merged = merged.merge_and_unload(progressbar=True)  # loading and saving show transformers' bars
     merged.save_pretrained(output_dir)
-    tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
     save_tokenizer(tokenizer, output_dir)
     save_merged_card(record, output_dir, card)
     finish_stage(output_dir, "export", print_)
     return output_dir
+
+
+def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code: bool = False) -> None:
+    """Before any weights load: the base has an embedding for every token of the tokenizer saved with the export,
+    and the vocabulary and hidden size of the base the adapter was trained on (when its config can be read)."""
+    vocab, hidden = model_sizes(base_source, trust_remote_code)
+    if tokenizer is not None and vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(f"base_model={base_name(base_source)!r} has {vocab} embeddings but the tokenizer saved with "
+                         f"the export has {len(tokenizer)} tokens: the base does not belong to the adapter in "
+                         f"{adapter_dir}")
+    trained_on = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    if not trained_on or trained_on == base_source or not Path(trained_on).is_dir():
+        return
+    expected = model_sizes(trained_on, trust_remote_code)
+    if expected != (vocab, hidden):
+        raise ValueError(f"base_model={base_name(base_source)!r} (vocabulary {vocab}, hidden size {hidden}) is not "
+                         f"like {trained_on!r}, the base the adapter in {adapter_dir} was trained on (vocabulary "
+                         f"{expected[0]}, hidden size {expected[1]})")
+
+
+def model_sizes(source, trust_remote_code: bool = False) -> tuple[int | None, int | None]:
+    """``(vocabulary size, hidden size)`` of a model in memory or of a checkpoint's config (no weights loaded)."""
+    config = source.config if isinstance(source, torch.nn.Module) else AutoConfig.from_pretrained(
+        source, trust_remote_code=trust_remote_code)
+    text = config.get_text_config()
+    return getattr(text, "vocab_size", None), getattr(text, "hidden_size", None)
+
+
+def base_name(source) -> str:
+    return type(source).__name__ if isinstance(source, torch.nn.Module) else str(source)
 
 
 def check_export_inputs(output_dir: Path, inputs: list) -> None:

@@ -210,7 +210,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     from .evaluation.probes import build_probes, load_probes, write_probes
     from .evaluation.trackers import log_to_trackers
 
-    require_model(model_args, "evaluate", config.trust_remote_code)
+    model_config = require_model(model_args, "evaluate", config.trust_remote_code)
     adapters = evaluation_adapters(data, config.roles, teacher=bool(config.teacher_alphas))
     forget = data_digest(require_data(data.forget_data, "forget_data", "evaluate"), data.forget_data_config,
                          data.forget_data_split)
@@ -225,6 +225,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     qa = {name: load_qa(references[name]) if references[name] else None for name in EVALUATE_QA}
     if references["oracle_model"]:
         require_same_tokenizer(model_args, references["oracle_model"])
+        require_full_model(references["oracle_model"], model_config, "oracle_model", "evaluate")
     print_ = fingerprint(
         "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
         forget, retain, *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
@@ -265,6 +266,23 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
 EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateConfig fields: question/answer files
 EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA)
+
+
+def require_full_model(path: Path, model_config, argument: str, stage: str) -> None:
+    """A folder that holds a whole model (its config.json, no adapter) with the vocabulary of ``model_config``:
+    read from its config, before any weights load. An adapter folder would load as its base plus the adapter."""
+    from transformers import AutoConfig
+
+    if (path / "adapter_config.json").is_file():
+        raise ValueError(f"whp {stage}: --{argument} {path} is a PEFT adapter (adapter_config.json), not a full model; "
+                         "give the folder of a whole model trained without the forget text")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"whp {stage}: --{argument} {path} holds no config.json: not a model folder")
+    theirs = getattr(AutoConfig.from_pretrained(str(path)).get_text_config(), "vocab_size", None)
+    mine = getattr(model_config.get_text_config(), "vocab_size", None)
+    if theirs != mine:
+        raise ValueError(f"whp {stage}: --{argument} {path} has a vocabulary of {theirs} tokens, "
+                         f"--model_name_or_path {mine}: the oracle must share the model's vocabulary")
 
 
 def require_same_tokenizer(model_args: ModelConfig, oracle: Path) -> None:
@@ -324,7 +342,7 @@ def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | N
 
 def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArguments, overwrite: bool = False) -> str:
     """Write candidate anchors to ``args.output`` for review (never over a file unless ``overwrite``)."""
-    from .chat import EndpointChat, LocalChat
+    from .chat import EndpointChat, EndpointError, LocalChat, check_reachable
     from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
     require_data(data.forget_data, "forget_data", "anchors")
@@ -336,6 +354,11 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
         require_data(data.retain_data, "retain_data", "anchors")
     if not statistics and not args.llm_url:
         require_model(model_args, "anchors", args.trust_remote_code)
+    if args.method in ("llm", "both") and args.llm_url:
+        try:
+            check_reachable(args.llm_url)
+        except EndpointError as error:
+            raise ConnectionError(f"whp anchors: --llm_url {error}") from None
     target = data.forget_texts()["text"]
     found = []
     model = tokenizer = None
