@@ -238,3 +238,50 @@ def test_export_refuses_a_base_that_does_not_fit_the_adapter(base, message, file
                      "--base_model", str(other_bases / base))
     assert message in error, error
     assert not (tmp_path / "merged").exists()
+
+
+# ------------------------------------------------------------------------- 15: a local base is its weights
+
+
+def test_a_base_whose_weights_changed_in_place_is_not_up_to_date(files, tokenizer, tmp_path, capsys, caplog):
+    import shutil
+
+    from whp_trainer.toy import tiny_llama
+
+    base = tmp_path / "base"
+    shutil.copytree(files / "base", base)
+    argv = unlearn_argv(files, tmp_path / "out")
+    argv[argv.index(str(files / "base"))] = str(base)
+    cli.main(argv)
+    cli.main(argv)
+    assert "is up to date, skipped" in caplog.text
+    caplog.clear()
+    tiny_llama(tokenizer, seed=5).save_pretrained(base)  # same path, same config, other weights
+    error = run_main(capsys, *argv)
+    assert "up to date" not in caplog.text and "holds the output of a run with other settings" in error, error
+
+
+def test_the_target_cache_key_follows_a_local_bases_weights(files, tokenizer, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from whp_trainer.cache import target_cache_key
+    from whp_trainer.toy import tiny_llama
+
+    base = tmp_path / "base"
+    shutil.copytree(files / "base", base)
+    blocks = Dataset.from_dict({"text": ["Harry went to Hogwarts with Ron and Hermione."] * 4})
+
+    def key() -> str:
+        trainer = UnlearnTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base), anchors=ANCHORS, peft_config=LoraConfig(**LORA),
+            processing_class=tokenizer, train_dataset=blocks,
+            args=UnlearnConfig(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, max_length=32),
+        )
+        return target_cache_key(trainer, blocks)
+
+    before = key()
+    assert key() == before
+    tiny_llama(tokenizer, seed=5).save_pretrained(base)
+    assert key() != before

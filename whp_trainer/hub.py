@@ -28,6 +28,7 @@ from peft import PeftConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from .cache import model_weights_digest
 from .config import UnlearnConfig
 from .evaluation.markdown import COMPARED, evaluation_markdown
 from .evaluation.report import evaluation_record
@@ -240,7 +241,8 @@ def export_merged(
     check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code)
     record = read_record(adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
-    print_ = fingerprint("export", file_digest(adapter_dir), id(base_source) if in_memory else str(base_source), str(dtype))
+    base_identity = id(base_source) if in_memory else [str(base_source), model_weights_digest(base_source)]
+    print_ = fingerprint("export", file_digest(adapter_dir), base_identity, str(dtype))
     if not begin_stage(output_dir, "export", print_, overwrite):
         return output_dir
     base = load_full_precision_base(base_source, dtype, trust_remote_code)

@@ -19,6 +19,7 @@ from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
+from .cache import model_weights_digest
 from .collator import check_anchor_coverage, check_loss_positions, collator_for, split_into_blocks
 from .config import UnlearnConfig
 from .data import check_source, is_hub_id, load_texts
@@ -131,7 +132,8 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
     check_max_length(model_config, args.max_length, "reinforce")
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
-    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field)
+    print_ = fingerprint("reinforce", args, model_args, model_weights_digest(model_args.model_name_or_path), forget,
+                         data.text_field)
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
@@ -163,7 +165,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     if args.retain_weight and retain is None:
         raise ValueError("whp unlearn: --retain_weight needs --retain_data (the retain text to keep)")
     print_ = fingerprint(
-        "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
+        "unlearn", args, model_args, model_weights_digest(model_args.model_name_or_path), data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
         file_digest(reinforced), anchors and anchors.content_hash, probes,
         data_digest(retain, data.retain_data_config, data.retain_data_split),
     )
@@ -227,7 +229,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         require_same_tokenizer(model_args, references["oracle_model"])
         require_full_model(references["oracle_model"], model_config, "oracle_model", "evaluate")
     print_ = fingerprint(
-        "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
+        "evaluate", config, model_args, model_weights_digest(model_args.model_name_or_path), data.text_field, data.retain_text_field, anchors and anchors.content_hash,
         forget, retain, *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
         sorted(adapters),
     )
