@@ -11,7 +11,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from test_cli import ANCHORS, TRAINING, files, run_main, write_config  # noqa: F401  (files is a fixture)
 from test_trainer import StopAfter, dataset, hand_collate, lora_state, make_example  # noqa: F401  (dataset: fixture)
-from test_trust import flags, unlearn_argv
+from test_trust import flags, hub, unlearn_argv  # noqa: F401  (hub is a fixture)
 from transformers import Trainer
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
@@ -285,3 +285,94 @@ def test_the_target_cache_key_follows_a_local_bases_weights(files, tokenizer, tm
     assert key() == before
     tiny_llama(tokenizer, seed=5).save_pretrained(base)
     assert key() != before
+
+
+# ---------------------------------------------------------------------------- 19: every error names its file
+
+
+@pytest.fixture
+def unlearned_copy(unlearned, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(unlearned, tmp_path / "unlearned"))
+
+
+def test_a_corrupt_json_the_package_reads_is_named(files, unlearned_copy, tmp_path, capsys, no_weights_loaded):
+    (unlearned_copy / "whp_reinforced.json").write_text('{"source": ', encoding="utf-8")
+    error = run_main(capsys, "evaluate", "--model_name_or_path", str(files / "base"), "--forget_data",
+                     str(files / "forget.txt"), "--retain_data", str(files / "retain.txt"), "--probes",
+                     str(files / "probes.json"), "--unlearned_adapter", str(unlearned_copy),
+                     "--output_dir", str(tmp_path / "evaluation"))
+    assert f"{unlearned_copy / 'whp_reinforced.json'}: not valid JSON (line 1, column 12" in error, error
+
+    report = tmp_path / "report.json"
+    report.write_text("{results: 1}", encoding="utf-8")
+    error = run_main(capsys, "push", "--folder", str(unlearned_copy), "--repo_id", "me/model", "--token", "hf_x",
+                     "--eval_report", str(report))
+    assert f"{report}: not valid JSON (line 1, column 2" in error, error
+
+    (unlearned_copy / "whp_run.json").write_text("[1, 2]", encoding="utf-8")
+    error = run_main(capsys, "export", "--folder", str(unlearned_copy), "--merged_dir", str(tmp_path / "merged"))
+    assert f"{unlearned_copy / 'whp_run.json'}: expected a JSON object, got list" in error, error
+
+
+def test_a_folder_without_data_files_and_a_corrupt_parquet_are_named(files, tmp_path, capsys, no_model_loading):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "chapter1.md").write_text("# Harry went to Hogwarts", encoding="utf-8")
+    parquet = tmp_path / "forget.parquet"
+    parquet.write_bytes(b"PAR1 this is not a parquet file")
+    for source, message in ((notes, f"{notes}: a folder without a data file whp reads"),
+                            (parquet, f"{parquet}: not a readable .parquet file (ArrowInvalid")):
+        argv = unlearn_argv(files, tmp_path / "out")
+        argv[argv.index(str(files / "forget.txt"))] = str(source)
+        error = run_main(capsys, *argv)
+        assert message in error and "it holds .md" in error if source == notes else message in error, error
+
+
+# ------------------------------------------------------------------- 20: cards describe the model they come with
+
+
+def test_an_export_into_another_base_names_that_base(files, unlearned, tmp_path):
+    import shutil
+
+    other = Path(shutil.copytree(files / "base", tmp_path / "other-base"))  # fits the adapter; another checkpoint
+    merged = tmp_path / "merged"
+    cli.main(["export", "--folder", str(unlearned), "--merged_dir", str(merged), "--base_model", str(other)])
+    assert json.loads((merged / "whp_run.json").read_text())["base_model"] == str(other)
+    card = (merged / "README.md").read_text()
+    assert f"| base model | {other} |" in card and str(files / "base") not in card
+
+
+def test_a_checkpoints_card_gives_the_steps_it_trained(files, tmp_path):
+    out = tmp_path / "out"
+    cli.main(unlearn_argv(files, out))  # max_steps 3, a checkpoint every step
+    assert "| steps | 3 |" in (out / "checkpoint-1" / "README.md").read_text()
+    assert "| steps trained (these weights) | 1 |" in (out / "checkpoint-1" / "README.md").read_text()
+    assert json.loads((out / "checkpoint-1" / "whp_run.json").read_text())["training"]["steps_trained"] == 1
+    assert "| steps trained (these weights) | 3 |" in (out / "README.md").read_text()
+
+
+def test_a_push_takes_only_its_own_adapters_results_and_names_its_repo(files, unlearned, tmp_path, capsys, hub):
+    from test_cli import EVALUATION
+
+    from whp_trainer.runs import adapter_digest
+
+    evaluation = tmp_path / "evaluation"
+    cli.main(["evaluate", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
+              "--retain_data", str(files / "retain.txt"), "--probes", str(files / "probes.json"), "--unlearned_adapter",
+              str(unlearned), "--roles", "base", "unlearned", "--output_dir", str(evaluation), *flags(EVALUATION)])
+    report = json.loads((evaluation / "report.json").read_text())
+    assert report["measured_adapters"] == {"unlearned": adapter_digest(unlearned)}
+
+    other = tmp_path / "other_report.json"
+    other.write_text(json.dumps({**report, "measured_adapters": {"unlearned": "0" * 64}}), encoding="utf-8")
+    push = ["push", "--folder", str(unlearned), "--repo_id", "me/whp-model", "--token", "hf_x"]
+    error = run_main(capsys, *push, "--eval_report", str(other))
+    assert f"{other}: the report measured another adapter" in error and hub.uploaded == {}, error
+
+    cli.main([*push, "--eval_report", str(evaluation / "report.json")])
+    card = hub.uploaded["README.md"]
+    card = card.read_text() if isinstance(card, Path) else bytes(card).decode()
+    assert 'PeftModel.from_pretrained(base, "me/whp-model")' in card and str(unlearned) not in card
+    assert "familiarity" in card

@@ -89,6 +89,17 @@ def read_text(path: str | Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8") from None
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file holding one object; an error naming the file (and the line and column) otherwise."""
+    try:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def format_of(path: Path) -> str:
     try:
         return FORMATS[path.suffix.lower()]

@@ -30,13 +30,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .cache import model_weights_digest
 from .config import UnlearnConfig
+from .dictionary import read_json_object
 from .evaluation.markdown import COMPARED, evaluation_markdown
 from .evaluation.report import evaluation_record
 from .record import (
     RECORD_FILE, checked_eval_results, hub_repo_id, read_record, record_json, run_record, write_record,
 )
 from .runs import (
-    MARKERS, REINFORCED_RECORD, begin_stage, file_digest, finish_stage, fingerprint, recorded_reinforced_adapter,
+    MARKERS, REINFORCED_RECORD, adapter_digest, begin_stage, file_digest, finish_stage, fingerprint, recorded_reinforced_adapter,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def build_model_card(
     tags: list[str] | None = None,
     datasets: list[str] | None = None,
     tracker_urls: dict[str, str] | None = None,
+    steps_trained: int | None = None,
 ) -> ModelCard:
     """The model card of an unlearning run, in `form` `"adapter"` or `"merged"` (rendered from its
     [`run_record`][whp_trainer.record.run_record]).
@@ -95,12 +97,13 @@ def build_model_card(
         datasets: Hub ids of the training (forget) data, for the `datasets` metadata (local paths are left out).
         tracker_urls: tracker name -> the run's page (`"wandb"`, `"trackio"`, `"comet"`), linked from the card
             as TRL's cards do; default: none (the trainer passes [`tracker_urls`][whp_trainer.hub.tracker_urls]).
+        steps_trained: the optimizer steps the weights had when saved (a checkpoint's own count).
     """
     return render_model_card(build_run_record(args, model_name=model_name, base_model=base_model,
                                               reinforced_adapter=reinforced_adapter, dictionary=dictionary,
                                               dataset_description=dataset_description, peft_config=peft_config,
                                               eval_results=eval_results, tags=tags, datasets=datasets,
-                                              tracker_urls=tracker_urls), form)
+                                              tracker_urls=tracker_urls, steps_trained=steps_trained), form)
 
 
 def build_run_record(args: UnlearnConfig, *, eval_results: dict | None = None, **facts) -> dict:
@@ -239,7 +242,7 @@ def export_merged(
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
     tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
     check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code)
-    record = read_record(adapter_dir)
+    record = merged_record(read_record(adapter_dir), base_source, adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
     base_identity = id(base_source) if in_memory else [str(base_source), model_weights_digest(base_source)]
     print_ = fingerprint("export", file_digest(adapter_dir), base_identity, str(dtype))
@@ -257,6 +260,18 @@ def export_merged(
     save_merged_card(record, output_dir, card)
     finish_stage(output_dir, "export", print_)
     return output_dir
+
+
+def merged_record(record: dict | None, base_source, adapter_dir: Path) -> dict | None:
+    """The adapter's run record as the export's: the base it was merged into (which may not be the one it was trained
+    on) and the hash of the adapter merged (what an evaluation report must have measured)."""
+    if record is None:
+        return None
+    if isinstance(base_source, torch.nn.Module):
+        base = getattr(base_source.config, "_name_or_path", None) or record["base_model"]
+    else:
+        base = str(base_source)
+    return {**record, "base_model": base, "adapter_sha256": adapter_digest(adapter_dir)}
 
 
 def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code: bool = False) -> None:
@@ -382,8 +397,8 @@ def push_to_hub(
     token = resolve_token(token)
     operations = upload_operations(folder, include_reinforced, reinforced_subfolder)
     operations += extra_operations(dictionary_file, eval_report)
-    record = record_with_results(folder, eval_report)
-    if record is not None:  # the uploaded record and card hold the report's results; the local files stay as they are
+    record = published_record(folder, eval_report, repo_id)
+    if record is not None:  # the uploaded record and card: the repo's id, the report's results; local files unchanged
         operations = [op for op in operations if op.path_in_repo not in ("README.md", RECORD_FILE)]
         operations += [
             CommitOperationAdd(path_in_repo=RECORD_FILE, path_or_fileobj=record_json(record).encode()),
@@ -402,16 +417,32 @@ def push_to_hub(
     )
 
 
-def record_with_results(folder: Path, eval_report: str | os.PathLike | dict | None) -> dict | None:
-    """`folder`'s run record with the evaluation of a report's `results` (`whp evaluate`'s report.json: role ->
-    metric -> value); `None` without a report, without results, or without a record."""
-    if eval_report is None:
-        return None
-    report = eval_report if isinstance(eval_report, dict) else json.loads(Path(eval_report).read_text(encoding="utf-8"))
+def published_record(folder: Path, eval_report: str | os.PathLike | dict | None, repo_id: str) -> dict | None:
+    """`folder`'s run record as published to `repo_id`: that repo in its loading snippet, and the evaluation of a
+    report's `results` (`whp evaluate`'s report.json: role -> metric -> value) when the report measured this very
+    adapter (see `check_report_measured`); `None` when the folder holds no record."""
+    report = read_json_object(eval_report) if isinstance(eval_report, (str, os.PathLike)) else eval_report
     record = read_record(folder)
-    if record is None or "results" not in report:
+    if record is None:
         return None
+    record = {**record, "hub_model_id": repo_id}
+    if report is None or "results" not in report:
+        return record
+    check_report_measured(report, folder, record, eval_report if not isinstance(eval_report, dict) else "eval_report")
     return {**record, "evaluation": evaluation_of(report["results"])}
+
+
+def check_report_measured(report: dict, folder: Path, record: dict, name) -> None:
+    """Refuse a report whose `unlearned` results are not those of the adapter in `folder` (or merged into it):
+    results of another run would be published as this model's."""
+    measured = (report.get("measured_adapters") or {}).get(EVAL_ROLE)
+    mine = record.get("adapter_sha256") or adapter_digest(folder)
+    if measured is None:
+        raise ValueError(f"{name}: the report records no adapter it measured (measured_adapters); run `whp evaluate "
+                         f"--unlearned_adapter` on the adapter of {folder} to put results on its card")
+    if measured != mine:
+        raise ValueError(f"{name}: the report measured another adapter (sha256 {measured[:12]}…) than the one of "
+                         f"{folder} ({mine[:12]}…): its results are not this model's")
 
 
 def check_repo_id(repo_id: str | None) -> None:

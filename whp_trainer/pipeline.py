@@ -8,7 +8,6 @@ Every stage writes ``whp_stage.json`` into its output folder with a fingerprint 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,10 +22,11 @@ from .cache import model_weights_digest
 from .collator import check_anchor_coverage, check_loss_positions, collator_for, split_into_blocks
 from .config import UnlearnConfig
 from .data import check_source, is_hub_id, load_texts
+from .dictionary import read_json_object
 from .loading import load_base_model, load_tokenizer, lora_config, with_adapters
 from .models import adapter_weights, check_adapter_trained
 from .runs import (
-    begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
+    adapter_digest, begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
 )
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"],
     )
-    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config)
+    write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
+                 measured_adapters={role: adapter_digest(path) for role, path in adapters.items()})
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
                     plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)
@@ -303,7 +304,7 @@ def unlearning_history(unlearned_adapter: str | None) -> list[dict] | None:
     state_file = Path(unlearned_adapter or "") / TRAINER_STATE_NAME
     if not unlearned_adapter or not state_file.is_file():
         return None
-    return history_from_log_history(json.loads(state_file.read_text(encoding="utf-8"))["log_history"]) or None
+    return history_from_log_history(read_json_object(state_file).get("log_history", [])) or None
 
 
 def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = False) -> dict[str, Path]:

@@ -491,6 +491,7 @@ class UnlearnTrainer(Trainer):
             tags=self._tag_names,
             datasets=self.dataset_ids,
             tracker_urls=tracker_urls(),
+            steps_trained=self.state.global_step,
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

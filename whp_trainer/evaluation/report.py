@@ -2,7 +2,9 @@
 
 `report.json` holds the `results` (role -> metric -> value, the `eval_results` of
 [`build_model_card`][whp_trainer.hub.build_model_card]), their `oracle_comparison` when an oracle was measured, the
-`settings`, the package `versions` and the training callback's `history`. Its `results` and `oracle_comparison` are
+`settings`, the package `versions`, the training callback's `history`, and `measured_adapters`: role -> sha256 of
+the adapter files measured (`whp_trainer.runs.adapter_digest`), so that a card takes only the results of its own
+adapter. Its `results` and `oracle_comparison` are
 the `evaluation` of the run record that the model card is rendered from (see `whp_trainer.record`).
 """
 
@@ -27,6 +29,7 @@ def write_report(
     output_dir: str | os.PathLike,
     history: list[dict] | None = None,
     config: EvaluateConfig | None = None,
+    measured_adapters: dict[str, str] | None = None,
 ) -> Path:
     """Write `report.json`, `report.md` (rendered from it) and (`config.plots`, default on) the PNG plots; return
     `output_dir`.
@@ -36,6 +39,7 @@ def write_report(
         output_dir: the folder to write into (created if needed).
         history: `FamiliarityCallback.history`, for the plots over training steps.
         config: the settings, recorded in `report.json`.
+        measured_adapters: role -> hash of the adapter measured in that role (the report's identity).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +48,7 @@ def write_report(
         "settings": None if config is None else dataclasses.asdict(config),
         "versions": framework_versions(),
         "history": history,
+        "measured_adapters": measured_adapters or {},
         **evaluation_record(results),
     }
     (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
