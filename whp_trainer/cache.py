@@ -43,7 +43,7 @@ def model_weights_digest(name_or_path: str | os.PathLike | None) -> str | None:
     if path is None or not path.exists():
         return None
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    known = read_json(weights_cache_file())
+    known = read_cache(weights_cache_file())
     digest, changed = hashlib.sha256(), False
     for file in files:
         stat = file.stat()
@@ -69,7 +69,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: Path) -> dict:
+def read_cache(path: Path) -> dict:
     """A JSON cache file's mapping; empty when it is absent or unreadable (a cache is rebuilt, never trusted)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))

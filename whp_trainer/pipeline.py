@@ -139,7 +139,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "reinforce")
-    require_blocks(split_into_blocks(texts, tokenizer, args.max_length or 2**31), data, "reinforce")
+    require_blocks(split_into_blocks(texts, tokenizer, args.max_length or 512), data, "reinforce")
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
     train_reinforced_adapter(model, tokenizer, texts, lora_config(model_args), args)
