@@ -249,7 +249,8 @@ def test_merged_export_loads_as_a_plain_model_with_the_same_logits(run, tmp_path
     card, metadata = load_card(out / "README.md")
     assert metadata["library_name"] == "transformers" and "merged" in metadata["tags"]
     record = json.loads((out / "whp_run.json").read_text())  # the adapter's record, copied beside the export
-    assert record == json.loads((run["adapter_dir"] / "whp_run.json").read_text())
+    assert record == {**json.loads((run["adapter_dir"] / "whp_run.json").read_text()), "base_model": str(run["base_dir"]),
+                      "adapter_sha256": adapter_digest(run["adapter_dir"])}  # what was merged, into what
     assert record["method"]["alpha"] == 3.0 and "| α (reinforced boost weight) | 3.0 |" in card.text
     assert card.data.eval_results[0].metric_value == 0.006
 
