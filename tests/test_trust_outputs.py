@@ -114,14 +114,14 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_model, rein
             train_dataset=dataset, data_collator=hand_collate, processing_class=tokenizer,
             retain_dataset=retain if retain_weight else None,
             args=UnlearnConfig(output_dir=str(folder), per_device_train_batch_size=4, learning_rate=1e-2,
-                               max_steps=6, save_strategy="steps", save_steps=3, report_to=[], use_cpu=True, seed=0,
+                               max_steps=4, save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, seed=0,
                                data_seed=0, retain_weight=retain_weight, lr_scheduler_type="constant"),
         )
 
     straight = trainer(tmp_path / "straight")
     straight.train()
     interrupted = trainer(tmp_path / "resumed")
-    interrupted.add_callback(StopAfter(3))
+    interrupted.add_callback(StopAfter(2))
     interrupted.train()
     resumed = trainer(tmp_path / "resumed")
     resumed.train(resume_from_checkpoint=True)
