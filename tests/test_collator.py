@@ -118,7 +118,7 @@ SEPARATORS = [" ", " ", ", ", ". ", "\n", "'s ", " (", ") ", '"', " - ", ""]
 @st.composite
 def dictionaries(draw):
     anchors = draw(st.lists(st.sampled_from(ANCHOR_POOL), min_size=1, max_size=5, unique=True))
-    return {a: draw(st.sampled_from([t for t in TRANSLATION_POOL if t != a])) for a in anchors}
+    return {a: draw(st.sampled_from([t for t in TRANSLATION_POOL if t not in anchors])) for a in anchors}
 
 
 pieces = st.tuples(st.sampled_from(ANCHOR_POOL + WORDS), st.sampled_from(SEPARATORS))

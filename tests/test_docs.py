@@ -26,6 +26,7 @@ from peft import LoraConfig, get_peft_model
 
 from whp_trainer import chat, cli, data, hub
 from whp_trainer.config import UnlearnConfig
+from whp_trainer.runs import adapter_digest
 from whp_trainer.toy import tiny_llama
 
 ROOT = Path(__file__).parents[1]
@@ -140,7 +141,9 @@ def test_publish_guide_runs(page_namespace, monkeypatch):
     Path("runs/whp/reinforced/adapter_config.json").rename("runs/whp/adapter_config.json")
     Path("runs/whp/reinforced/adapter_model.safetensors").rename("runs/whp/adapter_model.safetensors")
     Path("anchors.json").write_text(json.dumps({"Hogwarts": ["Mystic Academy"]}))
-    Path("runs/whp/eval.json").write_text(json.dumps({"results": {"unlearned": {"familiarity_token": 0.01}}}))
+    measured = {"unlearned": adapter_digest("runs/whp")}  # as whp evaluate records the adapter it measured
+    Path("runs/whp/eval.json").write_text(json.dumps({"results": {"unlearned": {"familiarity_token": 0.01}},
+                                                      "measured_adapters": measured}))
     uploads = []
 
     class RecordingApi:

@@ -15,6 +15,7 @@ from whp_trainer import hub
 from whp_trainer.config import UnlearnConfig
 from whp_trainer.evaluation import oracle_comparison, write_report
 from whp_trainer.hub import build_model_card, export_merged, push_to_hub, write_model_card
+from whp_trainer.runs import adapter_digest
 from whp_trainer.toy import tiny_llama
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
@@ -248,7 +249,8 @@ def test_merged_export_loads_as_a_plain_model_with_the_same_logits(run, tmp_path
     card, metadata = load_card(out / "README.md")
     assert metadata["library_name"] == "transformers" and "merged" in metadata["tags"]
     record = json.loads((out / "whp_run.json").read_text())  # the adapter's record, copied beside the export
-    assert record == json.loads((run["adapter_dir"] / "whp_run.json").read_text())
+    assert record == {**json.loads((run["adapter_dir"] / "whp_run.json").read_text()), "base_model": str(run["base_dir"]),
+                      "adapter_sha256": adapter_digest(run["adapter_dir"])}  # what was merged, into what
     assert record["method"]["alpha"] == 3.0 and "| α (reinforced boost weight) | 3.0 |" in card.text
     assert card.data.eval_results[0].metric_value == 0.006
 
@@ -381,7 +383,8 @@ def test_push_uploads_the_model_files_but_not_the_reinforced_adapter(trainer_out
 def test_push_puts_an_evaluation_report_into_the_uploaded_card(trainer_output, tmp_path):
     results = {**EVAL_RESULTS, "oracle": {"familiarity_token_prob": 0.005, "retain_perplexity": 11.9}}
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"results": results, "settings": {}}))  # as whp evaluate writes it
+    measured = {"unlearned": adapter_digest(trainer_output)}  # as whp evaluate writes it: what it measured
+    report.write_text(json.dumps({"results": results, "settings": {}, "measured_adapters": measured}))
     local_card, local_record = ((trainer_output / name).read_text() for name in ("README.md", "whp_run.json"))
     api = RecordingApi()
 

@@ -47,7 +47,7 @@ def retain_losses(trained) -> dict[str, float]:
     trained.args.per_device_train_batch_size = len(trained.retain_blocks)
     losses = {}
     for loss in ("kl", "nll"):
-        trained.args.retain_loss, trained._retain_order = loss, list(range(len(trained.retain_blocks)))
+        trained.args.retain_loss = loss  # a batch of as many blocks as there are is one whole pass over them
         trained.model.eval()
         with torch.no_grad():
             losses[loss] = trained.retain_loss(trained.model).item()

@@ -3,7 +3,7 @@ publishing and the demo. Kept apart from the stages so that ``whp COMMAND --help
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -112,6 +112,11 @@ class DiscoverArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow a base model and tokenizer that ship their own code from the Hub."}
     )
+
+    def __post_init__(self):
+        choices = next(f.metadata["choices"] for f in fields(self) if f.name == "method")
+        if self.method not in choices:
+            raise ValueError(f"DiscoverArguments.method={self.method!r}: expected one of {choices}")
 
 
 @dataclass

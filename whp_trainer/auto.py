@@ -169,9 +169,8 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     neighbour_knowledge = None
     if args.neighbour_knowledge:
         rows = load_knowledge(args.neighbour_knowledge)
-
-        def neighbour_knowledge(model):
-            return answer_loglikelihood(model, tokenizer, rows, max_length=args.max_length)
+        neighbour_knowledge = lambda model: answer_loglikelihood(model, tokenizer, rows,  # noqa: E731
+                                                                 max_length=args.max_length)
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,

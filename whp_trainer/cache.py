@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -31,6 +32,59 @@ def adapter_fingerprint(model, adapter_name: str) -> str:
     return digest.hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_weights_digest(name_or_path: str | os.PathLike | None) -> str | None:
+    """sha256 over the weight files of a local model folder (or file), so that weights changed in place are a new
+    model; None for a Hub id (its revision names it). Each file's hash is kept in a cache keyed by its path, size
+    and modification time, so a model is read once, not at every run."""
+    path = Path(name_or_path) if name_or_path else None
+    if path is None or not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    known = read_cache(weights_cache_file())
+    digest, changed = hashlib.sha256(), False
+    for file in files:
+        stat = file.stat()
+        key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in known:
+            known[key], changed = file_sha256(file), True
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{known[key]}".encode())
+    if changed:
+        write_json_atomically(weights_cache_file(), known)
+    return digest.hexdigest()
+
+
+def weights_cache_file() -> Path:
+    """Where the weight files' hashes are kept: beside the datasets cache, as the target cache is."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "whp_weight_hashes.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_cache(path: Path) -> dict:
+    """A JSON cache file's mapping; empty when it is absent or unreadable (a cache is rebuilt, never trusted)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_json_atomically(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value), encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def collator_fingerprint(collator) -> str:
     """The collator's ``repr`` without memory addresses (they differ between the processes of one run, which must
     share the cache), and, for a function, a hash of its code."""
@@ -43,7 +97,7 @@ def target_cache_key(trainer, dataset: datasets.Dataset) -> str:
     args = trainer.args
     base = trainer.model.get_base_model().config
     settings = {
-        "base": [base._name_or_path, base.to_json_string(use_diff=False)],
+        "base": [base._name_or_path, base.to_json_string(use_diff=False), model_weights_digest(base._name_or_path)],
         "reinforced": adapter_fingerprint(trainer.model, args.reinforced_adapter_name) if trainer.has_reinforced else None,
         "anchors": getattr(trainer.anchors, "content_hash", None),
         "data": dataset._fingerprint,

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import torch
 from huggingface_hub import InferenceClient, InferenceTimeoutError
@@ -32,6 +34,24 @@ def ask(generate: Callable[[str], str], prompts: Sequence[str]) -> list[str]:
     """The replies of ``generate`` to ``prompts``: in batches when it has a ``batch`` method, else one by one."""
     batch = getattr(generate, "batch", None)
     return list(batch(list(prompts))) if batch else [generate(prompt) for prompt in prompts]
+
+
+class EndpointError(ConnectionError, RuntimeError):
+    """A chat server that cannot be reached or refused a request (a ``RuntimeError``, and an ``OSError`` that the
+    ``whp`` command reports as one line)."""
+
+
+def check_reachable(base_url: str, timeout: float = 10.0) -> None:
+    """Open (and close) a connection to the server of ``base_url``: an ``EndpointError`` naming it when nothing
+    answers there, before any model is loaded or any text is sent."""
+    url = urlsplit(base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise EndpointError(f"{base_url}: not an http(s) URL of an OpenAI-compatible server (e.g. http://host:8000/v1)")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise EndpointError(f"{base_url}: cannot be reached ({error.strerror or error})") from None
 
 
 class EndpointChat:
@@ -75,13 +95,13 @@ class EndpointChat:
             try:
                 return self._complete(prompt)
             except OfflineModeIsEnabled as error:
-                raise RuntimeError(
+                raise EndpointError(
                     f"{self.base_url}: HF_HUB_OFFLINE=1 blocks every request of huggingface_hub, this server's too; "
                     "unset it for this command"
                 ) from error
             except (InferenceTimeoutError, HfHubHTTPError, httpx.TransportError) as error:
                 if not retried(error) or attempt == self.max_retries:
-                    raise RuntimeError(f"{self.base_url}/chat/completions: {describe(error)}") from error
+                    raise EndpointError(f"{self.base_url}/chat/completions: {describe(error)}") from error
                 wait = min(self.retry_wait * 2**attempt, 30.0)
                 logger.warning("%s: %s; retrying in %.1f s", self.base_url, describe(error), wait)
                 time.sleep(wait)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import sys
 import types
 import typing
@@ -193,10 +194,16 @@ def parse_stage(command: str, argv: list[str], defaults: dict | None = None, sou
     try:
         *parsed, extras, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except (ValueError, TypeError) as error:  # a dataclass's __post_init__ rejected a value
-        raise CliError(f"whp {command}: {error}") from error
+        raise CliError(f"whp {command}: {where_set(error, defaults or {}, argv, source)}{error}") from error
     if rest:
         raise CliError(f"whp {command}: unknown option(s) {' '.join(rest)} (see whp {command} --help)")
     return parsed, bool(getattr(extras, "overwrite", False))
+
+
+def where_set(error: Exception, values: dict, argv: list[str], source: str) -> str:
+    """``"FILE: "`` when the key a config check refused was set by the config file (not by a flag); else ``""``."""
+    named = {key for key in values if re.search(rf"\b{re.escape(key)}\b", str(error))}
+    return f"{source}: " if named and not any(f"--{key}" in argv for key in named) else ""
 
 
 def check_values(dataclass_types: tuple, values: dict, source: str, command: str) -> None:
@@ -207,10 +214,14 @@ def check_values(dataclass_types: tuple, values: dict, source: str, command: str
             hints.update(typing.get_type_hints(cls))
         except Exception:  # noqa: BLE001 - a field whose annotation cannot be resolved is left to the parser
             continue
+    choices = {f.name: f.metadata["choices"] for cls in dataclass_types for f in dataclasses.fields(cls)
+               if "choices" in f.metadata}
     for key, value in values.items():
         problem = type_problem(hints[key], value) if key in hints else None
         if key in NUMBER_OR_WORD and str(value).strip().lower() != NUMBER_OR_WORD[key]:
             problem = type_problem(float, value) and f"a number or {NUMBER_OR_WORD[key]!r}"
+        if problem is None and key in choices and value is not None and value not in choices[key]:
+            problem = f"one of {choices[key]}"
         if problem:
             raise CliError(f"{source}: {key}: expected {problem}, got {value!r} (whp {command})")
 
@@ -253,11 +264,26 @@ def type_problem(hint, value) -> str | None:
     return None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str) -> dict:
     if not Path(path).is_file():
         raise CliError(f"{path}: no such config file")
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

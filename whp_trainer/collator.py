@@ -296,6 +296,21 @@ def check_anchor_coverage(collator, dataset, batch_size: int = 256) -> Counter |
     return counts
 
 
+def check_loss_positions(collator, dataset, batch_size: int = 64) -> None:
+    """Refuse a sized training set in which no position gets a loss (e.g. a text made only of anchors): every step
+    would have loss 0 and the adapter would stay equal to the base. Stops at the first batch that has one."""
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+        if (with_shift_labels(collator(rows))["shift_labels"] != IGNORE_INDEX).any():
+            return
+    raise ValueError(
+        f"no position of the {len(dataset)} training blocks gets a loss (each next token lies inside an anchor, is a "
+        "repeated anchor, or is padding): training would change nothing. Give more text than the anchors alone"
+    )
+
+
 def as_example(example, index: int) -> Mapping:
     """A dataset row as a mapping; a bare list of token ids (what `split_into_blocks` returns for a list of
     strings) is read as ``{"input_ids": ...}``."""

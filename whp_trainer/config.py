@@ -4,6 +4,7 @@ configs are); and what both stages' configs share (auto bf16, Hub tokens kept ou
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,39 @@ def check_max_steps(args: TrainingArguments) -> None:
             f"{type(args).__name__}.max_steps={args.max_steps}: give a positive number of steps, or -1 to train "
             "num_train_epochs"
         )
+
+
+def check_trains(args: TrainingArguments) -> None:
+    """Refuse what cannot train: a learning rate that is not a finite positive number, or no step at all
+    (``max_steps=-1`` with ``num_train_epochs <= 0``), and a tracker that does not exist; each error names the key."""
+    name = type(args).__name__
+    check_max_steps(args)
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"{name}.learning_rate={args.learning_rate}: must be a finite number > 0 (else the adapter "
+                         "never moves from the base)")
+    if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise ValueError(f"{name}.num_train_epochs={args.num_train_epochs} with max_steps=-1 trains no step: give "
+                         "num_train_epochs > 0 or max_steps > 0")
+    check_report_to(args)
+
+
+def check_report_to(args: TrainingArguments) -> None:
+    """Every ``report_to`` entry is a tracker transformers knows (a typo would fail only once the model is loaded)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+    unknown = sorted(set(names) - {"all", "none", *INTEGRATION_TO_CALLBACK})
+    if unknown:
+        raise ValueError(f"{type(args).__name__}.report_to: unknown tracker(s) {unknown}; expected among "
+                         f"{sorted(INTEGRATION_TO_CALLBACK)}, all or none")
+
+
+def check_finite(args, names: tuple[str, ...]) -> None:
+    """The fields ``names`` of ``args`` hold finite numbers (NaN and inf pass every ``<`` check, then poison the
+    targets)."""
+    for name in names:
+        if not math.isfinite(getattr(args, name)):
+            raise ValueError(f"{type(args).__name__}.{name}={getattr(args, name)}: must be a finite number")
 
 
 @dataclass
@@ -327,7 +361,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        check_max_steps(self)
+        check_trains(self)
+        check_finite(self, ("alpha", "temperature", "suppression_penalty", "retain_weight", "original_cap_weight"))
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
         if self.retain_loss not in RETAIN_LOSSES:

@@ -24,8 +24,9 @@ import re
 from pathlib import Path
 
 import datasets
+import pyarrow
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from datasets.exceptions import DatasetNotFoundError
+from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError, DatasetsError
 from huggingface_hub.utils import validate_repo_id
 
 from .dictionary import read_text
@@ -71,12 +72,11 @@ def load_texts(
     if path.suffix == ".jsonl" and path.is_file():
         check_json_lines(path)
     if path.is_file() and path.suffix in FILE_BUILDERS:
-        with quiet_datasets():
-            dataset = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+        dataset = data_file(path)
     elif path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES):
         dataset = saved_split(load_from_disk(str(path)), split, source)
     elif path.is_dir():  # a dataset repo's layout (data files, a README.md with configs), read as the Hub would
-        dataset = load_dataset(str(path), config, split=split)
+        dataset = dataset_folder(path, config, split)
     elif path.exists():
         raise ValueError(f"{source}: unsupported data file; expected .txt, .json, .jsonl, .csv or .parquet")
     else:
@@ -85,6 +85,26 @@ def load_texts(
     if document_field:
         dataset = joined_documents(dataset, document_field)
     return split_paragraphs(dataset) if blocks == "paragraph" else dataset
+
+
+def data_file(path: Path) -> Dataset:
+    """The records of one .json/.jsonl/.csv/.parquet file; an error naming it when it cannot be parsed."""
+    try:
+        with quiet_datasets():
+            return load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+    except (ValueError, DatasetsError, pyarrow.ArrowException) as error:  # corrupt or truncated: the cause, named
+        cause = error.__cause__ or error
+        raise ValueError(f"{path}: not a readable {path.suffix} file ({type(cause).__name__}: {cause})") from None
+
+
+def dataset_folder(path: Path, config: str | None, split: str) -> Dataset:
+    """A folder laid out as a dataset repo; an error naming it, and what it holds, when it holds no data file."""
+    try:
+        return load_dataset(str(path), config, split=split)
+    except DataFilesNotFoundError:
+        found = sorted({file.suffix or file.name for file in path.rglob("*") if file.is_file()})
+        raise ValueError(f"{path}: a folder without a data file whp reads (.txt, .json, .jsonl, .csv, .parquet, or a "
+                         f"save_to_disk dataset); it holds {', '.join(found) or 'no file'}") from None
 
 
 def hub_dataset(source: str, config: str | None, split: str) -> Dataset:

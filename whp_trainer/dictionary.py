@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,17 @@ def read_text(path: str | Path) -> str:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8") from None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file holding one object; an error naming the file (and the line and column) otherwise."""
+    try:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def format_of(path: Path) -> str:
@@ -165,6 +177,9 @@ def validated(raw: list[RawEntry], source: str) -> dict[str, tuple[str, ...]]:
             errors.append(f"{source}, {entry.where}: {problem}")
         elif anchor not in entries:
             entries[anchor], first_seen[anchor] = translations, entry.where
+    errors += [f"{source}, {first_seen[anchor]}: translation {translation!r} of {anchor!r} is itself an anchor "
+               f"(its text would be replaced in turn)"
+               for anchor, translations in entries.items() for translation in translations if translation in entries]
     if not raw:
         errors.append(f"{source}: the dictionary is empty")
     if errors:
@@ -196,4 +211,7 @@ def _entry_problem(entry: RawEntry) -> tuple[str | None, str, tuple[str, ...]]:
         return f"empty translation of anchor {anchor!r}", anchor, ()
     if anchor in translations:
         return f"anchor {anchor!r} is its own translation", anchor, ()
+    holding = [t for t in translations if re.search(rf"(?<!\w){re.escape(anchor)}(?!\w)", t)]
+    if holding:
+        return f"translation {holding[0]!r} contains its anchor {anchor!r} (the translated text would hold it still)", anchor, ()
     return None, anchor, translations

@@ -28,7 +28,9 @@ from peft import PeftConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from .cache import model_weights_digest
 from .config import UnlearnConfig
+from .dictionary import read_json_object
 from .evaluation.callback import PROBE_NAMES_FILE
 from .evaluation.markdown import COMPARED, auto_markdown, evaluation_markdown
 from .evaluation.report import evaluation_record
@@ -37,8 +39,8 @@ from .record import (
     RECORD_FILE, checked_eval_results, hub_repo_id, read_record, record_json, run_record, write_record,
 )
 from .runs import (
-    MARKERS, REINFORCED_RECORD, begin_stage, file_digest, finish_stage, fingerprint, recorded_reinforced_adapter,
-    content_digest, reinforced_fingerprints, require_stage_output,
+    MARKERS, REINFORCED_RECORD, adapter_digest, begin_stage, file_digest, finish_stage, fingerprint,
+    recorded_reinforced_adapter, content_digest, reinforced_fingerprints, require_stage_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ def build_model_card(
     datasets: list[str] | None = None,
     tracker_urls: dict[str, str] | None = None,
     auto: dict | None = None,
+    steps_trained: int | None = None,
 ) -> ModelCard:
     """The model card of an unlearning run, in `form` `"adapter"` or `"merged"` (rendered from its
     [`run_record`][whp_trainer.record.run_record]).
@@ -102,13 +105,14 @@ def build_model_card(
         tracker_urls: tracker name -> the run's page (`"wandb"`, `"trackio"`, `"comet"`), linked from the card
             as TRL's cards do; default: none (the trainer passes [`tracker_urls`][whp_trainer.hub.tracker_urls]).
         auto: with ``alpha: auto``, what was chosen and why (the record's ``auto``, see `whp_trainer.record`).
+        steps_trained: the optimizer steps the weights had when saved (a checkpoint's own count).
     """
     return render_model_card(build_run_record(args, model_name=model_name, base_model=base_model,
                                               reinforced_adapter=reinforced_adapter, dictionary=dictionary,
                                               dataset_description=dataset_description, peft_config=peft_config,
                                               all_linear_default=all_linear_default,
                                               eval_results=eval_results, tags=tags, datasets=datasets,
-                                              tracker_urls=tracker_urls, auto=auto), form)
+                                              tracker_urls=tracker_urls, auto=auto, steps_trained=steps_trained), form)
 
 
 def build_run_record(args: UnlearnConfig, *, eval_results: dict | None = None, **facts) -> dict:
@@ -262,21 +266,68 @@ def export_merged(
     output_dir = Path(output_dir)
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
-    record = read_record(adapter_dir)
+    tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
+    check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code)
+    record = merged_record(read_record(adapter_dir), base_source, adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
-    base_id = id(base_source) if in_memory else str(base_source)
-    print_ = fingerprint("export", file_digest(adapter_dir), base_id, str(dtype), *([gguf_file] if gguf_file else []))
+    base_identity = id(base_source) if in_memory else [str(base_source), model_weights_digest(base_source)]
+    print_ = fingerprint("export", file_digest(adapter_dir), base_identity, str(dtype), *([gguf_file] if gguf_file else []))
     if not begin_stage(output_dir, "export", print_, overwrite):
         return output_dir
     base = load_full_precision_base(base_source, dtype, trust_remote_code, gguf_file)
-    merged = PeftModel.from_pretrained(base, adapter_dir)
+    try:
+        merged = PeftModel.from_pretrained(base, adapter_dir)
+    except RuntimeError as error:  # shapes that do not match: an adapter trained on another architecture
+        raise ValueError(f"the adapter in {adapter_dir} does not fit base_model={base_name(base_source)!r}: "
+                         f"{str(error).strip().splitlines()[-1].strip()}") from None
     merged = merged.merge_and_unload(progressbar=True)  # loading and saving show transformers' bars
     merged.save_pretrained(output_dir)
-    tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
     save_tokenizer(tokenizer, output_dir)
     save_merged_card(record, output_dir, card)
     finish_stage(output_dir, "export", print_)
     return output_dir
+
+
+def merged_record(record: dict | None, base_source, adapter_dir: Path) -> dict | None:
+    """The adapter's run record as the export's: the base it was merged into (which may not be the one it was trained
+    on) and the hash of the adapter merged (what an evaluation report must have measured)."""
+    if record is None:
+        return None
+    if isinstance(base_source, torch.nn.Module):
+        base = getattr(base_source.config, "_name_or_path", None) or record["base_model"]
+    else:
+        base = str(base_source)
+    return {**record, "base_model": base, "adapter_sha256": adapter_digest(adapter_dir)}
+
+
+def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code: bool = False) -> None:
+    """Before any weights load: the base has an embedding for every token of the tokenizer saved with the export,
+    and the vocabulary and hidden size of the base the adapter was trained on (when its config can be read)."""
+    vocab, hidden = model_sizes(base_source, trust_remote_code)
+    if tokenizer is not None and vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(f"base_model={base_name(base_source)!r} has {vocab} embeddings but the tokenizer saved with "
+                         f"the export has {len(tokenizer)} tokens: the base does not belong to the adapter in "
+                         f"{adapter_dir}")
+    trained_on = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    if not trained_on or trained_on == base_source or not Path(trained_on).is_dir():
+        return
+    expected = model_sizes(trained_on, trust_remote_code)
+    if expected != (vocab, hidden):
+        raise ValueError(f"base_model={base_name(base_source)!r} (vocabulary {vocab}, hidden size {hidden}) is not "
+                         f"like {trained_on!r}, the base the adapter in {adapter_dir} was trained on (vocabulary "
+                         f"{expected[0]}, hidden size {expected[1]})")
+
+
+def model_sizes(source, trust_remote_code: bool = False) -> tuple[int | None, int | None]:
+    """``(vocabulary size, hidden size)`` of a model in memory or of a checkpoint's config (no weights loaded)."""
+    config = source.config if isinstance(source, torch.nn.Module) else AutoConfig.from_pretrained(
+        source, trust_remote_code=trust_remote_code)
+    text = config.get_text_config()
+    return getattr(text, "vocab_size", None), getattr(text, "hidden_size", None)
+
+
+def base_name(source) -> str:
+    return type(source).__name__ if isinstance(source, torch.nn.Module) else str(source)
 
 
 def check_export_inputs(output_dir: Path, inputs: list) -> None:
@@ -382,8 +433,8 @@ def push_to_hub(
     operations = upload_operations(folder, include_reinforced, reinforced_subfolder, token=token)
     check_model_files_kept(folder, form, operations)
     operations += extra_operations(dictionary_file, eval_report)
-    record = record_with_results(folder, eval_report)
-    if record is not None:  # the uploaded record and card hold the report's results; the local files stay as they are
+    record = published_record(folder, eval_report, repo_id)
+    if record is not None:  # the uploaded record and card: the repo's id, the report's results; local files unchanged
         operations = [op for op in operations if op.path_in_repo not in ("README.md", RECORD_FILE)]
         operations += [
             CommitOperationAdd(path_in_repo=RECORD_FILE, path_or_fileobj=record_json(record).encode()),
@@ -402,16 +453,32 @@ def push_to_hub(
     )
 
 
-def record_with_results(folder: Path, eval_report: str | os.PathLike | dict | None) -> dict | None:
-    """`folder`'s run record with the evaluation of a report's `results` (`whp evaluate`'s report.json: role ->
-    metric -> value); `None` without a report, without results, or without a record."""
-    if eval_report is None:
-        return None
-    report = eval_report if isinstance(eval_report, dict) else json.loads(Path(eval_report).read_text(encoding="utf-8"))
+def published_record(folder: Path, eval_report: str | os.PathLike | dict | None, repo_id: str) -> dict | None:
+    """`folder`'s run record as published to `repo_id`: that repo in its loading snippet, and the evaluation of a
+    report's `results` (`whp evaluate`'s report.json: role -> metric -> value) when the report measured this very
+    adapter (see `check_report_measured`); `None` when the folder holds no record."""
+    report = read_json_object(eval_report) if isinstance(eval_report, (str, os.PathLike)) else eval_report
     record = read_record(folder)
-    if record is None or "results" not in report:
+    if record is None:
         return None
+    record = {**record, "hub_model_id": repo_id}
+    if report is None or "results" not in report:
+        return record
+    check_report_measured(report, folder, record, eval_report if not isinstance(eval_report, dict) else "eval_report")
     return {**record, "evaluation": evaluation_of(report["results"])}
+
+
+def check_report_measured(report: dict, folder: Path, record: dict, name) -> None:
+    """Refuse a report whose `unlearned` results are not those of the adapter in `folder` (or merged into it):
+    results of another run would be published as this model's."""
+    measured = (report.get("measured_adapters") or {}).get(EVAL_ROLE)
+    mine = record.get("adapter_sha256") or adapter_digest(folder)
+    if measured is None:
+        raise ValueError(f"{name}: the report records no adapter it measured (measured_adapters); run `whp evaluate "
+                         f"--unlearned_adapter` on the adapter of {folder} to put results on its card")
+    if measured != mine:
+        raise ValueError(f"{name}: the report measured another adapter (sha256 {measured[:12]}…) than the one of "
+                         f"{folder} ({mine[:12]}…): its results are not this model's")
 
 
 def check_repo_id(repo_id: str | None) -> None:

@@ -392,3 +392,32 @@ def role_logits(
         output_embeddings = model.get_base_model().get_output_embeddings()
         with gathered(model, output_embeddings) if head.rebuilds else contextlib.nullcontext():
             return logits_from_states(model, states, head)
+
+def adapter_weights(model: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of one adapter's weights under the names its saved ``adapter_model.safetensors`` uses."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+
+
+def check_adapter_trained(initial: dict[str, torch.Tensor], folder: str | os.PathLike, stage: str) -> None:
+    """Refuse a saved adapter that training left unusable: a weight that is NaN or infinite (the run diverged), or
+    every weight as it was before training (the adapter equals the base: nothing was unlearned or learned)."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, "adapter_model.safetensors")
+    saved = load_file(path)
+    broken = sorted(name for name, tensor in saved.items() if not torch.isfinite(tensor).all())
+    if broken:
+        raise ValueError(
+            f"{stage}: the trained adapter {path} holds NaN or infinite weights ({broken[0]}, {len(broken)} tensors): "
+            "the run diverged. Lower --learning_rate or clip gradients (--max_grad_norm 1); the folder is not marked "
+            "finished"
+        )
+    common = saved.keys() & initial.keys()
+    if common and all(torch.equal(saved[name], initial[name].to(saved[name].dtype)) for name in common):
+        raise ValueError(
+            f"{stage}: the adapter in {folder} did not move from its initial weights: training changed nothing (no "
+            "loss, or no gradient). Check the data, --learning_rate and --max_steps; the folder is not marked finished"
+        )

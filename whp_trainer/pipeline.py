@@ -7,7 +7,7 @@ Every stage writes ``whp_stage.json`` into its output folder with a fingerprint 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -18,13 +18,16 @@ from trl import ModelConfig
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
 from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, stop_at_targets
-from .collator import block_summary, check_anchor_coverage, collator_for, split_into_blocks, text_blocks
+from .cache import model_weights_digest
+from .collator import block_summary, check_anchor_coverage, check_loss_positions, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
 from .data import check_source, is_hub_id, load_texts
+from .dictionary import read_json_object
 from .loading import gguf_file_of, load_base_model, load_tokenizer, lora_config, naming, with_adapters
+from .models import adapter_weights, check_adapter_trained
 from .record import read_record
 from .runs import (
-    begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
+    adapter_digest, begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
     require_stage_output,
 )
 
@@ -90,6 +93,14 @@ def check_tokenizer_fits(config, tokenizer, stage: str) -> None:
         )
 
 
+def check_max_length(config, max_length: int | None, stage: str) -> None:
+    """Refuse blocks longer than the model has positions (it would fail at the first step), from its config."""
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if max_length is not None and positions is not None and max_length > positions:
+        raise ValueError(f"whp {stage}: --max_length {max_length} is beyond the model's {positions} positions "
+                         f"(max_position_embeddings); give --max_length {positions} or less")
+
+
 def require_data(value: str | None, argument: str, stage: str) -> str:
     """A data source (a path or a Hub dataset id) that must be given; a missing path is named with its argument."""
     if not value:
@@ -114,12 +125,14 @@ def block_options(data: DataArguments) -> list:
     return [data.blocks, data.document_field]
 
 
-def training_blocks(texts, tokenizer, max_length: int, stage: str):
+def training_blocks(texts, tokenizer, max_length: int, stage: str, data: DataArguments):
     """The forget documents cut into blocks of ``max_length`` tokens of running text (both stages read these), with
-    a line in the log on how many, their tokens and their padding."""
+    a line in the log on how many, their tokens and their padding; an error naming --forget_data when it holds
+    none."""
     blocks = split_into_blocks(texts, tokenizer, max_length)
     if not len(blocks):
-        raise ValueError(f"whp {stage}: --forget_data holds no block of at least 2 tokens")
+        raise ValueError(f"whp {stage}: --forget_data {data.forget_data}: too short, no block of 2 tokens or more "
+                         "to train on")
     logger.info("whp %s: forget text in %s", stage, block_summary(blocks, max_length))
     return blocks
 
@@ -136,14 +149,16 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     if not args.max_length:
         raise ValueError("whp reinforce: --max_length is required (the length of the blocks trained on)")
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
+    check_max_length(model_config, args.max_length, "reinforce")
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
-    print_ = fingerprint("reinforce", args, model_args, forget, data.text_field, *block_options(data))
+    print_ = fingerprint("reinforce", args, model_args, model_weights_digest(model_args.model_name_or_path), forget,
+                         data.text_field, *block_options(data))
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "reinforce")
-    blocks = training_blocks(texts, tokenizer, args.max_length, "reinforce")
+    blocks = training_blocks(texts, tokenizer, args.max_length, "reinforce", data)
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
     train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args)
@@ -159,6 +174,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
 
     require_data(data.forget_data, "forget_data", "unlearn")
     model_config = require_model(model_args, "unlearn", args.trust_remote_code)
+    check_max_length(model_config, args.max_length, "unlearn")
     reinforced = require_adapter(data.reinforced_adapter, "reinforced_adapter", "unlearn") if data.reinforced_adapter else None
     anchors = AnchorDictionary.load(require_path(data.anchors, "anchors", "unlearn")) if data.anchors else None
     if reinforced is None and anchors is None:
@@ -170,7 +186,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     if args.auto:
         check_auto_inputs(args, reinforced, retain, probes, anchors)
     print_ = fingerprint(
-        "unlearn", args, model_args, data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
+        "unlearn", args, model_args, model_weights_digest(model_args.model_name_or_path), data_digest(data.forget_data, data.forget_data_config, data.forget_data_split),
         file_digest(reinforced), anchors and anchors.content_hash, probes,
         data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
         *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
@@ -181,9 +197,10 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     texts = data.forget_texts()
     tokenizer = load_tokenizer(model_args, args.trust_remote_code)
     check_tokenizer_fits(model_config, tokenizer, "unlearn")
-    blocks = training_blocks(texts, tokenizer, args.max_length, "unlearn")
+    blocks = training_blocks(texts, tokenizer, args.max_length, "unlearn", data)
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
+    check_loss_positions(collator, blocks)
     choice = None
     if args.auto:  # reinforce (stronger if needed) -> sweep -> the α; the student then stops at the targets
         inputs = auto_inputs(data, args, texts["text"], probes, anchors)
@@ -206,10 +223,13 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         retain_blocks = text_blocks(data.retain_texts()["text"], tokenizer, args.max_length) if retain else None
         familiarity_monitor(trainer, probes, retain_blocks)
     stopping = stop_at_targets(trainer, choice, inputs, args, tokenizer) if choice else None
+    initial = adapter_weights(trainer.model, args.unlearn_adapter_name)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     if stopping:
         trainer.auto_choice = {**choice, "stopping": {**stopping.decision, "history": stopping.history}}
     trainer.save_model()
+    trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
+    check_adapter_trained(initial, args.output_dir, "whp unlearn")
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir
@@ -225,7 +245,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     from .evaluation.probes import build_probes, load_probes, write_probes
     from .evaluation.trackers import log_to_trackers
 
-    require_model(model_args, "evaluate", config.trust_remote_code)
+    model_config = require_model(model_args, "evaluate", config.trust_remote_code)
     adapters = evaluation_adapters(data, config.roles, teacher=bool(config.teacher_alphas))
     forget = data_digest(require_data(data.forget_data, "forget_data", "evaluate"), data.forget_data_config,
                          data.forget_data_split)
@@ -244,9 +264,10 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     if references["oracle_model"]:
         require_model(naming(model_args, references["oracle_model"]), "evaluate", config.trust_remote_code)
         require_same_tokenizer(model_args, references["oracle_model"])
+        require_full_model(references["oracle_model"], model_config, "oracle_model", "evaluate")
     print_ = fingerprint(
-        "evaluate", config, model_args, data.text_field, data.retain_text_field, anchors and anchors.content_hash,
-        forget, retain, *block_options(data),
+        "evaluate", config, model_args, model_weights_digest(model_args.model_name_or_path), data.text_field,
+        data.retain_text_field, anchors and anchors.content_hash, forget, retain, *block_options(data),
         *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
         sorted(adapters),
     )
@@ -288,7 +309,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
                  auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None,
-                 probe_names=read_probe_names(data.unlearned_adapter))
+                 probe_names=read_probe_names(data.unlearned_adapter),
+                 measured_adapters={role: adapter_digest(path) for role, path in adapters.items()})
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
                     plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)
@@ -299,6 +321,23 @@ EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateCon
 EVALUATE_KNOWLEDGE = ("forget_knowledge", "neighbour_knowledge")  # EvaluateConfig fields: knowledge rows
 EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA, *EVALUATE_KNOWLEDGE, "relearn_data",
                        "paraphrased_probes")
+
+
+def require_full_model(path: Path, model_config, argument: str, stage: str) -> None:
+    """A folder that holds a whole model (its config.json, no adapter) with the vocabulary of ``model_config``:
+    read from its config, before any weights load. An adapter folder would load as its base plus the adapter."""
+    from transformers import AutoConfig
+
+    if (path / "adapter_config.json").is_file():
+        raise ValueError(f"whp {stage}: --{argument} {path} is a PEFT adapter (adapter_config.json), not a full model; "
+                         "give the folder of a whole model trained without the forget text")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"whp {stage}: --{argument} {path} holds no config.json: not a model folder")
+    theirs = getattr(AutoConfig.from_pretrained(str(path)).get_text_config(), "vocab_size", None)
+    mine = getattr(model_config.get_text_config(), "vocab_size", None)
+    if theirs != mine:
+        raise ValueError(f"whp {stage}: --{argument} {path} has a vocabulary of {theirs} tokens, "
+                         f"--model_name_or_path {mine}: the oracle must share the model's vocabulary")
 
 
 def require_same_tokenizer(model_args: ModelConfig, oracle: Path) -> None:
@@ -317,7 +356,7 @@ def unlearning_history(unlearned_adapter: str | None) -> list[dict] | None:
     state_file = Path(unlearned_adapter or "") / TRAINER_STATE_NAME
     if not unlearned_adapter or not state_file.is_file():
         return None
-    return history_from_log_history(json.loads(state_file.read_text(encoding="utf-8"))["log_history"]) or None
+    return history_from_log_history(read_json_object(state_file).get("log_history", [])) or None
 
 
 def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = False) -> dict[str, Path]:
@@ -360,7 +399,7 @@ def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | N
 
 def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArguments, overwrite: bool = False) -> str:
     """Write candidate anchors to ``args.output`` for review (never over a file unless ``overwrite``)."""
-    from .chat import EndpointChat, LocalChat
+    from .chat import EndpointChat, EndpointError, LocalChat, check_reachable
     from .discover import boosted_expressions, candidates_from_llm, merge_candidates, write_candidates
 
     require_data(data.forget_data, "forget_data", "anchors")
@@ -371,6 +410,11 @@ def discover(data: DataArguments, model_args: ModelConfig, args: DiscoverArgumen
         require_data(data.retain_data, "retain_data", "anchors")
     if not statistics and not args.llm_url:
         require_model(model_args, "anchors", args.trust_remote_code)
+    if args.method in ("llm", "both") and args.llm_url:
+        try:
+            check_reachable(args.llm_url)
+        except EndpointError as error:
+            raise ConnectionError(f"whp anchors: --llm_url {error}") from None
     target = data.forget_texts()["text"]
     found = []
     model = tokenizer = None

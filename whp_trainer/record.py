@@ -7,7 +7,8 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 - `schema_version`: 1;
 - `model_name`, `base_model`, `hub_model_id`: names (`base_model`: a Hub id or a path, as given);
 - `method`: α, ReLU, target mode and temperature, the anchor heuristics;
-- `training`: learning rate and schedule, epochs or steps, batch sizes, max length, seed;
+- `training`: learning rate and schedule, epochs or steps planned, batch sizes, max length, seed, and
+  `steps_trained`: the optimizer steps these weights had (a checkpoint's: its own; `null` if unknown);
 - `lora`: the unlearning adapter's PEFT type, r, alpha, dropout, target modules, and `all_linear_default` (true when
   PEFT had no default targets for the architecture and every linear layer of the decoder was trained) (`null` if
   unknown);
@@ -19,6 +20,8 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 - `auto`: `null`, or with `alpha: auto` what was chosen and why: `alpha`, `round` (strengthenings of the
   reinforcement), `reached`, `reason`, `targets`, `sweeps` (α -> teacher metrics, per reinforcement),
   `reinforced_adapter`, and `stopping` (`stopped_at`, `best_step`, `reason`, `base`, `best`, `history`);
+- `adapter_sha256` (a merged export's record only): the hash of the adapter merged (`runs.adapter_digest`), which
+  an evaluation report must have measured for its results to go on the card;
 - `evaluation`: `null`, or `results` (role -> metric -> value, `null` where not measured) and, with an oracle,
   `oracle_comparison` (role -> metric -> value, oracle, difference, verdict, meaning), as in `report.json`.
 """
@@ -32,6 +35,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from huggingface_hub.utils import validate_repo_id
+
+from .dictionary import read_json_object
 
 RECORD_FILE = "whp_run.json"
 SCHEMA_VERSION = 1
@@ -54,6 +59,7 @@ def run_record(
     datasets: list[str] | None = None,
     tracker_urls: dict[str, str] | None = None,
     auto: dict | None = None,
+    steps_trained: int | None = None,
 ) -> dict:
     """The record of a run trained with `args` (an `UnlearnConfig`); the arguments are those of
     [`build_model_card`][whp_trainer.hub.build_model_card], with `evaluation` as described above."""
@@ -63,7 +69,7 @@ def run_record(
         "base_model": None if base_model is None else str(base_model),
         "hub_model_id": args.hub_model_id,
         "method": method_settings(args),
-        "training": training_hyperparameters(args),
+        "training": {**training_hyperparameters(args), "steps_trained": steps_trained},
         "lora": adapter_settings(peft_config, all_linear_default),
         "dictionary": checked_dictionary(dictionary),
         "reinforced_adapter": None if reinforced_adapter is None else str(reinforced_adapter),
@@ -95,7 +101,7 @@ def read_record(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / RECORD_FILE
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json_object(path)
     if record.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version={record.get('schema_version')!r}; this whp_trainer reads "
                          f"{SCHEMA_VERSION}")

@@ -17,9 +17,9 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrain
 from trl import SFTConfig, SFTTrainer
 
 from .collator import split_into_blocks
-from .config import TokensNotPickled, auto_bf16_field, check_max_steps, resolve_auto_bf16
+from .config import TokensNotPickled, auto_bf16_field, check_trains, resolve_auto_bf16
 from .console import readable_progress
-from .models import default_lora_targets, guard_cpu_4bit
+from .models import adapter_weights, check_adapter_trained, default_lora_targets, guard_cpu_4bit
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
         refuse_push_to_hub(self)
         resolve_auto_bf16(self)
         super().__post_init__()
-        check_max_steps(self)
+        check_trains(self)
 
 
 def refuse_push_to_hub(args: ReinforceConfig) -> None:
@@ -118,8 +118,11 @@ def train_reinforced_adapter(
     )
     readable_progress(trainer)
     guard_cpu_4bit(trainer.model)
+    initial = adapter_weights(trainer.model)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
+    trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
+    check_adapter_trained(initial, args.output_dir, "whp reinforce")
     trainer.model.unload()  # take the LoRA layers out of the caller's base
     logger.info("reinforced adapter saved to %s", args.output_dir)
     return args.output_dir

@@ -22,6 +22,8 @@ import socket
 import time
 from pathlib import Path
 
+from .dictionary import read_json_object
+
 logger = logging.getLogger(__name__)
 
 STAGE_FILE = "whp_stage.json"
@@ -427,7 +429,7 @@ def recorded_reinforced_adapter(folder: str | os.PathLike) -> str | None:
     path = Path(folder) / REINFORCED_RECORD
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json_object(path)
     source = record.get("source")
     if source and record.get("sha256") and (not Path(source).is_dir() or adapter_digest(source) != record["sha256"]):
         raise ValueError(

@@ -32,6 +32,7 @@ from .cache import CachedTargetsCollator, with_cached_targets
 from .collator import (
     AnchorSwapCollator,
     check_anchor_coverage,
+    check_loss_positions,
     collator_for,
     split_into_blocks,
     translations_in,
@@ -71,6 +72,7 @@ from .targets import (
 
 logger = logging.getLogger(__name__)
 
+RETAIN_STATE = "UnlearnTrainer.retain_batches"  # its entry in a checkpoint's trainer_state.json
 CHUNK_ELEMENTS = 2**25  # default chunk: 128 MiB of float32 teacher logits; smaller chunks re-read the LM head too often
 
 
@@ -124,8 +126,8 @@ class UnlearnTrainer(Trainer):
             logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         check_vocabulary(model, processing_class)
         self.retain_blocks = _retain_blocks(retain_dataset, processing_class, args)
-        self._retain_order: list[int] = []  # retain blocks still to serve this pass over them
-        self._retain_passes = 0
+        self._retain_served = 0  # retain batches served so far; saved in every checkpoint (see _save_checkpoint)
+        self._retain_pass: tuple[int, list[int]] = (-1, [])  # the pass over the retain blocks in use, its order
         peft_config, self.all_linear_lora = default_lora_targets(peft_config, model)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
@@ -137,6 +139,8 @@ class UnlearnTrainer(Trainer):
         self.anchors = anchors if anchors is not None else getattr(data_collator, "anchors", None)
         if self.anchors is not None:
             check_anchor_coverage(data_collator, train_dataset)
+        if train_dataset is not None:
+            check_loss_positions(data_collator, train_dataset)
         self.reinforced_adapter = reinforced_adapter
         self.has_reinforced = has_adapter(model, args.reinforced_adapter_name)
         if not self.has_reinforced and self.anchors is None:
@@ -301,15 +305,34 @@ class UnlearnTrainer(Trainer):
         return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
 
     def _next_retain_batch(self) -> dict[str, torch.Tensor]:
+        """Batch number ``_retain_served`` of the retain blocks: consecutive slices of their passes, pass ``p`` in
+        the order ``randperm(seed + p)``; a function of the count alone, so a resumed run continues it exactly."""
         size = self.args.per_device_train_batch_size
-        if len(self._retain_order) < size:
-            generator = torch.Generator().manual_seed(self.args.seed + self._retain_passes)
-            self._retain_passes += 1
-            order = torch.randperm(len(self.retain_blocks), generator=generator).tolist()
-            self._retain_order += order * (size // len(order) + 1)  # a whole batch even from few blocks
-        chosen, self._retain_order = self._retain_order[:size], self._retain_order[size:]
+        start = self._retain_served * size
+        self._retain_served += 1
+        chosen = [self._retain_block_index(position) for position in range(start, start + size)]
         collator = AnchorSwapCollator(self.processing_class, None, max_length=self.args.max_length)
         return collator([{"input_ids": self.retain_blocks[index]} for index in chosen])
+
+    def _retain_block_index(self, position: int) -> int:
+        """The retain block at ``position`` of the endless sequence of passes over them."""
+        number, offset = divmod(position, len(self.retain_blocks))
+        if self._retain_pass[0] != number:
+            generator = torch.Generator().manual_seed(self.args.seed + number)
+            self._retain_pass = (number, torch.randperm(len(self.retain_blocks), generator=generator).tolist())
+        return self._retain_pass[1][offset]
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """A checkpoint also holds how many retain batches were served (in ``trainer_state.json``), so that a resumed
+        run draws the same retain batches as one that was never interrupted."""
+        self.state.stateful_callbacks[RETAIN_STATE] = {"args": {}, "attributes": {"batches_served": self._retain_served}}
+        super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self) -> None:
+        """On resume: the retain batches served, from the checkpoint's state (before the Trainer reads its callbacks)."""
+        saved = self.state.stateful_callbacks.pop(RETAIN_STATE, None)
+        self._retain_served = saved["attributes"]["batches_served"] if saved else 0
+        super()._load_callback_state()
 
     @torch.no_grad()
     def compute_targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -494,6 +517,7 @@ class UnlearnTrainer(Trainer):
             tags=self._tag_names,
             datasets=self.dataset_ids,
             tracker_urls=tracker_urls(),
+            steps_trained=self.state.global_step,
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -2,7 +2,9 @@
 
 `report.json` holds the `results` (role -> metric -> value, the `eval_results` of
 [`build_model_card`][whp_trainer.hub.build_model_card]), their `oracle_comparison` when an oracle was measured, the
-`settings`, the package `versions` and the training callback's `history`. Its `results` and `oracle_comparison` are
+`settings`, the package `versions`, the training callback's `history`, and `measured_adapters`: role -> sha256 of
+the adapter files measured (`whp_trainer.runs.adapter_digest`), so that a card takes only the results of its own
+adapter. Its `results` and `oracle_comparison` are
 the `evaluation` of the run record that the model card is rendered from (see `whp_trainer.record`).
 """
 
@@ -29,6 +31,7 @@ def write_report(
     config: EvaluateConfig | None = None,
     auto: dict | None = None,
     probe_names: dict[str, list[str]] | None = None,
+    measured_adapters: dict[str, str] | None = None,
 ) -> Path:
     """Write `report.json`, `report.md` (rendered from it) and (`config.plots`, default on) the PNG plots; return
     `output_dir`.
@@ -41,6 +44,7 @@ def write_report(
         auto: with an unlearning run of ``alpha: auto``, what it chose and why (its run record's ``auto``).
         probe_names: metric -> [prompt, token] of the history's next-token metrics (`read_probe_names`), for the
             plot's legend only: the report names them by index, as they were logged.
+        measured_adapters: role -> hash of the adapter measured in that role (the report's identity).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +54,7 @@ def write_report(
         "versions": framework_versions(),
         "history": history,
         "auto": auto,
+        "measured_adapters": measured_adapters or {},
         **evaluation_record(results),
     }
     (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
