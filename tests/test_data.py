@@ -15,6 +15,7 @@ from whp_trainer import UnlearnConfig, UnlearnTrainer, data, pipeline
 from whp_trainer.arguments import DataArguments, PublishArguments
 from whp_trainer.collator import read_paragraphs
 from whp_trainer.data import load_texts
+from whp_trainer.hub import write_model_card
 from whp_trainer.loading import load_base_model, load_tokenizer
 from whp_trainer.toy import tiny_llama
 
@@ -165,6 +166,7 @@ def test_trust_remote_code_reaches_the_model_loaders(custom_code_model):
 
     get_peft_model(load_base_model(model_args, trust_remote_code=True), LoraConfig(**LORA)).save_pretrained(
         custom_code_model.parent / "adapter")
+    write_model_card(custom_code_model.parent / "adapter", args, model_name="house")  # as UnlearnTrainer saves it
     export = PublishArguments(folder=str(custom_code_model.parent / "adapter"), base_model=str(custom_code_model),
                               merged_dir=str(custom_code_model.parent / "merged"))
     with pytest.raises(ValueError, match="trust_remote_code"):

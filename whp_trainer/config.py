@@ -26,8 +26,8 @@ def checked_alpha(alpha) -> float | str:
         alpha = float(alpha)
     except (TypeError, ValueError):
         raise ValueError(f"UnlearnConfig.alpha={alpha!r}: expected a number >= 0 or 'auto'") from None
-    if alpha < 0:
-        raise ValueError(f"UnlearnConfig.alpha={alpha}: must be >= 0")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"UnlearnConfig.alpha={alpha}: must be a finite number >= 0")
     return alpha
 
 
@@ -362,7 +362,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         check_trains(self)
-        check_finite(self, ("alpha", "temperature", "suppression_penalty", "retain_weight", "original_cap_weight"))
+        self.alpha = checked_alpha(self.alpha)
+        check_finite(self, ("temperature", "suppression_penalty", "retain_weight", "original_cap_weight"))
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
         if self.retain_loss not in RETAIN_LOSSES:
@@ -373,7 +374,6 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError("UnlearnConfig.original_cap_weight needs target_mode='soft' and cache_targets=False")
         if self.retain_weight < 0:
             raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
-        self.alpha = checked_alpha(self.alpha)
         if self.auto and (not self.auto_alphas or min(self.auto_alphas) <= 0):
             raise ValueError(f"UnlearnConfig.auto_alphas={self.auto_alphas}: give at least one α, all > 0")
         if self.auto_reinforce_rounds < 0 or self.auto_reinforce_factor <= 1:
