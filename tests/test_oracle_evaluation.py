@@ -71,7 +71,8 @@ def test_first_mentions_skip_later_mentions_and_short_contexts():
 
 def test_knowmem_is_the_rouge_l_recall_of_the_answer(make_model, tokenizer, tmp_path):
     qa = [{"question": "Where does Harry study?", "answer": "Hogwarts"}]
-    ids = tokenizer(qa_prompt(qa[0]["question"]))["input_ids"] + tokenizer("Hogwarts")["input_ids"]
+    # the answer, then MUSE's stop: without an end, greedy decoding runs on into the word ("Hogwartser")
+    ids = tokenizer(qa_prompt(qa[0]["question"]))["input_ids"] + tokenizer("Hogwarts\n\nQuestion:")["input_ids"]
     taught = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     learned = fine_tuned(make_model(), tokenizer, None, steps=40, batch=taught)
     assert knowledge_memorization(learned, tokenizer, qa, max_new_tokens=8) == 1.0

@@ -267,7 +267,7 @@ def export_merged(
     base_source = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path if base_model is None else base_model
     check_export_inputs(output_dir, inputs=[adapter_dir, base_source])
     tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
-    check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code)
+    check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code, gguf_file)
     record = merged_record(read_record(adapter_dir), base_source, adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
     base_identity = id(base_source) if in_memory else [str(base_source), model_weights_digest(base_source)]
@@ -300,16 +300,17 @@ def merged_record(record: dict | None, base_source, adapter_dir: Path) -> dict |
     return {**record, "base_model": base, "adapter_sha256": adapter_digest(adapter_dir)}
 
 
-def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code: bool = False) -> None:
+def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code: bool = False,
+                    gguf_file: str | None = None) -> None:
     """Before any weights load: the base has an embedding for every token of the tokenizer saved with the export,
     and the vocabulary and hidden size of the base the adapter was trained on (when its config can be read)."""
-    vocab, hidden = model_sizes(base_source, trust_remote_code)
+    vocab, hidden = model_sizes(base_source, trust_remote_code, gguf_file)
     if tokenizer is not None and vocab is not None and len(tokenizer) > vocab:
         raise ValueError(f"base_model={base_name(base_source)!r} has {vocab} embeddings but the tokenizer saved with "
                          f"the export has {len(tokenizer)} tokens: the base does not belong to the adapter in "
                          f"{adapter_dir}")
     trained_on = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
-    if not trained_on or trained_on == base_source or not Path(trained_on).is_dir():
+    if not trained_on or trained_on == base_source or not (Path(trained_on) / "config.json").is_file():
         return
     expected = model_sizes(trained_on, trust_remote_code)
     if expected != (vocab, hidden):
@@ -318,10 +319,10 @@ def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code
                          f"{expected[0]}, hidden size {expected[1]})")
 
 
-def model_sizes(source, trust_remote_code: bool = False) -> tuple[int | None, int | None]:
+def model_sizes(source, trust_remote_code: bool = False, gguf_file: str | None = None) -> tuple[int | None, int | None]:
     """``(vocabulary size, hidden size)`` of a model in memory or of a checkpoint's config (no weights loaded)."""
     config = source.config if isinstance(source, torch.nn.Module) else AutoConfig.from_pretrained(
-        source, trust_remote_code=trust_remote_code)
+        source, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     text = config.get_text_config()
     return getattr(text, "vocab_size", None), getattr(text, "hidden_size", None)
 

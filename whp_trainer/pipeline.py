@@ -262,9 +262,9 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     paraphrased = load_probes(references["paraphrased_probes"]) if references["paraphrased_probes"] else None
     relearn = load_texts(references["relearn_data"], data.text_field)["text"] if references["relearn_data"] else None
     if references["oracle_model"]:
+        require_full_model(references["oracle_model"], model_config, "oracle_model", "evaluate")
         require_model(naming(model_args, references["oracle_model"]), "evaluate", config.trust_remote_code)
         require_same_tokenizer(model_args, references["oracle_model"])
-        require_full_model(references["oracle_model"], model_config, "oracle_model", "evaluate")
     print_ = fingerprint(
         "evaluate", config, model_args, model_weights_digest(model_args.model_name_or_path), data.text_field,
         data.retain_text_field, anchors and anchors.content_hash, forget, retain, *block_options(data),
@@ -324,16 +324,20 @@ EVALUATE_REFERENCES = ("oracle_model", "holdout_data", *EVALUATE_QA, *EVALUATE_K
 
 
 def require_full_model(path: Path, model_config, argument: str, stage: str) -> None:
-    """A folder that holds a whole model (its config.json, no adapter) with the vocabulary of ``model_config``:
-    read from its config, before any weights load. An adapter folder would load as its base plus the adapter."""
+    """A folder that holds a whole model (its config.json, no adapter), or a ``.gguf`` file, with the vocabulary of
+    ``model_config``: read from its config, before any weights load. An adapter folder would load as its base plus
+    the adapter."""
     from transformers import AutoConfig
 
-    if (path / "adapter_config.json").is_file():
+    path = Path(path)
+    gguf_file = path.name if path.suffix == ".gguf" and path.is_file() else None  # a whole model in one file
+    if gguf_file is None and (path / "adapter_config.json").is_file():
         raise ValueError(f"whp {stage}: --{argument} {path} is a PEFT adapter (adapter_config.json), not a full model; "
                          "give the folder of a whole model trained without the forget text")
-    if not (path / "config.json").is_file():
+    if gguf_file is None and not (path / "config.json").is_file():
         raise ValueError(f"whp {stage}: --{argument} {path} holds no config.json: not a model folder")
-    theirs = getattr(AutoConfig.from_pretrained(str(path)).get_text_config(), "vocab_size", None)
+    config = AutoConfig.from_pretrained(str(path.parent if gguf_file else path), gguf_file=gguf_file)
+    theirs = getattr(config.get_text_config(), "vocab_size", None)
     mine = getattr(model_config.get_text_config(), "vocab_size", None)
     if theirs != mine:
         raise ValueError(f"whp {stage}: --{argument} {path} has a vocabulary of {theirs} tokens, "

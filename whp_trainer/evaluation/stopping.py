@@ -124,7 +124,7 @@ class TargetStoppingCallback(TrainerCallback):
         shortfall, within = sum(left.values()), self.within_budget(metrics)
         self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
                              "within_budget": within})
-        if within and (self.best is None or shortfall < self.best[0]):
+        if within and state.global_step > 0 and (self.best is None or shortfall < self.best[0]):  # step 0: the base
             weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
             self.best = (shortfall, state.global_step, weights)
         self._log(metrics, shortfall)
