@@ -6,6 +6,7 @@ machine is shared and noisy), and the ratios against the reference are printed: 
 
     python benchmarks/bench_step.py                       # Llama-like model, vocabulary 32k
     python benchmarks/bench_step.py --vocab 128256        # a Llama-3-sized vocabulary
+    python benchmarks/bench_step.py --model FOLDER        # a real model (benchmarks/real_model.py measures SmolLM2)
 
 Variants:
   sft        plain LoRA SFT step (the reference): student forward + cross-entropy + backward + AdamW step
@@ -59,12 +60,17 @@ def build(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
-        tie_word_embeddings=False,
-    )
-    base = LlamaForCausalLM(config)
+    if args.model:  # a real model folder (e.g. benchmarks/real_model.py's base) instead of a random Llama
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    else:
+        config = LlamaConfig(
+            vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
+            num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
+            num_key_value_heads=args.hidden // 64, tie_word_embeddings=False,
+        )
+        base = LlamaForCausalLM(config)
     lora = dict(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     mask = torch.ones_like(ids)
@@ -162,6 +168,7 @@ def run_worker(args) -> None:
 
 def run_side_by_side(args) -> None:
     forwarded = [f"--{k}={getattr(args, k)}" for k in ("vocab", "hidden", "layers", "batch", "seq", "steps", "threads")]
+    forwarded += [f"--model={args.model}"] if args.model else []
     forwarded += [f"--chunk={args.chunk}"] if args.chunk else []
     results = {variant: [] for variant in args.variants}
     for _ in range(args.rounds):
@@ -190,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--model", help="A model folder to measure (a Llama-like architecture) instead of a random one")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=6)
@@ -200,6 +208,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk", type=int, help="UnlearnConfig.logits_chunk_size of the whp variants (default: its own)")
     args = parser.parse_args()
+    if args.model:
+        from transformers import AutoConfig
+
+        args.vocab = AutoConfig.from_pretrained(args.model).vocab_size
     if args.worker:
         run_worker(args)
     else:
