@@ -104,7 +104,7 @@ def make_step(variant, args, tmp):
                               gradient_checkpointing=False,  # as the sft reference: compare the same step
                               fused_teacher_pass=variant == "whp-fused", chunked_student_loss=variant != "whp-logits",
                               **(RECOMMENDED_LOSS if variant == "whp-cap" else {})),
-            data_collator=lambda x: x, train_dataset=[0],
+            data_collator=lambda x: x,
         )
         model = trainer.model
         batch = {"input_ids": ids, "attention_mask": mask, "shift_labels": shift_labels}

@@ -40,7 +40,7 @@ def passes(args, tmp: Path) -> dict:
         model=base, reinforced_adapter=tmp / "reinforced", peft_config=LoraConfig(**lora),
         args=UnlearnConfig(output_dir=str(tmp / "out"), report_to=[], use_cpu=True, gradient_checkpointing=False,
                            fused_teacher_pass=True),
-        data_collator=lambda x: x, train_dataset=[0],
+        data_collator=lambda x: x,
     )
     model = trainer.model.train()
     rows, cols = torch.ones(ids.shape[0], ids.shape[1] - 1).nonzero(as_tuple=True)

@@ -361,7 +361,7 @@ def check_scale(ctx: Context, quantize: bool) -> Result:
     torch.manual_seed(1)
     model = get_peft_model(model, LoraConfig(init_lora_weights=False, **LORA), adapter_name="reinforced")
     trainer = UnlearnTrainer(
-        model=model, peft_config=LoraConfig(**LORA), data_collator=lambda x: x, train_dataset=[0],
+        model=model, peft_config=LoraConfig(**LORA), data_collator=lambda x: x,
         args=UnlearnConfig(output_dir=str(ctx.out / name), report_to=[], use_cpu=ctx.cpu, bf16=not ctx.cpu),
     )
     model = trainer.model.train()
