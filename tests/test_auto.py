@@ -152,6 +152,18 @@ def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_mo
     assert all(torch.equal(p, seen[3][name]) for name, p in lora_weights(model).items())
 
 
+def test_each_measurement_over_budget_doubles_the_retain_weight_up_to_four_times(make_model):
+    model = trainable_model(make_model)
+    trainer = SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.5)
+    over = metrics(0.5, 0.1, 10.5)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), over, over, metrics(0.7, 0.3, 10.1), over, over,
+              over]
+    callback = ScriptedStopping(trainer, script, every_n_steps=1, budget_patience=4)
+    run_steps(callback, model, steps=6)
+    assert [entry["retain_weight"] for entry in callback.history] == [1.5, 1.5, 3.0, 6.0, 6.0, 6.0, 6.0]
+    assert trainer.retain_weight == 6.0  # 4 × the configured 1.5, not more
+
+
 def test_the_neighbour_knowledge_budget_stops_the_student(make_model):
     model = trainable_model(make_model)
     knowledge = iter([-1.0, -1.0, -1.05, -1.2])  # base, step 0, 1, 2 (nats)
@@ -248,3 +260,18 @@ def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_pa
     args = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=str(path))
     with pytest.raises(ValueError, match=r"neighbour\.jsonl.*line 2"):
         check_auto_inputs(args, reinforced="r", retain="x", probes=[{}], anchors=None)
+
+
+def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer, tmp_path):
+    from whp_trainer.arguments import DataArguments
+    from whp_trainer.auto import auto_inputs
+
+    book = " ".join(CORPUS * 20)  # one .txt file: one document, as a novel is
+    (tmp_path / "holdout.txt").write_text(" ".join(reversed(CORPUS * 20)))
+    (tmp_path / "budget.txt").write_text(" ".join(CORPUS[2:] * 20))
+    args = SimpleNamespace(seed=0, max_length=16, holdout_data=str(tmp_path / "holdout.txt"),
+                           budget_data=str(tmp_path / "budget.txt"))
+    inputs = auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, [book], PROBES, None)
+    forget, holdout = inputs.membership
+    assert len(forget) > 10 and len(holdout) > 10 and len(inputs.retain) > 10  # blocks, not one text each
+    assert all(text in book for text in forget) and max(map(len, forget)) < len(book) / 10

@@ -12,7 +12,7 @@ from peft import LoraConfig
 from test_cli import ANCHORS, TRAINING, files, run_main, write_config  # noqa: F401  (files is a fixture)
 from test_trainer import StopAfter, dataset, hand_collate, lora_state, make_example  # noqa: F401  (dataset: fixture)
 from test_trust import flags, hub, unlearn_argv  # noqa: F401  (hub is a fixture)
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
 from whp_trainer.runs import STAGE_FILE
@@ -102,14 +102,25 @@ def test_a_diverged_run_is_not_marked_finished(files, tmp_path, capsys, monkeypa
 # ---------------------------------------------------------------------------------- 14: resume, bit-identical
 
 
-@pytest.mark.parametrize("retain_weight", [0.0, 1.0])
+class RaiseRetainWeight(TrainerCallback):
+    """What alpha auto's stopping rule does when a budget is over: the trainer's retain weight raised mid-run."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.trainer.retain_weight = 4.0
+
+
+@pytest.mark.parametrize("retain_weight, raised", [(0.0, False), (1.0, False), (1.0, True)])
 def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_model, reinforced_path, dataset, tokenizer,
-                                                                 tmp_path, retain_weight):
+                                                                 tmp_path, retain_weight, raised):
     retain = Dataset.from_list([{"input_ids": make_example(100 + seed, 9, len(tokenizer))["input_ids"]}
                                 for seed in range(5)])  # 5 blocks, batches of 4: passes overlap batches
 
     def trainer(folder: Path):
-        return UnlearnTrainer(
+        built = UnlearnTrainer(
             model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
             train_dataset=dataset, data_collator=hand_collate, processing_class=tokenizer,
             retain_dataset=retain if retain_weight else None,
@@ -117,6 +128,9 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_model, rein
                                max_steps=4, save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, seed=0,
                                data_seed=0, retain_weight=retain_weight, lr_scheduler_type="constant"),
         )
+        if raised:
+            built.add_callback(RaiseRetainWeight(built))
+        return built
 
     straight = trainer(tmp_path / "straight")
     straight.train()

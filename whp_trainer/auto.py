@@ -54,7 +54,10 @@ def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
                          "--anchors (familiarity)")
 
 
-def auto_inputs(data, args, forget_texts: list[str], probes: list[dict] | None, anchors) -> AutoInputs:
+def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dict] | None, anchors) -> AutoInputs:
+    """The samples, cut into blocks of ``args.max_length`` tokens as training and the evaluation cut them (a
+    document of a whole book is one text: membership of one book against one holdout book is no AUC)."""
+    from .collator import text_blocks
     from .data import load_texts
     from .evaluation.knowledge import first_mention_probes
     from .evaluation.probes import build_probes
@@ -66,9 +69,11 @@ def auto_inputs(data, args, forget_texts: list[str], probes: list[dict] | None, 
     membership = None
     if args.holdout_data:
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
-        membership = (sample(forget_texts, rng), sample(holdout, rng))
+        membership = (sample(text_blocks(forget_texts, tokenizer, args.max_length), rng),
+                      sample(text_blocks(holdout, tokenizer, args.max_length), rng))
     budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
         else data.retain_texts()["text"]
+    budget = text_blocks(budget, tokenizer, args.max_length)
     return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
                       retain=sample(budget, rng), membership=membership)
 

@@ -203,7 +203,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     check_loss_positions(collator, blocks)
     choice = None
     if args.auto:  # reinforce (stronger if needed) -> sweep -> the α; the student then stops at the targets
-        inputs = auto_inputs(data, args, texts["text"], probes, anchors)
+        inputs = auto_inputs(data, args, tokenizer, texts["text"], probes, anchors)
         choice = choose_auto_alpha(data, model_args, args, tokenizer, inputs, anchors, reinforced, overwrite)
         args.alpha, reinforced = choice["alpha"], Path(choice["reinforced_adapter"])
     trainer = UnlearnTrainer(

@@ -127,6 +127,7 @@ class UnlearnTrainer(Trainer):
         check_vocabulary(model, processing_class)
         self.retain_blocks = _retain_blocks(retain_dataset, processing_class, args)
         self._retain_served = 0  # retain batches served so far; saved in every checkpoint (see _save_checkpoint)
+        self.retain_weight = args.retain_weight  # alpha auto's stopping rule raises it when a budget is over
         self._retain_pass: tuple[int, list[int]] = (-1, [])  # the pass over the retain blocks in use, its order
         peft_config, self.all_linear_lora = default_lora_targets(peft_config, model)
         model = prepare_unlearning_model(
@@ -236,8 +237,8 @@ class UnlearnTrainer(Trainer):
             )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
-        if self.args.retain_weight and model.training:
-            loss = loss + self.args.retain_weight * self.retain_loss(model) / self.args.gradient_accumulation_steps
+        if self.retain_weight and model.training:
+            loss = loss + self.retain_weight * self.retain_loss(model) / self.args.gradient_accumulation_steps
         top = targets.argmax(-1) if targets.is_floating_point() else targets[rows, cols]
         self._record_metrics(top, inputs["shift_labels"][rows, cols], original_log_probs)
         return (loss, outputs) if return_outputs else loss
@@ -323,15 +324,18 @@ class UnlearnTrainer(Trainer):
         return self._retain_pass[1][offset]
 
     def _save_checkpoint(self, model, trial) -> None:
-        """A checkpoint also holds how many retain batches were served (in ``trainer_state.json``), so that a resumed
-        run draws the same retain batches as one that was never interrupted."""
-        self.state.stateful_callbacks[RETAIN_STATE] = {"args": {}, "attributes": {"batches_served": self._retain_served}}
+        """A checkpoint also holds how many retain batches were served and the retain weight in use (in
+        ``trainer_state.json``), so that a resumed run continues as one that was never interrupted."""
+        self.state.stateful_callbacks[RETAIN_STATE] = {
+            "args": {}, "attributes": {"batches_served": self._retain_served, "retain_weight": self.retain_weight}}
         super()._save_checkpoint(model, trial)
 
     def _load_callback_state(self) -> None:
         """On resume: the retain batches served, from the checkpoint's state (before the Trainer reads its callbacks)."""
         saved = self.state.stateful_callbacks.pop(RETAIN_STATE, None)
         self._retain_served = saved["attributes"]["batches_served"] if saved else 0
+        self.retain_weight = saved["attributes"].get("retain_weight", self.args.retain_weight) if saved \
+            else self.args.retain_weight
         super()._load_callback_state()
 
     @torch.no_grad()

@@ -71,8 +71,10 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         print(f"whp demo: unlearn ({args.method} setting)", flush=True)
         paper, auto = args.method == "paper", args.method == "auto"
         options = {} if paper else AUTO_SETTING if auto else RECOMMENDED_SETTING
-        if auto:  # no oracle: it is told the holdout saga text, and ordinary text that no model trained on
-            options = dict(options, holdout_data=str(assets.holdout_path), budget_data=str(assets.retain_path))
+        inputs = write_evaluation_inputs(root / "inputs")
+        if auto:  # no oracle: the holdout saga text, ordinary text no model trained on, and knowledge to keep
+            options = dict(options, holdout_data=str(assets.holdout_path), budget_data=str(assets.retain_path),
+                           neighbour_knowledge=inputs["neighbour_knowledge"])
         suffix = "" if paper else f"-{args.method}"
         data.unlearned_adapter = unlearn(
             data if paper else dataclasses.replace(data, retain_data=str(assets.ordinary_path)),  # text it read
@@ -83,7 +85,7 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         if auto:  # evaluated with the reinforced adapter the run chose (recorded beside the unlearned one)
             data.reinforced_adapter = None
         print("whp demo: evaluate", flush=True)
-        config = demo_evaluation_config(root / f"evaluation{suffix}", assets, write_evaluation_inputs(root / "inputs"))
+        config = demo_evaluation_config(root / f"evaluation{suffix}", assets, inputs)
         report = evaluate(data, model_args, config, overwrite)
     print((Path(report) / "report.md").read_text(encoding="utf-8"))
     return report

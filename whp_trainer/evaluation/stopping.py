@@ -26,7 +26,9 @@ class TargetStoppingCallback(TrainerCallback):
     ``neighbour_knowledge``, a callable ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget``
     nats below the base's). Training stops when every target is reached within budget, or when a budget is spent:
     over it at ``budget_patience`` measurements in a row (early steps often overshoot a budget that the retain loss
-    then brings back); at its end the student's trainable weights are put back to the measurement closest to the targets within budget
+    then brings back). Each measurement over budget doubles the trainer's retain weight (``trainer.retain_weight``,
+    when it has a retain loss), up to ``max_retain_factor`` times the configured one: the budget is a constraint and
+    the retain weight its multiplier, raised while the constraint is violated (dual ascent). At its end the student's trainable weights are put back to the measurement closest to the targets within budget
     (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie).
 
     Attributes:
@@ -47,6 +49,7 @@ class TargetStoppingCallback(TrainerCallback):
         retain_budget: float = 0.03,
         neighbour_budget: float = 0.1,
         budget_patience: int = 3,
+        max_retain_factor: float = 4.0,
         batch_size: int = 16,
         max_length: int = 512,
     ):
@@ -61,7 +64,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
         self.every_n_steps, self.retain_budget, self.neighbour_budget = every_n_steps, retain_budget, neighbour_budget
-        self.budget_patience = budget_patience
+        self.budget_patience, self.max_retain_factor = budget_patience, max_retain_factor
+        self.initial_retain_weight = getattr(trainer, "retain_weight", 0.0)  # as configured: training not begun
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -123,7 +127,7 @@ class TargetStoppingCallback(TrainerCallback):
         left = self.targets.shortfalls(metrics, self.base, overshoot_counts=True)
         shortfall, within = sum(left.values()), self.within_budget(metrics)
         self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
-                             "within_budget": within})
+                             "within_budget": within, "retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         if within and state.global_step > 0 and (self.best is None or shortfall < self.best[0]):  # step 0: the base
             weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
             self.best = (shortfall, state.global_step, weights)
@@ -136,6 +140,15 @@ class TargetStoppingCallback(TrainerCallback):
             self.decision = {"stopped_at": state.global_step, "reason": "every target is reached within budget"}
         if self.decision is not None:
             control.should_training_stop = True
+        elif not within:
+            self.raise_retain_weight()
+
+    def raise_retain_weight(self) -> None:
+        """Double the trainer's retain weight, at most to ``max_retain_factor`` times the configured one."""
+        current = getattr(self.trainer, "retain_weight", 0.0)
+        ceiling = self.initial_retain_weight * self.max_retain_factor
+        if current and current < ceiling:
+            self.trainer.retain_weight = min(2 * current, ceiling)
 
     def spent(self, metrics: dict) -> list[str]:
         spent = []
@@ -151,5 +164,6 @@ class TargetStoppingCallback(TrainerCallback):
         """Through ``trainer.log`` (trackers and the log history), keys ``eval_auto_*``."""
         should_log = self.trainer.control.should_log
         self.trainer.log({**{f"{LOG_PREFIX}auto_{key}": value for key, value in metrics.items()},
-                          f"{LOG_PREFIX}auto_shortfall": shortfall})
+                          f"{LOG_PREFIX}auto_shortfall": shortfall,
+                          f"{LOG_PREFIX}auto_retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         self.trainer.control.should_log = should_log
