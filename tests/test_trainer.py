@@ -238,6 +238,29 @@ def test_gradient_accumulation_matches_a_single_large_batch(make_model, reinforc
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
+def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights(make_model, reinforced_path, dataset,
+                                                                          tmp_path):
+    rho, common = 0.05, dict(max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0)
+    reference = make_trainer(make_model, reinforced_path, dataset, tmp_path / "ref", **common)
+    batch = reference._prepare_inputs(next(iter(reference.get_train_dataloader())))
+    model = reference.model.train()
+    weights = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    before = {name: p.detach().clone() for name, p in weights.items()}
+    gradient = torch.autograd.grad(reference.compute_loss(model, batch), list(weights.values()))
+    norm = torch.sqrt(sum(g.square().sum() for g in gradient))
+    with torch.no_grad():
+        for p, g in zip(weights.values(), gradient):
+            p.add_(rho * g / norm)
+    sharp = torch.autograd.grad(reference.compute_loss(model, batch), list(weights.values()))
+
+    trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path / "sam", sam_rho=rho, **common)
+    trainer.train()
+    after = {name: p.detach() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    for (name, start), g_sharp, g_plain in zip(before.items(), sharp, gradient):
+        torch.testing.assert_close(after[name], start - g_sharp, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(s, g, rtol=1e-3, atol=1e-6) for s, g in zip(sharp, gradient))  # not plain SGD
+
+
 class StopAfter(TrainerCallback):
     def __init__(self, step):
         self.step = step

@@ -349,6 +349,13 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "'kl': KL(base ‖ student) on retain text (keep the base's predictions); 'nll': plain "
                   "language-modelling loss on retain text.", "choices": list(RETAIN_LOSSES)},
     )
+    sam_rho: float = field(
+        default=0.0,
+        metadata={"help": "Sharpness-aware unlearning against relearning (Fan et al., ICML 2025): each step's gradient "
+                  "is taken at the trainable weights moved sam_rho along their normalised gradient, so training "
+                  "settles where a few fine-tuning steps move the loss least; two forward-backward passes per step; "
+                  "0 = off (the paper)."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: the collator needs the raw text columns (as in TRL)."},
@@ -363,7 +370,7 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         super().__post_init__()
         check_trains(self)
         self.alpha = checked_alpha(self.alpha)
-        check_finite(self, ("temperature", "suppression_penalty", "retain_weight", "original_cap_weight"))
+        check_finite(self, ("temperature", "suppression_penalty", "retain_weight", "original_cap_weight", "sam_rho"))
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
         if self.retain_loss not in RETAIN_LOSSES:
@@ -374,6 +381,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError("UnlearnConfig.original_cap_weight needs target_mode='soft' and cache_targets=False")
         if self.retain_weight < 0:
             raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
+        if self.sam_rho < 0:
+            raise ValueError(f"UnlearnConfig.sam_rho={self.sam_rho}: must be >= 0")
         if self.auto and (not self.auto_alphas or min(self.auto_alphas) <= 0):
             raise ValueError(f"UnlearnConfig.auto_alphas={self.auto_alphas}: give at least one α, all > 0")
         if self.auto_reinforce_rounds < 0 or self.auto_reinforce_factor <= 1:

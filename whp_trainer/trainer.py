@@ -243,6 +243,39 @@ class UnlearnTrainer(Trainer):
         self._record_metrics(top, inputs["shift_labels"][rows, cols], original_log_probs)
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.args.sam_rho:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._sharpness_aware_step(model, inputs, num_items_in_batch)
+
+    def _sharpness_aware_step(self, model, inputs, num_items_in_batch):
+        """SAM (``args.sam_rho``): this micro-batch's gradient taken at ``w + ρ·g/‖g‖`` (``g``: its gradient at
+        ``w``), with the same retain batch, added to the gradients accumulated so far; the weights stay ``w``."""
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        accumulated = [parameter.grad for parameter in parameters]
+        for parameter in parameters:
+            parameter.grad = None
+        served = self._retain_served
+        super().training_step(model, inputs, num_items_in_batch)
+        gradients = [parameter.grad for parameter in parameters]
+        norm = torch.sqrt(sum(gradient.float().square().sum() for gradient in gradients if gradient is not None))
+        scale = self.args.sam_rho / (norm + 1e-12)
+        moves = [None if gradient is None else (gradient * scale).to(gradient.dtype) for gradient in gradients]
+        with torch.no_grad():
+            for parameter, move in zip(parameters, moves):
+                parameter.grad = None
+                if move is not None:
+                    parameter.add_(move)
+        self._retain_served = served
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        with torch.no_grad():
+            for parameter, move, earlier in zip(parameters, moves, accumulated):
+                if move is not None:
+                    parameter.sub_(move)
+                if earlier is not None:
+                    parameter.grad = earlier if parameter.grad is None else parameter.grad + earlier
+        return loss
+
     def _student_loss(self, model, inputs, targets, rows, cols, num_items_in_batch):
         """The loss from the student's full ``(B, T, V)`` logits; also the log-probabilities of the original tokens."""
         outputs = student_forward(model, inputs)
