@@ -43,6 +43,7 @@ from whp_trainer.toy import tiny_llama, train_tokenizer
 CORPUS_BOOKS = ("JUDGES", "SAMUEL_1")
 TARGET, HOLDOUT = "RUTH", "ESTHER"
 HELD_OUT = ("SAMUEL_2", 6)  # its first chapters: general text of the same kind that no model read
+BUDGET = ("SAMUEL_2", 12)  # its chapters after HELD_OUT's: alpha auto's budget, read by neither training nor evaluation
 PASSAGE_CHARS = 400
 SPEC = DemoSize(0, 0, 0, vocab_size=2048, hidden_size=192, layers=4, heads=4, epochs=8, batch_size=16,
                 learning_rate=2e-3)
@@ -158,8 +159,8 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
     "soft+cap×3, strong reinforcement, α=7, lr×5, 3× steps": {**RECOMMENDED, "alpha": 7.0, "reinforced": "strong",
                                                               "original_cap_weight": 3.0, "learning_rate": 1e-2,
                                                               "num_train_epochs": 24},
-    "auto (recommended objective; α, reinforcement and stopping chosen, no oracle)": {
-        **RECOMMENDED, "alpha": "auto", "learning_rate": 1e-2, "num_train_epochs": 24},
+    "auto (recommended objective; α, reinforcement and stopping chosen, no oracle)": {  # at most 3× the steps
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24},
 }
 TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0]}
 
@@ -306,7 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="forget-quality", help="Where adapters and the report go.")
     parser.add_argument("--repeats", type=int, default=5, help="How many times the base reads the target.")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--seed", type=int, default=0, help="Seed of reinforce and unlearn (the base, the oracle and "
+                        "the evaluation's samples keep theirs).")
     args = parser.parse_args(argv)
+    TRAINING["seed"] = args.seed
     start = time.perf_counter()
     root = build_models(cache_root(args.cache_dir) / "forget_quality" / f"v1-repeats{args.repeats}", args.repeats)
     out = Path(args.output_dir)
@@ -338,7 +342,11 @@ def main(argv: list[str] | None = None) -> dict:
             folder = out / re.sub(r"[^\w.+-]+", "_", name)
             options = dict(SETTINGS[name])
             if options.get("alpha") == "auto":  # told what a user has: Esther as holdout text, no oracle
-                options["holdout_data"] = str(texts / "holdout.txt")
+                if not (texts / "budget.txt").is_file():
+                    budget = book_passages(*BUDGET)[len(book_passages(*HELD_OUT)):]
+                    (texts / "budget.txt").write_text("\n\n".join(budget) + "\n", encoding="utf-8")
+                options.update(holdout_data=str(texts / "holdout.txt"), budget_data=str(texts / "budget.txt"),
+                               neighbour_knowledge=str(texts / "neighbour_knowledge.json"))
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
             config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,
@@ -353,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_privleak(results)
     report = write_report(results, out / "report", config=evaluation_config(out / "report", TEACHER_ALPHAS["default"]))
     print((report / "report.md").read_text(encoding="utf-8"))
-    print(f"forget_quality: {time.perf_counter() - start:.0f} s in all; settings: {json.dumps(SETTINGS)}")
+    print(f"forget_quality: {time.perf_counter() - start:.0f} s in all; seed {args.seed}; settings: "
+          f"{json.dumps(SETTINGS)}")
     return results
 
 
