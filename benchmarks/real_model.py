@@ -276,6 +276,24 @@ def measure(root: Path, model_args, adapters: dict[str, Path], oracle: bool) -> 
     )
 
 
+def references_and(root: Path, model_args, reinforced: Path) -> dict:
+    """The base and the oracle (measured once per evaluation code and settings: they do not depend on the seed),
+    with the ``reinforced`` adapter."""
+    import hashlib
+
+    import whp_trainer.evaluation
+
+    sources = sorted(Path(whp_trainer.evaluation.__file__).parent.glob("*.py"))
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in sources)
+                         + repr(evaluation_config(root / "evaluation")).encode()).hexdigest()[:16]
+    saved = root / f"references-{key}.json"
+    if saved.is_file():
+        return {**json.loads(saved.read_text()), **measure(root, model_args, {"reinforced": reinforced}, False)}
+    results = measure(root, model_args, {"reinforced": reinforced}, True)
+    saved.write_text(json.dumps({role: results[role] for role in ("base", "oracle")}, indent=1))
+    return results
+
+
 def knowledge_sets(texts: Path) -> dict:
     """The forget and neighbour knowledge sets, for an evaluation that scores them by likelihood."""
     import inspect
@@ -327,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     reinforced = pipeline.reinforce(data, model_args, ReinforceConfig(output_dir=str(out / "reinforced"),
                                                                       **training, **REINFORCE))
     data = dataclasses.replace(data, reinforced_adapter=reinforced)
-    results = measured(Path(reinforced), lambda: measure(root, model_args, {"reinforced": Path(reinforced)}, True))
+    results = measured(Path(reinforced), lambda: references_and(root, model_args, Path(reinforced)))
     print(f"real_model: references measured ({time.perf_counter() - start:.0f} s)", flush=True)
     for name in args.settings:
         folder = out / re.sub(r"[^\w.+-]+", "_", name)
