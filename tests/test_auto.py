@@ -152,6 +152,17 @@ def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_mo
     assert all(torch.equal(p, seen[3][name]) for name, p in lora_weights(model).items())
 
 
+def test_when_no_measurement_is_within_budget_the_student_ends_on_the_one_least_over_it(make_model):
+    model = trainable_model(make_model)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.6, 0.2, 11.0), metrics(0.5, 0.1, 10.4),
+              metrics(0.5, 0.1, 10.8)]  # +10 %, +4 %, +8 %: every one over the +3 % budget
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
+    stopped, seen = run_steps(callback, model, steps=10)
+    assert stopped == 3 and callback.decision["best_step"] == 2
+    assert "no measurement was within budget: it ends on the one least over it" in callback.decision["reason"]
+    assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
+
+
 def test_each_measurement_over_budget_doubles_the_retain_weight_up_to_four_times(make_model):
     model = trainable_model(make_model)
     trainer = SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.5)
@@ -275,3 +286,14 @@ def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer
     forget, holdout = inputs.membership
     assert len(forget) > 10 and len(holdout) > 10 and len(inputs.retain) > 10  # blocks, not one text each
     assert all(text in book for text in forget) and max(map(len, forget)) < len(book) / 10
+
+
+def test_a_budget_is_spent_only_once_the_retain_weight_is_at_its_ceiling(make_model):
+    model = trainable_model(make_model)
+    trainer = SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.0)
+    over = metrics(0.5, 0.1, 10.5)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0)] + [over] * 6
+    callback = ScriptedStopping(trainer, script, every_n_steps=1, budget_patience=2)
+    stopped, _ = run_steps(callback, model, steps=10)
+    assert stopped == 4 and trainer.retain_weight == 4.0  # steps 1, 2 raise it (1 → 2 → 4); 3 and 4 count
+    assert callback.decision["reason"].startswith("a budget is spent at 2 measurements in a row")

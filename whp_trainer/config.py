@@ -225,7 +225,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     budget_patience: int = field(
         default=3,
-        metadata={"help": "alpha auto: a budget is spent when it is exceeded at this many measurements in a row (early "
+        metadata={"help": "alpha auto: a budget is spent when it is exceeded at this many measurements in a row once "
+                  "the retain weight, doubled at each measurement over budget, has reached 4x its setting (early "
                   "steps often overshoot what the retain loss then brings back)."},
     )
     auto_eval_steps: int = field(

@@ -28,8 +28,11 @@ class TargetStoppingCallback(TrainerCallback):
     over it at ``budget_patience`` measurements in a row (early steps often overshoot a budget that the retain loss
     then brings back). Each measurement over budget doubles the trainer's retain weight (``trainer.retain_weight``,
     when it has a retain loss), up to ``max_retain_factor`` times the configured one: the budget is a constraint and
-    the retain weight its multiplier, raised while the constraint is violated (dual ascent). At its end the student's trainable weights are put back to the measurement closest to the targets within budget
-    (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie).
+    the retain weight its multiplier, raised while the constraint is violated (dual ascent); the measurements in a
+    row count from when it has reached that ceiling. At its end the
+    student's trainable weights are put back to the measurement closest to the targets within budget (least summed
+    shortfall, see `Targets.shortfalls`; the earliest on a tie) or, when none after step 0 was within budget, to the
+    one least over its budgets (each overrun in units of its budget), and the decision says so.
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget"}]``, one entry per measurement.
@@ -71,6 +74,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
         self.best: tuple[float, int, dict] | None = None  # (shortfall, step, weights)
+        self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, step, weights)
+        self.over_count = 0  # measurements over budget in a row with the retain weight at its ceiling
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter)."""
@@ -107,10 +112,14 @@ class TargetStoppingCallback(TrainerCallback):
             self._check(state, control)
         self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
                                           "before the targets were reached"}
-        if self.best is None:  # never within budget (a run resumed past it): the weights stay as trained
+        if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None)
             return
-        shortfall, step, weights = self.best
+        if self.best is None:
+            _, shortfall, step, weights = self.least_over
+            self.decision["reason"] += "; no measurement was within budget: it ends on the one least over it"
+        else:
+            shortfall, step, weights = self.best
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with torch.no_grad():
             for name, parameter in model.named_parameters():
@@ -129,11 +138,15 @@ class TargetStoppingCallback(TrainerCallback):
         self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
                              "within_budget": within, "retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         if within and state.global_step > 0 and (self.best is None or shortfall < self.best[0]):  # step 0: the base
-            weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-            self.best = (shortfall, state.global_step, weights)
+            self.best = (shortfall, state.global_step, trainable_weights(model))
+        overrun = self.overrun(metrics)
+        if not within and self.best is None and (self.least_over is None or
+                                                  (overrun, shortfall) < self.least_over[:2]):
+            self.least_over = (overrun, shortfall, state.global_step, trainable_weights(model))
         self._log(metrics, shortfall)
-        over = [entry["within_budget"] for entry in self.history[-self.budget_patience:]]
-        if self.decision is None and len(over) == self.budget_patience and not any(over):
+        # over budget counts once the retain weight cannot rise further (or there is none to raise)
+        self.over_count = 0 if within else self.over_count + (not self.can_raise_retain_weight())
+        if self.decision is None and self.over_count >= self.budget_patience:
             self.decision = {"stopped_at": state.global_step, "reason": f"a budget is spent at {self.budget_patience} "
                              "measurements in a row (" + ", ".join(self.spent(metrics)) + ")"}
         elif self.decision is None and within and shortfall == 0 and state.global_step > 0:
@@ -143,12 +156,23 @@ class TargetStoppingCallback(TrainerCallback):
         elif not within:
             self.raise_retain_weight()
 
+    def can_raise_retain_weight(self) -> bool:
+        current = getattr(self.trainer, "retain_weight", 0.0)
+        return bool(current) and current < self.initial_retain_weight * self.max_retain_factor
+
     def raise_retain_weight(self) -> None:
         """Double the trainer's retain weight, at most to ``max_retain_factor`` times the configured one."""
-        current = getattr(self.trainer, "retain_weight", 0.0)
-        ceiling = self.initial_retain_weight * self.max_retain_factor
-        if current and current < ceiling:
-            self.trainer.retain_weight = min(2 * current, ceiling)
+        if self.can_raise_retain_weight():
+            ceiling = self.initial_retain_weight * self.max_retain_factor
+            self.trainer.retain_weight = min(2 * self.trainer.retain_weight, ceiling)
+
+    def overrun(self, metrics: dict) -> float:
+        """How far over its budgets a measurement is, each in units of its budget (0: within)."""
+        over = max(0.0, metrics[RETAIN] / self.base[RETAIN] - 1 - self.retain_budget) / self.retain_budget
+        if NEIGHBOUR in metrics:
+            drop = self.base[NEIGHBOUR] - metrics[NEIGHBOUR]
+            over += max(0.0, drop - self.neighbour_budget) / self.neighbour_budget
+        return over
 
     def spent(self, metrics: dict) -> list[str]:
         spent = []
@@ -167,3 +191,7 @@ class TargetStoppingCallback(TrainerCallback):
                           f"{LOG_PREFIX}auto_shortfall": shortfall,
                           f"{LOG_PREFIX}auto_retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         self.trainer.control.should_log = should_log
+
+
+def trainable_weights(model) -> dict[str, torch.Tensor]:
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad}

@@ -1,0 +1,81 @@
+"""The goal row of docs/results.md, checked on evaluation reports: one line per unlearned model.
+
+Against the oracle of the same report: VerbMem and first-mention entity probability at most 0.02 above the
+oracle's, membership AUC (Min-K% and Min-K%++) within ±0.05 of the oracle's, familiarity after relearning at most
+0.05 above the oracle's after the same probe; against the base: held-out perplexity at most +3 %, neighbour
+knowledge (mean answer log-likelihood) at most 0.1 nat below. With ``alpha: auto``, what the run chose.
+
+    python benchmarks/goal_row.py whp-demo-42/evaluation-auto/report.json whp-demo-1/evaluation-auto/report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+REFERENCES = ("base", "oracle", "reinforced")
+COLUMNS = ("VerbMem", "entity", "AUC Min-K", "AUC Min-K++", "relearned", "held-out ppl", "neighbour")
+
+
+def goals(model: dict, oracle: dict, base: dict) -> dict[str, tuple[str, bool | None]]:
+    """Column -> (the value as printed, whether its goal is met; ``None``: not measured)."""
+
+    def check(key, reference, met, show=lambda value: f"{value:.3f}"):
+        if key not in model or key not in reference or any(map(math.isnan, (model[key], reference[key]))):
+            return "—", None
+        return f"{show(model[key])} ({show(reference[key])})", met(model[key], reference[key])
+
+    return {
+        "VerbMem": check("verbmem_forget", oracle, lambda value, ref: value <= ref + 0.02),
+        "entity": check("entity_first_mention", oracle, lambda value, ref: value <= ref + 0.02, lambda v: f"{v:.4f}"),
+        "AUC Min-K": check("membership_auc_mink", oracle, lambda value, ref: abs(value - ref) <= 0.05),
+        "AUC Min-K++": check("membership_auc_minkpp", oracle, lambda value, ref: abs(value - ref) <= 0.05),
+        "relearned": check("familiarity_token_relearned", oracle, lambda value, ref: value <= ref + 0.05,
+                           lambda v: f"{v:.4f}"),
+        "held-out ppl": check("retain_perplexity", base, lambda value, ref: value <= ref * 1.03,
+                              lambda v: f"{v:.4g}"),
+        "neighbour": check("knowledge_neighbour_loglik", base, lambda value, ref: value >= ref - 0.1,
+                           lambda v: f"{v:.3f}"),
+    }
+
+
+def auto_summary(report: dict) -> str:
+    """α, the reinforcement round and where the student stopped, when the report holds an ``alpha: auto`` record."""
+    auto = report.get("auto")
+    if not auto:
+        return ""
+    stopping = auto.get("stopping", {})
+    return (f"α {auto['alpha']:g}, reinforcement round {auto['round']}, teacher reached: {auto['reached']}; stopped at "
+            f"step {stopping.get('stopped_at')} ({stopping.get('reason')}), ended on step {stopping.get('best_step')}")
+
+
+def rows(path: Path) -> list[str]:
+    report = json.loads(path.read_text())
+    results = report["results"]
+    lines = []
+    for role, model in results.items():
+        if role in REFERENCES or role.startswith("teacher"):
+            continue
+        checked = goals(model, results["oracle"], results["base"])
+        missed = [column for column, (_, met) in checked.items() if met is False]
+        verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
+        cells = [f"{shown} {'✓' if met else '✗' if met is False else ''}".strip() for shown, met in checked.values()]
+        lines.append(f"| {path.parent} · {role} | " + " | ".join(cells) + f" | {verdict} | {auto_summary(report)} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", type=Path, help="report.json files of whp evaluate or a benchmark")
+    args = parser.parse_args(argv)
+    print("| run · model | " + " | ".join(f"{column} (reference)" for column in COLUMNS) + " | goal row | auto |")
+    print("| --- " * (len(COLUMNS) + 3) + "|")
+    for path in args.reports:
+        print("\n".join(rows(path)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
