@@ -238,6 +238,7 @@ def test_the_auto_config_example_is_valid():
     path = Path(__file__).parents[1] / "examples" / "harry_potter_auto.yaml"
     plans = dict(cli.plan_run(cli.read_yaml(str(path)), str(path)))
     assert plans["unlearn"]["holdout_data"] == "data/holdout"  # from the evaluate section
+    assert plans["unlearn"]["neighbour_knowledge"] == "data/neighbour_knowledge.jsonl"  # so is the second budget
     assert plans["evaluate"]["reinforced_adapter"] is None  # the one the unlearning run chose
     (_, _, args), _ = cli.parse_stage("unlearn", [], {**plans["unlearn"], "bf16": False}, str(path))
     assert args.auto and (args.target_mode, args.original_cap_weight, args.retain_weight) == ("soft", 1.0, 1.0)
