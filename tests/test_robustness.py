@@ -56,6 +56,10 @@ def test_many_shot_prompts_hold_forget_passages_but_never_the_probes_own_sentenc
     assert FORGET[1] not in prompt  # it holds "Harry Potter studies magic at Hogwarts": the answer could be copied
     short = many_shot_probes(PROBES, [FORGET[0], FORGET[2]] * 4, tokenizer, shots=8, max_tokens=40)[0]["prompt"]
     assert len(tokenizer(short)["input_ids"]) <= 40 and short.count("\n\n") >= 1
+    book = " ".join([FORGET[0], FORGET[2]] * 10)  # a passage longer than the whole prompt may be: its end goes in, not nothing
+    long = many_shot_probes(PROBES, [book], tokenizer, shots=1, max_tokens=40)[0]["prompt"]
+    assert len(tokenizer(long)["input_ids"]) <= 40 and long.endswith("\n\n" + PROBES[0]["prompt"])
+    assert long.split("\n\n")[0] and long.split("\n\n")[0].split()[-1] == book.split()[-1]
     rows = many_shot_knowledge(FORGET_KNOWLEDGE[:1], FORGET, tokenizer, shots=1, max_tokens=200)
     assert rows[0]["prompt"].endswith("\n\nQuestion: Where does Harry study magic?\nAnswer:")
     assert (rows[0]["answer"], rows[0]["false_answer"]) == (" Hogwarts", " home")

@@ -128,6 +128,11 @@ class EvaluateConfig:
         metadata={"help": "Robustness: forget passages put in the prompt before each probe and question "
                   "(in-context extraction, fitted to --max_length); 0 = skip."},
     )
+    many_shot_max_tokens: int = field(
+        default=1024,
+        metadata={"help": "Robustness: a many-shot prompt, passages and question, holds at most this many tokens (and "
+                  "never more than the tokenizer's model_max_length)."},
+    )
     paraphrased_probes: str | None = field(
         default=None,
         metadata={"help": "Robustness: probes reworded ({prompt, target} .json/.jsonl, as --probes): token "
@@ -156,7 +161,8 @@ class EvaluateConfig:
             raise ValueError(f"roles={self.roles}: expected distinct roles among {list(ROLES)}")
         if self.judge not in JUDGES:
             raise ValueError(f"judge={self.judge!r}: expected one of {list(JUDGES)}")
-        positive = ("batch_size", "max_length", "max_probes", "max_new_tokens", "prompt_tokens", "continuation_tokens")
+        positive = ("batch_size", "max_length", "max_probes", "max_new_tokens", "prompt_tokens", "continuation_tokens",
+                    "many_shot_max_tokens")
         for name in positive:
             _check(self, name, getattr(self, name) >= 1, "must be at least 1")
         for name in ("completions", "memorization_passages", "retain_texts", "relearn_steps", "membership_texts",

@@ -148,10 +148,16 @@ def many_shot_knowledge(
 
 
 def _prefixed(tokenizer, passages: list[str], prompt: str, max_tokens: int) -> str:
-    """``passages`` and ``prompt``, blank-line separated, with passages dropped from the end until it fits."""
+    """``passages`` and ``prompt``, blank-line separated, with passages dropped from the end until it fits; when not
+    even the first passage fits whole, as much of its end as fits (forget text in the context, not none)."""
     passages = list(passages)
+    first = passages[:1]
     while passages and len(tokenizer("\n\n".join([*passages, prompt]))["input_ids"]) > max_tokens:
         passages.pop()
+    if first and not passages:
+        room = max_tokens - len(tokenizer(prompt + "\n\n")["input_ids"])
+        ids = tokenizer(first[0], add_special_tokens=False)["input_ids"]
+        passages = [tokenizer.decode(ids[-room:]).strip()] if room > 0 else []
     return "\n\n".join([*passages, prompt])
 
 

@@ -163,7 +163,8 @@ def add_attack_data(data: EvaluationData, config: EvaluateConfig, tokenizer, for
         if relearn_texts:
             data.relearn_texts["relearn_neighbour"] = [text for text in relearn_texts if text.strip()]
     if config.many_shot_passages:
-        shots = dict(shots=config.many_shot_passages, max_tokens=config.max_length, seed=config.seed)
+        room = min(config.many_shot_max_tokens, getattr(tokenizer, "model_max_length", None) or config.max_length)
+        shots = dict(shots=config.many_shot_passages, max_tokens=room, seed=config.seed)
         data.in_context["many_shot"] = (
             many_shot_probes(data.probes, data.texts["forget"], tokenizer, **shots),
             many_shot_knowledge(data.knowledge.get("forget", []), data.texts["forget"], tokenizer, **shots))
