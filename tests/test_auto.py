@@ -78,6 +78,16 @@ def test_the_alpha_reaching_every_target_at_the_least_retain_cost_is_chosen():
     assert (closest["alpha"], closest["reached"]) == (10.0, False) and "no teacher reaches" in closest["reason"]
 
 
+def test_a_teacher_over_its_budget_does_not_count_and_a_stronger_reinforcement_is_preferred():
+    targets = Targets(membership=0.5, familiarity=0.1)
+    dear = sweep(BASE, (5.0, 0.9, 0.4, 11.0), (14.0, 0.48, 0.05, 130.0))  # reaches the targets at 13× perplexity
+    cheaper = sweep(BASE, (5.0, 0.53, 0.1, 16.0), (10.0, 0.45, 0.05, 30.0))
+    assert choose_alpha([dear], targets)["alpha"] == 14.0  # no budget: reached, at any cost
+    assert not choose_alpha([dear], targets, teacher_budget=1.0)["reached"]  # 130 > 2 × 10: strengthen
+    choice = choose_alpha([dear, cheaper], targets, teacher_budget=1.0)
+    assert (choice["alpha"], choice["round"], choice["reached"]) == (5.0, 1, True)
+
+
 def test_without_a_familiarity_reference_membership_alone_decides():
     choice = choose_alpha([sweep(BASE, (5.0, 0.54, 0.5, 11.0), (7.0, 0.4, 0.5, 12.0))], Targets(0.5, None))
     assert (choice["alpha"], choice["reached"]) == (5.0, True)  # within 0.05 of 0.5, familiarity not a target

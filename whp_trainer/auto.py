@@ -104,7 +104,7 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
                                     inputs.membership, anchors and translated_probes(inputs.probes, anchors),
                                     max_length=args.max_length))
         del model
-        choice = choose_alpha(sweeps, targets)
+        choice = choose_alpha(sweeps, targets, args.teacher_budget)
         if choice["reached"]:
             break
     print(f"whp unlearn: alpha auto: α = {choice['alpha']:g}: {choice['reason']}", flush=True)

@@ -213,6 +213,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=0.02,
         metadata={"help": "alpha auto: familiarity and entity probability reach their reference up to this much above."},
     )
+    teacher_budget: float = field(
+        default=1.0,
+        metadata={"help": "alpha auto: a teacher counts as reaching the targets only if its retain perplexity is at "
+                  "most this share above the base's (1.0: twice the base's); when none does, the reinforcement is "
+                  "strengthened. A student follows its teacher only part of the way within retain_budget."},
+    )
     retain_budget: float = field(
         default=0.03,
         metadata={"help": "alpha auto: the student stops once retain perplexity rises more than this share above "
@@ -388,6 +394,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError(f"UnlearnConfig.auto_alphas={self.auto_alphas}: give at least one α, all > 0")
         if self.auto_reinforce_rounds < 0 or self.auto_reinforce_factor <= 1:
             raise ValueError("UnlearnConfig.auto_reinforce_rounds must be >= 0 and auto_reinforce_factor > 1")
+        if self.teacher_budget <= 0:
+            raise ValueError(f"UnlearnConfig.teacher_budget={self.teacher_budget}: must be > 0")
         if self.budget_patience < 1:
             raise ValueError(f"UnlearnConfig.budget_patience={self.budget_patience}: must be >= 1")
         if self.auto_eval_steps < 1:

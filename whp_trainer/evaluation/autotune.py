@@ -183,10 +183,13 @@ def membership_aucs(teacher, tokenizer, texts, alphas, pad_id, k, max_length, ba
             for alpha, score in scores.items()}
 
 
-def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets) -> dict:
+def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_budget: float | None = None) -> dict:
     """The α to unlearn with, from one sweep per reinforcement (the first is the given one): in the first sweep where
-    a teacher reaches every target, the α that does so at the least retain perplexity; when none does, the α (of any
-    sweep) that comes closest (least shortfall summed over the targets, then least retain perplexity).
+    a teacher reaches every target within ``teacher_budget`` (its retain perplexity at most that share above the
+    base's; ``None``: any cost), the α that does so at the least retain perplexity; when none does, the α (of any
+    sweep) that comes closest (least shortfall summed over the targets, then least retain perplexity). A teacher
+    that reaches the targets only by making ordinary text many times less likely is no target a student can follow
+    within its own budget: a stronger reinforcement gives cheaper teachers.
 
     Returns ``{"alpha", "round", "reached", "reason", "targets", "sweeps"}`` (``round``: which sweep, 0 = the given
     reinforcement), the record of the choice.
@@ -201,7 +204,11 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets) -> dict:
                 continue
             left = targets.shortfalls(metrics, base)
             candidates.append((round_, alpha, metrics, sum(left.values()), left))
-    reaching = [c for c in candidates if c[3] == 0.0]
+    def affordable(candidate) -> bool:
+        base = sweeps[candidate[0]][0.0][RETAIN]
+        return teacher_budget is None or candidate[2][RETAIN] <= base * (1 + teacher_budget)
+
+    reaching = [c for c in candidates if c[3] == 0.0 and affordable(c)]
     if reaching:
         first_round = min(c[0] for c in reaching)
         round_, alpha, metrics, _, left = min((c for c in reaching if c[0] == first_round), key=lambda c: c[2][RETAIN])
@@ -209,8 +216,10 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets) -> dict:
                  f"retain perplexity ({metrics[RETAIN]:.4g} against the base's {sweeps[round_][0.0][RETAIN]:.4g})"
     else:
         round_, alpha, metrics, _, left = min(candidates, key=lambda c: (round(c[3], 6), c[2][RETAIN]))
-        reason = f"no teacher reaches every target; the closest is α={alpha:g} ({describe(metrics, targets)}; " \
-                 f"left of the way: {', '.join(f'{key} {value:.0%}' for key, value in left.items())})"
+        within = "" if teacher_budget is None else f" at most {teacher_budget:.0%} above the base's retain perplexity"
+        reason = f"no teacher reaches every target{within}; the closest is α={alpha:g} ({describe(metrics, targets)}" \
+                 f"; retain perplexity {metrics[RETAIN]:.4g} against the base's {sweeps[round_][0.0][RETAIN]:.4g}" \
+                 f"; left of the way: {', '.join(f'{key} {value:.0%}' for key, value in left.items()) or 'none'})"
     if round_:
         reason += f", after {round_} strengthening(s) of the reinforcement"
     return {"alpha": alpha, "round": round_, "reached": bool(reaching), "reason": reason, "targets": asdict(targets),
