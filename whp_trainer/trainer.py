@@ -167,6 +167,9 @@ class UnlearnTrainer(Trainer):
         # across processes by the Trainer), so gradient accumulation needs no further scaling.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        if args.sam_rho and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError("UnlearnConfig.sam_rho needs each process's whole gradients between its two passes: "
+                             "not with DeepSpeed or FSDP (their gradients are sharded); use DDP or one process")
         readable_progress(self)
         logger.info("whp_trainer: %s", self.method_variant)
 
