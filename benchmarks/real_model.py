@@ -249,6 +249,7 @@ def evaluation_config(output_dir: Path):
         output_dir=str(output_dir), batch_size=8, max_length=BLOCK, max_probes=100, completions=0,
         memorization_passages=16, prompt_tokens=24, continuation_tokens=24, retain_texts=0, relearn_steps=5,
         relearn_learning_rate=1e-3, hints=False, membership_texts=0, teacher_alphas=[], plots=False,
+        many_shot_passages=2, many_shot_max_tokens=3 * BLOCK,  # sized for a CPU: two biographies' blocks in context
     )
 
 
