@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="Seed of reinforce and unlearn (the base, the oracle and "
                         "the evaluation's samples keep theirs).")
     args = parser.parse_args(argv)
-    TRAINING["seed"] = args.seed
+    training = {**TRAINING, "seed": args.seed}
     start = time.perf_counter()
     root = build_models(cache_root(args.cache_dir) / "forget_quality" / f"v1-repeats{args.repeats}", args.repeats)
     out = Path(args.output_dir)
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         for strength in (name for name in REINFORCEMENTS if name in needed):
             folder = out / ("reinforced" if strength == "default" else f"reinforced-{strength}")
             reinforced[strength] = pipeline.reinforce(data, model_args, ReinforceConfig(
-                output_dir=str(folder), packing=False, gradient_checkpointing=False, **TRAINING,
+                output_dir=str(folder), packing=False, gradient_checkpointing=False, **training,
                 **REINFORCEMENTS[strength]))
             references = measured(Path(reinforced[strength]), lambda: measure(
                 root, dataclasses.replace(data, reinforced_adapter=reinforced[strength]), model_args,
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
             config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,
-                                   **{**TRAINING, **UNLEARN, **options})
+                                   **{**training, **UNLEARN, **options})
             adapter = Path(pipeline.unlearn(setting_data, model_args, config))
             results[name] = measured(adapter, lambda: measure(root, data, model_args, {"unlearned": adapter}, [],
                                                               oracle=False))["unlearned"]

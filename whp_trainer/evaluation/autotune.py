@@ -204,6 +204,7 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
                 continue
             left = targets.shortfalls(metrics, base)
             candidates.append((round_, alpha, metrics, sum(left.values()), left))
+
     def affordable(candidate) -> bool:
         base = sweeps[candidate[0]][0.0][RETAIN]
         return teacher_budget is None or candidate[2][RETAIN] <= base * (1 + teacher_budget)

@@ -126,7 +126,7 @@ class EvaluateConfig:
     many_shot_passages: int = field(
         default=8,
         metadata={"help": "Robustness: forget passages put in the prompt before each probe and question "
-                  "(in-context extraction, fitted to --max_length); 0 = skip."},
+                  "(in-context extraction, fitted to --many_shot_max_tokens); 0 = skip."},
     )
     many_shot_max_tokens: int = field(
         default=1024,

@@ -67,15 +67,15 @@ class TargetStoppingCallback(TrainerCallback):
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
         self.every_n_steps, self.retain_budget, self.neighbour_budget = every_n_steps, retain_budget, neighbour_budget
-        self.budget_patience, self.max_retain_factor = budget_patience, max_retain_factor
-        self.initial_retain_weight = getattr(trainer, "retain_weight", 0.0)  # as configured: training not begun
+        self.budget_patience = budget_patience
+        # the retain weight's ceiling, from the weight as configured (training has not begun)
+        self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
         self.best: tuple[float, int, dict] | None = None  # (shortfall, step, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, step, weights)
-        self.over_count = 0  # measurements over budget in a row with the retain weight at its ceiling
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter)."""
@@ -145,8 +145,9 @@ class TargetStoppingCallback(TrainerCallback):
             self.least_over = (overrun, shortfall, state.global_step, trainable_weights(model))
         self._log(metrics, shortfall)
         # over budget counts once the retain weight cannot rise further (or there is none to raise)
-        self.over_count = 0 if within else self.over_count + (not self.can_raise_retain_weight())
-        if self.decision is None and self.over_count >= self.budget_patience:
+        spent = [not entry["within_budget"] and not self.can_raise(entry["retain_weight"])
+                 for entry in self.history[-self.budget_patience:]]
+        if self.decision is None and len(spent) == self.budget_patience and all(spent):
             self.decision = {"stopped_at": state.global_step, "reason": f"a budget is spent at {self.budget_patience} "
                              "measurements in a row (" + ", ".join(self.spent(metrics)) + ")"}
         elif self.decision is None and within and shortfall == 0 and state.global_step > 0:
@@ -156,15 +157,13 @@ class TargetStoppingCallback(TrainerCallback):
         elif not within:
             self.raise_retain_weight()
 
-    def can_raise_retain_weight(self) -> bool:
-        current = getattr(self.trainer, "retain_weight", 0.0)
-        return bool(current) and current < self.initial_retain_weight * self.max_retain_factor
+    def can_raise(self, retain_weight: float) -> bool:
+        return bool(retain_weight) and retain_weight < self.retain_ceiling
 
     def raise_retain_weight(self) -> None:
         """Double the trainer's retain weight, at most to ``max_retain_factor`` times the configured one."""
-        if self.can_raise_retain_weight():
-            ceiling = self.initial_retain_weight * self.max_retain_factor
-            self.trainer.retain_weight = min(2 * self.trainer.retain_weight, ceiling)
+        if self.can_raise(getattr(self.trainer, "retain_weight", 0.0)):
+            self.trainer.retain_weight = min(2 * self.trainer.retain_weight, self.retain_ceiling)
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
