@@ -2,8 +2,9 @@
 
 Against the oracle of the same report: VerbMem and first-mention entity probability at most 0.02 above the
 oracle's, membership AUC (Min-K% and Min-K%++) within ±0.05 of the oracle's, familiarity after relearning at most
-0.05 above the oracle's after the same probe; against the base: held-out perplexity at most +3 %, neighbour
-knowledge (mean answer log-likelihood) at most 0.1 nat below. With ``alpha: auto``, what the run chose.
+0.05 above the oracle's after the same probe (an AUC is printed with its standard error when the report has it);
+against the base: held-out perplexity at most +3 %, neighbour knowledge (mean answer log-likelihood) at most 0.1 nat
+below. With ``alpha: auto``, what the run chose.
 
     python benchmarks/goal_row.py whp-demo-42/evaluation-auto/report.json whp-demo-1/evaluation-auto/report.json
 """
@@ -25,7 +26,7 @@ def goals(model: dict, oracle: dict, base: dict) -> dict[str, tuple[str, bool | 
     def check(key, reference, met, show=lambda value: f"{value:.3f}"):
         if key not in model or key not in reference or any(map(math.isnan, (model[key], reference[key]))):
             return "—", None
-        return f"{show(model[key])} ({show(reference[key])})", met(model[key], reference[key])
+        return f"{shown(model, key, show)} ({shown(reference, key, show)})", met(model[key], reference[key])
 
     return {
         "VerbMem": check("verbmem_forget", oracle, lambda value, ref: value <= ref + 0.02),
@@ -39,6 +40,12 @@ def goals(model: dict, oracle: dict, base: dict) -> dict[str, tuple[str, bool | 
         "neighbour": check("knowledge_neighbour_loglik", base, lambda value, ref: value >= ref - 0.1,
                            lambda v: f"{v:.3f}"),
     }
+
+
+def shown(metrics: dict, key: str, show) -> str:
+    """A value as printed, with its standard error when the report has one (``<key>_se``: membership AUCs)."""
+    error = metrics.get(f"{key}_se")
+    return show(metrics[key]) + ("" if error is None else f" ±{error:.2f}")
 
 
 def auto_summary(report: dict) -> str:

@@ -14,7 +14,7 @@ from whp_trainer.anchors import AnchorDictionary
 from whp_trainer.evaluation import EvaluateConfig, evaluate_model, write_report
 from whp_trainer.evaluation.familiarity import sample_completions
 from whp_trainer.evaluation.knowledge import first_mention_probes, knowledge_memorization, load_qa, qa_prompt
-from whp_trainer.evaluation.membership import auc, membership_auc, min_k, privleak
+from whp_trainer.evaluation.membership import auc, auc_standard_error, membership_auc, min_k, privleak
 from whp_trainer.evaluation import markdown_report, oracle_comparison
 from whp_trainer.evaluation.report import evaluation_record
 from whp_trainer.evaluation.teacher import GenericTeacher
@@ -52,11 +52,24 @@ def test_auc_min_k_and_privleak_follow_their_definitions():
     assert privleak(0.9, 0.5) == pytest.approx(-80.0) and privleak(0.25, 0.5) == pytest.approx(50.0)
 
 
+@pytest.mark.parametrize("members, non_members", [(6, 5), (40, 40), (64, 30)])
+def test_an_aucs_standard_error_is_its_spread_over_samples_of_that_size(members, non_members):
+    # with no signal: the exact variance of the Mann-Whitney AUC; with one: the spread over 2,000 drawn samples
+    null = auc_standard_error(0.5, members, non_members)
+    assert null == pytest.approx(((members + non_members + 1) / (12 * members * non_members)) ** 0.5, rel=0.01)
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.tensor([auc(torch.randn(members, generator=generator) + 1.0,
+                              torch.randn(non_members, generator=generator)) for _ in range(2000)])
+    assert auc_standard_error(drawn.mean().item(), members, non_members) == pytest.approx(drawn.std().item(), rel=0.15)
+
+
 def test_membership_auc_recognises_the_text_a_model_read(make_model, tokenizer):
     untrained = membership_auc(make_model(), tokenizer, FORGET, HOLDOUT, k=0.4)
     trained = membership_auc(fine_tuned(make_model(), tokenizer, FORGET), tokenizer, FORGET, HOLDOUT, k=0.4)
     assert trained["membership_auc_mink"] == 1.0 and trained["membership_auc_minkpp"] > untrained["membership_auc_minkpp"]
     assert trained["membership_auc_minkpp"] >= 0.8
+    assert trained["membership_auc_minkpp_se"] == auc_standard_error(trained["membership_auc_minkpp"], len(FORGET),
+                                                                     len(HOLDOUT))
 
 
 def test_first_mentions_skip_later_mentions_and_short_contexts():

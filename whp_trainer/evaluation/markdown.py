@@ -56,6 +56,9 @@ METRIC_HELP = {
     "membership_auc_mink": "AUC of telling forget texts from --holdout_data texts by Min-K% (k = --membership_k) "
     "log-probability: 0.5 = no membership signal (goal: the oracle's)",
     "membership_auc_minkpp": "the same AUC by the Min-K%++ score (goal: the oracle's)",
+    "membership_auc_mink_se": "standard error of the Min-K% AUC at these numbers of forget and holdout texts (Hanley "
+    "& McNeil): two AUCs closer than about twice it are not told apart",
+    "membership_auc_minkpp_se": "standard error of the Min-K%++ AUC",
     "privleak_mink": "MUSE's PrivLeak from the Min-K% AUC, in % relative to the oracle: 0 = like the oracle, negative "
     "= the forget text is still recognised, positive = over-unlearned",
     "privleak_minkpp": "PrivLeak from the Min-K%++ AUC (%)",
@@ -66,7 +69,8 @@ METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, ret
     "familiarity_token", "familiarity_completion", "familiarity_completion_", "familiarity_token_hints",
     "familiarity_token_relearned", "knowmem_forget", "knowledge_forget_loglik", "knowledge_forget_two_choice",
     "knowledge_neighbour_loglik", "knowledge_neighbour_two_choice", "knowledge_selectivity", "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
-    "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "privleak_mink", "privleak_minkpp",
+    "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "membership_auc_mink_se",
+    "membership_auc_minkpp_se", "privleak_mink", "privleak_minkpp",
     "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
 )
 PREFIX_HELP = {

@@ -9,6 +9,7 @@ from holdout texts (non-members) by that score is 0.5 for a model that read neit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -83,9 +84,11 @@ def membership_auc(
     max_length: int = 512, batch_size: int = 8,
 ) -> dict[str, float]:
     """Min-K% and Min-K%++ AUC of ``forget_texts`` (members) against ``holdout_texts`` (non-members, of the same
-    kind and never trained on): 0.5 = no membership signal, 1 = every forget text is recognised.
+    kind and never trained on): 0.5 = no membership signal, 1 = every forget text is recognised. Each with its
+    standard error at these sample sizes (`auc_standard_error`): the resolution a comparison can claim.
 
-    Returns ``{"membership_auc_mink": ..., "membership_auc_minkpp": ...}``.
+    Returns ``{"membership_auc_mink": ..., "membership_auc_minkpp": ..., "membership_auc_mink_se": ...,
+    "membership_auc_minkpp_se": ...}``.
     """
     if not forget_texts or not holdout_texts:
         raise ValueError("membership_auc needs forget texts and holdout texts")
@@ -93,10 +96,21 @@ def membership_auc(
     for name, texts in (("forget", forget_texts), ("holdout", holdout_texts)):
         log_probs, standardised = token_scores(model, tokenizer, texts, max_length, batch_size)
         scores[name] = ([min_k(values, k) for values in log_probs], [min_k(values, k) for values in standardised])
-    return {
-        "membership_auc_mink": auc(scores["forget"][0], scores["holdout"][0]),
-        "membership_auc_minkpp": auc(scores["forget"][1], scores["holdout"][1]),
-    }
+    found = {}
+    for index, name in enumerate(("membership_auc_mink", "membership_auc_minkpp")):
+        found[name] = auc(scores["forget"][index], scores["holdout"][index])
+        found[f"{name}_se"] = auc_standard_error(found[name], len(forget_texts), len(holdout_texts))
+    return found
+
+
+def auc_standard_error(value: float, members: int, non_members: int) -> float:
+    """The standard error of an AUC of ``value`` measured on ``members`` and ``non_members`` samples (Hanley &
+    McNeil 1982): about 0.065 at 40 + 40 texts and AUC 0.5, 0.18 at 6 + 5, so two AUCs of small samples differ
+    by more than a goal of ±0.05 by chance alone."""
+    q_members, q_non_members = value / (2 - value), 2 * value**2 / (1 + value)
+    variance = (value * (1 - value) + (members - 1) * (q_members - value**2)
+                + (non_members - 1) * (q_non_members - value**2)) / (members * non_members)
+    return math.sqrt(max(variance, 0.0))
 
 
 def privleak(membership: float, oracle_membership: float) -> float:
