@@ -110,6 +110,9 @@ SETTINGS = {  # name -> UnlearnConfig options; the paper's and the recommended s
     # the recommended objective with α, reinforcement and stopping chosen (at most 3× the steps, as every benchmark)
     "auto": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0, "original_cap_weight": 1.0,
              "num_train_epochs": 12},
+    # a diagnostic, not a setting: does the student reach the targets when given twice the steps?
+    "auto, 6× steps": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0, "original_cap_weight": 1.0,
+                       "num_train_epochs": 24},
 }
 LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=[
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
