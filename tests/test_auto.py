@@ -17,6 +17,7 @@ from whp_trainer.evaluation import GenericTeacher, membership_auc, perplexity, t
 from whp_trainer.evaluation.autotune import (
     Targets, choose_alpha, familiarity_reference, teacher_sweep, translated_probes,
 )
+from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.stopping import TargetStoppingCallback
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
@@ -146,7 +147,8 @@ def test_the_student_stops_at_the_targets(make_model):
     callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
     stopped, seen = run_steps(callback, model, steps=10)
     assert stopped == 2 and callback.decision["reason"] == "every target is reached within budget"
-    assert callback.decision["best_step"] == 2
+    assert callback.decision["best_step"] == 2 and callback.decision["reached"]
+    assert "not reached" not in stopping_summary(callback.decision)
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
 
 
@@ -160,6 +162,11 @@ def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_mo
     assert stopped == 6 and callback.decision["reason"].startswith("a budget is spent at 3 measurements in a row")
     assert callback.decision["best_step"] == 3  # the closest to the targets within budget
     assert all(torch.equal(p, seen[3][name]) for name, p in lora_weights(model).items())
+    # the kept weights are short of the targets, and the card and the console say so
+    assert not callback.decision["reached"] and callback.decision["left"]["membership_auc_mink"] > 0
+    summary = stopping_summary(callback.decision)
+    assert "those of step 3, the measurement closest to the targets within budget" in summary
+    assert "**The targets were not reached**" in summary and "`membership_auc_mink`" in summary
 
 
 def test_when_no_measurement_is_within_budget_the_student_ends_on_the_one_least_over_it(make_model):
@@ -171,6 +178,10 @@ def test_when_no_measurement_is_within_budget_the_student_ends_on_the_one_least_
     assert stopped == 3 and callback.decision["best_step"] == 2
     assert "no measurement was within budget: it ends on the one least over it" in callback.decision["reason"]
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
+    # step 2 is at every target, but over budget: not called reached
+    assert callback.decision["best_shortfall"] == 0 and not callback.decision["reached"]
+    summary = stopping_summary(callback.decision)
+    assert "the measurement least over its budgets" in summary and "reached only over budget" in summary
 
 
 def test_each_measurement_over_budget_doubles_the_retain_weight_up_to_four_times(make_model):
@@ -240,6 +251,7 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert stopping["reason"] and stopping["history"][0]["step"] == 0 and stopping["best_step"] is not None
     card = (tmp_path / "run" / "unlearned" / "README.md").read_text()
     assert "How α was chosen (`alpha: auto`)" in card and choice["reason"] in card
+    assert stopping_summary(stopping) in card  # where it stopped, and whether the kept weights reach the targets
     report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "How α was chosen (`alpha: auto`)" in report and "teacher α=40" in report
 

@@ -169,6 +169,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
 
 def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, overwrite: bool = False) -> str:
     """Stages 2–4: unlearn with the reinforced adapter and the anchor dictionary (either may be left out)."""
+    from .evaluation.markdown import stopping_summary
     from .evaluation.probes import load_probes
     from .trainer import UnlearnTrainer
 
@@ -227,6 +228,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     if stopping:
         trainer.auto_choice = {**choice, "stopping": {**stopping.decision, "history": stopping.history}}
+        print(f"whp unlearn: alpha auto: {stopping_summary(stopping.decision)}", flush=True)
     trainer.save_model()
     trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
     check_adapter_trained(initial, args.output_dir, "whp unlearn")

@@ -27,7 +27,7 @@ from ..collator import split_into_blocks
 from ..models import BASELINE, using_adapter
 from ..targets import generic_logits
 from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
-from .membership import MUSE_K, auc, membership_ids, min_k, scores_from_logits
+from .membership import MUSE_K, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
 from .retain import summed_nll
 from .teacher import GenericTeacher
@@ -178,9 +178,7 @@ def membership_aucs(teacher, tokenizer, texts, alphas, pad_id, k, max_length, ba
                 found[alpha][1].extend(min_k(row, k) for row in standardised)
         for alpha in alphas:
             scores[alpha][name] = found[alpha]
-    return {alpha: {"membership_auc_mink": auc(score["forget"][0], score["holdout"][0]),
-                    "membership_auc_minkpp": auc(score["forget"][1], score["holdout"][1])}
-            for alpha, score in scores.items()}
+    return {alpha: membership_results(score["forget"], score["holdout"]) for alpha, score in scores.items()}
 
 
 def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_budget: float | None = None) -> dict:

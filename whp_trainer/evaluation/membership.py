@@ -96,10 +96,15 @@ def membership_auc(
     for name, texts in (("forget", forget_texts), ("holdout", holdout_texts)):
         log_probs, standardised = token_scores(model, tokenizer, texts, max_length, batch_size)
         scores[name] = ([min_k(values, k) for values in log_probs], [min_k(values, k) for values in standardised])
+    return membership_results(scores["forget"], scores["holdout"])
+
+
+def membership_results(forget: tuple[list, list], holdout: tuple[list, list]) -> dict[str, float]:
+    """`membership_auc`'s dict from the (Min-K%, Min-K%++) scores of the forget and of the holdout texts."""
     found = {}
     for index, name in enumerate(("membership_auc_mink", "membership_auc_minkpp")):
-        found[name] = auc(scores["forget"][index], scores["holdout"][index])
-        found[f"{name}_se"] = auc_standard_error(found[name], len(forget_texts), len(holdout_texts))
+        found[name] = auc(forget[index], holdout[index])
+        found[f"{name}_se"] = auc_standard_error(found[name], len(forget[index]), len(holdout[index]))
     return found
 
 

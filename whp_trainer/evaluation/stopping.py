@@ -36,7 +36,9 @@ class TargetStoppingCallback(TrainerCallback):
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget"}]``, one entry per measurement.
-        decision: ``{"stopped_at", "best_step", "reason", "base"}`` once training ended.
+        decision: ``{"stopped_at", "best_step", "reason", "base", "best", "reached", "left", "within_budget"}`` once
+            training ended (``reached``: the kept measurement is at every target within budget; ``left``: its
+            shortfall per target).
     """
 
     def __init__(
@@ -113,7 +115,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
                                           "before the targets were reached"}
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
-            self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None)
+            self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
+                                 left=None, within_budget=None)
             return
         if self.best is None:
             _, shortfall, step, weights = self.least_over
@@ -125,8 +128,10 @@ class TargetStoppingCallback(TrainerCallback):
             for name, parameter in model.named_parameters():
                 if name in weights:
                     parameter.copy_(weights[name])
-        self.decision.update(best_step=step, best_shortfall=shortfall, base=self.base,
-                             best=next(entry["metrics"] for entry in self.history if entry["step"] == step))
+        kept = next(entry for entry in self.history if entry["step"] == step)
+        self.decision.update(best_step=step, best_shortfall=shortfall, base=self.base, best=kept["metrics"],
+                             reached=shortfall == 0 and kept["within_budget"], left=kept["shortfall"],
+                             within_budget=kept["within_budget"])
 
     def _check(self, state, control) -> None:
         """Measure, keep the best weights, and stop training when the targets are reached or a budget is spent."""
