@@ -184,6 +184,14 @@ def test_when_no_measurement_is_within_budget_the_student_ends_on_the_one_least_
     assert "the measurement least over its budgets" in summary and "reached only over budget" in summary
 
 
+def test_a_run_with_no_measurement_to_keep_says_so_and_names_no_step():
+    decision = {"stopped_at": 40, "reason": "the step budget ran out before the targets were reached",
+                "best_step": None, "best_shortfall": None, "reached": False, "left": None, "within_budget": None}
+    summary = stopping_summary(decision)
+    assert "those it ended with (no measurement after step 0 to keep)" in summary and "None" not in summary
+    assert "**The targets were not reached**:" in summary
+
+
 def test_each_measurement_over_budget_doubles_the_retain_weight_up_to_four_times(make_model):
     model = trainable_model(make_model)
     trainer = SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.5)

@@ -295,15 +295,19 @@ def auto_markdown(auto: dict) -> str:
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
-    kept = ("the measurement closest to the targets within budget" if stopping.get("within_budget", True)
-            else "the measurement least over its budgets")
-    text = (f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are those of "
-            f"step {stopping['best_step']}, {kept}.")
+    if stopping["best_step"] is None:
+        kept = "those it ended with (no measurement after step 0 to keep)"
+    elif stopping.get("within_budget", True):
+        kept = f"those of step {stopping['best_step']}, the measurement closest to the targets within budget"
+    else:
+        kept = f"those of step {stopping['best_step']}, the measurement least over its budgets"
+    text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)
-    if left:
-        return text + f" **The targets were not reached** (left of the way from the base: {left}): this model " \
-                      "remembers more of the target than the targets allow."
+    if left or stopping["best_step"] is None:
+        shortfall = f" (left of the way from the base: {left})" if left else ""
+        return text + f" **The targets were not reached**{shortfall}: this model remembers more of the target " \
+                      "than the targets allow."
     return text + " **The targets were reached only over budget**: this model has lost more of what it should keep " \
                   "than the budgets allow."
