@@ -127,7 +127,7 @@ def lora_weights(model):
 
 def run_steps(callback, model, steps):
     """on_train_begin, then on_step_end every step with the weights changed by each step, until it stops."""
-    state, control = SimpleNamespace(global_step=0), SimpleNamespace(should_training_stop=False)
+    state, control = SimpleNamespace(global_step=0, max_steps=steps), SimpleNamespace(should_training_stop=False)
     callback.on_train_begin(None, state, control)
     seen = {0: lora_weights(model)}
     while not control.should_training_stop and state.global_step < steps:
@@ -161,6 +161,18 @@ def test_the_student_stops_at_the_targets(make_model):
     assert callback.decision["best_step"] == 2 and callback.decision["reached"]
     assert "not reached" not in stopping_summary(callback.decision)
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
+
+
+def test_a_long_run_is_measured_about_max_measurements_times(make_model):
+    model = trainable_model(make_model)
+    far = metrics(0.95, 0.5, 10.0)  # never at the targets, always within budget: the run goes to its last step
+    callback = ScriptedStopping(fake_trainer(model), [far] * 20, every_n_steps=2, max_measurements=10)
+    stopped, _ = run_steps(callback, model, steps=95)
+    assert stopped == 95 and callback.decision["measured_every"] == 10  # ceil(95 / 10), more than every 2 steps
+    assert [entry["step"] for entry in callback.history] == [*range(0, 95, 10), 95]  # and the last step
+    short = ScriptedStopping(fake_trainer(model), [far] * 20, every_n_steps=2, max_measurements=10)
+    run_steps(short, model, steps=12)
+    assert [entry["step"] for entry in short.history] == [0, 2, 4, 6, 8, 10, 12]  # short run: every_n_steps
 
 
 def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_model):
@@ -297,8 +309,8 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
     trainer = fake_trainer(model)
     trainer.callback_handler = SimpleNamespace(callbacks=[])
     trainer.add_callback = trainer.callback_handler.callbacks.append
-    args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, retain_budget=0.03,
-                           neighbour_budget=0.1, budget_patience=1)
+    args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
+                           retain_budget=0.03, neighbour_budget=0.1, budget_patience=1)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
     assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,

@@ -180,6 +180,7 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,
         inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, every_n_steps=args.auto_eval_steps,
+        max_measurements=args.auto_max_measurements,
         retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,
         budget_patience=args.budget_patience, max_length=args.max_length,
     )

@@ -237,7 +237,15 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "steps often overshoot what the retain loss then brings back)."},
     )
     auto_eval_steps: int = field(
-        default=8, metadata={"help": "alpha auto: the student is measured against the targets every this many steps."}
+        default=8,
+        metadata={"help": "alpha auto: the student is measured against the targets every this many steps, or less "
+                  "often on a long run (see auto_max_measurements)."},
+    )
+    auto_max_measurements: int = field(
+        default=12,
+        metadata={"help": "alpha auto: at most about this many measurements of the student over the run's steps "
+                  "(each costs a few training steps): the interval is the larger of auto_eval_steps and "
+                  "max steps / this; 0 = every auto_eval_steps whatever the run's length."},
     )
     relu: bool = field(
         default=True,
@@ -401,6 +409,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError(f"UnlearnConfig.budget_patience={self.budget_patience}: must be >= 1")
         if self.auto_eval_steps < 1:
             raise ValueError(f"UnlearnConfig.auto_eval_steps={self.auto_eval_steps}: must be >= 1")
+        if self.auto_max_measurements < 0:
+            raise ValueError(f"UnlearnConfig.auto_max_measurements={self.auto_max_measurements}: must be >= 0")
         if self.temperature <= 0:
             raise ValueError(f"UnlearnConfig.temperature={self.temperature}: must be > 0")
         if self.suppression_penalty < 0:

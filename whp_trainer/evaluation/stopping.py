@@ -4,6 +4,7 @@ when the targets are reached or a budget is spent, and end on the best measureme
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,7 +21,8 @@ NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the ne
 
 
 class TargetStoppingCallback(TrainerCallback):
-    """Every ``every_n_steps`` steps (and at step 0), measure the student on the signals of ``targets`` (token
+    """Every ``every_n_steps`` steps (and at step 0; with ``max_measurements``, every ``max_steps /
+    max_measurements`` steps when that is more, so a long run is measured about that many times), measure the student on the signals of ``targets`` (token
     familiarity on ``probes``, entity probability on ``first_mentions``, membership AUC of ``membership_texts``)
     and on the budgets (perplexity of ``retain_texts`` at most ``retain_budget`` above the base's; with
     ``neighbour_knowledge``, a callable ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget``
@@ -36,9 +38,9 @@ class TargetStoppingCallback(TrainerCallback):
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget"}]``, one entry per measurement.
-        decision: ``{"stopped_at", "best_step", "reason", "base", "best", "reached", "left", "within_budget"}`` once
-            training ended (``reached``: the kept measurement is at every target within budget; ``left``: its
-            shortfall per target).
+        decision: ``{"stopped_at", "best_step", "reason", "base", "best", "reached", "left", "within_budget",
+            "measured_every"}`` once training ended (``reached``: the kept measurement is at every target within
+            budget; ``left``: its shortfall per target; ``measured_every``: the steps between measurements).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class TargetStoppingCallback(TrainerCallback):
         first_mentions: Sequence[dict] | None = None,
         neighbour_knowledge: Callable | None = None,
         every_n_steps: int = 8,
+        max_measurements: int | None = None,
         retain_budget: float = 0.03,
         neighbour_budget: float = 0.1,
         budget_patience: int = 3,
@@ -60,6 +63,8 @@ class TargetStoppingCallback(TrainerCallback):
     ):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps}: must be at least 1")
+        if max_measurements is not None and max_measurements < 0:
+            raise ValueError(f"max_measurements={max_measurements}: must be at least 0 (0 or None: no limit)")
         if budget_patience < 1:
             raise ValueError(f"budget_patience={budget_patience}: must be at least 1")
         if not retain_texts:
@@ -68,7 +73,9 @@ class TargetStoppingCallback(TrainerCallback):
         self.probes, self.retain_texts = list(probes), list(retain_texts)
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
-        self.every_n_steps, self.retain_budget, self.neighbour_budget = every_n_steps, retain_budget, neighbour_budget
+        self.every_n_steps, self.max_measurements = every_n_steps, max_measurements
+        self.interval = every_n_steps  # set from the run's length when training begins
+        self.retain_budget, self.neighbour_budget = retain_budget, neighbour_budget
         self.budget_patience = budget_patience
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
@@ -94,19 +101,27 @@ class TargetStoppingCallback(TrainerCallback):
             metrics[NEIGHBOUR] = float(self.neighbour_knowledge(model))
         return metrics
 
+    def measurement_interval(self, max_steps: int) -> int:
+        """Steps between measurements: ``every_n_steps``, or more on a run of over ``every_n_steps ×
+        max_measurements`` steps (from the run's configured length, so a resumed run measures at the same steps)."""
+        if not self.max_measurements or max_steps <= 0:
+            return self.every_n_steps
+        return max(self.every_n_steps, math.ceil(max_steps / self.max_measurements))
+
     def within_budget(self, metrics: dict) -> bool:
         if metrics[RETAIN] > self.base[RETAIN] * (1 + self.retain_budget):
             return False
         return NEIGHBOUR not in metrics or self.base[NEIGHBOUR] - metrics[NEIGHBOUR] <= self.neighbour_budget
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.interval = self.measurement_interval(state.max_steps)
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with using_adapter(model, BASELINE):
             self.base = self.measure(model)
         self._check(state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every_n_steps == 0:
+        if state.global_step % self.interval == 0:
             self._check(state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -114,6 +129,7 @@ class TargetStoppingCallback(TrainerCallback):
             self._check(state, control)
         self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
                                           "before the targets were reached"}
+        self.decision["measured_every"] = self.interval
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
                                  left=None, within_budget=None)
