@@ -89,17 +89,6 @@ def test_a_teacher_over_its_budget_does_not_count_and_a_stronger_reinforcement_i
     assert (choice["alpha"], choice["round"], choice["reached"]) == (5.0, 1, True)
 
 
-def test_when_no_teacher_reaches_the_targets_within_budget_the_closest_within_it_is_chosen():
-    targets = Targets(membership=0.5, familiarity=0.1)
-    first = sweep(BASE, (2.0, 0.9, 0.4, 12.0), (14.0, 0.48, 0.05, 130.0))  # reaches the targets at 13×
-    stronger = sweep(BASE, (2.0, 0.75, 0.3, 17.0), (3.0, 0.52, 0.08, 25.0))  # part of the way at 1.7×; reaches at 2.5×
-    choice = choose_alpha([first, stronger], targets, teacher_budget=1.0)
-    assert (choice["alpha"], choice["round"], choice["reached"]) == (2.0, 1, False)
-    assert "the closest within it is α=2" in choice["reason"]
-    nothing_affordable = sweep(BASE, (2.0, 0.9, 0.4, 25.0), (3.0, 0.6, 0.2, 40.0))
-    assert choose_alpha([nothing_affordable], targets, teacher_budget=1.0)["alpha"] == 3.0  # the closest of all
-
-
 def test_without_a_familiarity_reference_membership_alone_decides():
     choice = choose_alpha([sweep(BASE, (5.0, 0.54, 0.5, 11.0), (7.0, 0.4, 0.5, 12.0))], Targets(0.5, None))
     assert (choice["alpha"], choice["reached"]) == (5.0, True)  # within 0.05 of 0.5, familiarity not a target

@@ -217,8 +217,7 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=1.0,
         metadata={"help": "alpha auto: a teacher counts as reaching the targets only if its retain perplexity is at "
                   "most this share above the base's (1.0: twice the base's); when none does, the reinforcement is "
-                  "strengthened, and after the last strengthening the teacher closest to the targets within this "
-                  "budget is used. A student follows its teacher only part of the way within retain_budget."},
+                  "strengthened. A student follows its teacher only part of the way within retain_budget."},
     )
     retain_budget: float = field(
         default=0.03,
