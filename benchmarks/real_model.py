@@ -113,6 +113,9 @@ SETTINGS = {  # name -> UnlearnConfig options; the paper's and the recommended s
     # a diagnostic, not a setting: does the student reach the targets when given twice the steps?
     "auto, 6× steps": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0, "original_cap_weight": 1.0,
                        "num_train_epochs": 24},
+    # a diagnostic: a loss inside the forget people's multi-token names too, where their facts' later tokens are
+    "auto+bootstrap untranslated": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0,
+                                    "original_cap_weight": 1.0, "num_train_epochs": 12, "bootstrap_untranslated": True},
 }
 LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=[
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
