@@ -80,3 +80,21 @@ def test_a_model_taught_an_answer_knows_it_by_likelihood_and_by_two_choices(make
     with pytest.raises(ValueError, match="false_answer"):
         two_choice_accuracy(learned, tokenizer, [CLOZE])
     assert "two_choice" not in knowledge_scores(learned, tokenizer, [CLOZE])
+
+
+def test_the_first_answer_token_and_the_later_ones_are_scored_apart(make_model, tokenizer):
+    model = make_model()
+    rows = [CLOZE, {"prompt": "Harry Potter studies magic at", "answer": "Hogwarts Castle, in Scotland"}]
+    pairs = [knowledge_context(row)[:2] for row in rows]
+    per_token = [[], []]
+    for index, (context, answer) in enumerate(pairs):
+        ids, start = tokenizer(context + answer)["input_ids"], len(tokenizer(context)["input_ids"])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        per_token[index] = [log_probs[t - 1, ids[t]].item() for t in range(start, len(ids))]
+    scores = knowledge_scores(model, tokenizer, rows)
+    assert scores["loglik_first"] == pytest.approx((per_token[0][0] + per_token[1][0]) / 2, abs=1e-5)
+    later = [sum(tokens[1:]) / len(tokens[1:]) for tokens in per_token if len(tokens) > 1]
+    assert len(later) >= 1 and scores["loglik_later"] == pytest.approx(sum(later) / len(later), abs=1e-5)
+    assert scores["loglik"] == pytest.approx(sum(sum(t) / len(t) for t in per_token) / 2, abs=1e-5)
+    assert "loglik_later" not in knowledge_scores(model, tokenizer, [CLOZE])  # " Hogwarts" is one token here

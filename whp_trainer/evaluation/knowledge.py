@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from statistics import fmean
 
 import torch
 
@@ -130,17 +131,23 @@ def _spaced(context: str, answer: str) -> str:
 def knowledge_scores(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> dict:
     """Knowledge by likelihood of ``rows`` (see `load_knowledge`), from one pass over their answers.
 
-    Returns ``{"loglik": float, "two_choice": float}``: the mean over rows of the true answer's log-likelihood per
-    token (nats, given the context; higher = better known), and the share of rows with a ``false_answer`` whose
-    true answer has the higher log-likelihood per token (ties count half; absent when no row has a false answer)."""
+    Returns ``{"loglik", "loglik_first", "loglik_later", "two_choice"}``: the mean over rows of the true answer's
+    log-likelihood per token (nats, given the context; higher = better known); the same of its first token alone,
+    and of its later tokens alone (rows of a multi-token answer; absent when none has one): a name forgotten at its
+    first token can still be completed from it; and the share of rows with a ``false_answer`` whose true answer has
+    the higher log-likelihood per token (ties count half; absent when no row has a false answer)."""
     if not rows:
         raise ValueError("knowledge_scores needs at least one knowledge row")
     contexts = [knowledge_context(row) for row in rows]
     pairs = [(context, true) for context, true, _ in contexts]
     pairs += [(context, false) for context, _, false in contexts if false is not None]
-    scores = answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
-    true_scores, false_scores = scores[: len(rows)], iter(scores[len(rows) :])
-    result = {"loglik": sum(true_scores) / len(true_scores)}
+    tokens = answer_token_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
+    true_tokens = tokens[: len(rows)]
+    true_scores, false_scores = [fmean(row) for row in true_tokens], iter(fmean(row) for row in tokens[len(rows) :])
+    result = {"loglik": fmean(true_scores), "loglik_first": fmean([row[0] for row in true_tokens])}
+    later = [fmean(row[1:]) for row in true_tokens if len(row) > 1]
+    if later:
+        result["loglik_later"] = fmean(later)
     wins = [_win(score, next(false_scores)) for score, (_, _, false) in zip(true_scores, contexts) if false is not None]
     if wins:
         result["two_choice"] = sum(wins) / len(wins)
@@ -157,8 +164,7 @@ def answer_loglikelihood(model, tokenizer, rows: Sequence[dict], batch_size: int
     if not rows:
         raise ValueError("answer_loglikelihood needs at least one knowledge row")
     pairs = [knowledge_context(row)[:2] for row in rows]
-    scores = answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
-    return sum(scores) / len(scores)
+    return fmean(answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length))
 
 
 def two_choice_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> float:
@@ -175,6 +181,14 @@ def answer_log_likelihoods(
 ) -> list[float]:
     """Per ``(context, answer)`` pair: the mean log-probability (nats) of the answer's tokens, each after the context
     and the answer's tokens before it. The context is cut on its left so that context and answer fit ``max_length``."""
+    return [fmean(row) for row in answer_token_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)]
+
+
+def answer_token_log_likelihoods(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8, max_length: int = 512
+) -> list[list[float]]:
+    """Per ``(context, answer)`` pair: the log-probability (nats) of each of the answer's tokens (see
+    `answer_log_likelihoods`)."""
     encoded = [_context_answer_ids(tokenizer, context, answer, max_length) for context, answer in pairs]
     pad_id = pad_token_id(tokenizer)
     scores = []
@@ -187,7 +201,7 @@ def answer_log_likelihoods(
             for row, (context, answer) in enumerate(chunk):
                 positions = slice(len(context) - 1, len(context) + len(answer) - 1)
                 log_probs = torch.log_softmax(logits[row, positions].float(), dim=-1)
-                scores.append(log_probs.gather(-1, torch.tensor(answer, device=log_probs.device)[:, None]).mean().item())
+                scores.append(log_probs.gather(-1, torch.tensor(answer, device=log_probs.device)[:, None])[:, 0].tolist())
     return scores
 
 

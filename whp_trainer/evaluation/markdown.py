@@ -44,6 +44,13 @@ METRIC_HELP = {
     "knowmem_retain": "KnowMem on --retain_qa questions (should stay near the base's: retained knowledge)",
     "knowledge_forget_loglik": "mean log-likelihood per token (nats) of the true answers of --forget_knowledge, given "
     "their question or prompt (higher = better known; goal: the oracle's)",
+    "knowledge_forget_loglik_first": "the same log-likelihood of the true answers' first token alone: where the "
+    "anchor dictionary's translations act (goal: the oracle's)",
+    "knowledge_forget_loglik_later": "the same of the true answers' later tokens alone (answers of more than one "
+    "token): a name forgotten at its first token can still be completed from it, since the paper trains no "
+    "position inside a multi-token anchor (goal: the oracle's)",
+    "knowledge_neighbour_loglik_first": "the neighbour answers' first token alone",
+    "knowledge_neighbour_loglik_later": "the neighbour answers' later tokens alone",
     "knowledge_forget_two_choice": "share of --forget_knowledge questions whose true answer is more likely than their "
     "false one (0.5 = chance; goal: the oracle's)",
     "knowledge_neighbour_loglik": "the same log-likelihood on --neighbour_knowledge, related knowledge that must stay "
@@ -67,8 +74,11 @@ METRIC_HELP = {
 }
 METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, retained ability, next tokens
     "familiarity_token", "familiarity_completion", "familiarity_completion_", "familiarity_token_hints",
-    "familiarity_token_relearned", "knowmem_forget", "knowledge_forget_loglik", "knowledge_forget_two_choice",
-    "knowledge_neighbour_loglik", "knowledge_neighbour_two_choice", "knowledge_selectivity", "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
+    "familiarity_token_relearned", "knowmem_forget", "knowledge_forget_loglik",
+    "knowledge_forget_loglik_first", "knowledge_forget_loglik_later", "knowledge_forget_two_choice",
+    "knowledge_neighbour_loglik", "knowledge_neighbour_loglik_first", "knowledge_neighbour_loglik_later",
+    "knowledge_neighbour_two_choice", "knowledge_selectivity", "entity_first_mention", "verbmem_forget",
+    "memorization_rouge_l",
     "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "membership_auc_mink_se",
     "membership_auc_minkpp_se", "privleak_mink", "privleak_minkpp",
     "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
