@@ -163,6 +163,8 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24},
     "auto, lr×5 (the learning rate a person chose for the recommended procedure here)": {
         **RECOMMENDED, "alpha": "auto", "learning_rate": 1e-2, "num_train_epochs": 24},
+    "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }
 TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0]}
 
