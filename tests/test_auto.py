@@ -316,6 +316,23 @@ def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_pa
         check_auto_inputs(args, reinforced="r", retain="x", probes=[{}], anchors=None)
 
 
+def test_a_run_without_holdout_text_or_neighbour_knowledge_is_warned_of_what_it_does_not_watch(tmp_path, caplog):
+    from whp_trainer.auto import check_auto_inputs
+
+    bare = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=None)
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        check_auto_inputs(bare, reinforced="r", retain="x", probes=[{}], anchors=None)
+    assert "no --holdout_data" in caplog.text and "no --neighbour_knowledge" in caplog.text
+    (tmp_path / "holdout.txt").write_text(" ".join(CORPUS))
+    (tmp_path / "neighbour.jsonl").write_text('{"prompt": "The sky is", "answer": " blue"}\n')
+    complete = SimpleNamespace(holdout_data=str(tmp_path / "holdout.txt"), budget_data=None, oracle_model=None,
+                               neighbour_knowledge=str(tmp_path / "neighbour.jsonl"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        check_auto_inputs(complete, reinforced="r", retain="x", probes=[{}], anchors=None)
+    assert "alpha auto" not in caplog.text
+
+
 def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer, tmp_path):
     from whp_trainer.arguments import DataArguments
     from whp_trainer.auto import auto_inputs

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import random
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SAMPLE = 64  # probes, first mentions, retain rows and membership texts measured by the sweep and the stopping rule
 
@@ -52,6 +55,20 @@ def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
     if not args.holdout_data and probes is None and anchors is None:
         raise ValueError("whp unlearn: alpha auto needs a target: --holdout_data (membership), or --probes or "
                          "--anchors (familiarity)")
+    for warning in unwatched(args):
+        logger.warning("whp unlearn: alpha auto: %s", warning)
+
+
+def unwatched(args) -> list[str]:
+    """What an ``alpha: auto`` run will not measure for want of an input, each with the option that adds it."""
+    warnings = []
+    if not args.holdout_data:
+        warnings.append("no --holdout_data: membership of the forget text is no target, and the student can stop "
+                        "while the text's wording is still memorized")
+    if not args.neighbour_knowledge:
+        warnings.append("no --neighbour_knowledge: knowledge near the target (related works, general facts) is "
+                        "not watched; retain perplexity is the student's only budget")
+    return warnings
 
 
 def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dict] | None, anchors) -> AutoInputs:
