@@ -283,15 +283,28 @@ def measure(root: Path, model_args, adapters: dict[str, Path], oracle: bool) -> 
     )
 
 
+def code_of(path: Path) -> str:
+    """A module's code without its docstrings and comments: what a change of wording leaves as it was."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def references_and(root: Path, model_args, reinforced: Path) -> dict:
-    """The base and the oracle (measured once per evaluation code and settings: they do not depend on the seed),
+    """The base and the oracle (measured once per evaluation code (its docstrings and comments aside) and settings: they do not depend on the seed),
     with the ``reinforced`` adapter."""
     import hashlib
 
     import whp_trainer.evaluation
 
     sources = sorted(Path(whp_trainer.evaluation.__file__).parent.glob("*.py"))
-    key = hashlib.sha256(b"".join(path.read_bytes() for path in sources)
+    key = hashlib.sha256("".join(map(code_of, sources)).encode()
                          + repr(evaluation_config(root / "evaluation")).encode()).hexdigest()[:16]
     saved = root / f"references-{key}.json"
     if saved.is_file():

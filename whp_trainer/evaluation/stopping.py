@@ -22,19 +22,19 @@ NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the ne
 
 class TargetStoppingCallback(TrainerCallback):
     """Every ``every_n_steps`` steps (and at step 0; with ``max_measurements``, every ``max_steps /
-    max_measurements`` steps when that is more, so a long run is measured about that many times), measure the student on the signals of ``targets`` (token
-    familiarity on ``probes``, entity probability on ``first_mentions``, membership AUC of ``membership_texts``)
-    and on the budgets (perplexity of ``retain_texts`` at most ``retain_budget`` above the base's; with
-    ``neighbour_knowledge``, a callable ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget``
-    nats below the base's). Training stops when every target is reached within budget, or when a budget is spent:
-    over it at ``budget_patience`` measurements in a row (early steps often overshoot a budget that the retain loss
-    then brings back). Each measurement over budget doubles the trainer's retain weight (``trainer.retain_weight``,
-    when it has a retain loss), up to ``max_retain_factor`` times the configured one: the budget is a constraint and
-    the retain weight its multiplier, raised while the constraint is violated (dual ascent); the measurements in a
-    row count from when it has reached that ceiling. At its end the
-    student's trainable weights are put back to the measurement closest to the targets within budget (least summed
-    shortfall, see `Targets.shortfalls`; the earliest on a tie) or, when none after step 0 was within budget, to the
-    one least over its budgets (each overrun in units of its budget), and the decision says so.
+    max_measurements`` steps when that is more, so a long run is measured about that many times), measure the
+    student on the signals of ``targets`` (token familiarity on ``probes``, entity probability on
+    ``first_mentions``, membership AUC of ``membership_texts``) and on the budgets (perplexity of ``retain_texts``
+    at most ``retain_budget`` above the base's; with ``neighbour_knowledge``, a callable ``model -> mean answer
+    log-likelihood in nats``, at most ``neighbour_budget`` nats below the base's). Training stops when every target
+    is reached within budget, or when a budget is spent: over it at ``budget_patience`` measurements in a row (early
+    steps often overshoot a budget that the retain loss then brings back). Each measurement over budget doubles the
+    trainer's retain weight (``trainer.retain_weight``, when it has a retain loss), up to ``max_retain_factor``
+    times the configured one: the budget is a constraint and the retain weight its multiplier, raised while the
+    constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling. At
+    its end the student's trainable weights are put back to the measurement closest to the targets within budget
+    (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie) or, when none after step 0 was within
+    budget, to the one least over its budgets (each overrun in units of its budget), and the decision says so.
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget"}]``, one entry per measurement.
