@@ -297,8 +297,8 @@ def code_of(path: Path) -> str:
 
 
 def references_and(root: Path, model_args, reinforced: Path) -> dict:
-    """The base and the oracle (measured once per evaluation code (its docstrings and comments aside) and settings: they do not depend on the seed),
-    with the ``reinforced`` adapter."""
+    """The base and the oracle (measured once per evaluation code, its docstrings and comments aside, and settings:
+    they do not depend on the seed), with the ``reinforced`` adapter."""
     import hashlib
 
     import whp_trainer.evaluation
