@@ -89,6 +89,16 @@ def test_a_teacher_over_its_budget_does_not_count_and_a_stronger_reinforcement_i
     assert (choice["alpha"], choice["round"], choice["reached"]) == (5.0, 1, True)
 
 
+def test_a_strengthened_reinforcement_that_fits_the_forget_text_worse_is_not_used():
+    from whp_trainer.auto import diverged_reinforcement
+
+    assert diverged_reinforcement([12.0]) is None  # the given reinforcement is the user's
+    assert diverged_reinforcement([12.0, 3.0]) is None  # stronger: fits better
+    assert "round 2" in diverged_reinforcement([12.0, 3.0, 140.0])  # a learning rate raised too far
+    assert diverged_reinforcement([12.0, 3.0, float("nan")])
+    assert diverged_reinforcement([None, None]) is None  # no forget sample: nothing to judge by
+
+
 def test_without_a_familiarity_reference_membership_alone_decides():
     choice = choose_alpha([sweep(BASE, (5.0, 0.54, 0.5, 11.0), (7.0, 0.4, 0.5, 12.0))], Targets(0.5, None))
     assert (choice["alpha"], choice["reached"]) == (5.0, True)  # within 0.05 of 0.5, familiarity not a target
@@ -266,6 +276,7 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert record["method"]["alpha"] == choice["alpha"] in (5.0, 40.0)
     assert set(choice["sweeps"][0]) == {"0", "5", "40"} and choice["reason"]
     assert choice["targets"]["membership"] == 0.5 and choice["targets"]["familiarity"] is not None
+    assert len(choice["reinforcement_fit"]) == 1 and choice["reinforcement_fit"][0] > 1  # forget-text perplexity
     stopping = choice["stopping"]
     assert stopping["base"]["retain_perplexity"] == pytest.approx(choice["sweeps"][0]["0"]["retain_perplexity"])
     assert stopping["reason"] and stopping["history"][0]["step"] == 0 and stopping["best_step"] is not None

@@ -33,6 +33,7 @@ class AutoInputs:
     first_mentions: list[dict]
     retain: list[str]
     membership: tuple[list[str], list[str]] | None
+    forget: list[str] = dataclasses.field(default_factory=list)  # forget blocks: how well a reinforcement fits them
 
 
 def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
@@ -84,15 +85,16 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
         probes = build_probes(forget_texts, anchors, max_probes=SAMPLE, seed=args.seed)
     mentions = first_mention_probes(forget_texts, anchors) if anchors is not None else []
     membership = None
+    forget = text_blocks(forget_texts, tokenizer, args.max_length)
     if args.holdout_data:
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
-        membership = (sample(text_blocks(forget_texts, tokenizer, args.max_length), rng),
-                      sample(text_blocks(holdout, tokenizer, args.max_length), rng))
+        membership = (sample(forget, rng), sample(text_blocks(holdout, tokenizer, args.max_length), rng))
     budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
         else data.retain_texts()["text"]
     budget = text_blocks(budget, tokenizer, args.max_length)
     return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
-                      retain=sample(budget, rng), membership=membership)
+                      retain=sample(budget, rng), membership=membership,
+                      forget=membership[0] if membership else sample(forget, random.Random(args.seed)))
 
 
 def sample(items: list, rng: random.Random) -> list:
@@ -106,9 +108,10 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
     """Targets, sweep, strengthening: the record of the choice (see
     [`choose_alpha`][whp_trainer.evaluation.autotune.choose_alpha]) with the ``reinforced_adapter`` to use."""
     from .evaluation.autotune import choose_alpha, teacher_sweep, translated_probes
+    from .evaluation.retain import perplexity
     from .loading import load_base_model, with_adapters
 
-    paths, sweeps = [reinforced], []
+    paths, sweeps, fits, diverged = [reinforced], [], [], None
     for round_ in range(args.auto_reinforce_rounds + 1):
         if round_:
             print(f"whp unlearn: alpha auto: no teacher reaches the targets; reinforcing stronger (round {round_})",
@@ -117,6 +120,11 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
         model = with_adapters(load_base_model(model_args, args.trust_remote_code), {"reinforced": paths[-1]})
         if not round_:
             targets = auto_targets(model, model_args, args, tokenizer, inputs, anchors)
+        fits.append(perplexity(model, tokenizer, inputs.forget, args.max_length) if inputs.forget else None)
+        diverged = diverged_reinforcement(fits)
+        if diverged:
+            print(f"whp unlearn: alpha auto: {diverged}", flush=True)
+            break
         sweeps.append(teacher_sweep(model, tokenizer, args.auto_alphas, inputs.probes, inputs.retain,
                                     inputs.membership, anchors and translated_probes(inputs.probes, anchors),
                                     max_length=args.max_length))
@@ -124,8 +132,22 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
         choice = choose_alpha(sweeps, targets, args.teacher_budget)
         if choice["reached"]:
             break
+    if diverged:
+        choice["reason"] += f"; {diverged}"
     print(f"whp unlearn: alpha auto: α = {choice['alpha']:g}: {choice['reason']}", flush=True)
-    return {**choice, "reinforced_adapter": str(paths[choice["round"]])}
+    return {**choice, "reinforced_adapter": str(paths[choice["round"]]), "reinforcement_fit": fits}
+
+
+def diverged_reinforcement(fits: list[float | None]) -> str | None:
+    """Why the last reinforcement of ``fits`` (forget-text perplexity with each round's reinforced adapter, the given
+    one first) is not used: a strengthened round must fit the forget text better than the round before (what
+    strengthening is for); when it does not, its training diverged (a learning rate raised too far) and its teacher
+    would subtract noise. ``None`` when it does, for the given reinforcement, or when nothing was measured."""
+    if len(fits) < 2 or fits[-1] is None or fits[-2] is None or fits[-1] < fits[-2]:
+        return None
+    return (f"round {len(fits) - 1}'s reinforcement fits the forget text worse than round {len(fits) - 2}'s "
+            f"(perplexity {fits[-1]:.4g} against {fits[-2]:.4g}): its training diverged, so it is not used and the "
+            "reinforcement is not strengthened further")
 
 
 def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors):
