@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from forget_quality import verses  # noqa: E402
 from real_model import (  # noqa: E402
-    BLOCK, GENERAL_KNOWLEDGE, LORA, REINFORCE, SETTINGS, TRAINING, UNLEARN, evaluation_config, pretrained,
+    BLOCK, GENERAL_KNOWLEDGE, LORA, REINFORCE, SETTINGS, TRAINING, UNLEARN, evaluation_config, knowledge_sets,
+    pretrained,
 )
 
 FORGET = [("SAMUEL_1", chapter) for chapter in range(16, 21)] + [("SAMUEL_2", chapter) for chapter in (11, 12, 13, 15, 18)]
@@ -102,7 +103,6 @@ def measure(texts: Path, model_args, adapters: dict[str, Path]) -> dict:
     from whp_trainer.anchors import AnchorDictionary
     from whp_trainer.data import load_texts
     from whp_trainer.evaluation import build_probes, evaluate_model
-    from whp_trainer.evaluation.knowledge import load_knowledge
     from whp_trainer.loading import load_base_model, load_tokenizer, with_adapters
 
     read = lambda name: load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
@@ -112,8 +112,7 @@ def measure(texts: Path, model_args, adapters: dict[str, Path]) -> dict:
         model, load_tokenizer(model_args), evaluation_config(texts.parent / "evaluation"),
         build_probes(forget, anchors, 100), forget, read("held_out"), anchors,
         {"base": None, **{role: role for role in adapters}},
-        forget_knowledge=load_knowledge(texts / "forget_knowledge.jsonl"),
-        neighbour_knowledge=load_knowledge(texts / "neighbour_knowledge.jsonl"),
+        **knowledge_sets(texts),
     )
 
 

@@ -94,6 +94,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     budget = text_blocks(budget, tokenizer, args.max_length)
     return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
                       retain=sample(budget, rng), membership=membership,
+                      # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)))
 
 
