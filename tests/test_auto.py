@@ -15,7 +15,7 @@ from test_cli import EVALUATION, TRAINING, files, run_config, write_config  # no
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
 from whp_trainer.evaluation import GenericTeacher, membership_auc, perplexity, token_familiarity
 from whp_trainer.evaluation.autotune import (
-    Targets, choose_alpha, familiarity_reference, teacher_sweep, translated_probes,
+    Targets, choose_alpha, familiarity_reference, reference_and_tolerance, teacher_sweep, translated_probes,
 )
 from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.stopping import TargetStoppingCallback
@@ -46,6 +46,24 @@ def test_on_the_probes_the_swept_teacher_reads_them_anchor_translated(make_model
     assert sweep[0.0]["familiarity_token"] == pytest.approx(familiarity_reference(model, tokenizer, PROBES, anchors))
     bootstrapped = GenericTeacher(model, "reinforced", 40.0)  # the reinforced adapter still reads the original
     assert sweep[40.0]["familiarity_token"] != pytest.approx(token_familiarity(bootstrapped, tokenizer, PROBES))
+
+
+def test_without_an_oracle_a_model_that_puts_little_probability_on_the_names_is_not_forgotten_before_training(
+        make_model, reinforced_path, tokenizer):
+    model = PeftModel.from_pretrained(make_model(), reinforced_path, adapter_name="reinforced")
+    anchors = {"Harry": ("Jon",), "Quidditch": ("Skyball",)}
+    reference, tolerance = reference_and_tolerance(model, tokenizer, PROBES, anchors, tolerance=0.02, share=0.1)
+    assert reference == pytest.approx(familiarity_reference(model, tokenizer, PROBES, anchors))
+    with model.disable_adapter():
+        base = token_familiarity(model, tokenizer, PROBES)
+    assert tolerance == pytest.approx(min(0.02, 0.1 * max(base - reference, 0.0)))
+    # a pretrained model's scale (the known-book pilot): base 0.0147, reference 0.0009
+    targets = Targets(None, familiarity=0.0009, familiarity_tolerance=min(0.02, 0.1 * (0.0147 - 0.0009)))
+    assert targets.shortfalls({"familiarity_token": 0.0147}, {"familiarity_token": 0.0147})["familiarity_token"] > 0.8
+    assert targets.shortfalls({"familiarity_token": 0.0020}, {"familiarity_token": 0.0147}) == {"familiarity_token": 0}
+    # the entity target has its own tolerance
+    entity = Targets(None, None, entity=0.2, familiarity_tolerance=0.02, entity_tolerance=0.002)
+    assert entity.shortfalls({"entity_first_mention": 0.21}, {"entity_first_mention": 0.27})["entity_first_mention"] > 0
 
 
 def test_translated_probes_ask_about_the_generic_names():
@@ -162,13 +180,14 @@ def test_the_student_stops_at_the_targets(make_model):
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
 
 
-def test_a_long_run_is_measured_about_max_measurements_times(make_model):
+def test_a_long_run_is_measured_about_max_measurements_times_and_early(make_model):
     model = trainable_model(make_model)
     far = metrics(0.95, 0.5, 10.0)  # never at the targets, always within budget: the run goes to its last step
     callback = ScriptedStopping(fake_trainer(model), [far] * 20, every_n_steps=2, max_measurements=10)
     stopped, _ = run_steps(callback, model, steps=95)
     assert stopped == 95 and callback.decision["measured_every"] == 10  # ceil(95 / 10), more than every 2 steps
-    assert [entry["step"] for entry in callback.history] == [*range(0, 95, 10), 95]  # and the last step
+    # at 2, 4 and 8 steps too (before the first interval), then every 10, and the last step
+    assert [entry["step"] for entry in callback.history] == [0, 2, 4, 8, *range(10, 95, 10), 95]
     short = ScriptedStopping(fake_trainer(model), [far] * 20, every_n_steps=2, max_measurements=10)
     run_steps(short, model, steps=12)
     assert [entry["step"] for entry in short.history] == [0, 2, 4, 6, 8, 10, 12]  # short run: every_n_steps
@@ -357,6 +376,18 @@ def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer
     forget, holdout = inputs.membership
     assert len(forget) > 10 and len(holdout) > 10 and len(inputs.retain) > 10  # blocks, not one text each
     assert all(text in book for text in forget) and max(map(len, forget)) < len(book) / 10
+
+
+def test_a_long_run_over_budget_from_its_first_steps_raises_the_retain_weight_before_its_first_interval(make_model):
+    model = trainable_model(make_model)
+    trainer = SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.0)
+    over = metrics(0.95, 0.5, 19.0)  # +90 %: the budget spent within the first steps
+    callback = ScriptedStopping(trainer, [metrics(0.95, 0.5, 10.0)] * 2 + [over] * 10, every_n_steps=8,
+                                max_measurements=12)
+    stopped, _ = run_steps(callback, model, steps=312)
+    assert [entry["step"] for entry in callback.history][:4] == [0, 8, 16, 26]
+    assert [entry["retain_weight"] for entry in callback.history][:4] == [1.0, 1.0, 2.0, 4.0]  # raised at 8 and 16
+    assert stopped == 78  # at the ceiling from step 26: spent there, at 52 and at 78 (without the early ones: 130)
 
 
 def test_a_budget_is_spent_only_once_the_retain_weight_is_at_its_ceiling(make_model):

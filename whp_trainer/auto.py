@@ -154,8 +154,9 @@ def diverged_reinforcement(fits: list[float | None]) -> str | None:
 def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors):
     """The oracle's membership AUC, familiarity and entity probability when ``args.oracle_model`` is given; else
     AUC 0.5 and the base on the anchor-translated probes and first mentions (no familiarity target without a
-    dictionary to translate with). ``model``: the base (a ``PeftModel``, measured with its adapters disabled)."""
-    from .evaluation.autotune import NO_MEMBERSHIP, Targets, familiarity_reference
+    dictionary to translate with), each within ``familiarity_tolerance`` or ``familiarity_share`` of the base's
+    distance to it, whichever is less. ``model``: the base (a ``PeftModel``, measured with its adapters disabled)."""
+    from .evaluation.autotune import NO_MEMBERSHIP, Targets, reference_and_tolerance
     from .evaluation.familiarity import token_familiarity
     from .evaluation.membership import membership_auc
     from .loading import load_base_model
@@ -173,15 +174,17 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
             entity=token_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
             **tolerances,
         )
+    targets = Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None, **tolerances)
     if anchors is None:
-        return Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None, **tolerances)
-    return Targets(
-        membership=NO_MEMBERSHIP if inputs.membership else None,
-        familiarity=familiarity_reference(model, tokenizer, inputs.probes, anchors) if inputs.probes else None,
-        entity=familiarity_reference(model, tokenizer, inputs.first_mentions, anchors) if inputs.first_mentions
-        else None,
-        **tolerances,
-    )
+        return targets
+    relative = dict(tolerance=args.familiarity_tolerance, share=args.familiarity_share)
+    if inputs.probes:
+        targets.familiarity, targets.familiarity_tolerance = reference_and_tolerance(
+            model, tokenizer, inputs.probes, anchors, **relative)
+    if inputs.first_mentions:
+        targets.entity, targets.entity_tolerance = reference_and_tolerance(
+            model, tokenizer, inputs.first_mentions, anchors, **relative)
+    return targets
 
 
 def strengthened_reinforcement(data, model_args, source: Path, round_: int, args, overwrite: bool) -> Path:

@@ -213,6 +213,13 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=0.02,
         metadata={"help": "alpha auto: familiarity and entity probability reach their reference up to this much above."},
     )
+    familiarity_share: float = field(
+        default=0.1,
+        metadata={"help": "alpha auto without --oracle_model: the tolerance is at most this share of the base's own "
+                  "distance to the reference (a pretrained model puts little probability on any exact name: an "
+                  "absolute tolerance alone would find it forgotten before training). 0.1: on the demo, where "
+                  "familiarity_tolerance was set, 0.02 is 8 percent of that distance."},
+    )
     teacher_budget: float = field(
         default=1.0,
         metadata={"help": "alpha auto: a teacher counts as reaching the targets only if its retain perplexity is at "

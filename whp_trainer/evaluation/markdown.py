@@ -285,10 +285,12 @@ def auto_markdown(auto: dict) -> str:
     """How ``alpha: auto`` chose: the reason, the teacher of every α of every sweep, and where the student stopped."""
     lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
     targets = auto["targets"]
+    entity_tolerance = targets.get("entity_tolerance")
+    entity_tolerance = targets["familiarity_tolerance"] if entity_tolerance is None else entity_tolerance
     lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])} ± "
               f"{targets['membership_tolerance']:g}; familiarity at most {format_number(targets['familiarity'])} + "
-              f"{targets['familiarity_tolerance']:g}; entity probability at most "
-              f"{format_number(targets.get('entity'))} + {targets['familiarity_tolerance']:g} (— = not a target).", ""]
+              f"{targets['familiarity_tolerance']:.2g}; entity probability at most "
+              f"{format_number(targets.get('entity'))} + {entity_tolerance:.2g} (— = not a target).", ""]
     rows = []
     for round_, sweep in enumerate(auto["sweeps"]):
         for alpha, metrics in sweep.items():

@@ -22,7 +22,8 @@ NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the ne
 
 class TargetStoppingCallback(TrainerCallback):
     """Every ``every_n_steps`` steps (and at step 0; with ``max_measurements``, every ``max_steps /
-    max_measurements`` steps when that is more, so a long run is measured about that many times), measure the
+    max_measurements`` steps when that is more, so a long run is measured about that many times, and also at
+    ``every_n_steps``, twice that, ... before its first such measurement), measure the
     student on the signals of ``targets`` (token familiarity on ``probes``, entity probability on
     ``first_mentions``, membership AUC of ``membership_texts``) and on the budgets (perplexity of ``retain_texts``
     at most ``retain_budget`` above the base's; with ``neighbour_knowledge``, a callable ``model -> mean answer
@@ -121,8 +122,17 @@ class TargetStoppingCallback(TrainerCallback):
         self._check(state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.interval == 0:
+        if self.is_measured(state.global_step):
             self._check(state, control)
+
+    def is_measured(self, step: int) -> bool:
+        """Every ``interval`` steps and, before the first of those, at ``every_n_steps``, twice that, four times
+        ...: a long run's first steps can spend a budget that a measurement after ``interval`` steps would find too
+        late for the retain weight to recover."""
+        ramp = self.every_n_steps
+        while ramp < min(step, self.interval):
+            ramp *= 2
+        return step % self.interval == 0 or step == ramp < self.interval
 
     def on_train_end(self, args, state, control, **kwargs):
         if not self.history or self.history[-1]["step"] != state.global_step:
