@@ -284,9 +284,10 @@ AUTO_COLUMNS = ("membership_auc_mink", "membership_auc_minkpp", "familiarity_tok
 def auto_markdown(auto: dict) -> str:
     """How ``alpha: auto`` chose: the reason, the teacher of every α of every sweep, and where the student stopped."""
     lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
+    from .autotune import ENTITY, Targets
+
     targets = auto["targets"]
-    entity_tolerance = targets.get("entity_tolerance")
-    entity_tolerance = targets["familiarity_tolerance"] if entity_tolerance is None else entity_tolerance
+    entity_tolerance = Targets(**targets).tolerance(ENTITY)  # a record from before entity_tolerance: the familiarity one
     lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])} ± "
               f"{targets['membership_tolerance']:g}; familiarity at most {format_number(targets['familiarity'])} + "
               f"{targets['familiarity_tolerance']:.2g}; entity probability at most "
