@@ -70,6 +70,7 @@ class Targets:
         for key, reference in ((FAMILIARITY, self.familiarity), (ENTITY, self.entity)):
             if reference is not None and key in metrics:
                 gap = metrics[key] - reference - self.tolerance(key)
+                # 1e-12: a relative tolerance is 0 where the base is at its reference
                 left[key] = max(0.0, gap) / max(base[key] - reference, self.tolerance(key), 1e-12)
         return left
 
