@@ -24,7 +24,7 @@ from whp_trainer.models import (
     role_logits,
     using_adapter,
 )
-from whp_trainer.targets import IGNORE_INDEX
+from whp_trainer.targets import IGNORE_INDEX, chunked_distillation_loss
 
 DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=256)
@@ -247,3 +247,21 @@ def test_whp_reinforce_and_unlearn_train_every_linear_layer_where_peft_has_no_de
         suffixes = {target.rsplit(".", 1)[-1] for target in targets}
         assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, stage
     assert "every linear layer of the decoder" in (tmp_path / "unlearned" / "README.md").read_text()
+
+
+def test_float32_states_meet_a_bfloat16_head_as_its_own_call_under_autocast_meets_them(tokenizer, tmp_path):
+    # seen on an H200: a 4-bit NF4 base with bf16 compute whose float32 adapters left the teacher's final hidden
+    # states float32 outside autocast; the head's weight stays bf16 and F.linear refused the mixed pair
+    trainer = make_trainer("llama", tokenizer, tmp_path)
+    model = trainer.model.eval()
+    head = model.get_base_model().get_output_embeddings().to(torch.bfloat16)
+    states = torch.randn(5, head.in_features)
+    expected = head(states.to(torch.bfloat16)).float()
+    torch.testing.assert_close(logits_from_states(model, states, logits_head(model)), expected)
+    targets = torch.randint(0, head.out_features, (5,))
+    hidden = states.clone().requires_grad_()
+    loss, _ = chunked_distillation_loss(hidden, head.weight, targets, targets, chunk_size=2)
+    loss.backward()
+    reference = torch.nn.functional.cross_entropy(expected, targets)
+    torch.testing.assert_close(loss, reference, rtol=1e-3, atol=1e-3)
+    assert hidden.grad.dtype == torch.float32 and torch.isfinite(hidden.grad).all()

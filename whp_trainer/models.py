@@ -324,8 +324,9 @@ def verify_logits_rebuild(model: PeftModel) -> HeadSpec:
     equal the model's own forward's on a few positions (baseline role); else one that takes the model's own logits,
     with a warning naming the architecture: rebuilt logits are never used unchecked."""
     spec = head_spec(model.config)
-    embeddings = model.get_input_embeddings().weight
-    ids = torch.linspace(0, len(embeddings) - 1, CHECKED_POSITIONS, device=embeddings.device).long()[None]
+    embeddings = model.get_input_embeddings()  # its num_embeddings, not len(weight): ZeRO-3 leaves weights empty
+    ids = torch.linspace(0, embeddings.num_embeddings - 1, CHECKED_POSITIONS, device=embeddings.weight.device)
+    ids = ids.long()[None]
     mask = torch.ones_like(ids)
     with using_adapter(model, BASELINE):
         own = own_forward(model, ids, mask).logits
@@ -375,7 +376,10 @@ def logits_from_states(model: PeftModel, states: torch.Tensor, head: HeadSpec) -
     if not head.rebuilds:
         return states.float()
     module = model.get_base_model().get_output_embeddings()
-    logits = F.linear(states, module.weight, module.bias) if is_plain_linear(module) else module(states)
+    if is_plain_linear(module):  # in the head's dtype, as its call under autocast: adapters can leave states float32
+        logits = F.linear(states.to(module.weight.dtype), module.weight, module.bias)
+    else:
+        logits = module(states)
     return head.apply(logits.float())
 
 

@@ -141,7 +141,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         original_log_probs = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
         for start in range(0, len(hidden), chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = F.linear(hidden[rows], weight, bias).float()
+            logits = F.linear(hidden[rows].to(weight.dtype), weight, bias).float()
             if scale != 1.0:
                 logits = logits * scale
             if softcap:
