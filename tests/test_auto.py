@@ -329,7 +329,7 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
     trainer.callback_handler = SimpleNamespace(callbacks=[])
     trainer.add_callback = trainer.callback_handler.callbacks.append
     args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
-                           retain_budget=0.03, neighbour_budget=0.1, budget_patience=1)
+                           retain_budget=0.03, neighbour_budget=0.1, budget_patience=1, budget_backtrack=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
     assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
@@ -399,3 +399,83 @@ def test_a_budget_is_spent_only_once_the_retain_weight_is_at_its_ceiling(make_mo
     stopped, _ = run_steps(callback, model, steps=10)
     assert stopped == 4 and trainer.retain_weight == 4.0  # steps 1, 2 raise it (1 → 2 → 4); 3 and 4 count
     assert callback.decision["reason"].startswith("a budget is spent at 2 measurements in a row")
+
+
+def trainer_with_optimizer(model, learning_rate=1e-3):
+    """A fake trainer holding a real AdamW (with moments) and a LambdaLR schedule over the model's adapter."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.0, optimizer=optimizer,
+                           lr_scheduler=scheduler)
+
+
+def test_over_budget_at_the_ceiling_the_student_goes_back_to_its_best_and_halves_its_step(make_model):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    over = metrics(0.6, 0.2, 10.5)  # +5 %: over the +3 % budget
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1), over, over, over,
+              metrics(0.7, 0.25, 10.2), over, over, over]
+    callback = ScriptedStopping(trainer, script, every_n_steps=1, budget_patience=3)
+    weights_at_backtrack = {}
+    original = callback.backtrack_to_best
+
+    def backtrack(model):
+        original(model)
+        weights_at_backtrack[callback.history[-1]["step"]] = lora_weights(model)
+
+    callback.backtrack_to_best = backtrack
+    stopped, seen = run_steps(callback, model, steps=20)
+    # steps 2 and 3 raise the retain weight (1 → 2 → 4); step 4 is over at the ceiling: back to step 1, the best
+    assert [entry["retain_weight"] for entry in callback.history][:5] == [1.0, 1.0, 1.0, 2.0, 4.0]
+    assert callback.history[4]["backtracked_to"] == 1
+    assert all(torch.equal(p, seen[1][name]) for name, p in weights_at_backtrack[4].items())
+    assert not trainer.optimizer.state  # the moments that pointed over budget are gone
+    # step 5 within budget and closer to the targets: the next backtracks (6, 7) go back to it; 8 stops (3 in a row)
+    assert [entry.get("backtracked_to") for entry in callback.history[5:]] == [None, 5, 5, None]
+    assert [entry["learning_rate_factor"] for entry in callback.history] == [1.0] * 5 + [0.5, 0.5, 0.25, 0.125]
+    assert trainer.lr_scheduler.base_lrs == [1e-3 / 8] and trainer.optimizer.param_groups[0]["lr"] == 1e-3 / 8
+    assert stopped == 8 and callback.decision["best_step"] == 5 and callback.decision["backtracks"] == 3
+    assert "halved its learning rate 3 times" in stopping_summary(callback.decision)
+
+
+def test_without_backtracking_the_student_goes_on_from_where_it_is(make_model):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    over = metrics(0.6, 0.2, 10.5)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1)] + [over] * 5
+    callback = ScriptedStopping(trainer, script, every_n_steps=1, budget_patience=3, backtrack=False)
+    stopped, _ = run_steps(callback, model, steps=20)
+    assert stopped == 6 and trainer.optimizer.state and trainer.lr_scheduler.base_lrs == [1e-3]
+    assert all("backtracked_to" not in entry for entry in callback.history)
+    assert callback.decision["backtracks"] == 0 and "halved" not in stopping_summary(callback.decision)
+
+
+@pytest.mark.parametrize("backtrack", [True, False])
+def test_a_backtrack_halves_the_trainers_own_learning_rate_schedule(make_model, tokenizer, reinforced_path, tmp_path,
+                                                                     backtrack):
+    from conftest import LORA
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    trainer = UnlearnTrainer(
+        model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
+        anchors={"Harry": ["Jon"]}, processing_class=tokenizer, retain_dataset=CORPUS[4:],
+        train_dataset=Dataset.from_dict({"text": CORPUS[:4] * 2}),
+        args=UnlearnConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=5,
+                           learning_rate=1e-2, lr_scheduler_type="linear", report_to=[], use_cpu=True, max_length=32,
+                           save_strategy="no", disable_tqdm=True, logging_steps=1, retain_weight=1.0),
+    )
+    over = metrics(0.6, 0.2, 10.5)  # the retain weight is at its ceiling (max_retain_factor 1): step 2 backtracks
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1), over] + \
+        [metrics(0.8, 0.3, 10.1)] * 3
+    callback = ScriptedStopping(trainer, script, every_n_steps=1, max_retain_factor=1.0, backtrack=backtrack)
+    trainer.add_callback(callback)
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    linear = [1e-2 * (5 - step) / 5 for step in range(5)]  # the rate each step trains with, as the Trainer logs it
+    expected = linear[:2] + [rate / 2 for rate in linear[2:]] if backtrack else linear
+    assert rates == pytest.approx(expected)
+    assert (callback.history[2].get("backtracked_to") == 1) is backtrack

@@ -242,6 +242,13 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "the retain weight, doubled at each measurement over budget, has reached 4x its setting (early "
                   "steps often overshoot what the retain loss then brings back)."},
     )
+    budget_backtrack: bool = field(
+        default=True,
+        metadata={"help": "alpha auto: at a measurement over budget with the retain weight at its ceiling, put the "
+                  "student back to its best measurement so far, halve the learning rate and clear the optimizer's "
+                  "moments (a backtracking line search: the steps were too large for the budget). False: keep going "
+                  "from where it is."},
+    )
     auto_eval_steps: int = field(
         default=8,
         metadata={"help": "alpha auto: the student is measured against the targets every this many steps, or less "

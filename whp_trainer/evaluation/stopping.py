@@ -32,15 +32,20 @@ class TargetStoppingCallback(TrainerCallback):
     steps often overshoot a budget that the retain loss then brings back). Each measurement over budget doubles the
     trainer's retain weight (``trainer.retain_weight``, when it has a retain loss), up to ``max_retain_factor``
     times the configured one: the budget is a constraint and the retain weight its multiplier, raised while the
-    constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling. At
+    constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling.
+    With ``backtrack``, a measurement over budget with the retain weight at its ceiling (or with no retain loss)
+    also puts the trainable weights back to the best measurement so far (the one the run would end on now), halves
+    the learning rate and clears the optimizer's moments: the steps were too large for the budget (a backtracking
+    line search), so the run goes on from a point it could keep with smaller ones. At
     its end the student's trainable weights are put back to the measurement closest to the targets within budget
     (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie) or, when none after step 0 was within
     budget, to the one least over its budgets (each overrun in units of its budget), and the decision says so.
 
     Attributes:
-        history: ``[{"step", "metrics", "shortfall", "within_budget"}]``, one entry per measurement.
+        history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
+            one entry per measurement (a backtrack adds ``"backtracked_to"``, the step whose weights it restored).
         decision: ``{"stopped_at", "best_step", "reason", "base", "best", "reached", "left", "within_budget",
-            "measured_every"}`` once training ended (``reached``: the kept measurement is at every target within
+            "measured_every", "backtracks"}`` once training ended (``reached``: the kept measurement is at every target within
             budget; ``left``: its shortfall per target; ``measured_every``: the steps between measurements).
     """
 
@@ -59,6 +64,7 @@ class TargetStoppingCallback(TrainerCallback):
         neighbour_budget: float = 0.1,
         budget_patience: int = 3,
         max_retain_factor: float = 4.0,
+        backtrack: bool = True,
         batch_size: int = 16,
         max_length: int = 512,
     ):
@@ -80,6 +86,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.budget_patience = budget_patience
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
+        self.backtrack = backtrack
+        self.learning_rate_factor = 1.0  # halved at each backtrack
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -140,6 +148,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
                                           "before the targets were reached"}
         self.decision["measured_every"] = self.interval
+        self.decision["backtracks"] = sum("backtracked_to" in entry for entry in self.history)
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
                                  left=None, within_budget=None)
@@ -149,11 +158,7 @@ class TargetStoppingCallback(TrainerCallback):
             self.decision["reason"] += "; no measurement was within budget: it ends on the one least over it"
         else:
             shortfall, step, weights = self.best
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name in weights:
-                    parameter.copy_(weights[name])
+        restore(self.trainer.accelerator.unwrap_model(self.trainer.model), weights)
         kept = next(entry for entry in self.history if entry["step"] == step)
         self.decision.update(best_step=step, best_shortfall=shortfall, base=self.base, best=kept["metrics"],
                              reached=shortfall == 0 and kept["within_budget"], left=kept["shortfall"],
@@ -167,7 +172,8 @@ class TargetStoppingCallback(TrainerCallback):
         left = self.targets.shortfalls(metrics, self.base, overshoot_counts=True)
         shortfall, within = sum(left.values()), self.within_budget(metrics)
         self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
-                             "within_budget": within, "retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
+                             "within_budget": within, "retain_weight": getattr(self.trainer, "retain_weight", 0.0),
+                             "learning_rate_factor": self.learning_rate_factor})
         if within and state.global_step > 0 and (self.best is None or shortfall < self.best[0]):  # step 0: the base
             self.best = (shortfall, state.global_step, trainable_weights(model))
         overrun = self.overrun(metrics)
@@ -185,8 +191,10 @@ class TargetStoppingCallback(TrainerCallback):
             self.decision = {"stopped_at": state.global_step, "reason": "every target is reached within budget"}
         if self.decision is not None:
             control.should_training_stop = True
-        elif not within:
+        elif not within and self.can_raise(self.history[-1]["retain_weight"]):
             self.raise_retain_weight()
+        elif not within and self.backtrack and state.global_step < state.max_steps:
+            self.backtrack_to_best(model)
 
     def can_raise(self, retain_weight: float) -> bool:
         return bool(retain_weight) and retain_weight < self.retain_ceiling
@@ -195,6 +203,23 @@ class TargetStoppingCallback(TrainerCallback):
         """Double the trainer's retain weight, at most to ``max_retain_factor`` times the configured one."""
         if self.can_raise(getattr(self.trainer, "retain_weight", 0.0)):
             self.trainer.retain_weight = min(2 * self.trainer.retain_weight, self.retain_ceiling)
+
+    def backtrack_to_best(self, model) -> None:
+        """Put the trainable weights back to the best measurement so far (within budget, else least over it), halve
+        the learning rate (the scheduler's base rates too, so its schedule goes on at half) and clear the
+        optimizer's moments, which point the way that overran the budget."""
+        _, step, weights = self.best if self.best is not None else self.least_over[1:]
+        restore(model, weights)
+        optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
+        if optimizer is not None:
+            optimizer.state.clear()
+            for group in optimizer.param_groups:
+                group["lr"] /= 2
+        if scheduler is not None and hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
+            scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
+        self.learning_rate_factor /= 2
+        self.history[-1]["backtracked_to"] = step
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
@@ -221,6 +246,13 @@ class TargetStoppingCallback(TrainerCallback):
                           f"{LOG_PREFIX}auto_shortfall": shortfall,
                           f"{LOG_PREFIX}auto_retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         self.trainer.control.should_log = should_log
+
+
+def restore(model, weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in weights:
+                parameter.copy_(weights[name])
 
 
 def trainable_weights(model) -> dict[str, torch.Tensor]:
