@@ -15,6 +15,7 @@ from test_trainer import hand_collate  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
+from whp_trainer.cli import leave_process_group  # noqa: E402
 
 
 def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, **config) -> UnlearnTrainer:
@@ -40,6 +41,7 @@ def main(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
     trainer.save_model()
     if trainer.is_world_process_zero():
         (out / "log.json").write_text(json.dumps(trainer.state.log_history))
+    leave_process_group()  # as `whp` does: an abort at exit once seen here under load
 
 
 if __name__ == "__main__":

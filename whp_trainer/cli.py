@@ -417,6 +417,16 @@ def main(argv: list[str] | None = None) -> None:
     except (CliError, ValueError, OSError) as error:  # OSError: missing files, refused folders, network
         print(f"whp: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy this process's torch.distributed group, if a launcher (torchrun, accelerate) made one: left to the
+    interpreter's exit, gloo's threads can outlive it and abort the process after its work is done."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no group (and no torch import for an early error)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
