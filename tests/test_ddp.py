@@ -46,3 +46,14 @@ def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
         # every logged metric is that of the whole global batch, not of the main process's half
         for one, two in zip(logged["single"], logged[run], strict=True):
             assert {key: two[key] for key in METRICS} == pytest.approx({key: one[key] for key in METRICS}, rel=1e-5)
+
+
+def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path):
+    import torch.distributed as dist
+
+    from whp_trainer import cli
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    with pytest.raises(SystemExit):  # an error ends it too
+        cli.main(["unlearn", "--forget_data", str(tmp_path / "missing.txt")])
+    assert not dist.is_initialized()
