@@ -479,3 +479,19 @@ def test_a_backtrack_halves_the_trainers_own_learning_rate_schedule(make_model, 
     expected = linear[:2] + [rate / 2 for rate in linear[2:]] if backtrack else linear
     assert rates == pytest.approx(expected)
     assert (callback.history[2].get("backtracked_to") == 1) is backtrack
+
+
+def test_with_no_measurement_within_budget_a_backtrack_goes_back_to_where_the_run_began(make_model):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    trainer.retain_weight = 0.0  # no retain loss: the step size is the only lever
+    start = lora_weights(model)
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.6, 0.2, 11.0), metrics(0.7, 0.3, 10.1)]
+    callback = ScriptedStopping(trainer, script, every_n_steps=1)
+    restored = {}
+    original = callback.backtrack_to_best
+    callback.backtrack_to_best = lambda model: (original(model), restored.update(lora_weights(model)))
+    run_steps(callback, model, steps=2)
+    assert callback.history[1]["backtracked_to"] == 0  # +10 % at step 1: back to the weights it began with
+    assert all(torch.equal(p, start[name]) for name, p in restored.items())
+    assert callback.history[2]["learning_rate_factor"] == 0.5 and callback.decision["best_step"] == 2

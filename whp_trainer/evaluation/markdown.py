@@ -317,8 +317,8 @@ def stopping_summary(stopping: dict) -> str:
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("backtracks"):
         count = stopping["backtracks"]
-        text += (f" Over budget with the retain weight at its ceiling, it went back to its best measurement and "
-                 f"halved its learning rate {count} time{'s' if count > 1 else ''}.")
+        text += (f" Over budget with the retain weight at its ceiling, it went back to its best measurement within budget "
+                 f"(or to where it began) and halved its learning rate {count} time{'s' if count > 1 else ''}.")
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)

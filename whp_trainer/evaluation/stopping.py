@@ -34,9 +34,9 @@ class TargetStoppingCallback(TrainerCallback):
     times the configured one: the budget is a constraint and the retain weight its multiplier, raised while the
     constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling.
     With ``backtrack``, a measurement over budget with the retain weight at its ceiling (or with no retain loss)
-    also puts the trainable weights back to the best measurement so far (the one the run would end on now), halves
-    the learning rate and clears the optimizer's moments: the steps were too large for the budget (a backtracking
-    line search), so the run goes on from a point it could keep with smaller ones. At
+    also puts the trainable weights back to the best measurement within budget so far (those it started with when
+    none was), halves the learning rate and clears the optimizer's moments: the steps were too large for the
+    budget (a backtracking line search), so the run goes on from a point within budget with smaller ones. At
     its end the student's trainable weights are put back to the measurement closest to the targets within budget
     (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie) or, when none after step 0 was within
     budget, to the one least over its budgets (each overrun in units of its budget), and the decision says so.
@@ -94,6 +94,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.base: dict[str, float] | None = None
         self.best: tuple[float, int, dict] | None = None  # (shortfall, step, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, step, weights)
+        self.start: tuple[int, dict] | None = None  # (step, weights) the run began with: within budget by definition
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter)."""
@@ -127,6 +128,7 @@ class TargetStoppingCallback(TrainerCallback):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with using_adapter(model, BASELINE):
             self.base = self.measure(model)
+        self.start = (state.global_step, trainable_weights(model))
         self._check(state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -205,10 +207,10 @@ class TargetStoppingCallback(TrainerCallback):
             self.trainer.retain_weight = min(2 * self.trainer.retain_weight, self.retain_ceiling)
 
     def backtrack_to_best(self, model) -> None:
-        """Put the trainable weights back to the best measurement so far (within budget, else least over it), halve
-        the learning rate (the scheduler's base rates too, so its schedule goes on at half) and clear the
-        optimizer's moments, which point the way that overran the budget."""
-        _, step, weights = self.best if self.best is not None else self.least_over[1:]
+        """Put the trainable weights back to the best measurement within budget so far (else to those the run
+        began with), halve the learning rate (the scheduler's base rates too, so its schedule goes on at half) and
+        clear the optimizer's moments, which point the way that overran the budget."""
+        step, weights = self.best[1:] if self.best is not None else self.start
         restore(model, weights)
         optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
         if optimizer is not None:
