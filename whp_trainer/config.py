@@ -245,9 +245,9 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     budget_backtrack: bool = field(
         default=True,
         metadata={"help": "alpha auto: at a measurement over budget with the retain weight at its ceiling, put the "
-                  "student back to its best measurement within budget (else to where it began), halve the learning rate and clear the optimizer's "
-                  "moments (a backtracking line search: the steps were too large for the budget). False: keep going "
-                  "from where it is."},
+                  "student back to its best measurement within budget (else to where it began), halve the learning "
+                  "rate and clear the optimizer's moments (a backtracking line search: the steps were too large for "
+                  "the budget). False: keep going from where it is."},
     )
     auto_eval_steps: int = field(
         default=8,

@@ -45,8 +45,9 @@ class TargetStoppingCallback(TrainerCallback):
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
             one entry per measurement (a backtrack adds ``"backtracked_to"``, the step whose weights it restored).
         decision: ``{"stopped_at", "best_step", "reason", "base", "best", "reached", "left", "within_budget",
-            "measured_every", "backtracks"}`` once training ended (``reached``: the kept measurement is at every target within
-            budget; ``left``: its shortfall per target; ``measured_every``: the steps between measurements).
+            "measured_every", "backtracks"}`` once training ended (``reached``: the kept measurement is at every
+            target within budget; ``left``: its shortfall per target; ``measured_every``: the steps between
+            measurements).
     """
 
     def __init__(
@@ -94,7 +95,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.base: dict[str, float] | None = None
         self.best: tuple[float, int, dict] | None = None  # (shortfall, step, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, step, weights)
-        self.start: tuple[int, dict] | None = None  # (step, weights) the run began with: within budget by definition
+        self.start: tuple[int, dict] | None = None  # (step, weights) this run began with (at step 0: the base's)
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter)."""
