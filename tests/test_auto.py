@@ -495,3 +495,22 @@ def test_with_no_measurement_within_budget_a_backtrack_goes_back_to_where_the_ru
     assert callback.history[1]["backtracked_to"] == 0  # +10 % at step 1: back to the weights it began with
     assert all(torch.equal(p, start[name]) for name, p in restored.items())
     assert callback.history[2]["learning_rate_factor"] == 0.5 and callback.decision["best_step"] == 2
+
+
+def test_a_strengthened_reinforcement_doubles_epochs_and_rate_and_stops_if_it_diverges(tmp_path, monkeypatch):
+    from whp_trainer import pipeline
+    from whp_trainer.auto import strengthened_reinforcement
+    from whp_trainer.reinforce import DivergenceStop, ReinforceConfig
+
+    source = tmp_path / "reinforced"
+    source.mkdir()
+    torch.save(ReinforceConfig(output_dir=str(source), learning_rate=1e-4, num_train_epochs=3, use_cpu=True,
+                               report_to=[]), source / "training_args.bin")
+    calls = []
+    monkeypatch.setattr(pipeline, "reinforce", lambda data, model_args, args, overwrite, callbacks: calls.append(
+        (args, callbacks)) or args.output_dir)
+    args = SimpleNamespace(auto_reinforce_factor=2.0)
+    assert strengthened_reinforcement(None, None, source, 2, args, False) == Path(f"{source}-round2")
+    (stronger, callbacks), = calls
+    assert (stronger.learning_rate, stronger.num_train_epochs) == (4e-4, 12)
+    assert [type(callback) for callback in callbacks] == [DivergenceStop]

@@ -107,3 +107,41 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer
     assert len(steps) == 2  # only the steps after the checkpoint
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_diverging_reinforcement_stops_at_its_blow_up_and_a_steady_one_trains_every_step(tmp_path, tokenizer,
+                                                                                           make_model):
+    from whp_trainer.reinforce import DivergenceStop
+
+    # a tiny random model sits near the uniform loss (ln 400 = 6.0) and cannot rise 1.5x: any rise counts here
+    steady, blown = DivergenceStop(1 + 1e-6), DivergenceStop(1 + 1e-6)
+    train_reinforced_adapter(make_model(), tokenizer, TARGET, lora(),
+                             fast_args(tmp_path / "steady", max_steps=12, logging_steps=1), callbacks=[steady])
+    args = fast_args(tmp_path / "blown", max_steps=12, logging_steps=1, learning_rate=3.0, max_grad_norm=0.0)
+    train_reinforced_adapter(make_model(), tokenizer, TARGET, lora(), args, callbacks=[blown])
+    assert steady.stopped_at is None  # lr 1e-2: the loss falls at every step, all 12 steps
+    assert blown.stopped_at == 2  # lr 3 without clipping: the loss rises at step 2, stopped there
+    assert (tmp_path / "blown" / "adapter_model.safetensors").is_file()  # saved: alpha auto's guard reads its fit
+
+
+def test_divergence_is_a_loss_over_its_lowest_by_the_factor_or_not_finite():
+    from types import SimpleNamespace
+
+    from whp_trainer.reinforce import DivergenceStop
+
+    def run(losses):
+        stop, state = DivergenceStop(1.5), SimpleNamespace(log_history=[], global_step=0)
+        control = SimpleNamespace(should_training_stop=False)
+        for loss in losses:
+            state.global_step += 1
+            state.log_history.append({"loss": loss})
+            stop.on_log(None, state, control, logs={"loss": loss})
+            if control.should_training_stop:
+                return stop.stopped_at
+        return None
+
+    assert run([4.1, 4.3, 3.6, 3.8, 5.3]) is None  # noise, under 1.5x the lowest (3.6)
+    assert run([4.1, 4.3, 3.6, 3.8, 6.3, 7.6]) == 5  # the known-book pilot's round 2: 6.3 > 1.5 x 3.6
+    assert run([2.0, float("nan")]) == 2
+    with pytest.raises(ValueError, match="above 1"):
+        DivergenceStop(1.0)

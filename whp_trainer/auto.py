@@ -193,6 +193,7 @@ def strengthened_reinforcement(data, model_args, source: Path, round_: int, args
     import torch
 
     from .pipeline import reinforce
+    from .reinforce import DivergenceStop
 
     settings = source / "training_args.bin"
     if not settings.is_file():
@@ -204,7 +205,7 @@ def strengthened_reinforcement(data, model_args, source: Path, round_: int, args
     stronger.max_steps = -1 if stronger.max_steps <= 0 else round(stronger.max_steps * factor)
     stronger.learning_rate *= factor
     stronger.output_dir = f"{source}-round{round_}"
-    return Path(reinforce(data, model_args, stronger, overwrite))
+    return Path(reinforce(data, model_args, stronger, overwrite, callbacks=[DivergenceStop()]))
 
 
 def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=None):

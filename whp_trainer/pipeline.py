@@ -140,9 +140,9 @@ def training_blocks(texts, tokenizer, max_length: int, stage: str, data: DataArg
 # ---------------------------------------------------------------------------------------------------------- stages
 
 
-def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: bool = False) -> str:
+def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: bool = False, callbacks=None) -> str:
     """Stage 1: train the reinforced adapter on the forget target (see
-    [`whp_trainer.reinforce`][whp_trainer.reinforce])."""
+    [`whp_trainer.reinforce`][whp_trainer.reinforce]); ``callbacks`` go to its trainer."""
     from .reinforce import train_reinforced_adapter
 
     require_data(data.forget_data, "forget_data", "reinforce")
@@ -161,7 +161,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     blocks = training_blocks(texts, tokenizer, args.max_length, "reinforce", data)
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
-    train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args)
+    train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args, callbacks=callbacks)
     tokenizer.save_pretrained(args.output_dir)
     finish_stage(args.output_dir, "reinforce", print_)
     return args.output_dir

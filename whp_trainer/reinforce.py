@@ -7,13 +7,16 @@ which logits it raises. Train it on the same base, quantized the same way, that 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 from peft import PeftConfig
-from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback,
+)
 from trl import SFTConfig, SFTTrainer
 
 from .collator import split_into_blocks
@@ -89,6 +92,7 @@ def train_reinforced_adapter(
     args: ReinforceConfig,
     *,
     quantization_config: BitsAndBytesConfig | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> str:
     """Train the reinforced LoRA adapter on ``train_dataset`` and save it to ``args.output_dir``; return that path.
 
@@ -98,7 +102,8 @@ def train_reinforced_adapter(
     blocks already cut (a ``Dataset`` with ``input_ids``, as `split_into_blocks` makes). The saved adapter is what
     ``UnlearnTrainer`` takes as ``reinforced_adapter=``. A base model passed in is trained in place and left without the adapter afterwards,
     ready to be passed on to ``UnlearnTrainer``. ``args.resume_from_checkpoint`` (a checkpoint folder, or True
-    for the last one in ``output_dir``) continues an interrupted run.
+    for the last one in ``output_dir``) continues an interrupted run. ``callbacks`` go to the ``SFTTrainer`` (e.g.
+    [`DivergenceStop`][whp_trainer.reinforce.DivergenceStop]).
     """
     if not isinstance(args, ReinforceConfig):
         raise TypeError(f"args must be a ReinforceConfig, got {type(args).__name__}")
@@ -115,6 +120,7 @@ def train_reinforced_adapter(
         processing_class=tokenizer,
         peft_config=peft_config,
         quantization_config=quantization_config,
+        callbacks=list(callbacks or []),
     )
     readable_progress(trainer)
     guard_cpu_4bit(trainer.model)
@@ -164,3 +170,28 @@ def as_text_dataset(train_dataset: Dataset | Sequence[str], text_field: str) -> 
     if len(train_dataset) == 0:
         raise ValueError(f"train_dataset holds no text in column {text_field!r}: nothing to reinforce on")
     return train_dataset
+
+
+class DivergenceStop(TrainerCallback):
+    """Stop training once the logged training loss exceeds ``factor`` times its lowest logged value (or is not
+    finite): the learning rate was too high and the loss blew up, so the remaining steps would only cost time.
+    ``alpha: auto`` puts it on the reinforcements it strengthens (their learning rate raised 2×, 4×), whose
+    divergence it then finds by their fit to the forget text; the lowest loss is read from the log history, so a
+    resumed run keeps it."""
+
+    def __init__(self, factor: float = 1.5):
+        if factor <= 1:
+            raise ValueError(f"DivergenceStop(factor={factor}): must be above 1")
+        self.factor = factor
+        self.stopped_at: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        lowest = min((entry["loss"] for entry in state.log_history if "loss" in entry), default=loss)
+        if not math.isfinite(loss) or loss > self.factor * lowest:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            print(f"whp reinforce: training loss {loss:.4g} at step {state.global_step} is over {self.factor:g}x its "
+                  f"lowest ({lowest:.4g}): the training diverged, stopped", flush=True)
