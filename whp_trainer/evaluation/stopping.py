@@ -215,7 +215,8 @@ class TargetStoppingCallback(TrainerCallback):
         restore(model, weights)
         optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
         if optimizer is not None:
-            optimizer.state.clear()
+            if isinstance(getattr(optimizer, "state", None), dict):  # torch's optimizers (accelerate's wrapper too)
+                optimizer.state.clear()
             for group in optimizer.param_groups:
                 group["lr"] /= 2
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
