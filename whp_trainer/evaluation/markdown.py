@@ -283,11 +283,11 @@ AUTO_COLUMNS = ("membership_auc_mink", "membership_auc_minkpp", "familiarity_tok
 
 def auto_markdown(auto: dict) -> str:
     """How ``alpha: auto`` chose: the reason, the teacher of every α of every sweep, and where the student stopped."""
-    lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
     from .autotune import ENTITY, Targets
 
+    lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
     targets = auto["targets"]
-    entity_tolerance = Targets(**targets).tolerance(ENTITY)  # a record from before entity_tolerance: the familiarity one
+    entity_tolerance = Targets(**targets).tolerance(ENTITY)  # an older record has none: the familiarity one
     lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])} ± "
               f"{targets['membership_tolerance']:g}; familiarity at most {format_number(targets['familiarity'])} + "
               f"{targets['familiarity_tolerance']:.2g}; entity probability at most "
@@ -317,8 +317,8 @@ def stopping_summary(stopping: dict) -> str:
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("backtracks"):
         count = stopping["backtracks"]
-        text += (f" Over budget with the retain weight at its ceiling, it went back to its best measurement within budget "
-                 f"(or to where it began) and halved its learning rate {count} time{'s' if count > 1 else ''}.")
+        text += (" Over budget with the retain weight at its ceiling, it went back to its best measurement within "
+                 f"budget (or to where it began) and halved its learning rate {count} time{'s' if count > 1 else ''}.")
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)

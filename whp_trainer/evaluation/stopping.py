@@ -88,7 +88,6 @@ class TargetStoppingCallback(TrainerCallback):
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
         self.backtrack = backtrack
-        self.learning_rate_factor = 1.0  # halved at each backtrack
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -151,7 +150,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
                                           "before the targets were reached"}
         self.decision["measured_every"] = self.interval
-        self.decision["backtracks"] = sum("backtracked_to" in entry for entry in self.history)
+        self.decision["backtracks"] = self.backtracks
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
                                  left=None, within_budget=None)
@@ -199,6 +198,15 @@ class TargetStoppingCallback(TrainerCallback):
         elif not within and self.backtrack and state.global_step < state.max_steps:
             self.backtrack_to_best(model)
 
+    @property
+    def backtracks(self) -> int:
+        return sum("backtracked_to" in entry for entry in self.history)
+
+    @property
+    def learning_rate_factor(self) -> float:
+        """What the backtracks so far multiplied the learning rate by (each halves it)."""
+        return 0.5 ** self.backtracks
+
     def can_raise(self, retain_weight: float) -> bool:
         return bool(retain_weight) and retain_weight < self.retain_ceiling
 
@@ -222,7 +230,6 @@ class TargetStoppingCallback(TrainerCallback):
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
-        self.learning_rate_factor /= 2
         self.history[-1]["backtracked_to"] = step
 
     def overrun(self, metrics: dict) -> float:
