@@ -1,5 +1,4 @@
 import os
-import socket
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,12 +123,9 @@ def chat_completion(content: str) -> dict:
 
 
 def torchrun(processes: int = 2) -> list[str]:
-    """``torchrun`` with ``processes`` processes on a free local port (other jobs may hold any fixed one)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    """``torchrun`` with ``processes`` processes; ``--standalone`` lets it bind a free local port itself (a port
+    probed free here could be taken by another job before torchrun binds it)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone"]
 
 
 def write_tiny_gguf(model, tokenizer, path) -> None:

@@ -35,14 +35,14 @@ def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, **config
     )
 
 
-def main(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
+def train_and_save(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
     trainer = two_sgd_steps_trainer(work, out, per_device_batch, cache_targets=cache)
     trainer.train()
     trainer.save_model()
     if trainer.is_world_process_zero():
         (out / "log.json").write_text(json.dumps(trainer.state.log_history))
-    leave_process_group()  # as `whp` does: an abort at exit once seen here under load
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--cache" in sys.argv[4:])
+    train_and_save(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--cache" in sys.argv[4:])
+    leave_process_group()  # as `whp` does, once the trainer is out of scope

@@ -13,6 +13,7 @@ import torch.distributed as dist  # noqa: E402
 from deepspeed.utils import safe_get_full_grad  # noqa: E402
 from fsdp_worker import check_sharded_step, unsharded_reference  # noqa: E402
 
+from whp_trainer.cli import leave_process_group  # noqa: E402
 from whp_trainer.models import is_sharded  # noqa: E402
 
 
@@ -33,3 +34,4 @@ if __name__ == "__main__":
     if dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "losses.json").write_text(json.dumps(losses))
+    leave_process_group()  # as `whp` does, once the trainers are out of scope

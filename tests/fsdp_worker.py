@@ -23,6 +23,7 @@ from accelerate.utils import DistributedType  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
+from whp_trainer.cli import leave_process_group  # noqa: E402
 from whp_trainer.targets import IGNORE_INDEX  # noqa: E402
 
 # FSDP2 the way a user turns it on through the Trainer (transformers builds accelerate's FSDP plugin from these)
@@ -140,3 +141,4 @@ if __name__ == "__main__":
             (Path(sys.argv[2]) / "losses.json").write_text(json.dumps(losses))
     else:
         main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--no-fsdp" not in sys.argv[4:], "--cache" in sys.argv[4:])
+    leave_process_group()  # as `whp` does, once the trainers are out of scope

@@ -453,21 +453,26 @@ def test_without_backtracking_the_student_goes_on_from_where_it_is(make_model):
     assert callback.decision["backtracks"] == 0 and "halved" not in stopping_summary(callback.decision)
 
 
-@pytest.mark.parametrize("backtrack", [True, False])
-def test_a_backtrack_halves_the_trainers_own_learning_rate_schedule(make_model, tokenizer, reinforced_path, tmp_path,
-                                                                     backtrack):
+def auto_student(make_model, tokenizer, reinforced_path, output_dir, **args) -> UnlearnTrainer:
+    """A real UnlearnTrainer with a retain loss and a linear schedule, as `alpha: auto` trains the student."""
     from conftest import LORA
     from datasets import Dataset
     from peft import LoraConfig
 
-    trainer = UnlearnTrainer(
+    return UnlearnTrainer(
         model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
         anchors={"Harry": ["Jon"]}, processing_class=tokenizer, retain_dataset=CORPUS[4:],
         train_dataset=Dataset.from_dict({"text": CORPUS[:4] * 2}),
-        args=UnlearnConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=5,
-                           learning_rate=1e-2, lr_scheduler_type="linear", report_to=[], use_cpu=True, max_length=32,
-                           save_strategy="no", disable_tqdm=True, logging_steps=1, retain_weight=1.0),
+        args=UnlearnConfig(output_dir=str(output_dir), per_device_train_batch_size=2, learning_rate=1e-2,
+                           lr_scheduler_type="linear", report_to=[], use_cpu=True, max_length=32, disable_tqdm=True,
+                           logging_steps=1, retain_weight=1.0, **args),
     )
+
+
+@pytest.mark.parametrize("backtrack", [True, False])
+def test_a_backtrack_halves_the_trainers_own_learning_rate_schedule(make_model, tokenizer, reinforced_path, tmp_path,
+                                                                     backtrack):
+    trainer = auto_student(make_model, tokenizer, reinforced_path, tmp_path / "out", max_steps=5, save_strategy="no")
     over = metrics(0.6, 0.2, 10.5)  # the retain weight is at its ceiling (max_retain_factor 1): step 2 backtracks
     script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1), over] + \
         [metrics(0.8, 0.3, 10.1)] * 3
@@ -479,6 +484,37 @@ def test_a_backtrack_halves_the_trainers_own_learning_rate_schedule(make_model, 
     expected = linear[:2] + [rate / 2 for rate in linear[2:]] if backtrack else linear
     assert rates == pytest.approx(expected)
     assert (callback.history[2].get("backtracked_to") == 1) is backtrack
+
+
+class StepScriptedStopping(ScriptedStopping):
+    """The stopping rule measuring, at each step, what the script holds for that step (so a resumed run reads the
+    same measurements as an uninterrupted one)."""
+
+    def measure(self, model):
+        return self.script[self.trainer.state.global_step]
+
+
+def test_a_run_resumed_after_a_backtrack_decides_and_ends_as_the_uninterrupted_run(make_model, tokenizer,
+                                                                                    reinforced_path, tmp_path):
+    over, near, nearer = metrics(0.6, 0.2, 10.5), metrics(0.85, 0.4, 10.1), metrics(0.7, 0.25, 10.1)
+    # step 1 is the best within budget until 8; steps 2, 5 and 7 are over at the ceiling and go back to it
+    script = [metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1), over, near, near, over, near, over, nearer]
+
+    def train(output_dir, resume_from_checkpoint=None):
+        trainer = auto_student(make_model, tokenizer, reinforced_path, output_dir, max_steps=8,
+                               save_strategy="steps", save_steps=3)
+        callback = StepScriptedStopping(trainer, [], every_n_steps=1, max_retain_factor=1.0)
+        callback.script = script
+        trainer.add_callback(callback)
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return callback, lora_weights(trainer.model)
+
+    whole, whole_weights = train(tmp_path / "whole")
+    resumed, resumed_weights = train(tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "whole/checkpoint-6"))
+    assert [entry.get("backtracked_to") for entry in whole.history] == [None, None, 1, None, None, 1, None, 1, None]
+    assert whole.decision["best_step"] == 8 and whole.decision["backtracks"] == 3
+    assert resumed.history == whole.history and resumed.decision == whole.decision
+    assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
 
 
 def test_with_no_measurement_within_budget_a_backtrack_goes_back_to_where_the_run_began(make_model):

@@ -10,6 +10,7 @@ them, flags override the file, ``--help`` lists them with their help.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import re
 import sys
@@ -423,9 +424,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def leave_process_group() -> None:
     """Destroy this process's torch.distributed group, if a launcher (torchrun, accelerate) made one: left to the
-    interpreter's exit, gloo's threads can outlive it and abort the process after its work is done."""
+    interpreter's exit, gloo's threads can outlive it and abort the process after its work is done.
+
+    Unreachable trainers are collected first, while the group is still registered. A DDP model's reducer that
+    held the group's last reference would destroy it holding the GIL, joining gloo threads that may need the GIL
+    to free a finished work's tensors: a deadlock (torch binds the reducer without releasing the GIL). Dropped
+    here instead, the group is destroyed by its own binding, which releases the GIL."""
     dist = sys.modules.get("torch.distributed")  # not imported: no group (and no torch import for an early error)
     if dist is not None and dist.is_available() and dist.is_initialized():
+        gc.collect()  # trainers live in reference cycles (their callbacks hold them)
         dist.destroy_process_group()
 
 

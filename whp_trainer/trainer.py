@@ -24,7 +24,7 @@ from huggingface_hub import get_token
 from torch import nn
 from transformers import AutoTokenizer, Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import enable_full_determinism, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 
 from .anchors import AnchorDictionary
 from .batching import pad_to_width, position_ids_from_mask
@@ -361,10 +361,26 @@ class UnlearnTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         """A checkpoint also holds how many retain batches were served and the retain weight in use (in
-        ``trainer_state.json``), so that a resumed run continues as one that was never interrupted."""
+        ``trainer_state.json``), and what each callback with a ``save_to_checkpoint(folder)`` method saves there
+        (`alpha: auto`'s stopping rule: its measurements and the weights it can go back to), so that a resumed run
+        continues as one that was never interrupted. Those are written first: the Trainer writes its state last,
+        and a checkpoint without it is passed over as incomplete."""
         self.state.stateful_callbacks[RETAIN_STATE] = {
             "args": {}, "attributes": {"batches_served": self._retain_served, "retain_weight": self.retain_weight}}
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            for callback in self.callback_handler.callbacks:
+                if hasattr(callback, "save_to_checkpoint"):
+                    callback.save_to_checkpoint(folder)
         super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """On resume, with the optimizer and the schedule: each callback's ``load_from_checkpoint(folder)``."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            for callback in self.callback_handler.callbacks:
+                if hasattr(callback, "load_from_checkpoint"):
+                    callback.load_from_checkpoint(Path(checkpoint))
 
     def _load_callback_state(self) -> None:
         """On resume: the retain batches served, from the checkpoint's state (before the Trainer reads its callbacks)."""

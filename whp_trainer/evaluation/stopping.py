@@ -4,10 +4,13 @@ when the targets are reached or a budget is spent, and end on the best measureme
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from ..models import BASELINE, using_adapter
@@ -18,6 +21,8 @@ from .membership import membership_auc
 from .retain import perplexity
 
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
+STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
+KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
 
 
 class TargetStoppingCallback(TrainerCallback):
@@ -125,11 +130,37 @@ class TargetStoppingCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.interval = self.measurement_interval(state.max_steps)
+        if self.base is not None:  # resumed: the checkpoint's state was loaded, its step already measured or not
+            return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with using_adapter(model, BASELINE):
             self.base = self.measure(model)
         self.start = (state.global_step, trainable_weights(model))
         self._check(state, control)
+
+    def save_to_checkpoint(self, folder: Path) -> None:
+        """Write the rule's state into ``folder`` (a checkpoint being written): the measurements, the base's, and
+        the weights it can go back to, with what it knew of each."""
+        kept = {key: getattr(self, key) for key in KEPT}
+        tensors = {f"{key}/{name}": weight.detach().cpu().contiguous()
+                   for key, value in kept.items() if value is not None for name, weight in value[-1].items()}
+        facts = {key: None if value is None else list(value[:-1]) for key, value in kept.items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, folder / WEIGHTS_FILE)
+        state = {"history": self.history, "decision": self.decision, "base": self.base, "kept": facts}
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+    def load_from_checkpoint(self, folder: Path) -> None:
+        """Take up the state `save_to_checkpoint` wrote into ``folder``; a checkpoint without it (a run of an older
+        whp_trainer) leaves the rule to measure afresh from the resumed step."""
+        if not (folder / STATE_FILE).is_file():
+            return
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        tensors = load_file(folder / WEIGHTS_FILE)
+        self.history, self.decision, self.base = state["history"], state["decision"], state["base"]
+        for key, facts in state["kept"].items():
+            weights = {name.split("/", 1)[1]: weight for name, weight in tensors.items() if name.startswith(f"{key}/")}
+            setattr(self, key, None if facts is None else (*facts, weights))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.is_measured(state.global_step):
