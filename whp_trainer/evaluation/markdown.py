@@ -4,6 +4,7 @@ roles as columns) and for the verdicts against the oracle, used by `report.md` a
 from __future__ import annotations
 
 from .callback import parse_next_token_key
+from .stopping import STEPS_RAN_OUT
 from .comparison import (
     ATTACKED_METRICS,
     ATTACKS,
@@ -324,7 +325,10 @@ def stopping_summary(stopping: dict) -> str:
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)
     if left or stopping["best_step"] is None:
         shortfall = f" (left of the way from the base: {left})" if left else ""
-        return text + f" **The targets were not reached**{shortfall}: this model remembers more of the target " \
-                      "than the targets allow."
+        text += f" **The targets were not reached**{shortfall}: this model remembers more of the target " \
+                "than the targets allow."
+        if stopping.get("backtracks") and stopping["reason"].startswith(STEPS_RAN_OUT):
+            text += " The steps ran out at the halved learning rate: more epochs (`num_train_epochs`) give it room."
+        return text
     return text + " **The targets were reached only over budget**: this model has lost more of what it should keep " \
                   "than the budgets allow."

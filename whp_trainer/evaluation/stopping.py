@@ -22,6 +22,7 @@ from .retain import perplexity
 
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
+STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
 KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
 
 
@@ -178,8 +179,8 @@ class TargetStoppingCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not self.history or self.history[-1]["step"] != state.global_step:
             self._check(state, control)
-        self.decision = self.decision or {"stopped_at": state.global_step, "reason": "the step budget ran out "
-                                          "before the targets were reached"}
+        self.decision = self.decision or {"stopped_at": state.global_step,
+                                          "reason": f"{STEPS_RAN_OUT} before the targets were reached"}
         self.decision["measured_every"] = self.interval
         self.decision["backtracks"] = self.backtracks
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
