@@ -48,12 +48,24 @@ def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
             assert {key: two[key] for key in METRICS} == pytest.approx({key: one[key] for key in METRICS}, rel=1e-5)
 
 
-def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path):
+def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     from whp_trainer import cli
 
+    freed_while_the_group_was_registered = []
+
+    class Trainer:  # what a failed stage's frames hold (a DDP model's reducer must not outlive the group's registry)
+        def __del__(self):
+            freed_while_the_group_was_registered.append(dist.is_initialized())
+
+    def failing_stage(command, rest):
+        trainer = Trainer()  # noqa: F841 (held by this frame, which the error's traceback keeps)
+        raise ValueError("the stage failed")
+
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setattr(cli, "run_stage", failing_stage)
     with pytest.raises(SystemExit):  # an error ends it too
         cli.main(["unlearn", "--forget_data", str(tmp_path / "missing.txt")])
     assert not dist.is_initialized()
+    assert freed_while_the_group_was_registered == [True]

@@ -14,6 +14,7 @@ import gc
 import importlib
 import re
 import sys
+import traceback
 import types
 import typing
 from enum import Enum
@@ -426,12 +427,17 @@ def leave_process_group() -> None:
     """Destroy this process's torch.distributed group, if a launcher (torchrun, accelerate) made one: left to the
     interpreter's exit, gloo's threads can outlive it and abort the process after its work is done.
 
-    Unreachable trainers are collected first, while the group is still registered. A DDP model's reducer that
-    held the group's last reference would destroy it holding the GIL, joining gloo threads that may need the GIL
-    to free a finished work's tensors: a deadlock (torch binds the reducer without releasing the GIL). Dropped
-    here instead, the group is destroyed by its own binding, which releases the GIL."""
+    Trainers are freed first, while the group is still registered: those no longer reachable, and those only the
+    frames of a failed stage hold. A DDP model's reducer that held the group's last reference would destroy it
+    holding the GIL, joining gloo threads that may need the GIL to free a finished work's tensors: a deadlock
+    (torch binds the reducer without releasing the GIL). Dropped here instead, the group is destroyed by its own
+    binding, which releases the GIL."""
     dist = sys.modules.get("torch.distributed")  # not imported: no group (and no torch import for an early error)
     if dist is not None and dist.is_available() and dist.is_initialized():
+        error = sys.exc_info()[1]  # an error on its way out: its tracebacks' frames hold the stage's locals
+        while error is not None:
+            traceback.clear_frames(error.__traceback__)
+            error = error.__context__
         gc.collect()  # trainers live in reference cycles (their callbacks hold them)
         dist.destroy_process_group()
 
