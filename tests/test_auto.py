@@ -283,6 +283,20 @@ def test_alpha_auto_without_a_reinforced_adapter_or_retain_text_is_refused_befor
         cli.run_stage("unlearn", data)
 
 
+def test_alpha_auto_with_sharded_weights_is_refused_before_loading(files, reinforced_path, no_model_loading,
+                                                                    make_model):
+    data = ["--forget_data", str(files / "forget.txt"), "--anchors", str(files / "anchors.yaml"),
+            "--retain_data", str(files / "retain.txt"), "--reinforced_adapter", str(reinforced_path),
+            "--model_name_or_path", str(files / "base"), "--alpha", "auto", "--fsdp", "full_shard"]
+    with pytest.raises(ValueError, match="alpha auto keeps and restores the adapter's weights, which FSDP and "
+                                         "DeepSpeed ZeRO-3 shard"):
+        cli.run_stage("unlearn", data)
+    # a trainer that a launcher's configuration makes shard them is refused by the stopping rule itself
+    trainer = SimpleNamespace(**vars(fake_trainer(trainable_model(make_model))), is_fsdp_enabled=True)
+    with pytest.raises(ValueError, match="train its student with DDP or ZeRO-2, or give alpha a number"):
+        TargetStoppingCallback(trainer, Targets(membership=0.5, familiarity=0.1), PROBES, ["text"])
+
+
 def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     auto = {"alpha": "auto", "auto_alphas": [5, 40], "auto_reinforce_rounds": 0, "auto_eval_steps": 1,
             "holdout_data": str(files / "retain.txt"), "budget_data": str(files / "forget.txt")}

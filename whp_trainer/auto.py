@@ -38,12 +38,17 @@ class AutoInputs:
 
 def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
     """Refuse, before any model loads, an ``alpha: auto`` run that has nothing to choose α by."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from .evaluation.stopping import SHARDED_REFUSAL
     from .pipeline import require_data, require_path
 
     if reinforced is None:
         raise ValueError("whp unlearn: alpha auto measures the teacher: give --reinforced_adapter")
     if retain is None:
         raise ValueError("whp unlearn: alpha auto needs --retain_data (retain perplexity is its cost and budget)")
+    if getattr(args, "fsdp", None) or is_deepspeed_zero3_enabled():
+        raise ValueError(f"whp unlearn: alpha auto {SHARDED_REFUSAL}")
     for name in ("holdout_data", "budget_data"):
         if getattr(args, name):
             require_data(getattr(args, name), name, "unlearn")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..models import BASELINE, using_adapter
 from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
@@ -22,6 +23,8 @@ from .retain import perplexity
 
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
+SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and DeepSpeed ZeRO-3 shard: train its "
+                   "student with DDP or ZeRO-2, or give alpha a number")
 STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
 KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
 
@@ -83,6 +86,8 @@ class TargetStoppingCallback(TrainerCallback):
             raise ValueError(f"budget_patience={budget_patience}: must be at least 1")
         if not retain_texts:
             raise ValueError("TargetStoppingCallback needs retain texts: their perplexity is the budget")
+        if getattr(trainer, "is_fsdp_enabled", False) or is_deepspeed_zero3_enabled():
+            raise ValueError(f"TargetStoppingCallback (alpha auto) {SHARDED_REFUSAL}")
         self.trainer, self.targets = trainer, targets
         self.probes, self.retain_texts = list(probes), list(retain_texts)
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
