@@ -107,6 +107,17 @@ def test_a_teacher_over_its_budget_does_not_count_and_a_stronger_reinforcement_i
     assert (choice["alpha"], choice["round"], choice["reached"]) == (5.0, 1, True)
 
 
+def test_when_no_teacher_reaches_the_targets_within_its_budget_the_closest_within_it_is_chosen():
+    targets = Targets(membership=0.5, familiarity=0.1)
+    mild = sweep(BASE, (2.0, 0.8, 0.3, 15.0), (5.0, 0.6, 0.2, 19.0), (14.0, 0.55, 0.15, 400.0))
+    choice = choose_alpha([mild], targets, teacher_budget=1.0)  # 14 comes closer, at 40× the base's perplexity
+    assert (choice["alpha"], choice["reached"]) == (5.0, False) and "the closest within it is α=5" in choice["reason"]
+    assert choose_alpha([mild], targets)["alpha"] == 14.0  # no budget: the closest at any cost
+    dear = sweep(BASE, (5.0, 0.9, 0.4, 25.0), (14.0, 0.6, 0.2, 130.0))
+    choice = choose_alpha([dear], targets, teacher_budget=1.0)
+    assert choice["alpha"] == 14.0 and "none is within it; the closest is α=14" in choice["reason"]
+
+
 def test_a_strengthened_reinforcement_that_fits_the_forget_text_worse_is_not_used():
     from whp_trainer.auto import diverged_reinforcement
 

@@ -206,9 +206,10 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
     """The α to unlearn with, from one sweep per reinforcement (the first is the given one): in the first sweep where
     a teacher reaches every target within ``teacher_budget`` (its retain perplexity at most that share above the
     base's; ``None``: any cost), the α that does so at the least retain perplexity; when none does, the α (of any
-    sweep) that comes closest (least shortfall summed over the targets, then least retain perplexity). A teacher
-    that reaches the targets only by making ordinary text many times less likely is no target a student can follow
-    within its own budget: a stronger reinforcement gives cheaper teachers.
+    sweep) that comes closest (least shortfall summed over the targets, then least retain perplexity) among those
+    within ``teacher_budget``, or among all when none is. A teacher that reaches the targets only by making ordinary
+    text many times less likely is no target a student can follow within its own budget: a stronger reinforcement
+    gives cheaper teachers, and the budget stays a constraint when none reaches the targets (as the student's).
 
     Returns ``{"alpha", "round", "reached", "reason", "targets", "sweeps"}`` (``round``: which sweep, 0 = the given
     reinforcement), the record of the choice.
@@ -235,9 +236,12 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
         reason = f"the teacher at α={alpha:g} reaches every target ({describe(metrics, targets)}) at the least " \
                  f"retain perplexity ({metrics[RETAIN]:.4g} against the base's {sweeps[round_][0.0][RETAIN]:.4g})"
     else:
-        round_, alpha, metrics, _, left = min(candidates, key=lambda c: (round(c[3], 6), c[2][RETAIN]))
+        pool = [c for c in candidates if affordable(c)]
+        round_, alpha, metrics, _, left = min(pool or candidates, key=lambda c: (round(c[3], 6), c[2][RETAIN]))
         within = "" if teacher_budget is None else f" at most {teacher_budget:.0%} above the base's retain perplexity"
-        reason = f"no teacher reaches every target{within}; the closest is α={alpha:g} ({describe(metrics, targets)}" \
+        closest = "the closest" if teacher_budget is None else \
+            "the closest within it" if pool else "none is within it; the closest"
+        reason = f"no teacher reaches every target{within}; {closest} is α={alpha:g} ({describe(metrics, targets)}" \
                  f"; retain perplexity {metrics[RETAIN]:.4g} against the base's {sweeps[round_][0.0][RETAIN]:.4g}" \
                  f"; left of the way: {', '.join(f'{key} {value:.0%}' for key, value in left.items()) or 'none'})"
     if round_:
