@@ -520,11 +520,19 @@ class StepScriptedStopping(ScriptedStopping):
         return self.script[self.trainer.state.global_step]
 
 
-def test_a_run_resumed_after_a_backtrack_decides_and_ends_as_the_uninterrupted_run(make_model, tokenizer,
-                                                                                    reinforced_path, tmp_path):
-    over, near, nearer = metrics(0.6, 0.2, 10.5), metrics(0.85, 0.4, 10.1), metrics(0.7, 0.25, 10.1)
+OVER, NEAR, NEARER = metrics(0.6, 0.2, 10.5), metrics(0.85, 0.4, 10.1), metrics(0.7, 0.25, 10.1)
+START = [metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1), OVER, NEAR, NEAR, OVER]
+
+
+@pytest.mark.parametrize("script, stops_at", [
     # step 1 is the best within budget until 8; steps 2, 5 and 7 are over at the ceiling and go back to it
-    script = [metrics(0.95, 0.5, 10.0), metrics(0.8, 0.3, 10.1), over, near, near, over, near, over, nearer]
+    (START + [NEAR, OVER, NEARER], 8),
+    # the targets are reached at step 6, where the checkpoint the run resumes from was written
+    (START + [metrics(0.5, 0.05, 10.1), NEAR, NEAR], 6),
+])
+def test_a_run_resumed_after_a_backtrack_decides_and_ends_as_the_uninterrupted_run(make_model, tokenizer,
+                                                                                    reinforced_path, tmp_path,
+                                                                                    script, stops_at):
 
     def train(output_dir, resume_from_checkpoint=None):
         trainer = auto_student(make_model, tokenizer, reinforced_path, output_dir, max_steps=8,
@@ -537,8 +545,9 @@ def test_a_run_resumed_after_a_backtrack_decides_and_ends_as_the_uninterrupted_r
 
     whole, whole_weights = train(tmp_path / "whole")
     resumed, resumed_weights = train(tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "whole/checkpoint-6"))
-    assert [entry.get("backtracked_to") for entry in whole.history] == [None, None, 1, None, None, 1, None, 1, None]
-    assert whole.decision["best_step"] == 8 and whole.decision["backtracks"] == 3
+    assert [entry.get("backtracked_to") for entry in whole.history][:6] == [None, None, 1, None, None, 1]
+    assert whole.decision["stopped_at"] == whole.decision["best_step"] == stops_at
+    assert whole.decision["backtracks"] == (3 if stops_at == 8 else 2)
     assert resumed.history == whole.history and resumed.decision == whole.decision
     assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
 

@@ -137,6 +137,9 @@ class TargetStoppingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.interval = self.measurement_interval(state.max_steps)
         if self.base is not None:  # resumed: the checkpoint's state was loaded, its step already measured or not
+            # a checkpoint of the step the run stopped at: stop again (the Trainer ends after one more step, whose
+            # weights the kept ones replace), measuring nothing more
+            control.should_training_stop = self.decision is not None
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with using_adapter(model, BASELINE):
@@ -169,7 +172,7 @@ class TargetStoppingCallback(TrainerCallback):
             setattr(self, key, None if facts is None else (*facts, weights))
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.is_measured(state.global_step):
+        if self.decision is None and self.is_measured(state.global_step):
             self._check(state, control)
 
     def is_measured(self, step: int) -> bool:
@@ -182,7 +185,7 @@ class TargetStoppingCallback(TrainerCallback):
         return step % self.interval == 0 or step == ramp < self.interval
 
     def on_train_end(self, args, state, control, **kwargs):
-        if not self.history or self.history[-1]["step"] != state.global_step:
+        if self.decision is None and (not self.history or self.history[-1]["step"] != state.global_step):
             self._check(state, control)
         self.decision = self.decision or {"stopped_at": state.global_step,
                                           "reason": f"{STEPS_RAN_OUT} before the targets were reached"}
