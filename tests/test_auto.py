@@ -516,6 +516,10 @@ class StepScriptedStopping(ScriptedStopping):
     """The stopping rule measuring, at each step, what the script holds for that step (so a resumed run reads the
     same measurements as an uninterrupted one)."""
 
+    def __init__(self, trainer, script, **kwargs):
+        super().__init__(trainer, script, **kwargs)
+        self.script = list(script)
+
     def measure(self, model):
         return self.script[self.trainer.state.global_step]
 
@@ -537,8 +541,7 @@ def test_a_run_resumed_after_a_backtrack_decides_and_ends_as_the_uninterrupted_r
     def train(output_dir, resume_from_checkpoint=None):
         trainer = auto_student(make_model, tokenizer, reinforced_path, output_dir, max_steps=8,
                                save_strategy="steps", save_steps=3)
-        callback = StepScriptedStopping(trainer, [], every_n_steps=1, max_retain_factor=1.0)
-        callback.script = script
+        callback = StepScriptedStopping(trainer, script, every_n_steps=1, max_retain_factor=1.0)
         trainer.add_callback(callback)
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         return callback, lora_weights(trainer.model)

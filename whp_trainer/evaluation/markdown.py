@@ -4,7 +4,6 @@ roles as columns) and for the verdicts against the oracle, used by `report.md` a
 from __future__ import annotations
 
 from .callback import parse_next_token_key
-from .stopping import STEPS_RAN_OUT
 from .comparison import (
     ATTACKED_METRICS,
     ATTACKS,
@@ -20,6 +19,7 @@ from .comparison import (
     split_attack,
     verdict,
 )
+from .stopping import STEPS_RAN_OUT
 
 COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
 VERDICTS = ("above", "at", "below")
