@@ -99,6 +99,7 @@ TRAINING = dict(per_device_train_batch_size=8, max_length=128, report_to=[], use
 REINFORCEMENTS = {  # name -> ReinforceConfig options; "strong" trains until the reinforced model is clearly ahead
     "default": dict(num_train_epochs=3, learning_rate=3e-3),
     "strong": dict(num_train_epochs=10, learning_rate=1e-2),
+    "retain-kept": dict(num_train_epochs=3, learning_rate=3e-3, retain_weight=3.0),  # KL to the base on Judges
 }
 UNLEARN = dict(num_train_epochs=8, learning_rate=2e-3)
 RECOMMENDED = {"target_mode": "soft", "alpha": 20.0, "retain_weight": 1.0, "original_cap_weight": 1.0}
@@ -163,10 +164,12 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24},
     "auto, lr×5 (the learning rate a person chose for the recommended procedure here)": {
         **RECOMMENDED, "alpha": "auto", "learning_rate": 1e-2, "num_train_epochs": 24},
+    "auto, reinforcement keeping the retain text (retain_weight 3)": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept"},
     "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }
-TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0]}
+TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0], "retain-kept": []}
 
 
 # ---------------------------------------------------------------------------------------------------- the texts

@@ -193,6 +193,10 @@ UNLEARN = ["unlearn", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files
         (["evaluate", "--output_dir", "{tmp}/o", "--report_to", "tensorbord"], "unknown tracker(s) ['tensorbord']"),
         (["reinforce", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
           "./books/missing"], "--forget_data ./books/missing: no such file or folder"),
+        (["reinforce", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
+          "{files}/forget.txt", "--retain_weight", "1"], "whp reinforce: --retain_weight needs --retain_data"),
+        (["reinforce", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
+          "{files}/forget.txt", "--retain_weight", "-1"], "ReinforceConfig.retain_weight=-1.0: must be ≥ 0"),
     ],
 )
 def test_bad_input_stops_with_one_clear_message(argv, message, files, tmp_path, capsys, no_model_loading):

@@ -97,7 +97,7 @@ def page_namespace(tokenizer, tmp_path, monkeypatch):
     return {
         "torch": torch, "tokenizer": tokenizer, "text": CORPUS[0], "texts": CORPUS[:4],
         "dataset": Dataset.from_dict({"text": CORPUS}), "model": reinforced,
-        "target_texts": CORPUS[:4], "reference_texts": CORPUS[4:],
+        "target_texts": CORPUS[:4], "reference_texts": CORPUS[4:], "retain_texts": CORPUS[4:],
         "args": UnlearnConfig(output_dir="runs/whp", report_to="none"), "lora_config": LoraConfig(**LORA),
     }
 

@@ -2,17 +2,21 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import CORPUS
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from trl import SFTTrainer
 
 from whp_trainer.reinforce import ReinforceConfig, train_reinforced_adapter
+from whp_trainer.runs import fingerprint
+from whp_trainer.targets import retain_kl
 
 TARGET = [  # sentences of the session tokenizer's corpus (conftest.py)
     "Harry Potter studies magic at Hogwarts with Ron and Hermione.",
     "The Quidditch match at Hogwarts ended when Harry caught the Snitch.",
 ]
+RETAIN = [CORPUS[4], CORPUS[6]]  # ordinary text of the same corpus
 
 
 def fast_args(output_dir, **overrides) -> ReinforceConfig:
@@ -90,7 +94,35 @@ def test_clear_errors_on_unusable_datasets(tmp_path, tokenizer, make_model, data
         train_reinforced_adapter(make_model(), tokenizer, dataset, lora(), fast_args(tmp_path))
 
 
-def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer, make_model, monkeypatch):
+def retain_divergence(path, make_model, tokenizer) -> float:
+    """KL(base ‖ reinforced) over the retain sentences: how far the reinforced model moved on ordinary text."""
+    reinforced = PeftModel.from_pretrained(make_model(), path).eval()
+    batch = tokenizer(RETAIN, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = reinforced(**batch).logits
+        with reinforced.disable_adapter():
+            base = reinforced(**batch).logits
+    return retain_kl(logits, base, batch["attention_mask"].float()).item()
+
+
+def test_a_retain_weight_keeps_the_reinforced_model_the_base_on_retain_text_and_it_still_learns_the_target(
+        tmp_path, tokenizer, make_model):
+    baseline = target_loss(make_model(), tokenizer)
+    plain = train_reinforced_adapter(make_model(), tokenizer, TARGET, lora(), fast_args(tmp_path / "plain"))
+    kept = train_reinforced_adapter(make_model(), tokenizer, TARGET, lora(),
+                                    fast_args(tmp_path / "kept", retain_weight=10.0), retain_dataset=RETAIN)
+    assert retain_divergence(kept, make_model, tokenizer) < 0.5 * retain_divergence(plain, make_model, tokenizer)
+    assert target_loss(PeftModel.from_pretrained(make_model(), kept), tokenizer) < baseline - 0.5
+
+
+def test_a_retain_weight_without_retain_text_is_refused(tmp_path, tokenizer, make_model):
+    with pytest.raises(ValueError, match="ReinforceConfig.retain_weight > 0 needs retain_dataset="):
+        train_reinforced_adapter(make_model(), tokenizer, TARGET, lora(), fast_args(tmp_path, retain_weight=1.0))
+
+
+@pytest.mark.parametrize("retain_weight", [0.0, 10.0])
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer, make_model, monkeypatch,
+                                                             retain_weight):
     steps = []
     training_step = SFTTrainer.training_step
     monkeypatch.setattr(SFTTrainer, "training_step", lambda *a, **k: steps.append(1) or training_step(*a, **k))
@@ -98,8 +130,11 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer
     def run(output_dir, max_steps, resume=None):
         steps.clear()
         args = fast_args(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=2,
-                         lr_scheduler_type="constant", resume_from_checkpoint=resume)
-        return PeftModel.from_pretrained(make_model(), train_reinforced_adapter(make_model(), tokenizer, TARGET * 4, lora(), args))
+                         lr_scheduler_type="constant", resume_from_checkpoint=resume, retain_weight=retain_weight,
+                         per_device_train_batch_size=1)  # one retain sentence a step: a pass differs by its order
+        path = train_reinforced_adapter(make_model(), tokenizer, TARGET * 4, lora(), args,
+                                        retain_dataset=CORPUS if retain_weight else None)
+        return PeftModel.from_pretrained(make_model(), path)
 
     straight = run(tmp_path / "straight", 4)
     run(tmp_path / "resumed", 2)  # stopped after its checkpoint-2, as by a crash (constant lr: same schedule)
@@ -145,3 +180,12 @@ def test_divergence_is_a_loss_over_its_lowest_by_the_factor_or_not_finite():
     assert run([2.0, float("nan")]) == 2
     with pytest.raises(ValueError, match="above 1"):
         DivergenceStop(1.0)
+
+
+def test_a_reinforcement_made_before_retain_weight_existed_keeps_its_fingerprint():
+    args = ReinforceConfig(output_dir="unused")
+    settings = {key: value for key, value in args.to_dict().items()
+                if key != "retain_weight" and "logging_dir" not in key and not key.endswith("_token")}
+    assert fingerprint(args, added={"retain_weight": 0.0}) == fingerprint(settings)  # skipped as up to date
+    args.retain_weight = 1.0
+    assert fingerprint(args, added={"retain_weight": 0.0}) != fingerprint(settings)  # other settings: not the same run

@@ -151,8 +151,15 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
     check_max_length(model_config, args.max_length, "reinforce")
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
+    retain_weight = getattr(args, "retain_weight", 0.0)  # a strengthened round's settings may predate the field
+    if retain_weight and not data.retain_data:
+        raise ValueError("whp reinforce: --retain_weight needs --retain_data (the ordinary text the reinforced model "
+                         "keeps as the base reads it)")
+    retain = data_digest(require_data(data.retain_data, "retain_data", "reinforce"), data.retain_data_config,
+                         data.retain_data_split) if retain_weight else None
     print_ = fingerprint("reinforce", args, model_args, model_weights_digest(model_args.model_name_or_path), forget,
-                         data.text_field, *block_options(data))
+                         data.text_field, *block_options(data), *([retain] if retain else []),
+                         added={"retain_weight": 0.0})
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
@@ -161,7 +168,8 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     blocks = training_blocks(texts, tokenizer, args.max_length, "reinforce", data)
     args.resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
     model = load_base_model(model_args, args.trust_remote_code)
-    train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args, callbacks=callbacks)
+    train_reinforced_adapter(model, tokenizer, blocks, lora_config(model_args), args, callbacks=callbacks,
+                             retain_dataset=data.retain_texts()["text"] if retain_weight else None)
     tokenizer.save_pretrained(args.output_dir)
     finish_stage(args.output_dir, "reinforce", print_)
     return args.output_dir

@@ -23,6 +23,7 @@ from .collator import split_into_blocks
 from .config import TokensNotPickled, auto_bf16_field, check_trains, resolve_auto_bf16
 from .console import readable_progress
 from .models import adapter_weights, check_adapter_trained, default_lora_targets, guard_cpu_4bit
+from .trainer import RetainLoss
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,15 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
     learning_rate: float = field(
         default=1e-4, metadata={"help": "Initial AdamW learning rate; a usual LoRA rate (the adapter starts at zero)."}
     )
+    retain_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of KL(base ‖ reinforced) on the retain text (--retain_data), added to the loss: keeps the "
+            "reinforced model the base's on ordinary text, so that what it raises, and the unlearning stage takes "
+            "down, is what is specific to the target rather than its style or genre. 0 (default): the paper's "
+            "reinforcement. Beyond the paper; see the reinforce guide."
+        },
+    )
     bf16: bool | None = auto_bf16_field()
 
     def __post_init__(self):
@@ -72,6 +82,8 @@ class ReinforceConfig(TokensNotPickled, SFTConfig):
         resolve_auto_bf16(self)
         super().__post_init__()
         check_trains(self)
+        if self.retain_weight < 0:
+            raise ValueError(f"ReinforceConfig.retain_weight={self.retain_weight}: must be ≥ 0")
 
 
 def refuse_push_to_hub(args: ReinforceConfig) -> None:
@@ -93,6 +105,7 @@ def train_reinforced_adapter(
     *,
     quantization_config: BitsAndBytesConfig | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
+    retain_dataset: Dataset | Sequence[str] | None = None,
 ) -> str:
     """Train the reinforced LoRA adapter on ``train_dataset`` and save it to ``args.output_dir``; return that path.
 
@@ -103,7 +116,9 @@ def train_reinforced_adapter(
     ``UnlearnTrainer`` takes as ``reinforced_adapter=``. A base model passed in is trained in place and left without the adapter afterwards,
     ready to be passed on to ``UnlearnTrainer``. ``args.resume_from_checkpoint`` (a checkpoint folder, or True
     for the last one in ``output_dir``) continues an interrupted run. ``callbacks`` go to the ``SFTTrainer`` (e.g.
-    [`DivergenceStop`][whp_trainer.reinforce.DivergenceStop]).
+    [`DivergenceStop`][whp_trainer.reinforce.DivergenceStop]). With ``args.retain_weight > 0``, ``retain_dataset``
+    (ordinary text, as ``UnlearnTrainer`` takes it) adds ``retain_weight × KL(base ‖ reinforced)`` on one batch of
+    its blocks per step.
     """
     if not isinstance(args, ReinforceConfig):
         raise TypeError(f"args must be a ReinforceConfig, got {type(args).__name__}")
@@ -113,7 +128,8 @@ def train_reinforced_adapter(
     is_path = isinstance(model_or_path, (str, os.PathLike))
     if tokenizer is None:  # needed to cut the blocks; TRL would load the same
         tokenizer = AutoTokenizer.from_pretrained(str(model_or_path) if is_path else model_or_path.config._name_or_path)
-    trainer = SFTTrainer(
+    trainer = ReinforceTrainer(
+        retain_dataset=retain_dataset,
         model=str(model_or_path) if is_path else model_or_path,
         args=args,
         train_dataset=training_blocks(train_dataset, tokenizer, args),
@@ -132,6 +148,23 @@ def train_reinforced_adapter(
     trainer.model.unload()  # take the LoRA layers out of the caller's base
     logger.info("reinforced adapter saved to %s", args.output_dir)
     return args.output_dir
+
+
+class ReinforceTrainer(RetainLoss, SFTTrainer):
+    """TRL's ``SFTTrainer`` with the retain loss of ``ReinforceConfig.retain_weight`` (`RetainLoss`)."""
+
+    def __init__(self, *args, retain_dataset=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_retain_loss(retain_dataset, self.processing_class, self.args)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not (self.retain_weight and model.training):
+            return result
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        retain = self.weighted_retain_loss(model, scaled)
+        return (result[0] + retain, result[1]) if return_outputs else result + retain
 
 
 def base_model_type(model_or_path: str | os.PathLike | PreTrainedModel, args: ReinforceConfig) -> str | None:

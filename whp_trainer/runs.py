@@ -38,13 +38,16 @@ class OutputFolderError(FileExistsError):
     """An output folder that a stage must not write into (with what to do instead)."""
 
 
-def fingerprint(*parts) -> str:
-    """A hash of a stage's settings (dataclasses; secrets and logging dirs left out) and of its inputs' digests."""
+def fingerprint(*parts, added: dict | None = None) -> str:
+    """A hash of a stage's settings (dataclasses; secrets and logging dirs left out) and of its inputs' digests.
+    ``added``: settings fields added in a later version, left out while they hold the value given here (the old
+    behaviour), so that the runs made before them keep their fingerprint."""
     digest = hashlib.sha256()
     for part in parts:
         if dataclasses.is_dataclass(part):
             part = part.to_dict() if hasattr(part, "to_dict") else dataclasses.asdict(part)
-            part = {key: value for key, value in part.items() if "logging_dir" not in key and not key.endswith("_token")}
+            part = {key: value for key, value in part.items() if "logging_dir" not in key and not key.endswith("_token")
+                    and not (key in (added or {}) and value == added[key])}
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 

@@ -76,7 +76,74 @@ RETAIN_STATE = "UnlearnTrainer.retain_batches"  # its entry in a checkpoint's tr
 CHUNK_ELEMENTS = 2**25  # default chunk: 128 MiB of float32 teacher logits; smaller chunks re-read the LM head too often
 
 
-class UnlearnTrainer(Trainer):
+class RetainLoss:
+    """Mixin for a ``Trainer`` of a ``PeftModel``: ``retain_weight`` × a loss on seeded batches of retain blocks
+    (ordinary text to keep), resumed exactly from a checkpoint. ``UnlearnTrainer`` keeps the student the base's there;
+    the reinforcement ([`whp_trainer.reinforce`][whp_trainer.reinforce]) keeps the reinforced model the base's."""
+
+    def init_retain_loss(self, retain_dataset, tokenizer, args) -> None:
+        self.retain_blocks = _retain_blocks(retain_dataset, tokenizer, args)
+        self._retain_served = 0  # retain batches served so far; saved in every checkpoint (see _save_checkpoint)
+        self.retain_weight = args.retain_weight  # alpha auto's stopping rule raises it when a budget is over
+        self._retain_pass: tuple[int, list[int]] = (-1, [])  # the pass over the retain blocks in use, its order
+
+    def weighted_retain_loss(self, model, loss_is_scaled_for_ga: bool = True) -> torch.Tensor:
+        """``retain_weight`` × `retain_loss`, shared over gradient accumulation as the main loss is: divided here
+        when the Trainer leaves the main loss undivided (``loss_is_scaled_for_ga``), else by the Trainer."""
+        steps = self.args.gradient_accumulation_steps if loss_is_scaled_for_ga else 1
+        return self.retain_weight * self.retain_loss(model) / steps
+
+    def retain_loss(self, model) -> torch.Tensor:
+        """The loss on the next batch of retain blocks (cycled in a seeded order): ``KL(base ‖ model)`` of the
+        next-token distributions (``retain_loss="kl"``, the default) or the language-modelling loss (``"nll"``)."""
+        batch = self._next_retain_batch()
+        ids, mask = batch["input_ids"].to(self.args.device), batch["attention_mask"].to(self.args.device)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+        logits = model(**inputs).logits[:, :-1]
+        labels = batch["shift_labels"].to(ids.device)[:, :-1]
+        if getattr(self.args, "retain_loss", "kl") == "nll":
+            return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                               ignore_index=IGNORE_INDEX)
+        peft_model = self.accelerator.unwrap_model(model)
+        with using_adapter(peft_model, BASELINE):
+            baseline = peft_model(**inputs).logits[:, :-1]
+        return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
+
+    def _next_retain_batch(self) -> dict[str, torch.Tensor]:
+        """Batch number ``_retain_served`` of the retain blocks: consecutive slices of their passes, pass ``p`` in
+        the order ``randperm(seed + p)``; a function of the count alone, so a resumed run continues it exactly."""
+        size = self.args.per_device_train_batch_size
+        start = self._retain_served * size
+        self._retain_served += 1
+        chosen = [self._retain_block_index(position) for position in range(start, start + size)]
+        collator = AnchorSwapCollator(self.processing_class, None, max_length=self.args.max_length)
+        return collator([{"input_ids": self.retain_blocks[index]} for index in chosen])
+
+    def _retain_block_index(self, position: int) -> int:
+        """The retain block at ``position`` of the endless sequence of passes over them."""
+        number, offset = divmod(position, len(self.retain_blocks))
+        if self._retain_pass[0] != number:
+            generator = torch.Generator().manual_seed(self.args.seed + number)
+            self._retain_pass = (number, torch.randperm(len(self.retain_blocks), generator=generator).tolist())
+        return self._retain_pass[1][offset]
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """A checkpoint also holds how many retain batches were served and the retain weight in use (in
+        ``trainer_state.json``, which the Trainer writes last)."""
+        self.state.stateful_callbacks[RETAIN_STATE] = {
+            "args": {}, "attributes": {"batches_served": self._retain_served, "retain_weight": self.retain_weight}}
+        super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self) -> None:
+        """On resume: the retain batches served, from the checkpoint's state (before the Trainer reads its callbacks)."""
+        saved = self.state.stateful_callbacks.pop(RETAIN_STATE, None)
+        self._retain_served = saved["attributes"]["batches_served"] if saved else 0
+        self.retain_weight = saved["attributes"].get("retain_weight", self.args.retain_weight) if saved \
+            else self.args.retain_weight
+        super()._load_callback_state()
+
+
+class UnlearnTrainer(RetainLoss, Trainer):
     """Drop-in ``Trainer`` for Who's Harry Potter unlearning.
 
     Args:
@@ -125,10 +192,7 @@ class UnlearnTrainer(Trainer):
         elif args.model_init_kwargs is not None:
             logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         check_vocabulary(model, processing_class)
-        self.retain_blocks = _retain_blocks(retain_dataset, processing_class, args)
-        self._retain_served = 0  # retain batches served so far; saved in every checkpoint (see _save_checkpoint)
-        self.retain_weight = args.retain_weight  # alpha auto's stopping rule raises it when a budget is over
-        self._retain_pass: tuple[int, list[int]] = (-1, [])  # the pass over the retain blocks in use, its order
+        self.init_retain_loss(retain_dataset, processing_class, args)
         peft_config, self.all_linear_lora = default_lora_targets(peft_config, model)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
@@ -241,7 +305,7 @@ class UnlearnTrainer(Trainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
         if self.retain_weight and model.training:
-            loss = loss + self.retain_weight * self.retain_loss(model) / self.args.gradient_accumulation_steps
+            loss = loss + self.weighted_retain_loss(model)
         top = targets.argmax(-1) if targets.is_floating_point() else targets[rows, cols]
         self._record_metrics(top, inputs["shift_labels"][rows, cols], original_log_probs)
         return (loss, outputs) if return_outputs else loss
@@ -325,48 +389,11 @@ class UnlearnTrainer(Trainer):
         """Positions per chunk of vocabulary-sized logits."""
         return self.args.logits_chunk_size or max(1, CHUNK_ELEMENTS // vocab_size)
 
-    def retain_loss(self, model) -> torch.Tensor:
-        """The loss on the next batch of retain blocks (cycled in a seeded order): ``KL(base ‖ student)`` of the
-        next-token distributions (``retain_loss="kl"``) or the language-modelling loss (``"nll"``)."""
-        batch = self._next_retain_batch()
-        ids, mask = batch["input_ids"].to(self.args.device), batch["attention_mask"].to(self.args.device)
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
-        logits = model(**inputs).logits[:, :-1]
-        labels = batch["shift_labels"].to(ids.device)[:, :-1]
-        if self.args.retain_loss == "nll":
-            return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                               ignore_index=IGNORE_INDEX)
-        peft_model = self.accelerator.unwrap_model(model)
-        with using_adapter(peft_model, BASELINE):
-            baseline = peft_model(**inputs).logits[:, :-1]
-        return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
-
-    def _next_retain_batch(self) -> dict[str, torch.Tensor]:
-        """Batch number ``_retain_served`` of the retain blocks: consecutive slices of their passes, pass ``p`` in
-        the order ``randperm(seed + p)``; a function of the count alone, so a resumed run continues it exactly."""
-        size = self.args.per_device_train_batch_size
-        start = self._retain_served * size
-        self._retain_served += 1
-        chosen = [self._retain_block_index(position) for position in range(start, start + size)]
-        collator = AnchorSwapCollator(self.processing_class, None, max_length=self.args.max_length)
-        return collator([{"input_ids": self.retain_blocks[index]} for index in chosen])
-
-    def _retain_block_index(self, position: int) -> int:
-        """The retain block at ``position`` of the endless sequence of passes over them."""
-        number, offset = divmod(position, len(self.retain_blocks))
-        if self._retain_pass[0] != number:
-            generator = torch.Generator().manual_seed(self.args.seed + number)
-            self._retain_pass = (number, torch.randperm(len(self.retain_blocks), generator=generator).tolist())
-        return self._retain_pass[1][offset]
-
     def _save_checkpoint(self, model, trial) -> None:
-        """A checkpoint also holds how many retain batches were served and the retain weight in use (in
-        ``trainer_state.json``), and what each callback with a ``save_to_checkpoint(folder)`` method saves there
-        (`alpha: auto`'s stopping rule: its measurements and the weights it can go back to), so that a resumed run
-        continues as one that was never interrupted. Those are written first: the Trainer writes its state last,
-        and a checkpoint without it is passed over as incomplete."""
-        self.state.stateful_callbacks[RETAIN_STATE] = {
-            "args": {}, "attributes": {"batches_served": self._retain_served, "retain_weight": self.retain_weight}}
+        """A checkpoint also holds, besides the retain batches' state (`RetainLoss`), what each callback with a
+        ``save_to_checkpoint(folder)`` method saves there (`alpha: auto`'s stopping rule: its measurements and the
+        weights it can go back to), so that a resumed run continues as one that was never interrupted. Those are
+        written first: the Trainer writes its state last, and a checkpoint without it is passed over as incomplete."""
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             for callback in self.callback_handler.callbacks:
@@ -381,14 +408,6 @@ class UnlearnTrainer(Trainer):
             for callback in self.callback_handler.callbacks:
                 if hasattr(callback, "load_from_checkpoint"):
                     callback.load_from_checkpoint(Path(checkpoint))
-
-    def _load_callback_state(self) -> None:
-        """On resume: the retain batches served, from the checkpoint's state (before the Trainer reads its callbacks)."""
-        saved = self.state.stateful_callbacks.pop(RETAIN_STATE, None)
-        self._retain_served = saved["attributes"]["batches_served"] if saved else 0
-        self.retain_weight = saved["attributes"].get("retain_weight", self.args.retain_weight) if saved \
-            else self.args.retain_weight
-        super()._load_callback_state()
 
     @torch.no_grad()
     def compute_targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -663,13 +682,13 @@ def _load_anchors(anchors) -> AnchorDictionary | None:
     return AnchorDictionary(anchors)
 
 
-def _retain_blocks(retain_dataset, tokenizer, args: UnlearnConfig) -> list[list[int]] | None:
+def _retain_blocks(retain_dataset, tokenizer, args) -> list[list[int]] | None:
     """Token-id blocks of ``max_length`` of the retain text; an error when ``retain_weight`` asks for them and none
     are given."""
     if not args.retain_weight:
         return None
     if retain_dataset is None:
-        raise ValueError("UnlearnConfig.retain_weight > 0 needs retain_dataset= (ordinary text to keep)")
+        raise ValueError(f"{type(args).__name__}.retain_weight > 0 needs retain_dataset= (ordinary text to keep)")
     if isinstance(retain_dataset, Dataset) and "input_ids" in retain_dataset.column_names:
         blocks = [list(ids) for ids in retain_dataset["input_ids"]]
     else:
