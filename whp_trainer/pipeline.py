@@ -151,7 +151,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
     model_config = require_model(model_args, "reinforce", args.trust_remote_code)
     check_max_length(model_config, args.max_length, "reinforce")
     forget = data_digest(data.forget_data, data.forget_data_config, data.forget_data_split)
-    retain_weight = getattr(args, "retain_weight", 0.0)  # a strengthened round's settings may predate the field
+    retain_weight = args.retain_weight
     if retain_weight and not data.retain_data:
         raise ValueError("whp reinforce: --retain_weight needs --retain_data (the ordinary text the reinforced model "
                          "keeps as the base reads it)")

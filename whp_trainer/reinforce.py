@@ -161,6 +161,7 @@ class ReinforceTrainer(RetainLoss, SFTTrainer):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not (self.retain_weight and model.training):
             return result
+        # the Trainer's own rule (Trainer.training_step) for whether it divides the loss over accumulation itself
         scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
             self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
         retain = self.weighted_retain_loss(model, scaled)
