@@ -166,6 +166,10 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
         **RECOMMENDED, "alpha": "auto", "learning_rate": 1e-2, "num_train_epochs": 24},
     "auto, reinforcement keeping the retain text (retain_weight 3)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept"},
+    "auto, no cap (soft targets + retain only)": {**RECOMMENDED, "alpha": "auto", "num_train_epochs": 24,
+                                                  "original_cap_weight": 0.0},
+    "auto, cap ×0.25": {**RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "original_cap_weight": 0.25},
+    "auto, warmup 10 %": {**RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "warmup_steps": 0.1},
     "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }
