@@ -189,3 +189,20 @@ def test_a_reinforcement_made_before_retain_weight_existed_keeps_its_fingerprint
     assert fingerprint(args, added={"retain_weight": 0.0}) == fingerprint(settings)  # skipped as up to date
     args.retain_weight = 1.0
     assert fingerprint(args, added={"retain_weight": 0.0}) != fingerprint(settings)  # other settings: not the same run
+
+
+def test_the_retain_loss_weighs_the_same_with_gradient_accumulation(tmp_path, tokenizer, make_model):
+    """Steps of 2 blocks equal steps of 2 accumulated blocks of 1, the retain loss included (equal blocks of retain
+    text, so that a mean over one batch of 2 and the mean of 2 batches of 1 agree). Two steps: at the first the
+    adapter is the identity, and the retain loss has no gradient."""
+    def two_steps(batch_size, accumulation):
+        args = fast_args(tmp_path / f"b{batch_size}", max_steps=2, optim="sgd", learning_rate=0.5, weight_decay=0.0,
+                         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                         retain_weight=10.0)
+        torch.manual_seed(0)
+        path = train_reinforced_adapter(make_model(), tokenizer, TARGET, lora(), args, retain_dataset=[CORPUS[4]] * 2)
+        return PeftModel.from_pretrained(make_model(), path)
+
+    whole, accumulated = two_steps(2, 1), two_steps(1, 2)
+    for (name, a), (_, b) in zip(whole.named_parameters(), accumulated.named_parameters()):
+        torch.testing.assert_close(a, b, msg=name)
