@@ -170,6 +170,10 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
                                                   "original_cap_weight": 0.0},
     "auto, cap ×0.25": {**RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "original_cap_weight": 0.25},
     "auto, warmup 10 %": {**RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "warmup_steps": 0.1},
+    "auto, reinforcement keeping the retain text, cap at most 2 nats below the base": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "original_cap_depth": 2.0},
+    "auto, reinforcement keeping the retain text, cap at most 1 nat below the base": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "original_cap_depth": 1.0},
     "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }

@@ -116,6 +116,24 @@ def test_original_token_cap_pushes_the_original_token_down_to_the_target_in_log_
         UnlearnConfig(output_dir="x", original_cap_weight=1.0)
 
 
+def test_a_cap_depth_is_refused_without_the_cap_or_below_zero_and_leaves_older_runs_up_to_date():
+    from whp_trainer.pipeline import UNLEARN_ADDED
+    from whp_trainer.runs import fingerprint
+
+    soft = dict(output_dir="x", target_mode="soft")
+    with pytest.raises(ValueError, match="original_cap_depth bounds the original-token cap"):
+        UnlearnConfig(**soft, original_cap_depth=1.0)
+    for depth in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="original_cap_depth=.*must be a number >= 0"):
+            UnlearnConfig(**soft, original_cap_weight=1.0, original_cap_depth=depth)
+    args = UnlearnConfig(**soft, original_cap_weight=1.0)
+    before = {key: value for key, value in args.to_dict().items()
+              if key != "original_cap_depth" and "logging_dir" not in key and not key.endswith("_token")}
+    assert fingerprint(args, added=UNLEARN_ADDED) == fingerprint(before)  # a folder made before the field: up to date
+    args.original_cap_depth = 2.0
+    assert fingerprint(args, added=UNLEARN_ADDED) != fingerprint(before)
+
+
 def test_whp_plus_and_bootstrapped_positions_train_through_the_default_collator(make_model, tokenizer,
                                                                                 reinforced_path, tmp_path):
     """translations_per_block and bootstrap_untranslated reach the default collator and the teacher: a dictionary

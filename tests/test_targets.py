@@ -10,6 +10,7 @@ from whp_trainer.targets import (
     generic_logits,
     hard_targets,
     make_targets,
+    cap_level,
     original_token_cap,
     soft_targets,
     suppress,
@@ -142,3 +143,17 @@ def test_chunked_loss_refuses_the_cap_with_hard_targets():
     with pytest.raises(ValueError, match="needs soft targets"):
         chunked_distillation_loss(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long),
                                   torch.zeros(2, dtype=torch.long), cap_weight=1.0)
+
+
+def test_a_cap_depth_stops_the_push_that_many_nats_below_the_base():
+    targets = torch.tensor([[1e-6, 1 - 1e-6], [0.3, 0.7]])  # row 0: the target puts the original far in its tail
+    original = torch.tensor([0, 0])
+    base = torch.tensor([0.5, 0.4]).log()
+    unbounded, bounded = cap_level(targets, original), cap_level(targets, original, base, depth=1.0)
+    torch.testing.assert_close(unbounded, targets[:, 0].log())
+    torch.testing.assert_close(bounded, torch.stack([base[0] - 1.0, targets[1, 0].log()]))  # the higher of the two
+    student = torch.tensor([[0.1, 0.9], [0.1, 0.9]]).log()  # row 0: 1.6 nats below the base, row 1 below the target
+    assert original_token_cap(student, targets, original, level=bounded) == 0  # pushed far enough: nothing left
+    assert original_token_cap(student, targets, original) > 0  # the unbounded cap still pushes row 0 down
+    torch.testing.assert_close(original_token_cap(student, targets, original, level=unbounded),
+                               original_token_cap(student, targets, original))

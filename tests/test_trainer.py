@@ -479,10 +479,11 @@ def test_every_saved_output_has_the_model_card(make_model, reinforced_path, data
         assert "2310.02238" in card.text
 
 
-@pytest.mark.parametrize("mode,cap", [("argmax", 0.0), ("soft", 0.0), ("soft", 1.0)])
+@pytest.mark.parametrize("mode,cap,depth", [("argmax", 0.0, None), ("soft", 0.0, None), ("soft", 1.0, None),
+                                            ("soft", 1.0, 0.5)])
 @pytest.mark.parametrize("num_items_in_batch", [None, 37])
 def test_chunked_student_loss_gives_the_loss_and_gradients_of_full_logits(
-    make_model, reinforced_path, dataset, tmp_path, mode, cap, num_items_in_batch
+    make_model, reinforced_path, dataset, tmp_path, mode, cap, depth, num_items_in_batch
 ):
     from whp_trainer.models import plain_linear_head
 
@@ -490,7 +491,8 @@ def test_chunked_student_loss_gives_the_loss_and_gradients_of_full_logits(
     results = []
     for chunked in (True, False):
         trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode=mode, logits_chunk_size=5,
-                               chunked_student_loss=chunked, original_cap_weight=cap, alpha=20.0)
+                               chunked_student_loss=chunked, original_cap_weight=cap, original_cap_depth=depth,
+                               alpha=20.0)
         assert plain_linear_head(trainer.model) is not None  # the chunked path is taken when asked for
         trainer.model.train()
         loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items_in_batch)
@@ -505,3 +507,22 @@ def test_chunked_student_loss_gives_the_loss_and_gradients_of_full_logits(
     assert chunked_metrics.keys() == {"target_changed_fraction", "student_original_token_prob"}
     for key, values in metrics.items():
         assert chunked_metrics[key] == pytest.approx(values, rel=1e-5)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_the_cap_depth_is_measured_from_the_base_reading_the_original_text(
+    make_model, reinforced_path, dataset, tmp_path, chunked
+):
+    """Before any step the student is the base: a depth of 0 leaves the cap nothing to push (the loss is the cap-free
+    one), a depth far beyond the target's tail leaves the cap unbounded."""
+    batch = hand_collate([dataset[i] for i in range(4)])
+
+    def loss(**config):
+        trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode="soft", alpha=20.0,
+                               chunked_student_loss=chunked, logits_chunk_size=5, **config)
+        return trainer.compute_loss(trainer.model, batch).detach()
+
+    without_cap, with_cap = loss(), loss(original_cap_weight=1.0)
+    assert with_cap > without_cap + 1e-3  # the teacher puts some original tokens below the base: the cap pushes
+    torch.testing.assert_close(loss(original_cap_weight=1.0, original_cap_depth=0.0), without_cap)
+    torch.testing.assert_close(loss(original_cap_weight=1.0, original_cap_depth=1e6), with_cap)

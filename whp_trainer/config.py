@@ -368,6 +368,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "Soft targets: weight of ReLU(log p_student(original) − log p_target(original)), pushing "
                   "the original token down to the target's probability in log space, never up; 0 = off."},
     )
+    original_cap_depth: float | None = field(
+        default=None,
+        metadata={"help": "Beyond the paper: the original-token cap pushes the original token at most this many nats "
+                  "below the base model's own log-probability of it on the original text (one more forward pass of "
+                  "the base per step); unset = down to the target's probability, however far into its tail."},
+    )
     retain_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
@@ -408,6 +414,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError(f"UnlearnConfig.original_cap_weight={self.original_cap_weight}: must be >= 0")
         if self.original_cap_weight and (self.target_mode != "soft" or self.cache_targets):
             raise ValueError("UnlearnConfig.original_cap_weight needs target_mode='soft' and cache_targets=False")
+        if self.original_cap_depth is not None:
+            if not math.isfinite(self.original_cap_depth) or self.original_cap_depth < 0:
+                raise ValueError(f"UnlearnConfig.original_cap_depth={self.original_cap_depth}: must be a number >= 0")
+            if not self.original_cap_weight:
+                raise ValueError("UnlearnConfig.original_cap_depth bounds the original-token cap: set "
+                                 "original_cap_weight > 0 too")
         if self.retain_weight < 0:
             raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
         if self.sam_rho < 0:

@@ -34,6 +34,7 @@ from .runs import (
 logger = logging.getLogger(__name__)
 
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
+UNLEARN_ADDED = {"original_cap_depth": None}  # UnlearnConfig fields newer than some unlearning folders: runs.fingerprint
 
 
 # ---------------------------------------------------------------------------------------------------- input checks
@@ -200,6 +201,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
         *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
            file_digest(args.oracle_model), data_digest(args.neighbour_knowledge, None, "train")) if args.auto else ()),
+        added=UNLEARN_ADDED,
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):
         return args.output_dir

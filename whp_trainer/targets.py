@@ -105,6 +105,7 @@ def chunked_distillation_loss(
     cap_weight: float = 0.0,
     bias: torch.Tensor | None = None,
     scale: float = 1.0,
+    cap_level: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[`distillation_loss`][whp_trainer.targets.distillation_loss] of the logits
     ``(hidden @ weight.T + bias) · scale`` (then soft-capped with ``softcap``), computed chunk by chunk so that only
@@ -114,13 +115,14 @@ def chunked_distillation_loss(
     ``weight`` and ``bias`` the frozen LM head (``(V, H)``, ``(V,)``), ``targets`` token ids (``(N,)``, ``-100`` = no
     loss) or probabilities (``(N, V)``). As Liger's fused linear cross-entropy, each chunk's gradient with respect to
     ``hidden`` is computed in the forward, so the backward neither keeps nor recomputes logits.
-    ``cap_weight`` (soft targets) adds `original_token_cap` times that weight, as the unchunked loss does.
+    ``cap_weight`` (soft targets) adds `original_token_cap` times that weight (down to ``cap_level``, see
+    `cap_level`), as the unchunked loss does.
     Returns the loss and the student's log-probabilities of the ``original`` tokens (``(N,)``, no grad), for metrics.
     """
     if cap_weight and not targets.is_floating_point():
         raise ValueError("the original-token cap needs soft targets (probabilities)")
     total, original_log_probs = _ChunkedHeadLoss.apply(
-        hidden, weight, bias, targets, original, chunk_size, softcap, cap_weight, scale
+        hidden, weight, bias, targets, original, chunk_size, softcap, cap_weight, scale, cap_level
     )
     if num_items_in_batch is not None:
         denominator = num_items_in_batch
@@ -134,7 +136,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     respect to ``hidden`` is kept from the forward (``(N, H)`` float32), so the head is frozen (no gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, original, chunk_size, softcap, cap_weight, scale):
+    def forward(ctx, hidden, weight, bias, targets, original, chunk_size, softcap, cap_weight, scale, cap_level):
         wants_grad = ctx.needs_input_grad[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if wants_grad else None
@@ -153,7 +155,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             original_log_probs[rows] = log_probs.gather(-1, original[rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
             capped_rows = None
             if cap_weight:
-                excess = original_log_probs[rows] - _target_log_prob(targets[rows], original[rows])
+                level = _target_log_prob(targets[rows], original[rows]) if cap_level is None else cap_level[rows]
+                excess = original_log_probs[rows] - level
                 total += cap_weight * excess.clamp(min=0).sum()
                 capped_rows = cap_weight * (excess > 0).to(log_probs.dtype)
             if wants_grad:
@@ -171,7 +174,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, grad_original):
         (grad_hidden,) = ctx.saved_tensors
-        return (grad_hidden * grad_total).to(ctx.hidden_dtype), *[None] * 8
+        return (grad_hidden * grad_total).to(ctx.hidden_dtype), *[None] * 9
 
 
 def _target_log_prob(targets: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -215,20 +218,32 @@ def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask:
     return (per_position * mask).sum() / mask.sum().clamp(min=1)
 
 
+def cap_level(
+    targets: torch.Tensor, original: torch.Tensor, base_log_probs: torch.Tensor | None = None,
+    depth: float | None = None,
+) -> torch.Tensor:
+    """The log-probability `original_token_cap` pushes each original token down to: the soft target's
+    (``(N, V)`` ``targets``, ``(N,)`` ``original``), or, with ``depth`` (beyond the paper), never more than ``depth``
+    nats below the base model's own log-probability of it, ``base_log_probs`` (``(N,)``): a push bounded by how
+    likely the base found the token, not by how far into its tail the target puts it."""
+    level = _target_log_prob(targets, original)
+    return level if depth is None else torch.maximum(level, base_log_probs.to(level.dtype) - depth)
+
+
 def original_token_cap(
     log_probs: torch.Tensor, targets: torch.Tensor, original: torch.Tensor,
-    num_items_in_batch: int | torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None, level: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Σ ReLU(log p_student(original) − log p_target(original))`` over the loss positions, divided as
     [`distillation_loss`][whp_trainer.targets.distillation_loss] divides: pushes the original next token down to the
     soft target's probability for it, in log space (so down to the target's far tail too), and never up.
 
     ``log_probs`` and ``targets`` are ``(N, V)`` student log-probabilities and target probabilities at the ``N``
-    loss positions, ``original`` the ``(N,)`` original next tokens.
+    loss positions, ``original`` the ``(N,)`` original next tokens; ``level`` (``(N,)``, from `cap_level`) replaces
+    ``log p_target(original)`` where given.
     """
-    index = original.unsqueeze(-1)
-    student = log_probs.gather(-1, index).squeeze(-1)
-    target = targets.gather(-1, index).squeeze(-1).clamp(min=1e-12).log()
+    student = log_probs.gather(-1, original.unsqueeze(-1)).squeeze(-1)
+    target = _target_log_prob(targets, original) if level is None else level
     total = (student - target).clamp(min=0).sum()
     denominator = len(original) if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)

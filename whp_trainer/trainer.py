@@ -61,6 +61,7 @@ from .runs import adapter_file_fingerprints, last_complete_checkpoint, record_re
 from .targets import (
     IGNORE_INDEX,
     averaged_targets,
+    cap_level,
     chunked_distillation_loss,
     distillation_loss,
     drop_unchanged,
@@ -294,13 +295,16 @@ class UnlearnTrainer(RetainLoss, Trainer):
             targets = self._generic_targets(peft_model, inputs, rows, cols)
         if self.args.skip_unchanged_targets and not targets.is_floating_point():
             targets = drop_unchanged(targets, inputs["shift_labels"])
+        level = self._cap_level(peft_model, inputs, targets, rows, cols)
         chunked = self.args.chunked_student_loss and logits_head(peft_model).rebuilds
         head = plain_linear_head(peft_model) if chunked else None
         if head is None:
-            loss, outputs, original_log_probs = self._student_loss(model, inputs, targets, rows, cols, num_items_in_batch)
+            loss, outputs, original_log_probs = self._student_loss(
+                model, inputs, targets, rows, cols, num_items_in_batch, level
+            )
         else:
             loss, outputs, original_log_probs = self._chunked_student_loss(
-                model, head, inputs, targets, rows, cols, num_items_in_batch
+                model, head, inputs, targets, rows, cols, num_items_in_batch, level
             )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
@@ -343,7 +347,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
                     parameter.grad = earlier if parameter.grad is None else parameter.grad + earlier
         return loss
 
-    def _student_loss(self, model, inputs, targets, rows, cols, num_items_in_batch):
+    def _student_loss(self, model, inputs, targets, rows, cols, num_items_in_batch, level=None):
         """The loss from the student's full ``(B, T, V)`` logits; also the log-probabilities of the original tokens."""
         outputs = student_forward(model, inputs)
         # soft targets exist at the loss positions only; hard targets are laid out like shift_labels
@@ -352,7 +356,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
         loss = distillation_loss(log_probs, targets, num_items_in_batch)
         if self.args.original_cap_weight and soft:
             original = inputs["shift_labels"][rows, cols]
-            cap = original_token_cap(log_probs, targets, original, num_items_in_batch)
+            cap = original_token_cap(log_probs, targets, original, num_items_in_batch, level)
             loss = loss + self.args.original_cap_weight * cap
         if soft:
             chosen = log_probs.gather(-1, inputs["shift_labels"][rows, cols].unsqueeze(-1)).squeeze(-1)
@@ -360,7 +364,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
             chosen = log_probs.gather(-1, inputs["shift_labels"].clamp(min=0).unsqueeze(-1)).squeeze(-1)[rows, cols]
         return loss, outputs, chosen.detach()
 
-    def _chunked_student_loss(self, model, head, inputs, targets, rows, cols, num_items_in_batch):
+    def _chunked_student_loss(self, model, head, inputs, targets, rows, cols, num_items_in_batch, level=None):
         """The same loss from the student's final hidden states at the loss positions, through the LM head chunk by
         chunk ([`chunked_distillation_loss`][whp_trainer.targets.chunked_distillation_loss]): no ``(B, T, V)``
         logits."""
@@ -380,10 +384,31 @@ class UnlearnTrainer(RetainLoss, Trainer):
                 cap_weight=self.args.original_cap_weight,
                 bias=head.bias,
                 scale=spec.scale,
+                cap_level=level,
             )
         # outputs.logits hold zero positions: adding them changes nothing but keeps the backward hooks that FSDP
         # sets on the model's output in the graph
         return loss + outputs.logits.sum(), outputs, chosen
+
+    @torch.no_grad()
+    def _cap_level(self, peft_model, inputs, targets, rows, cols) -> torch.Tensor | None:
+        """With ``original_cap_depth``: where the original-token cap stops at each loss position
+        ([`cap_level`][whp_trainer.targets.cap_level]), from the base's log-probability of each original token on the
+        original text (one more pass of the base); otherwise None (the cap goes down to the target's)."""
+        if self.args.original_cap_depth is None or not self.args.original_cap_weight:
+            return None
+        original = inputs["shift_labels"][rows, cols]
+        head = logits_head(peft_model)
+        with using_adapter(peft_model, BASELINE):
+            states = final_states(peft_model, inputs["input_ids"], inputs["attention_mask"], head)[rows, cols]
+        output_embeddings = peft_model.get_base_model().get_output_embeddings()
+        base = torch.empty(len(rows), device=rows.device)
+        chunks = torch.arange(len(rows), device=rows.device).split(self._chunk_size(output_embeddings.out_features))
+        with gathered(peft_model, output_embeddings) if head.rebuilds else contextlib.nullcontext():
+            for chunk in chunks:
+                log_probs = torch.log_softmax(logits_from_states(peft_model, states[chunk], head).float(), dim=-1)
+                base[chunk] = log_probs.gather(-1, original[chunk].unsqueeze(-1)).squeeze(-1)
+        return cap_level(targets, original, base, self.args.original_cap_depth)
 
     def _chunk_size(self, vocab_size: int) -> int:
         """Positions per chunk of vocabulary-sized logits."""
