@@ -1,5 +1,6 @@
 """Model card, adapter and merged exports, and the Hub push (up to huggingface_hub's API; no network)."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -108,6 +109,7 @@ def test_adapter_card_metadata_and_content_round_trip(args, tmp_path):
         "exclude_repeated_anchors": True,
         "suppress_used_translations": True,
         "suppression_penalty": 4.0,
+        "beyond_paper": {},
     }
     assert run["dictionary"] == {"size": 1500, "hash": "sha256:abc123", "path": "anchors.json"}
     assert run["training"]["effective_batch_size"] == 128
@@ -129,6 +131,7 @@ def test_adapter_card_metadata_and_content_round_trip(args, tmp_path):
         "PeftModel.from_pretrained(base, \"someone/whp-tiny\")",
         "soft: KL to softmax(v_generic / τ), τ = 2.0",
         "True (penalty 4.0)",
+        "| beyond the paper | none: the paper's objective |",
         "1500 entries, hash `sha256:abc123`, `anchors.json`",
         "`runs/reinforced`",
         "the seven Harry Potter books, 512-token blocks",
@@ -549,3 +552,13 @@ def test_a_card_never_shows_a_local_path_and_names_a_local_base_by_its_folder(ar
     assert 'from_pretrained("my-base")  # the base\'s folder on your machine' in str(build_model_card(args, **facts))
     hub_card = str(build_model_card(args, **CARD_KWARGS))
     assert "`meta-llama/Llama-2-7b-hf` forget" in hub_card and "(a local model)" not in hub_card
+
+
+def test_the_card_names_every_setting_beyond_the_papers_objective(args, tmp_path):
+    recommended = dataclasses.replace(args, original_cap_weight=1.0, original_cap_depth=1.0, retain_weight=1.5)
+    card, _ = load_card(write_model_card(tmp_path, recommended, **CARD_KWARGS))
+    run = json.loads((tmp_path / "whp_run.json").read_text())
+    assert run["method"]["beyond_paper"] == {"original_cap_weight": 1.0, "original_cap_depth": 1.0,
+                                             "retain_weight": 1.5, "retain_loss": "kl"}
+    assert ("| beyond the paper | `original_cap_weight` 1.0, `original_cap_depth` 1.0, `retain_weight` 1.5, "
+            "`retain_loss` kl |") in card.text

@@ -6,7 +6,10 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 
 - `schema_version`: 1;
 - `model_name`, `base_model`, `hub_model_id`: names (`base_model`: a Hub id or a path, as given);
-- `method`: α, ReLU, target mode and temperature, the anchor heuristics;
+- `method`: α, ReLU, target mode and temperature, the anchor heuristics, and `beyond_paper`: the settings of the
+  objective beyond the paper that the run used, each at a value other than its default (the paper's): the
+  original-token cap and its depth, the retain loss (weight and kind), targets left out where unchanged, several
+  translations per block, bootstrapped positions, sharpness-aware steps (`{}`: the paper's objective);
 - `training`: learning rate and schedule, epochs or steps planned, batch sizes, max length, seed, and
   `steps_trained`: the optimizer steps these weights had (a checkpoint's: its own; `null` if unknown);
 - `lora`: the unlearning adapter's PEFT type, r, alpha, dropout, target modules, and `all_linear_default` (true when
@@ -28,6 +31,7 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +40,7 @@ from pathlib import Path
 
 from huggingface_hub.utils import validate_repo_id
 
+from .config import UnlearnConfig
 from .dictionary import read_json_object
 
 RECORD_FILE = "whp_run.json"
@@ -117,7 +122,22 @@ def method_settings(args) -> dict:
         "exclude_repeated_anchors": args.exclude_repeated_anchors,
         "suppress_used_translations": args.suppress_used_translations,
         "suppression_penalty": args.suppression_penalty,
+        "beyond_paper": beyond_paper(args),
     }
+
+
+BEYOND_PAPER = ("original_cap_weight", "original_cap_depth", "retain_weight", "skip_unchanged_targets",
+                "translations_per_block", "bootstrap_untranslated", "sam_rho")
+
+
+def beyond_paper(args) -> dict:
+    """The settings beyond the paper's objective that ``args`` use: those of `BEYOND_PAPER` not at their default
+    (each default is the paper's), and the retain loss's kind with its weight."""
+    paper = {field.name: field.default for field in dataclasses.fields(UnlearnConfig) if field.name in BEYOND_PAPER}
+    used = {name: getattr(args, name) for name in BEYOND_PAPER if getattr(args, name, paper[name]) != paper[name]}
+    if "retain_weight" in used:
+        used["retain_loss"] = args.retain_loss
+    return used
 
 
 def training_hyperparameters(args) -> dict:
