@@ -47,6 +47,7 @@ VARIANTS = {  # name -> changes to RECOMMENDED ("lora": LoraConfig fields)
     "LoRA on the MLP only": {"lora": {"target_modules": ["gate_proj", "up_proj", "down_proj"]}},
     "LoRA on attention only": {"lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "LoRA on the later half of the layers": {"lora": {"layers": "late"}},
+    "LoRA on the earlier half of the layers": {"lora": {"layers": "early"}},
     "LoRA rank 2": {"lora": {"r": 2, "lora_alpha": 4}},
     "LoRA rank 32": {"lora": {"r": 32, "lora_alpha": 64}},
     "LoRA rank 32, lr/4": {"learning_rate": 5e-4, "lora": {"r": 32, "lora_alpha": 64}},
