@@ -183,12 +183,14 @@ def test_divergence_is_a_loss_over_its_lowest_by_the_factor_or_not_finite():
 
 
 def test_a_reinforcement_made_before_retain_weight_existed_keeps_its_fingerprint():
+    from whp_trainer.pipeline import REINFORCE_ADDED
+
     args = ReinforceConfig(output_dir="unused")
     settings = {key: value for key, value in args.to_dict().items()
                 if key != "retain_weight" and "logging_dir" not in key and not key.endswith("_token")}
-    assert fingerprint(args, added={"retain_weight": 0.0}) == fingerprint(settings)  # skipped as up to date
+    assert fingerprint(args, added=REINFORCE_ADDED) == fingerprint(settings)  # skipped as up to date
     args.retain_weight = 1.0
-    assert fingerprint(args, added={"retain_weight": 0.0}) != fingerprint(settings)  # other settings: not the same run
+    assert fingerprint(args, added=REINFORCE_ADDED) != fingerprint(settings)  # other settings: not the same run
 
 
 def test_the_retain_loss_weighs_the_same_with_gradient_accumulation(tmp_path, tokenizer, make_model):

@@ -34,7 +34,9 @@ from .runs import (
 logger = logging.getLogger(__name__)
 
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
-UNLEARN_ADDED = {"original_cap_depth": None}  # UnlearnConfig fields newer than some unlearning folders: runs.fingerprint
+# settings fields newer than some stage folders, at their old behaviour's value (runs.fingerprint's ``added``)
+REINFORCE_ADDED = {"retain_weight": 0.0}
+UNLEARN_ADDED = {"original_cap_depth": None}
 
 
 # ---------------------------------------------------------------------------------------------------- input checks
@@ -160,7 +162,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
                          data.retain_data_split) if retain_weight else None
     print_ = fingerprint("reinforce", args, model_args, model_weights_digest(model_args.model_name_or_path), forget,
                          data.text_field, *block_options(data), *([retain] if retain else []),
-                         added={"retain_weight": 0.0})
+                         added=REINFORCE_ADDED)
     if not begin_stage(args.output_dir, "reinforce", print_, overwrite):
         return args.output_dir
     texts = data.forget_texts()
