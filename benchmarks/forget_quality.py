@@ -174,6 +174,13 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "original_cap_depth": 2.0},
     "auto, reinforcement keeping the retain text, cap at most 1 nat below the base": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "original_cap_depth": 1.0},
+    "auto, projected off the retain text's gradient": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "retain_projection": True},
+    "auto, reinforcement keeping the retain text, projected off the retain text's gradient": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "retain_projection": True},
+    "auto, reinforcement keeping the retain text, projected, cap at most 1 nat below the base": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "retain_projection": True,
+        "original_cap_depth": 1.0},
     "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }
@@ -304,12 +311,14 @@ def measure(root: Path, data, model_args, adapters: dict[str, Path], teacher_alp
 
 def measured(stage_folder: Path, measure_now) -> dict:
     """The results measured on a stage's output, kept in ``<output_dir>/measured/`` (not in the stage's folder:
-    the next stage's fingerprint covers its files) with the stage's fingerprint: measured again only when the stage
-    was redone."""
-    stage = json.loads((stage_folder / STAGE_FILE).read_text())["fingerprint"]
+    the next stage's fingerprint covers its files) with the stage's fingerprint: measured again when the stage was
+    finished after them, even with the same settings (redone by other code)."""
+    marker = stage_folder / STAGE_FILE
+    stage = json.loads(marker.read_text())["fingerprint"]
     saved = stage_folder.parent / "measured" / f"{stage_folder.name}.json"
     saved.parent.mkdir(exist_ok=True)
-    if saved.is_file() and json.loads(saved.read_text())["fingerprint"] == stage:
+    if (saved.is_file() and saved.stat().st_mtime_ns > marker.stat().st_mtime_ns
+            and json.loads(saved.read_text())["fingerprint"] == stage):
         return json.loads(saved.read_text())["results"]
     results = measure_now()
     saved.write_text(json.dumps({"fingerprint": stage, "results": results}, indent=1))

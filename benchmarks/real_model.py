@@ -113,6 +113,9 @@ SETTINGS = {  # name -> UnlearnConfig options; the paper's and the recommended s
     # a diagnostic, not a setting: does the student reach the targets when given twice the steps?
     "auto, 6× steps": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0, "original_cap_weight": 1.0,
                        "num_train_epochs": 24},
+    # beyond the paper: each step's forget gradient projected off the retain text's where they conflict
+    "auto, projected": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0, "original_cap_weight": 1.0,
+                        "num_train_epochs": 12, "retain_projection": True},
     # a diagnostic: a loss inside the forget people's multi-token names too, where their facts' later tokens are
     "auto+bootstrap untranslated": {"target_mode": "soft", "alpha": "auto", "retain_weight": 1.0,
                                     "original_cap_weight": 1.0, "num_train_epochs": 12, "bootstrap_untranslated": True},

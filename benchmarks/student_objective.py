@@ -44,6 +44,8 @@ VARIANTS = {  # name -> changes to RECOMMENDED ("lora": LoraConfig fields)
     "cap 0, lr×4": {"original_cap_weight": 0.0, "learning_rate": 8e-3},
     "cap at most 1 nat below the base": {"original_cap_depth": 1.0},
     "cap at most 2 nats below the base": {"original_cap_depth": 2.0},
+    "projected off the retain text's gradient": {"retain_projection": True},
+    "projected, cap at most 1 nat below the base": {"retain_projection": True, "original_cap_depth": 1.0},
     "LoRA on the MLP only": {"lora": {"target_modules": ["gate_proj", "up_proj", "down_proj"]}},
     "LoRA on attention only": {"lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "LoRA on the later half of the layers": {"lora": {"layers": "late"}},

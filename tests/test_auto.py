@@ -221,6 +221,19 @@ def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_mo
     assert "**The targets were not reached**" in summary and "`membership_auc_mink`" in summary
 
 
+def test_of_measurements_equally_short_of_the_targets_the_one_that_forgot_more_is_kept(make_model):
+    model = trainable_model(make_model)
+    # membership stuck at 1 (its shortfall the same at every step) while familiarity is past its target (0.1)
+    script = [metrics(1.0, 0.5, 10.0), metrics(1.0, 0.5, 10.0), metrics(1.0, 0.09, 10.0), metrics(1.0, 0.02, 10.1), metrics(1.0, 0.05, 10.1),
+              metrics(1.0, 0.02, 10.1)]
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
+    stopped, seen = run_steps(callback, model, steps=4)
+    shortfalls = {sum(entry["shortfall"].values()) for entry in callback.history[1:]}
+    assert len(shortfalls) == 1 and shortfalls.pop() > 0  # a tie on shortfall, short of the targets
+    assert callback.decision["best_step"] == 2  # the least familiarity; the earliest of the two at 0.02
+    assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
+
+
 def test_when_no_measurement_is_within_budget_the_student_ends_on_the_one_least_over_it(make_model):
     model = trainable_model(make_model)
     script = [metrics(0.95, 0.5, 10.0), metrics(0.95, 0.5, 10.0), metrics(0.6, 0.2, 11.0), metrics(0.5, 0.1, 10.4),

@@ -562,3 +562,11 @@ def test_the_card_names_every_setting_beyond_the_papers_objective(args, tmp_path
                                              "retain_weight": 1.5, "retain_loss": "kl"}
     assert ("| beyond the paper | `original_cap_weight` 1.0, `original_cap_depth` 1.0, `retain_weight` 1.5, "
             "`retain_loss` kl |") in card.text
+
+
+def test_every_setting_documented_as_beyond_the_paper_is_on_the_card():
+    from whp_trainer.record import BEYOND_PAPER
+
+    documented = {field.name for field in dataclasses.fields(UnlearnConfig)
+                  if "beyond the paper" in field.metadata.get("help", "").lower()}
+    assert documented == set(BEYOND_PAPER)  # a new option of the objective, said to depart, is listed on the card

@@ -128,10 +128,64 @@ def test_a_cap_depth_is_refused_without_the_cap_or_below_zero_and_leaves_older_r
             UnlearnConfig(**soft, original_cap_weight=1.0, original_cap_depth=depth)
     args = UnlearnConfig(**soft, original_cap_weight=1.0)
     before = {key: value for key, value in args.to_dict().items()
-              if key != "original_cap_depth" and "logging_dir" not in key and not key.endswith("_token")}
+              if key not in UNLEARN_ADDED and "logging_dir" not in key and not key.endswith("_token")}
     assert fingerprint(args, added=UNLEARN_ADDED) == fingerprint(before)  # a folder made before the field: up to date
     args.original_cap_depth = 2.0
     assert fingerprint(args, added=UNLEARN_ADDED) != fingerprint(before)
+    args.original_cap_depth, args.retain_projection = None, True
+    assert fingerprint(args, added=UNLEARN_ADDED) != fingerprint(before)
+
+
+def test_without_conflict_removes_only_a_conflicting_component():
+    from whp_trainer.targets import without_conflict
+
+    keep = [torch.tensor([1.0, 0.0]), None, torch.tensor([0.0])]
+    conflicting = [torch.tensor([-2.0, 3.0]), torch.tensor([5.0]), torch.tensor([1.0])]
+    projected = without_conflict(conflicting, keep)
+    assert [g.tolist() for g in projected] == [[0.0, 3.0], [5.0], [1.0]]  # no part along keep; the rest kept
+    agreeing = [torch.tensor([2.0, 3.0]), None, torch.tensor([1.0])]
+    assert without_conflict(agreeing, keep) is agreeing
+
+
+def dot_with_retain_gradient(trainer, projection: bool) -> tuple[float, float]:
+    """One training step from the untrained student; its gradient's dot product with the language-modelling gradient
+    of the retain batch the projection reads (the first), and that gradient's norm times the step's."""
+    trainer.args.retain_projection = projection
+    model = trainer.model
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    trainer.training_step(model, trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))))
+    step = [p.grad.clone() for p in parameters]
+    model.zero_grad()
+    trainer._retain_served = 0
+    keep = torch.autograd.grad(trainer.retain_loss(model, "nll"), parameters)
+    dot = sum((g * k).sum() for g, k in zip(step, keep)).item()
+    norms = torch.sqrt(sum(g.square().sum() for g in step) * sum(k.square().sum() for k in keep)).item()
+    return dot, norms
+
+
+def test_retain_projection_steps_do_not_raise_the_retain_text_loss_to_first_order(make_model, tokenizer,
+                                                                                  reinforced_path, tmp_path):
+    def unlearner(projection):  # the retain text is the forget text: forgetting it conflicts with keeping it
+        return UnlearnTrainer(
+            model=make_model(), reinforced_adapter=reinforced_path, peft_config=LoraConfig(**LORA),
+            anchors=AnchorDictionary(ANCHORS), processing_class=tokenizer,
+            train_dataset=Dataset.from_dict({"text": CORPUS[:4]}), retain_dataset=CORPUS[:4],
+            args=UnlearnConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1,
+                               target_mode="soft", original_cap_weight=1.0, retain_weight=1.0, report_to=[],
+                               use_cpu=True, max_length=32, save_strategy="no", retain_projection=projection),
+        )
+
+    plain, plain_norms = dot_with_retain_gradient(unlearner(False), False)
+    assert plain < -0.05 * plain_norms  # a real conflict (the KL retain loss has no gradient at the start)
+    projected, norms = dot_with_retain_gradient(unlearner(True), True)
+    assert abs(projected) < 1e-4 * norms
+
+
+def test_retain_projection_is_refused_without_retain_text_or_with_sam():
+    with pytest.raises(ValueError, match="retain_projection projects onto the retain text's gradient"):
+        UnlearnConfig(output_dir="x", retain_projection=True)
+    with pytest.raises(ValueError, match="retain_projection projects onto the retain text's gradient"):
+        UnlearnConfig(output_dir="x", retain_projection=True, retain_weight=1.0, sam_rho=0.05)
 
 
 def test_whp_plus_and_bootstrapped_positions_train_through_the_default_collator(make_model, tokenizer,

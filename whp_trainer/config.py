@@ -288,13 +288,13 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     translations_per_block: int = field(
         default=1,
-        metadata={"help": "WHP+ (Liu et al. 2024): translate each block this many times, each anchor taking a "
+        metadata={"help": "Beyond the paper, WHP+ (Liu et al. 2024): translate each block this many times, each anchor taking a "
                   "different one of its translations, and average the N target distributions (one baseline pass "
                   "per translation). 1 = the paper: one translation per anchor per block."},
     )
     bootstrap_untranslated: bool = field(
         default=False,
-        metadata={"help": "Also train the positions the paper leaves without a loss (inside multi-token anchors, "
+        metadata={"help": "Beyond the paper: also train the positions the paper leaves without a loss (inside multi-token anchors, "
                   "before repeated anchors), towards the bootstrapped target there: the baseline reads the original "
                   "block (one more baseline pass per step). False = the paper."},
     )
@@ -360,12 +360,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     skip_unchanged_targets: bool = field(
         default=False,
-        metadata={"help": "Hard targets: no loss where argmax v_generic is the original next token, so training never "
-                  "raises a memorized token's probability (departs from the paper)."},
+        metadata={"help": "Beyond the paper, hard targets: no loss where argmax v_generic is the original next token, so training never "
+                  "raises a memorized token's probability."},
     )
     original_cap_weight: float = field(
         default=0.0,
-        metadata={"help": "Soft targets: weight of ReLU(log p_student(original) − log p_target(original)), pushing "
+        metadata={"help": "Beyond the paper, soft targets: weight of ReLU(log p_student(original) − log p_target(original)), pushing "
                   "the original token down to the target's probability in log space, never up; 0 = off."},
     )
     original_cap_depth: float | None = field(
@@ -376,7 +376,7 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     retain_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
+        metadata={"help": "Beyond the paper: weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
                   "batch per step; needs a retain dataset); 0 = off (the paper)."},
     )
     retain_loss: str = field(
@@ -386,10 +386,17 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     sam_rho: float = field(
         default=0.0,
-        metadata={"help": "Sharpness-aware unlearning against relearning (Fan et al., ICML 2025): each step's gradient "
+        metadata={"help": "Beyond the paper: sharpness-aware unlearning against relearning (Fan et al., ICML 2025): each step's gradient "
                   "is taken at the trainable weights moved sam_rho along their normalised gradient, so training "
                   "settles where a few fine-tuning steps move the loss least; two forward-backward passes per step; "
                   "0 = off (the paper)."},
+    )
+    retain_projection: bool = field(
+        default=False,
+        metadata={"help": "Beyond the paper: each step's forget gradient loses its component along the retain "
+                  "text's language-modelling gradient where the two conflict (gradient projection, as PCGrad, Yu et "
+                  "al. 2020), so a step does not, to first order, raise the retain text's loss; one more retain "
+                  "forward-backward pass per step; needs retain_weight > 0, one process, and no sam_rho."},
     )
     remove_unused_columns: bool = field(
         default=False,
@@ -424,6 +431,9 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError(f"UnlearnConfig.retain_weight={self.retain_weight}: must be >= 0")
         if self.sam_rho < 0:
             raise ValueError(f"UnlearnConfig.sam_rho={self.sam_rho}: must be >= 0")
+        if self.retain_projection and (not self.retain_weight or self.sam_rho):
+            raise ValueError("UnlearnConfig.retain_projection projects onto the retain text's gradient: set "
+                             "retain_weight > 0 (the retain text), and leave sam_rho at 0")
         if self.auto and (not self.auto_alphas or min(self.auto_alphas) <= 0):
             raise ValueError(f"UnlearnConfig.auto_alphas={self.auto_alphas}: give at least one α, all > 0")
         if self.auto_reinforce_rounds < 0 or self.auto_reinforce_factor <= 1:

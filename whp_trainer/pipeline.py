@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 # settings fields newer than some stage folders, at their old behaviour's value (runs.fingerprint's ``added``)
 REINFORCE_ADDED = {"retain_weight": 0.0}
-UNLEARN_ADDED = {"original_cap_depth": None}
+UNLEARN_ADDED = {"original_cap_depth": None, "retain_projection": False}
 
 
 # ---------------------------------------------------------------------------------------------------- input checks

@@ -247,3 +247,16 @@ def original_token_cap(
     total = (student - target).clamp(min=0).sum()
     denominator = len(original) if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+def without_conflict(gradients: list[torch.Tensor | None], keep: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """``gradients`` less their component along ``keep`` when the two conflict (negative dot product), else as given
+    (PCGrad, Yu et al. 2020): a step along the result does not, to first order, raise the loss whose gradient is
+    ``keep``. Both lists are per parameter; ``None`` is a zero gradient."""
+    pairs = [(g, k) for g, k in zip(gradients, keep) if g is not None and k is not None]
+    dot = sum((g.float() * k.float()).sum() for g, k in pairs)
+    norm = sum(k.float().square().sum() for k in keep if k is not None)
+    if not pairs or dot >= 0 or norm == 0:
+        return gradients
+    scale = dot / norm
+    return [g if g is None or k is None else (g.float() - scale * k.float()).to(g.dtype) for g, k in zip(gradients, keep)]

@@ -69,6 +69,7 @@ from .targets import (
     original_token_cap,
     retain_kl,
     suppress,
+    without_conflict,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,15 +95,16 @@ class RetainLoss:
         steps = self.args.gradient_accumulation_steps if loss_is_scaled_for_ga else 1
         return self.retain_weight * self.retain_loss(model) / steps
 
-    def retain_loss(self, model) -> torch.Tensor:
+    def retain_loss(self, model, kind: str | None = None) -> torch.Tensor:
         """The loss on the next batch of retain blocks (cycled in a seeded order): ``KL(base ‖ model)`` of the
-        next-token distributions (``retain_loss="kl"``, the default) or the language-modelling loss (``"nll"``)."""
+        next-token distributions (``kind="kl"``) or the language-modelling loss (``"nll"``); ``kind`` defaults to
+        ``args.retain_loss``."""
         batch = self._next_retain_batch()
         ids, mask = batch["input_ids"].to(self.args.device), batch["attention_mask"].to(self.args.device)
         inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
         logits = model(**inputs).logits[:, :-1]
         labels = batch["shift_labels"].to(ids.device)[:, :-1]
-        if getattr(self.args, "retain_loss", "kl") == "nll":
+        if (kind or getattr(self.args, "retain_loss", "kl")) == "nll":
             return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                                ignore_index=IGNORE_INDEX)
         peft_model = self.accelerator.unwrap_model(model)
@@ -235,6 +237,10 @@ class UnlearnTrainer(RetainLoss, Trainer):
         if args.sam_rho and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError("UnlearnConfig.sam_rho needs each process's whole gradients between its two passes: "
                              "not with DeepSpeed or FSDP (their gradients are sharded); use DDP or one process")
+        if args.retain_projection and args.world_size > 1:
+            raise ValueError("UnlearnConfig.retain_projection projects each process's own gradients, which DDP, "
+                             "DeepSpeed and FSDP reduce across processes during the backward pass: run it in one "
+                             "process")
         readable_progress(self)
         logger.info("whp_trainer: %s", self.method_variant)
 
@@ -315,9 +321,42 @@ class UnlearnTrainer(RetainLoss, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if not self.args.sam_rho:
-            return super().training_step(model, inputs, num_items_in_batch)
-        return self._sharpness_aware_step(model, inputs, num_items_in_batch)
+        if self.args.sam_rho:
+            return self._sharpness_aware_step(model, inputs, num_items_in_batch)
+        if self.args.retain_projection:
+            return self._projected_step(model, inputs, num_items_in_batch)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _projected_step(self, model, inputs, num_items_in_batch):
+        """``args.retain_projection``: this micro-batch's forget gradient less its component along the language-
+        modelling gradient of one more retain batch where the two conflict (`without_conflict`), plus the weighted
+        retain loss's gradient, added to the gradients accumulated so far."""
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        accumulated = [parameter.grad for parameter in parameters]
+        for parameter in parameters:
+            parameter.grad = None
+        weight, self.retain_weight = self.retain_weight, 0.0
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self.retain_weight = weight
+        forget = [parameter.grad for parameter in parameters]
+        for parameter in parameters:
+            parameter.grad = None
+        with self.compute_loss_context_manager():
+            direction = self.retain_loss(model, "nll")
+        direction.backward()  # not autograd.grad, which reentrant gradient checkpointing refuses
+        forget = without_conflict(forget, [parameter.grad for parameter in parameters])
+        for parameter in parameters:
+            parameter.grad = None
+        with self.compute_loss_context_manager():
+            retain = self.weighted_retain_loss(model)
+        self.accelerator.backward(retain)
+        for parameter, projected, earlier in zip(parameters, forget, accumulated):
+            for part in (projected, earlier):
+                if part is not None:
+                    parameter.grad = part if parameter.grad is None else parameter.grad + part
+        return loss + retain.detach()
 
     def _sharpness_aware_step(self, model, inputs, num_items_in_batch):
         """SAM (``args.sam_rho``): this micro-batch's gradient taken at ``w + ρ·g/‖g‖`` (``g``: its gradient at

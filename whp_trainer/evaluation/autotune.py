@@ -58,20 +58,23 @@ class Targets:
             return self.entity_tolerance
         return self.familiarity_tolerance
 
-    def shortfalls(self, metrics: dict, base: dict, overshoot_counts: bool = False) -> dict[str, float]:
+    def shortfalls(self, metrics: dict, base: dict, overshoot_counts: bool = False,
+                   signed: bool = False) -> dict[str, float]:
         """Per target signal: how much of the way from the base to the target is left (0 = reached, within the
         tolerance; 1 = where the base is). A membership AUC past the target counts as reached, unless
-        ``overshoot_counts`` (a student past the oracle's AUC is itself recognisable: distance in both directions)."""
+        ``overshoot_counts`` (a student past the oracle's AUC is itself recognisable: distance in both directions).
+        ``signed``: not stopped at 0, negative past the target (by that part of the way)."""
+        clip = (lambda gap: gap) if signed else (lambda gap: max(0.0, gap))
         left = {}
         if self.membership is not None and MEMBERSHIP in metrics:
             gap = metrics[MEMBERSHIP] - self.membership
             gap = (abs(gap) if overshoot_counts else gap) - self.membership_tolerance
-            left[MEMBERSHIP] = max(0.0, gap) / max(abs(base[MEMBERSHIP] - self.membership), self.membership_tolerance)
+            left[MEMBERSHIP] = clip(gap) / max(abs(base[MEMBERSHIP] - self.membership), self.membership_tolerance)
         for key, reference in ((FAMILIARITY, self.familiarity), (ENTITY, self.entity)):
             if reference is not None and key in metrics:
                 gap = metrics[key] - reference - self.tolerance(key)
                 # 1e-12: a relative tolerance is 0 where the base is at its reference
-                left[key] = max(0.0, gap) / max(base[key] - reference, self.tolerance(key), 1e-12)
+                left[key] = clip(gap) / max(base[key] - reference, self.tolerance(key), 1e-12)
         return left
 
 

@@ -47,7 +47,7 @@ class TargetStoppingCallback(TrainerCallback):
     none was), halves the learning rate and clears the optimizer's moments: the steps were too large for the
     budget (a backtracking line search), so the run goes on from a point within budget with smaller ones. At
     its end the student's trainable weights are put back to the measurement closest to the targets within budget
-    (least summed shortfall, see `Targets.shortfalls`; the earliest on a tie) or, when none after step 0 was within
+    (`rank`: least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after step 0 was within
     budget, to the one least over its budgets (each overrun in units of its budget), and the decision says so.
 
     Attributes:
@@ -201,7 +201,7 @@ class TargetStoppingCallback(TrainerCallback):
         else:
             shortfall, step, weights = self.best
         restore(self.trainer.accelerator.unwrap_model(self.trainer.model), weights)
-        kept = next(entry for entry in self.history if entry["step"] == step)
+        kept = self.entry(step)
         self.decision.update(best_step=step, best_shortfall=shortfall, base=self.base, best=kept["metrics"],
                              reached=shortfall == 0 and kept["within_budget"], left=kept["shortfall"],
                              within_budget=kept["within_budget"])
@@ -216,7 +216,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
                              "within_budget": within, "retain_weight": getattr(self.trainer, "retain_weight", 0.0),
                              "learning_rate_factor": self.learning_rate_factor})
-        if within and state.global_step > 0 and (self.best is None or shortfall < self.best[0]):  # step 0: the base
+        if within and state.global_step > 0 and (self.best is None or  # step 0: the base
+                                                 self.rank(self.history[-1]) < self.rank(self.entry(self.best[1]))):
             self.best = (shortfall, state.global_step, trainable_weights(model))
         overrun = self.overrun(metrics)
         if not within and self.best is None and (self.least_over is None or
@@ -237,6 +238,17 @@ class TargetStoppingCallback(TrainerCallback):
             self.raise_retain_weight()
         elif not within and self.backtrack and state.global_step < state.max_steps:
             self.backtrack_to_best(model)
+
+    def rank(self, entry: dict) -> tuple[float, float]:
+        """How close a measurement is to the targets, the lesser the closer: its summed shortfall, then its summed
+        signed shortfall, which goes on falling past a target. Of measurements equally short of the targets (a
+        saturated signal, such as a membership AUC of 1 while the other targets are met), the one that forgot more."""
+        signed = self.targets.shortfalls(entry["metrics"], self.base, overshoot_counts=True, signed=True)
+        return sum(entry["shortfall"].values()), sum(signed.values())
+
+    def entry(self, step: int) -> dict:
+        """The measurement of ``step``."""
+        return next(entry for entry in self.history if entry["step"] == step)
 
     @property
     def backtracks(self) -> int:
