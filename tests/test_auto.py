@@ -224,8 +224,8 @@ def test_a_spent_budget_stops_the_student_and_the_best_weights_come_back(make_mo
 def test_of_measurements_equally_short_of_the_targets_the_one_that_forgot_more_is_kept(make_model):
     model = trainable_model(make_model)
     # membership stuck at 1 (its shortfall the same at every step) while familiarity is past its target (0.1)
-    script = [metrics(1.0, 0.5, 10.0), metrics(1.0, 0.5, 10.0), metrics(1.0, 0.09, 10.0), metrics(1.0, 0.02, 10.1), metrics(1.0, 0.05, 10.1),
-              metrics(1.0, 0.02, 10.1)]
+    script = [metrics(1.0, 0.5, 10.0), metrics(1.0, 0.5, 10.0), metrics(1.0, 0.09, 10.0), metrics(1.0, 0.02, 10.1),
+              metrics(1.0, 0.05, 10.1), metrics(1.0, 0.02, 10.1)]
     callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
     stopped, seen = run_steps(callback, model, steps=4)
     shortfalls = {sum(entry["shortfall"].values()) for entry in callback.history[1:]}

@@ -288,15 +288,15 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     translations_per_block: int = field(
         default=1,
-        metadata={"help": "Beyond the paper, WHP+ (Liu et al. 2024): translate each block this many times, each anchor taking a "
-                  "different one of its translations, and average the N target distributions (one baseline pass "
-                  "per translation). 1 = the paper: one translation per anchor per block."},
+        metadata={"help": "Beyond the paper, WHP+ (Liu et al. 2024): translate each block this many times, each "
+                  "anchor taking a different one of its translations, and average the N target distributions (one "
+                  "baseline pass per translation). 1 = the paper: one translation per anchor per block."},
     )
     bootstrap_untranslated: bool = field(
         default=False,
-        metadata={"help": "Beyond the paper: also train the positions the paper leaves without a loss (inside multi-token anchors, "
-                  "before repeated anchors), towards the bootstrapped target there: the baseline reads the original "
-                  "block (one more baseline pass per step). False = the paper."},
+        metadata={"help": "Beyond the paper: also train the positions the paper leaves without a loss (inside "
+                  "multi-token anchors, before repeated anchors), towards the bootstrapped target there: the baseline "
+                  "reads the original block (one more baseline pass per step). False = the paper."},
     )
     max_length: int = field(
         default=512, metadata={"help": "Block length in tokens (the paper: 512). Longer texts are truncated."}
@@ -360,13 +360,14 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     skip_unchanged_targets: bool = field(
         default=False,
-        metadata={"help": "Beyond the paper, hard targets: no loss where argmax v_generic is the original next token, so training never "
-                  "raises a memorized token's probability."},
+        metadata={"help": "Beyond the paper, hard targets: no loss where argmax v_generic is the original next "
+                  "token, so training never raises a memorized token's probability."},
     )
     original_cap_weight: float = field(
         default=0.0,
-        metadata={"help": "Beyond the paper, soft targets: weight of ReLU(log p_student(original) − log p_target(original)), pushing "
-                  "the original token down to the target's probability in log space, never up; 0 = off."},
+        metadata={"help": "Beyond the paper, soft targets: weight of ReLU(log p_student(original) − "
+                  "log p_target(original)), pushing the original token down to the target's probability in log "
+                  "space, never up; 0 = off."},
     )
     original_cap_depth: float | None = field(
         default=None,
@@ -376,8 +377,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     retain_weight: float = field(
         default=0.0,
-        metadata={"help": "Beyond the paper: weight of the retain loss on retain blocks interleaved with the forget batches (one retain "
-                  "batch per step; needs a retain dataset); 0 = off (the paper)."},
+        metadata={"help": "Beyond the paper: weight of the retain loss on retain blocks interleaved with the forget "
+                  "batches (one retain batch per step; needs a retain dataset); 0 = off (the paper)."},
     )
     retain_loss: str = field(
         default="kl",
@@ -386,10 +387,10 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     sam_rho: float = field(
         default=0.0,
-        metadata={"help": "Beyond the paper: sharpness-aware unlearning against relearning (Fan et al., ICML 2025): each step's gradient "
-                  "is taken at the trainable weights moved sam_rho along their normalised gradient, so training "
-                  "settles where a few fine-tuning steps move the loss least; two forward-backward passes per step; "
-                  "0 = off (the paper)."},
+        metadata={"help": "Beyond the paper: sharpness-aware unlearning against relearning (Fan et al., ICML 2025): "
+                  "each step's gradient is taken at the trainable weights moved sam_rho along their normalised "
+                  "gradient, so training settles where a few fine-tuning steps move the loss least; two "
+                  "forward-backward passes per step; 0 = off (the paper)."},
     )
     retain_projection: bool = field(
         default=False,

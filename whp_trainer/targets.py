@@ -249,7 +249,9 @@ def original_token_cap(
     return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1)
 
 
-def without_conflict(gradients: list[torch.Tensor | None], keep: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+def without_conflict(
+    gradients: list[torch.Tensor | None], keep: list[torch.Tensor | None]
+) -> list[torch.Tensor | None]:
     """``gradients`` less their component along ``keep`` when the two conflict (negative dot product), else as given
     (PCGrad, Yu et al. 2020): a step along the result does not, to first order, raise the loss whose gradient is
     ``keep``. Both lists are per parameter; ``None`` is a zero gradient."""
@@ -259,4 +261,5 @@ def without_conflict(gradients: list[torch.Tensor | None], keep: list[torch.Tens
     if not pairs or dot >= 0 or norm == 0:
         return gradients
     scale = dot / norm
-    return [g if g is None or k is None else (g.float() - scale * k.float()).to(g.dtype) for g, k in zip(gradients, keep)]
+    return [g if g is None or k is None else (g.float() - scale * k.float()).to(g.dtype)
+            for g, k in zip(gradients, keep)]

@@ -47,8 +47,9 @@ class TargetStoppingCallback(TrainerCallback):
     none was), halves the learning rate and clears the optimizer's moments: the steps were too large for the
     budget (a backtracking line search), so the run goes on from a point within budget with smaller ones. At
     its end the student's trainable weights are put back to the measurement closest to the targets within budget
-    (`rank`: least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after step 0 was within
-    budget, to the one least over its budgets (each overrun in units of its budget), and the decision says so.
+    (`rank`: least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none
+    after step 0 was within budget, to the one least over its budgets (each overrun in units of its budget), and
+    the decision says so.
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
