@@ -113,9 +113,10 @@ class RaiseRetainWeight(TrainerCallback):
             self.trainer.retain_weight = 4.0
 
 
-@pytest.mark.parametrize("retain_weight, raised", [(0.0, False), (1.0, False), (1.0, True)])
+@pytest.mark.parametrize("retain_weight, raised, projection",
+                         [(0.0, False, False), (1.0, False, False), (1.0, True, False), (1.0, False, True)])
 def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_model, reinforced_path, dataset, tokenizer,
-                                                                 tmp_path, retain_weight, raised):
+                                                                 tmp_path, retain_weight, raised, projection):
     retain = Dataset.from_list([{"input_ids": make_example(100 + seed, 9, len(tokenizer))["input_ids"]}
                                 for seed in range(5)])  # 5 blocks, batches of 4: passes overlap batches
 
@@ -126,7 +127,8 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(make_model, rein
             retain_dataset=retain if retain_weight else None,
             args=UnlearnConfig(output_dir=str(folder), per_device_train_batch_size=4, learning_rate=1e-2,
                                max_steps=4, save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, seed=0,
-                               data_seed=0, retain_weight=retain_weight, lr_scheduler_type="constant"),
+                               data_seed=0, retain_weight=retain_weight, lr_scheduler_type="constant",
+                               retain_projection=projection),
         )
         if raised:
             built.add_callback(RaiseRetainWeight(built))
