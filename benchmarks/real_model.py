@@ -160,11 +160,16 @@ def held_out_text() -> list[str]:
     return book_passages("SAMUEL_2", 3)
 
 
+BUDGET_FILE = "budget-2samuel-4-24.txt"  # named by its content: an older cache's budget.txt held chapters 4-6
+
+
 def budget_text() -> list[str]:
-    """alpha auto's budget: 2 Samuel 4-6 (KJV), public-domain text that neither training nor the evaluation reads."""
+    """alpha auto's budget: 2 Samuel 4-24 (KJV), public-domain text that neither training nor the evaluation reads,
+    more than the 64 blocks the stopping rule samples (2 Samuel 4-6 alone, 19 blocks, read 3-4 points of perplexity
+    below every other part of the book)."""
     from forget_quality import book_passages
 
-    return book_passages("SAMUEL_2", 6)[len(held_out_text()):]
+    return book_passages("SAMUEL_2")[len(held_out_text()):]
 
 
 def write_texts(folder: Path) -> None:
@@ -374,9 +379,9 @@ def main(argv: list[str] | None = None) -> dict:
         folder = out / re.sub(r"[^\w.+-]+", "_", name)
         options = dict(SETTINGS[name])
         if options.get("alpha") == "auto":  # told what a user has: people no model read, other text, facts to keep
-            if not (texts / "budget.txt").is_file():
-                (texts / "budget.txt").write_text("\n\n".join(budget_text()) + "\n", encoding="utf-8")
-            options.update(holdout_data=str(texts / "holdout.txt"), budget_data=str(texts / "budget.txt"),
+            if not (texts / BUDGET_FILE).is_file():
+                (texts / BUDGET_FILE).write_text("\n\n".join(budget_text()) + "\n", encoding="utf-8")
+            options.update(holdout_data=str(texts / "holdout.txt"), budget_data=str(texts / BUDGET_FILE),
                            neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"))
         config = UnlearnConfig(output_dir=str(folder), **{**training, **UNLEARN, **options})
         adapter = Path(pipeline.unlearn(data, model_args, config))

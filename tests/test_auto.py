@@ -401,7 +401,7 @@ def test_a_run_without_holdout_text_or_neighbour_knowledge_is_warned_of_what_it_
     assert "alpha auto" not in caplog.text
 
 
-def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer, tmp_path):
+def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer, tmp_path, caplog):
     from whp_trainer.arguments import DataArguments
     from whp_trainer.auto import auto_inputs
 
@@ -410,10 +410,16 @@ def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer
     (tmp_path / "budget.txt").write_text(" ".join(CORPUS[2:] * 20))
     args = SimpleNamespace(seed=0, max_length=16, holdout_data=str(tmp_path / "holdout.txt"),
                            budget_data=str(tmp_path / "budget.txt"))
-    inputs = auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, [book], PROBES, None)
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        inputs = auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, [book], PROBES, None)
     forget, holdout = inputs.membership
     assert len(forget) > 10 and len(holdout) > 10 and len(inputs.retain) > 10  # blocks, not one text each
     assert all(text in book for text in forget) and max(map(len, forget)) < len(book) / 10
+    assert "budget's text" not in caplog.text  # 64 blocks or more: the rule's whole sample
+    (tmp_path / "budget.txt").write_text(" ".join(CORPUS[2:]))
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, [book], PROBES, None)
+    assert "the budget's text is" in caplog.text and "fewer than the 64 the stopping rule reads" in caplog.text
 
 
 def test_a_long_run_over_budget_from_its_first_steps_raises_the_retain_weight_before_its_first_interval(make_model):

@@ -97,6 +97,10 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
         else data.retain_texts()["text"]
     budget = text_blocks(budget, tokenizer, args.max_length)
+    if len(budget) < SAMPLE:
+        logger.warning("whp unlearn: alpha auto: the budget's text is %d blocks of %d tokens, fewer than the %d the "
+                       "stopping rule reads: its perplexity budget is read on little text and may not hold on other "
+                       "text of the kind (give more with --budget_data)", len(budget), args.max_length, SAMPLE)
     return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
                       retain=sample(budget, rng), membership=membership,
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
