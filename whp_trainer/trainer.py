@@ -332,58 +332,46 @@ class UnlearnTrainer(RetainLoss, Trainer):
         modelling gradient of one more retain batch where the two conflict (`without_conflict`), plus the weighted
         retain loss's gradient, added to the gradients accumulated so far."""
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        accumulated = [parameter.grad for parameter in parameters]
-        for parameter in parameters:
-            parameter.grad = None
+        accumulated = taken_gradients(parameters)
         weight, self.retain_weight = self.retain_weight, 0.0
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
             self.retain_weight = weight
-        forget = [parameter.grad for parameter in parameters]
-        for parameter in parameters:
-            parameter.grad = None
+        forget = taken_gradients(parameters)
         with self.compute_loss_context_manager():
             direction = self.retain_loss(model, "nll")
         direction.backward()  # not autograd.grad, which reentrant gradient checkpointing refuses
-        forget = without_conflict(forget, [parameter.grad for parameter in parameters])
-        for parameter in parameters:
-            parameter.grad = None
+        forget = without_conflict(forget, taken_gradients(parameters))
         with self.compute_loss_context_manager():
             retain = self.weighted_retain_loss(model)
         self.accelerator.backward(retain)
-        for parameter, projected, earlier in zip(parameters, forget, accumulated):
-            for part in (projected, earlier):
-                if part is not None:
-                    parameter.grad = part if parameter.grad is None else parameter.grad + part
+        add_gradients(parameters, forget)
+        add_gradients(parameters, accumulated)
         return loss + retain.detach()
 
     def _sharpness_aware_step(self, model, inputs, num_items_in_batch):
         """SAM (``args.sam_rho``): this micro-batch's gradient taken at ``w + ρ·g/‖g‖`` (``g``: its gradient at
         ``w``), with the same retain batch, added to the gradients accumulated so far; the weights stay ``w``."""
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        accumulated = [parameter.grad for parameter in parameters]
-        for parameter in parameters:
-            parameter.grad = None
+        accumulated = taken_gradients(parameters)
         served = self._retain_served
         super().training_step(model, inputs, num_items_in_batch)
-        gradients = [parameter.grad for parameter in parameters]
+        gradients = taken_gradients(parameters)
         norm = torch.sqrt(sum(gradient.float().square().sum() for gradient in gradients if gradient is not None))
         scale = self.args.sam_rho / (norm + 1e-12)
         moves = [None if gradient is None else (gradient * scale).to(gradient.dtype) for gradient in gradients]
         with torch.no_grad():
             for parameter, move in zip(parameters, moves):
-                parameter.grad = None
                 if move is not None:
                     parameter.add_(move)
         self._retain_served = served
         loss = super().training_step(model, inputs, num_items_in_batch)
         with torch.no_grad():
-            for parameter, move, earlier in zip(parameters, moves, accumulated):
+            for parameter, move in zip(parameters, moves):
                 if move is not None:
                     parameter.sub_(move)
-                if earlier is not None:
-                    parameter.grad = earlier if parameter.grad is None else parameter.grad + earlier
+        add_gradients(parameters, accumulated)
         return loss
 
     def _student_loss(self, model, inputs, targets, rows, cols, num_items_in_batch, level=None):
@@ -665,6 +653,21 @@ class UnlearnTrainer(RetainLoss, Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def taken_gradients(parameters: list[nn.Parameter]) -> list[torch.Tensor | None]:
+    """The parameters' gradients, which they no longer hold (``None``: no gradient)."""
+    gradients = [parameter.grad for parameter in parameters]
+    for parameter in parameters:
+        parameter.grad = None
+    return gradients
+
+
+def add_gradients(parameters: list[nn.Parameter], gradients: list[torch.Tensor | None]) -> None:
+    """Add ``gradients`` (``None``: none) to what the parameters hold."""
+    for parameter, gradient in zip(parameters, gradients):
+        if gradient is not None:
+            parameter.grad = gradient if parameter.grad is None else parameter.grad + gradient
 
 
 def translated_positions(inputs, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
