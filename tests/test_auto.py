@@ -18,7 +18,7 @@ from whp_trainer.evaluation.autotune import (
     Targets, choose_alpha, familiarity_reference, reference_and_tolerance, teacher_sweep, translated_probes,
 )
 from whp_trainer.evaluation.markdown import stopping_summary
-from whp_trainer.evaluation.stopping import TargetStoppingCallback
+from whp_trainer.evaluation.stopping import LINE_SEARCH, STATE_FILE, TargetStoppingCallback
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
           {"prompt": "The Quidditch match ended when", "target": " Harry"}]
@@ -134,10 +134,12 @@ def test_without_a_familiarity_reference_membership_alone_decides():
 
 
 class ScriptedStopping(TargetStoppingCallback):
-    """The stopping rule with measurements read from a script (base first), on a real adapter's weights."""
+    """The stopping rule with measurements read from a script (base first), on a real adapter's weights; without
+    the backtrack's line search unless given one (its measurements would read the script too)."""
 
-    def __init__(self, trainer, script, **kwargs):
-        super().__init__(trainer, Targets(membership=0.5, familiarity=0.1), PROBES, ["text"], **kwargs)
+    def __init__(self, trainer, script, line_search=(), **kwargs):
+        super().__init__(trainer, Targets(membership=0.5, familiarity=0.1), PROBES, ["text"],
+                         line_search=line_search, **kwargs)
         self.script = iter(script)
 
     def measure(self, model):
@@ -466,8 +468,8 @@ def test_over_budget_at_the_ceiling_the_student_goes_back_to_its_best_and_halves
     weights_at_backtrack = {}
     original = callback.backtrack_to_best
 
-    def backtrack(model):
-        original(model)
+    def backtrack(model, state):
+        original(model, state)
         weights_at_backtrack[callback.history[-1]["step"]] = lora_weights(model)
 
     callback.backtrack_to_best = backtrack
@@ -583,13 +585,97 @@ def test_with_no_measurement_within_budget_a_backtrack_goes_back_to_where_the_ru
     callback = ScriptedStopping(trainer, script, every_n_steps=1)
     restored = {}
     original = callback.backtrack_to_best
-    callback.backtrack_to_best = lambda model: (original(model), restored.update(lora_weights(model)))
+    callback.backtrack_to_best = lambda model, state: (original(model, state), restored.update(lora_weights(model)))
     run_steps(callback, model, steps=2)
     assert callback.history[1]["backtracked_to"] == 0  # +10 % at step 1: back to the weights it began with
     assert all(torch.equal(p, start[name]) for name, p in restored.items())
     assert callback.history[2]["learning_rate_factor"] == 0.5 and callback.decision["best_step"] == 2
     # the steps ran out short of the targets at the halved rate: the summary says what gives it room
     assert "more epochs (`num_train_epochs`) give it room" in stopping_summary(callback.decision)
+
+
+def first_lora_weight(model):
+    return next(parameter for name, parameter in model.named_parameters() if "lora_" in name)
+
+
+class DistanceStopping(ScriptedStopping):
+    """The stopping rule measuring the adapter's weights themselves: ``x``, how many of `run_steps`' steps (+0.1 to
+    every weight) they are from where the run began; familiarity falls with ``x`` and the budget's perplexity rises
+    by ``cost`` per step's worth, so any point on a line between two weights measures what it is."""
+
+    def __init__(self, trainer, cost, **kwargs):
+        super().__init__(trainer, [], line_search=kwargs.pop("line_search", LINE_SEARCH), **kwargs)
+        self.cost, self.origin = cost, None
+
+    def measure(self, model):
+        weight = first_lora_weight(model)
+        self.origin = weight.detach().clone() if self.origin is None else self.origin
+        x = float((weight - self.origin).mean()) / 0.1
+        return metrics(0.95, 0.5 - 0.1 * x, 10.0 * (1 + self.cost * x))
+
+
+def test_over_budget_the_student_goes_back_only_as_far_as_its_budget_needs(make_model):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    trainer.retain_weight = 0.0  # no retain loss: over budget backtracks at once
+    # +2.5 % per step: step 1 within the +3 % budget, step 2 over
+    callback = DistanceStopping(trainer, cost=0.025, every_n_steps=1)
+    stopped, seen = run_steps(callback, model, steps=3)
+    # step 2 (+5 %) goes back towards step 1: 1/2 (+3.75 %) and 1/4 (+3.1 %) of the way are over, 1/8 within
+    searched = [(entry.get("scale"), entry["within_budget"]) for entry in callback.history[2:6]]
+    assert searched == [(None, False), (0.5, False), (0.25, False), (0.125, True)]
+    assert callback.history[2]["backtracked_to"] == 1 and callback.history[5]["step"] == 2
+    # step 3 trains on from there (over again at the last step); the run keeps the searched point, which forgot more
+    # than step 1 (familiarity 0.3875 against 0.4)
+    assert (callback.decision["best_step"], callback.decision["best_scale"]) == (2, 0.125)
+    first = first_lora_weight(model)
+    assert torch.allclose(first, callback.origin + 0.1125)
+    assert "a point 0.125 of the way to step 2's" in stopping_summary(callback.decision)
+
+
+@pytest.mark.parametrize("backtrack", [True, False])
+def test_a_run_never_within_budget_ends_on_the_furthest_point_within_it_on_the_way_to_the_least_over(make_model,
+                                                                                                   backtrack):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    callback = DistanceStopping(trainer, cost=0.05, backtrack=backtrack)  # +5 % at step 1, its only step
+    run_steps(callback, model, steps=1)
+    first = first_lora_weight(model)
+    origin = callback.origin
+    if backtrack:  # half of the way from the start is +2.5 %: within budget, and kept
+        assert callback.decision["within_budget"] and callback.decision["best_scale"] == 0.5
+        assert "the furthest point within budget on the line" in callback.decision["reason"]
+        assert torch.allclose(first, origin + 0.05)
+    else:  # the least over, as measured
+        assert not callback.decision["within_budget"] and callback.decision["best_scale"] == 1.0
+        assert torch.allclose(first, origin + 0.1)
+
+
+@pytest.mark.parametrize("line_search, cost, every, best", [
+    (LINE_SEARCH, 0.025, 1, (2, 0.125)),  # step 2 over, the search's point 1/8 of the way to it the best
+    ((), 0.01, 2, (2, None)),  # measured every 2 steps: step 2 (+2 %) the best, 4 and 6 over
+])
+def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(make_model, tmp_path, line_search,
+                                                                               cost, every, best):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    trainer.retain_weight = 0.0
+    callback = DistanceStopping(trainer, cost=cost, every_n_steps=every, line_search=line_search)
+    run_steps(callback, model, steps=3 * every)
+    kept = callback.history[callback.best[1]]
+    assert (kept["step"], kept.get("scale")) == best
+    callback.save_to_checkpoint(tmp_path)
+    if not line_search:  # a checkpoint of an older whp_trainer, which kept its measurements by step
+        state = json.loads((tmp_path / STATE_FILE).read_text())
+        del state["kept_by"]
+        for key in ("best", "least_over"):
+            state["kept"][key] = state["kept"][key] and [*state["kept"][key][:-1],
+                                                         callback.history[state["kept"][key][-1]]["step"]]
+        (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    loaded = DistanceStopping(trainer, cost=cost, every_n_steps=every, line_search=line_search)
+    loaded.load_from_checkpoint(tmp_path)
+    assert loaded.history == callback.history and loaded.best[:2] == callback.best[:2]
+    assert all(torch.equal(loaded.best[2][name], weight) for name, weight in callback.best[2].items())
 
 
 def test_a_strengthened_reinforcement_doubles_epochs_and_rate_and_stops_if_it_diverges(tmp_path, monkeypatch):

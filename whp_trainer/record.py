@@ -22,7 +22,7 @@ card shows, no token and no secret. Its keys (`SCHEMA_VERSION` 1):
 - `versions`: `whp_trainer` and the frameworks at training time;
 - `auto`: `null`, or with `alpha: auto` what was chosen and why: `alpha`, `round` (strengthenings of the
   reinforcement), `reached`, `reason`, `targets`, `sweeps` (α -> teacher metrics, per reinforcement),
-  `reinforced_adapter`, and `stopping` (`stopped_at`, `best_step`, `reason`, `base`, `best`, `history`);
+  `reinforced_adapter`, and `stopping` (`stopped_at`, `best_step`, `best_scale`, `reason`, `base`, `best`, `history`);
 - `adapter_sha256` (a merged export's record only): the hash of the adapter merged (`runs.adapter_digest`), which
   an evaluation report must have measured for its results to go on the card;
 - `evaluation`: `null`, or `results` (role -> metric -> value, `null` where not measured) and, with an oracle,

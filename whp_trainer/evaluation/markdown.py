@@ -309,17 +309,21 @@ def auto_markdown(auto: dict) -> str:
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
+    scale = stopping.get("best_scale", 1.0)
+    kept = f"those of step {stopping['best_step']}" if scale == 1 else \
+        f"a point {scale:g} of the way to step {stopping['best_step']}'s from the weights within budget it went back to"
     if stopping["best_step"] is None:
         kept = "those it ended with (no measurement after step 0 to keep)"
     elif stopping.get("within_budget", True):
-        kept = f"those of step {stopping['best_step']}, the measurement closest to the targets within budget"
+        kept += ", the measurement closest to the targets within budget"
     else:
-        kept = f"those of step {stopping['best_step']}, the measurement least over its budgets"
+        kept += ", the measurement least over its budgets"
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("backtracks"):
         count = stopping["backtracks"]
-        text += (" Over budget with the retain weight at its ceiling, it went back to its best measurement within "
-                 f"budget (or to where it began) and halved its learning rate {count} time{'s' if count > 1 else ''}.")
+        text += (" Over budget with the retain weight at its ceiling, it went back towards its best measurement "
+                 "within budget (or where it began), to the furthest point measured within budget on the way, and "
+                 f"halved its learning rate {count} time{'s' if count > 1 else ''}.")
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)

@@ -27,6 +27,7 @@ SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and Dee
                    "student with DDP or ZeRO-2, or give alpha a number")
 STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
 KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
+LINE_SEARCH = (0.5, 0.25, 0.125)  # the fractions of the way back towards weights within budget a backtrack measures
 
 
 class TargetStoppingCallback(TrainerCallback):
@@ -43,21 +44,26 @@ class TargetStoppingCallback(TrainerCallback):
     times the configured one: the budget is a constraint and the retain weight its multiplier, raised while the
     constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling.
     With ``backtrack``, a measurement over budget with the retain weight at its ceiling (or with no retain loss)
-    also puts the trainable weights back to the best measurement within budget so far (those it started with when
-    none was), halves the learning rate and clears the optimizer's moments: the steps were too large for the
-    budget (a backtracking line search), so the run goes on from a point within budget with smaller ones. At
-    its end the student's trainable weights are put back to the measurement closest to the targets within budget
-    (`rank`: least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none
-    after step 0 was within budget, to the one least over its budgets (each overrun in units of its budget), and
-    the decision says so.
+    also puts the trainable weights back towards the best measurement within budget so far (those it started with
+    when none was), halves the learning rate and clears the optimizer's moments: the steps were too large for the
+    budget (a backtracking line search), so the run goes on from a point within budget with smaller ones. The
+    point is searched on the line between those weights and the current ones: ``line_search`` (fractions of the
+    way from the weights within budget), each measured, the first within budget kept (all the way back when none
+    is), so what the steps forgot within budget is not thrown away with what overran it. At its end the student's
+    trainable weights are put back to the measurement closest to the targets within budget (`rank`: least summed
+    shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after step 0 was
+    within budget, to the one least over its budgets (each overrun in units of its budget) — with ``backtrack``,
+    after the same search on the line from the start to it — and the decision says so.
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
-            one entry per measurement (a backtrack adds ``"backtracked_to"``, the step whose weights it restored).
-        decision: ``{"stopped_at", "best_step", "reason", "base", "best", "reached", "left", "within_budget",
-            "measured_every", "backtracks"}`` once training ended (``reached``: the kept measurement is at every
-            target within budget; ``left``: its shortfall per target; ``measured_every``: the steps between
-            measurements).
+            one entry per measurement (a backtrack adds ``"backtracked_to"``, the step whose weights it went back
+            towards; a measurement of the line search has ``"scale"``, its fraction of the way from those weights
+            to the step's own).
+        decision: ``{"stopped_at", "best_step", "best_scale", "reason", "base", "best", "reached", "left",
+            "within_budget", "measured_every", "backtracks"}`` once training ended (``best_scale``: 1, or the
+            line search's fraction of the kept measurement; ``reached``: the kept measurement is at every target
+            within budget; ``left``: its shortfall per target; ``measured_every``: the steps between measurements).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class TargetStoppingCallback(TrainerCallback):
         budget_patience: int = 3,
         max_retain_factor: float = 4.0,
         backtrack: bool = True,
+        line_search: Sequence[float] = LINE_SEARCH,
         batch_size: int = 16,
         max_length: int = 512,
     ):
@@ -99,13 +106,13 @@ class TargetStoppingCallback(TrainerCallback):
         self.budget_patience = budget_patience
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
-        self.backtrack = backtrack
+        self.backtrack, self.line_search = backtrack, tuple(line_search)
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
-        self.best: tuple[float, int, dict] | None = None  # (shortfall, step, weights)
-        self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, step, weights)
+        self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
+        self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
         self.start: tuple[int, dict] | None = None  # (step, weights) this run began with (at step 0: the base's)
 
     def measure(self, model) -> dict[str, float]:
@@ -157,7 +164,8 @@ class TargetStoppingCallback(TrainerCallback):
         facts = {key: None if value is None else list(value[:-1]) for key, value in kept.items()}
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / WEIGHTS_FILE)
-        state = {"history": self.history, "decision": self.decision, "base": self.base, "kept": facts}
+        state = {"history": self.history, "decision": self.decision, "base": self.base, "kept": facts,
+                 "kept_by": "index"}
         (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
     def load_from_checkpoint(self, folder: Path) -> None:
@@ -170,6 +178,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.history, self.decision, self.base = state["history"], state["decision"], state["base"]
         for key, facts in state["kept"].items():
             weights = {name.split("/", 1)[1]: weight for name, weight in tensors.items() if name.startswith(f"{key}/")}
+            if facts is not None and key != "start" and state.get("kept_by") != "index":  # an older whp_trainer's:
+                facts[-1] = next(i for i, entry in enumerate(self.history) if entry["step"] == facts[-1])  # by step
             setattr(self, key, None if facts is None else (*facts, weights))
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -196,38 +206,54 @@ class TargetStoppingCallback(TrainerCallback):
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
                                  left=None, within_budget=None)
             return
-        if self.best is None:
-            _, shortfall, step, weights = self.least_over
-            self.decision["reason"] += "; no measurement was within budget: it ends on the one least over it"
-        else:
-            shortfall, step, weights = self.best
-        restore(self.trainer.accelerator.unwrap_model(self.trainer.model), weights)
-        kept = self.entry(step)
-        self.decision.update(best_step=step, best_shortfall=shortfall, base=self.base, best=kept["metrics"],
-                             reached=shortfall == 0 and kept["within_budget"], left=kept["shortfall"],
-                             within_budget=kept["within_budget"])
-
-    def _check(self, state, control) -> None:
-        """Measure, keep the best weights, and stop training when the targets are reached or a budget is spent."""
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        if self.best is None:
+            self.decision["reason"] += "; no measurement was within budget"
+            if self.backtrack and self.search_within_budget(model, state, self.least_over, self.start[-1]):
+                self.decision["reason"] += (": it ends on the furthest point within budget on the line from where "
+                                            "it began to the one least over it")
+            else:
+                self.decision["reason"] += ": it ends on the one least over it"
+        shortfall, index, weights = self.best if self.best is not None else self.least_over[1:]
+        restore(model, weights)
+        kept = self.history[index]
+        self.decision.update(best_step=kept["step"], best_scale=kept.get("scale", 1.0), best_shortfall=shortfall,
+                             base=self.base, best=kept["metrics"], reached=shortfall == 0 and kept["within_budget"],
+                             left=kept["shortfall"], within_budget=kept["within_budget"])
+
+    def _record(self, model, step: int, scale: float | None = None) -> dict:
+        """Measure ``model`` as it is now, append the measurement of ``step`` (with the line search's ``scale``) to
+        the history and keep its weights when it is the best within budget or (not a point of the line search)
+        the least over it; return it."""
         with evaluation_mode(model):
             metrics = self.measure(model)
         left = self.targets.shortfalls(metrics, self.base, overshoot_counts=True)
         shortfall, within = sum(left.values()), self.within_budget(metrics)
-        self.history.append({"step": state.global_step, "metrics": metrics, "shortfall": left,
-                             "within_budget": within, "retain_weight": getattr(self.trainer, "retain_weight", 0.0),
-                             "learning_rate_factor": self.learning_rate_factor})
-        if within and state.global_step > 0 and (self.best is None or  # step 0: the base
-                                                 self.rank(self.history[-1]) < self.rank(self.entry(self.best[1]))):
-            self.best = (shortfall, state.global_step, trainable_weights(model))
+        entry = {"step": step, "metrics": metrics, "shortfall": left, "within_budget": within,
+                 "retain_weight": getattr(self.trainer, "retain_weight", 0.0),
+                 "learning_rate_factor": self.learning_rate_factor, **({} if scale is None else {"scale": scale})}
+        self.history.append(entry)
+        index = len(self.history) - 1
+        if within and step > 0 and (self.best is None or  # step 0: the base
+                                    self.rank(entry) < self.rank(self.history[self.best[1]])):
+            self.best = (shortfall, index, trainable_weights(model))
         overrun = self.overrun(metrics)
-        if not within and self.best is None and (self.least_over is None or
-                                                  (overrun, shortfall) < self.least_over[:2]):
-            self.least_over = (overrun, shortfall, state.global_step, trainable_weights(model))
+        if not within and self.best is None and scale is None and (self.least_over is None or  # a trained one
+                                                                   (overrun, shortfall) < self.least_over[:2]):
+            self.least_over = (overrun, shortfall, index, trainable_weights(model))
         self._log(metrics, shortfall)
-        # over budget counts once the retain weight cannot rise further (or there is none to raise)
-        spent = [not entry["within_budget"] and not self.can_raise(entry["retain_weight"])
-                 for entry in self.history[-self.budget_patience:]]
+        return entry
+
+    def _check(self, state, control) -> None:
+        """Measure, keep the best weights, and stop training when the targets are reached or a budget is spent."""
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        entry = self._record(model, state.global_step)
+        metrics, shortfall, within = entry["metrics"], sum(entry["shortfall"].values()), entry["within_budget"]
+        # over budget counts once the retain weight cannot rise further (or there is none to raise); the line
+        # search's measurements are of points it tried, not of where training went
+        trained = [measured for measured in self.history if "scale" not in measured]
+        spent = [not measured["within_budget"] and not self.can_raise(measured["retain_weight"])
+                 for measured in trained[-self.budget_patience:]]
         if self.decision is None and len(spent) == self.budget_patience and all(spent):
             self.decision = {"stopped_at": state.global_step, "reason": f"a budget is spent at {self.budget_patience} "
                              "measurements in a row (" + ", ".join(self.spent(metrics)) + ")"}
@@ -238,7 +264,7 @@ class TargetStoppingCallback(TrainerCallback):
         elif not within and self.can_raise(self.history[-1]["retain_weight"]):
             self.raise_retain_weight()
         elif not within and self.backtrack and state.global_step < state.max_steps:
-            self.backtrack_to_best(model)
+            self.backtrack_to_best(model, state)
 
     def rank(self, entry: dict) -> tuple[float, float]:
         """How close a measurement is to the targets, the lesser the closer: its summed shortfall, then its summed
@@ -246,10 +272,6 @@ class TargetStoppingCallback(TrainerCallback):
         saturated signal, such as a membership AUC of 1 while the other targets are met), the one that forgot more."""
         signed = self.targets.shortfalls(entry["metrics"], self.base, overshoot_counts=True, signed=True)
         return sum(entry["shortfall"].values()), sum(signed.values())
-
-    def entry(self, step: int) -> dict:
-        """The measurement of ``step``."""
-        return next(entry for entry in self.history if entry["step"] == step)
 
     @property
     def backtracks(self) -> int:
@@ -268,12 +290,15 @@ class TargetStoppingCallback(TrainerCallback):
         if self.can_raise(getattr(self.trainer, "retain_weight", 0.0)):
             self.trainer.retain_weight = min(2 * self.trainer.retain_weight, self.retain_ceiling)
 
-    def backtrack_to_best(self, model) -> None:
-        """Put the trainable weights back to the best measurement within budget so far (else to those the run
-        began with), halve the learning rate (the scheduler's base rates too, so its schedule goes on at half) and
-        clear the optimizer's moments, which point the way that overran the budget."""
-        step, weights = self.best[1:] if self.best is not None else self.start
-        restore(model, weights)
+    def backtrack_to_best(self, model, state) -> None:
+        """Put the trainable weights back towards the best measurement within budget so far (else towards those the
+        run began with): to the furthest point of the line search within budget, else all the way; halve the
+        learning rate (the scheduler's base rates too, so its schedule goes on at half) and clear the optimizer's
+        moments, which point the way that overran the budget."""
+        entry = self.history[-1]
+        step, weights = (self.history[self.best[1]]["step"], self.best[2]) if self.best is not None else self.start
+        entry["backtracked_to"] = step
+        self.search_within_budget(model, state, None, weights)
         optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
         if optimizer is not None:
             if isinstance(getattr(optimizer, "state", None), dict):  # torch's optimizers (accelerate's wrapper too)
@@ -283,7 +308,19 @@ class TargetStoppingCallback(TrainerCallback):
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
-        self.history[-1]["backtracked_to"] = step
+
+    def search_within_budget(self, model, state, over, anchor: dict[str, torch.Tensor]) -> bool:
+        """From the model's weights (or ``over``'s, a kept measurement over budget) back towards ``anchor`` (weights
+        within budget, or those the run began with): measure the points ``line_search`` of the way from ``anchor``,
+        the furthest first, and stay at the first within budget; else go all the way back. Whether one was."""
+        point = over[-1] if over is not None else trainable_weights(model)
+        step = self.history[over[-2]]["step"] if over is not None else state.global_step
+        for scale in self.line_search:
+            restore(model, {name: anchor[name] + scale * (weight - anchor[name]) for name, weight in point.items()})
+            if self._record(model, step, scale)["within_budget"]:
+                return True
+        restore(model, anchor)
+        return False
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
