@@ -614,23 +614,22 @@ class DistanceStopping(ScriptedStopping):
         return metrics(0.95, 0.5 - 0.1 * x, 10.0 * (1 + self.cost * x))
 
 
-def test_over_budget_the_student_goes_back_only_as_far_as_its_budget_needs(make_model):
+def test_over_budget_with_nothing_within_it_yet_the_student_goes_back_only_as_far_as_its_budget_needs(make_model):
     model = trainable_model(make_model)
     trainer = trainer_with_optimizer(model)
     trainer.retain_weight = 0.0  # no retain loss: over budget backtracks at once
-    # +2.5 % per step: step 1 within the +3 % budget, step 2 over
-    callback = DistanceStopping(trainer, cost=0.025, every_n_steps=1)
-    stopped, seen = run_steps(callback, model, steps=3)
-    # step 2 (+5 %) goes back towards step 1: 1/2 (+3.75 %) and 1/4 (+3.1 %) of the way are over, 1/8 within
-    searched = [(entry.get("scale"), entry["within_budget"]) for entry in callback.history[2:6]]
-    assert searched == [(None, False), (0.5, False), (0.25, False), (0.125, True)]
-    assert callback.history[2]["backtracked_to"] == 1 and callback.history[5]["step"] == 2
-    # step 3 trains on from there (over again at the last step); the run keeps the searched point, which forgot more
-    # than step 1 (familiarity 0.3875 against 0.4)
-    assert (callback.decision["best_step"], callback.decision["best_scale"]) == (2, 0.125)
-    first = first_lora_weight(model)
-    assert torch.allclose(first, callback.origin + 0.1125)
-    assert "a point 0.125 of the way to step 2's" in stopping_summary(callback.decision)
+    # +5 % per step's worth on the budget's text, measured every 2 steps: step 2 (+10 %) is the first measured
+    callback = DistanceStopping(trainer, cost=0.05, every_n_steps=2)
+    run_steps(callback, model, steps=6)
+    # no measurement within budget yet: back towards the start, 1/2 of the way (+5 %) over, 1/4 (+2.5 %) within
+    measured = [(entry["step"], entry.get("scale"), entry["within_budget"], entry.get("backtracked_to"))
+                for entry in callback.history]
+    assert measured[1:4] == [(2, None, False, 0), (2, 0.5, False, None), (2, 0.25, True, None)]
+    # step 4 (+12.5 %) goes straight back to that point, the best within budget; step 6, the last, is over again
+    assert measured[4:] == [(4, None, False, 2), (6, None, False, None)]
+    assert (callback.decision["best_step"], callback.decision["best_scale"]) == (2, 0.25)
+    assert torch.allclose(first_lora_weight(model), callback.origin + 0.05)
+    assert "a point 0.25 of the way from where it began to step 2's" in stopping_summary(callback.decision)
 
 
 @pytest.mark.parametrize("backtrack", [True, False])
@@ -652,7 +651,7 @@ def test_a_run_never_within_budget_ends_on_the_furthest_point_within_it_on_the_w
 
 
 @pytest.mark.parametrize("line_search, cost, every, best", [
-    (LINE_SEARCH, 0.025, 1, (2, 0.125)),  # step 2 over, the search's point 1/8 of the way to it the best
+    (LINE_SEARCH, 0.05, 2, (2, 0.25)),  # step 2 over, the search's point 1/4 of the way to it the best
     ((), 0.01, 2, (2, None)),  # measured every 2 steps: step 2 (+2 %) the best, 4 and 6 over
 ])
 def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(make_model, tmp_path, line_search,

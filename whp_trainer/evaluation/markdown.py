@@ -311,7 +311,7 @@ def stopping_summary(stopping: dict) -> str:
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
     scale = stopping.get("best_scale", 1.0)
     kept = f"those of step {stopping['best_step']}" if scale == 1 else \
-        f"a point {scale:g} of the way to step {stopping['best_step']}'s from the weights within budget it went back to"
+        f"a point {scale:g} of the way from where it began to step {stopping['best_step']}'s"
     if stopping["best_step"] is None:
         kept = "those it ended with (no measurement after step 0 to keep)"
     elif stopping.get("within_budget", True):
@@ -321,9 +321,9 @@ def stopping_summary(stopping: dict) -> str:
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("backtracks"):
         count = stopping["backtracks"]
-        text += (" Over budget with the retain weight at its ceiling, it went back towards its best measurement "
-                 "within budget (or where it began), to the furthest point measured within budget on the way, and "
-                 f"halved its learning rate {count} time{'s' if count > 1 else ''}.")
+        text += (" Over budget with the retain weight at its ceiling, it went back to its best measurement within "
+                 "budget (when none was yet, towards where it began, to the furthest point measured within budget "
+                 f"on the way) and halved its learning rate {count} time{'s' if count > 1 else ''}.")
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)

@@ -27,7 +27,7 @@ SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and Dee
                    "student with DDP or ZeRO-2, or give alpha a number")
 STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
 KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
-LINE_SEARCH = (0.5, 0.25, 0.125)  # the fractions of the way back towards weights within budget a backtrack measures
+LINE_SEARCH = (0.5, 0.25, 0.125)  # the fractions of the way from the start a backtrack with no best measures
 
 
 class TargetStoppingCallback(TrainerCallback):
@@ -44,12 +44,12 @@ class TargetStoppingCallback(TrainerCallback):
     times the configured one: the budget is a constraint and the retain weight its multiplier, raised while the
     constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling.
     With ``backtrack``, a measurement over budget with the retain weight at its ceiling (or with no retain loss)
-    also puts the trainable weights back towards the best measurement within budget so far (those it started with
-    when none was), halves the learning rate and clears the optimizer's moments: the steps were too large for the
-    budget (a backtracking line search), so the run goes on from a point within budget with smaller ones. The
-    point is searched on the line between those weights and the current ones: ``line_search`` (fractions of the
-    way from the weights within budget), each measured, the first within budget kept (all the way back when none
-    is), so what the steps forgot within budget is not thrown away with what overran it. At its end the student's
+    also puts the trainable weights back to the best measurement within budget so far, halves the learning rate
+    and clears the optimizer's moments: the steps were too large for the budget (a backtracking line search), so
+    the run goes on from a point within budget with smaller ones. When no measurement was within budget yet, the
+    point is searched on the line from the weights the run began with to the current ones: ``line_search``
+    (fractions of the way), each measured, the first within budget kept (all the way back when none is), so what
+    the steps forgot within budget is not thrown away with what overran it. At its end the student's
     trainable weights are put back to the measurement closest to the targets within budget (`rank`: least summed
     shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after step 0 was
     within budget, to the one least over its budgets (each overrun in units of its budget) — with ``backtrack``,
@@ -58,8 +58,8 @@ class TargetStoppingCallback(TrainerCallback):
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
             one entry per measurement (a backtrack adds ``"backtracked_to"``, the step whose weights it went back
-            towards; a measurement of the line search has ``"scale"``, its fraction of the way from those weights
-            to the step's own).
+            to or towards; a measurement of the line search has ``"scale"``, its fraction of the way from the
+            weights the run began with to the step's own).
         decision: ``{"stopped_at", "best_step", "best_scale", "reason", "base", "best", "reached", "left",
             "within_budget", "measured_every", "backtracks"}`` once training ended (``best_scale``: 1, or the
             line search's fraction of the kept measurement; ``reached``: the kept measurement is at every target
@@ -209,7 +209,7 @@ class TargetStoppingCallback(TrainerCallback):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         if self.best is None:
             self.decision["reason"] += "; no measurement was within budget"
-            if self.backtrack and self.search_within_budget(model, state, self.least_over, self.start[-1]):
+            if self.backtrack and self.search_within_budget(model, state, self.least_over):
                 self.decision["reason"] += (": it ends on the furthest point within budget on the line from where "
                                             "it began to the one least over it")
             else:
@@ -249,9 +249,9 @@ class TargetStoppingCallback(TrainerCallback):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         entry = self._record(model, state.global_step)
         metrics, shortfall, within = entry["metrics"], sum(entry["shortfall"].values()), entry["within_budget"]
-        # over budget counts once the retain weight cannot rise further (or there is none to raise); the line
-        # search's measurements are of points it tried, not of where training went
-        trained = [measured for measured in self.history if "scale" not in measured]
+        # over budget counts once the retain weight cannot rise further (or there is none to raise); of the line
+        # search's measurements, only the point training went on from counts (within budget: the streak is broken)
+        trained = [measured for measured in self.history if "scale" not in measured or measured["within_budget"]]
         spent = [not measured["within_budget"] and not self.can_raise(measured["retain_weight"])
                  for measured in trained[-self.budget_patience:]]
         if self.decision is None and len(spent) == self.budget_patience and all(spent):
@@ -291,14 +291,16 @@ class TargetStoppingCallback(TrainerCallback):
             self.trainer.retain_weight = min(2 * self.trainer.retain_weight, self.retain_ceiling)
 
     def backtrack_to_best(self, model, state) -> None:
-        """Put the trainable weights back towards the best measurement within budget so far (else towards those the
-        run began with): to the furthest point of the line search within budget, else all the way; halve the
-        learning rate (the scheduler's base rates too, so its schedule goes on at half) and clear the optimizer's
-        moments, which point the way that overran the budget."""
-        entry = self.history[-1]
-        step, weights = (self.history[self.best[1]]["step"], self.best[2]) if self.best is not None else self.start
-        entry["backtracked_to"] = step
-        self.search_within_budget(model, state, None, weights)
+        """Put the trainable weights back to the best measurement within budget so far or, when none was, towards
+        those the run began with, to the furthest point of the line search within budget (else all the way); halve
+        the learning rate (the scheduler's base rates too, so its schedule goes on at half) and clear the
+        optimizer's moments, which point the way that overran the budget."""
+        if self.best is not None:  # a point within budget with room: one on the budget's edge would leave every
+            self.history[-1]["backtracked_to"] = self.history[self.best[1]]["step"]  # later step over it
+            restore(model, self.best[2])
+        else:
+            self.history[-1]["backtracked_to"] = self.start[0]
+            self.search_within_budget(model, state)
         optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
         if optimizer is not None:
             if isinstance(getattr(optimizer, "state", None), dict):  # torch's optimizers (accelerate's wrapper too)
@@ -309,11 +311,11 @@ class TargetStoppingCallback(TrainerCallback):
             scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
 
-    def search_within_budget(self, model, state, over, anchor: dict[str, torch.Tensor]) -> bool:
-        """From the model's weights (or ``over``'s, a kept measurement over budget) back towards ``anchor`` (weights
-        within budget, or those the run began with): measure the points ``line_search`` of the way from ``anchor``,
-        the furthest first, and stay at the first within budget; else go all the way back. Whether one was."""
-        point = over[-1] if over is not None else trainable_weights(model)
+    def search_within_budget(self, model, state, over=None) -> bool:
+        """On the line from the weights the run began with to the model's (or to ``over``'s, a kept measurement over
+        budget): measure the points ``line_search`` of the way, the furthest first, and stay at the first within
+        budget; else go back to the start. Whether one was."""
+        anchor, point = self.start[-1], over[-1] if over is not None else trainable_weights(model)
         step = self.history[over[-2]]["step"] if over is not None else state.global_step
         for scale in self.line_search:
             restore(model, {name: anchor[name] + scale * (weight - anchor[name]) for name, weight in point.items()})
