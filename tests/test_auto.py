@@ -137,7 +137,7 @@ class ScriptedStopping(TargetStoppingCallback):
     """The stopping rule with measurements read from a script (base first), on a real adapter's weights; without
     the backtrack's line search unless given one (its measurements would read the script too)."""
 
-    def __init__(self, trainer, script, line_search=(), **kwargs):
+    def __init__(self, trainer, script, line_search=0, **kwargs):
         super().__init__(trainer, Targets(membership=0.5, familiarity=0.1), PROBES, ["text"],
                          line_search=line_search, **kwargs)
         self.script = iter(script)
@@ -621,12 +621,14 @@ def test_over_budget_with_nothing_within_it_yet_the_student_goes_back_only_as_fa
     # +5 % per step's worth on the budget's text, measured every 2 steps: step 2 (+10 %) is the first measured
     callback = DistanceStopping(trainer, cost=0.05, every_n_steps=2)
     run_steps(callback, model, steps=6)
-    # no measurement within budget yet: back towards the start, 1/2 of the way (+5 %) over, 1/4 (+2.5 %) within
+    # no measurement within budget yet: bisect the way back to the start, 1/2 (+5 %) over, 1/4 (+2.5 %) within,
+    # 3/8 (+3.75 %) over: the run goes on from 1/4 of the way
     measured = [(entry["step"], entry.get("scale"), entry["within_budget"], entry.get("backtracked_to"))
                 for entry in callback.history]
-    assert measured[1:4] == [(2, None, False, 0), (2, 0.5, False, None), (2, 0.25, True, None)]
+    assert measured[1:5] == [(2, None, False, 0), (2, 0.5, False, None), (2, 0.25, True, None),
+                             (2, 0.375, False, None)]
     # step 4 (+12.5 %) goes straight back to that point, the best within budget; step 6, the last, is over again
-    assert measured[4:] == [(4, None, False, 2), (6, None, False, None)]
+    assert measured[5:] == [(4, None, False, 2), (6, None, False, None)]
     assert (callback.decision["best_step"], callback.decision["best_scale"]) == (2, 0.25)
     assert torch.allclose(first_lora_weight(model), callback.origin + 0.05)
     assert "a point 0.25 of the way from where it began to step 2's" in stopping_summary(callback.decision)
@@ -641,7 +643,8 @@ def test_a_run_never_within_budget_ends_on_the_furthest_point_within_it_on_the_w
     run_steps(callback, model, steps=1)
     first = first_lora_weight(model)
     origin = callback.origin
-    if backtrack:  # half of the way from the start is +2.5 %: within budget, and kept
+    if backtrack:  # half of the way from the start is +2.5 %: within budget, and kept (3/4 and 5/8 are over)
+        assert [entry.get("scale") for entry in callback.history[2:]] == [0.5, 0.75, 0.625]
         assert callback.decision["within_budget"] and callback.decision["best_scale"] == 0.5
         assert "the furthest point within budget on the line" in callback.decision["reason"]
         assert torch.allclose(first, origin + 0.05)
@@ -652,7 +655,7 @@ def test_a_run_never_within_budget_ends_on_the_furthest_point_within_it_on_the_w
 
 @pytest.mark.parametrize("line_search, cost, every, best", [
     (LINE_SEARCH, 0.05, 2, (2, 0.25)),  # step 2 over, the search's point 1/4 of the way to it the best
-    ((), 0.01, 2, (2, None)),  # measured every 2 steps: step 2 (+2 %) the best, 4 and 6 over
+    (0, 0.01, 2, (2, None)),  # measured every 2 steps: step 2 (+2 %) the best, 4 and 6 over
 ])
 def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(make_model, tmp_path, line_search,
                                                                                cost, every, best):

@@ -27,7 +27,7 @@ SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and Dee
                    "student with DDP or ZeRO-2, or give alpha a number")
 STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
 KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
-LINE_SEARCH = (0.5, 0.25, 0.125)  # the fractions of the way from the start a backtrack with no best measures
+LINE_SEARCH = 3  # measurements of a bisection on the line from the start, when a backtrack has no best to go to
 
 
 class TargetStoppingCallback(TrainerCallback):
@@ -48,8 +48,9 @@ class TargetStoppingCallback(TrainerCallback):
     and clears the optimizer's moments: the steps were too large for the budget (a backtracking line search), so
     the run goes on from a point within budget with smaller ones. When no measurement was within budget yet, the
     point is searched on the line from the weights the run began with to the current ones: ``line_search``
-    (fractions of the way), each measured, the first within budget kept (all the way back when none is), so what
-    the steps forgot within budget is not thrown away with what overran it. At its end the student's
+    measurements of a bisection (½ of the way, then ¾ or ¼, ...), the furthest within budget kept (the start when
+    none is), so what the steps forgot within budget is not thrown away with what overran it. At its end the
+    student's
     trainable weights are put back to the measurement closest to the targets within budget (`rank`: least summed
     shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after step 0 was
     within budget, to the one least over its budgets (each overrun in units of its budget) — with ``backtrack``,
@@ -82,7 +83,7 @@ class TargetStoppingCallback(TrainerCallback):
         budget_patience: int = 3,
         max_retain_factor: float = 4.0,
         backtrack: bool = True,
-        line_search: Sequence[float] = LINE_SEARCH,
+        line_search: int = LINE_SEARCH,
         batch_size: int = 16,
         max_length: int = 512,
     ):
@@ -106,7 +107,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.budget_patience = budget_patience
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
-        self.backtrack, self.line_search = backtrack, tuple(line_search)
+        self.backtrack, self.line_search = backtrack, line_search
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -312,17 +313,23 @@ class TargetStoppingCallback(TrainerCallback):
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
 
     def search_within_budget(self, model, state, over=None) -> bool:
-        """On the line from the weights the run began with to the model's (or to ``over``'s, a kept measurement over
-        budget): measure the points ``line_search`` of the way, the furthest first, and stay at the first within
-        budget; else go back to the start. Whether one was."""
+        """On the line from the weights the run began with (within budget) to the model's (or to ``over``'s, a kept
+        measurement over budget): bisect for the furthest point within budget in ``line_search`` measurements and
+        stay there (at the start when none was within it). Whether one was."""
         anchor, point = self.start[-1], over[-1] if over is not None else trainable_weights(model)
         step = self.history[over[-2]]["step"] if over is not None else state.global_step
-        for scale in self.line_search:
-            restore(model, {name: anchor[name] + scale * (weight - anchor[name]) for name, weight in point.items()})
+        along = lambda scale: {name: anchor[name] + scale * (weight - anchor[name])  # noqa: E731
+                               for name, weight in point.items()}
+        within, over_at = 0.0, 1.0
+        for _ in range(self.line_search):
+            scale = (within + over_at) / 2
+            restore(model, along(scale))
             if self._record(model, step, scale)["within_budget"]:
-                return True
-        restore(model, anchor)
-        return False
+                within = scale
+            else:
+                over_at = scale
+        restore(model, along(within))
+        return within > 0
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
