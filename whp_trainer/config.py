@@ -245,12 +245,12 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     budget_backtrack: bool = field(
         default=True,
         metadata={"help": "alpha auto: at a measurement over budget with the retain weight at its ceiling, put the "
-                  "student back to its best measurement within budget (when none was yet, to the furthest of 1/2, "
-                  "1/4, 1/8 of the way from where it began to where it is that measures within budget, else to where "
-                  "it began), halve the learning rate and clear the optimizer's moments (a backtracking line search: "
-                  "the steps were too large for the budget); a run with no measurement within budget ends on the "
-                  "same search from where it began to the measurement least over. False: keep going from where it "
-                  "is."},
+                  "student back to its best measurement within budget (when none was yet, to the furthest point "
+                  "within budget that three measurements bisecting the line from where it began to where it is find, "
+                  "else to where it began), halve the learning rate and clear the optimizer's moments (a "
+                  "backtracking line search: the steps were too large for the budget); a run with no measurement "
+                  "within budget ends on the same search from where it began to the measurement least over. False: "
+                  "keep going from where it is."},
     )
     auto_eval_steps: int = field(
         default=8,
