@@ -309,15 +309,15 @@ def auto_markdown(auto: dict) -> str:
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
-    scale = stopping.get("best_scale", 1.0)
-    kept = f"those of step {stopping['best_step']}" if scale == 1 else \
-        f"a point {scale:g} of the way from where it began to step {stopping['best_step']}'s"
-    if stopping["best_step"] is None:
+    step, scale = stopping["best_step"], stopping.get("best_scale", 1.0)
+    weights = f"those of step {step}" if scale == 1 else \
+        f"a point {scale:g} of the way from where it began to step {step}'s"
+    if step is None:
         kept = "those it ended with (no measurement after step 0 to keep)"
     elif stopping.get("within_budget", True):
-        kept += ", the measurement closest to the targets within budget"
+        kept = f"{weights}, the measurement closest to the targets within budget"
     else:
-        kept += ", the measurement least over its budgets"
+        kept = f"{weights}, the measurement least over its budgets"
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("backtracks"):
         count = stopping["backtracks"]

@@ -50,11 +50,10 @@ class TargetStoppingCallback(TrainerCallback):
     point is searched on the line from the weights the run began with to the current ones: ``line_search``
     measurements of a bisection (½ of the way, then ¾ or ¼, ...), the furthest within budget kept (the start when
     none is), so what the steps forgot within budget is not thrown away with what overran it. At its end the
-    student's
-    trainable weights are put back to the measurement closest to the targets within budget (`rank`: least summed
-    shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after step 0 was
-    within budget, to the one least over its budgets (each overrun in units of its budget) — with ``backtrack``,
-    after the same search on the line from the start to it — and the decision says so.
+    student's trainable weights are put back to the measurement closest to the targets within budget (`rank`:
+    least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after
+    step 0 was within budget, to the one least over its budgets (each overrun in units of its budget) — with
+    ``backtrack``, after the same search on the line from the start to it — and the decision says so.
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
@@ -210,7 +209,8 @@ class TargetStoppingCallback(TrainerCallback):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         if self.best is None:
             self.decision["reason"] += "; no measurement was within budget"
-            if self.backtrack and self.search_within_budget(model, state, self.least_over):
+            _, _, index, weights = self.least_over
+            if self.backtrack and self.search_within_budget(model, self.history[index]["step"], weights):
                 self.decision["reason"] += (": it ends on the furthest point within budget on the line from where "
                                             "it began to the one least over it")
             else:
@@ -301,7 +301,7 @@ class TargetStoppingCallback(TrainerCallback):
             restore(model, self.best[2])
         else:
             self.history[-1]["backtracked_to"] = self.start[0]
-            self.search_within_budget(model, state)
+            self.search_within_budget(model, state.global_step, trainable_weights(model))
         optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
         if optimizer is not None:
             if isinstance(getattr(optimizer, "state", None), dict):  # torch's optimizers (accelerate's wrapper too)
@@ -312,23 +312,20 @@ class TargetStoppingCallback(TrainerCallback):
             scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
 
-    def search_within_budget(self, model, state, over=None) -> bool:
-        """On the line from the weights the run began with (within budget) to the model's (or to ``over``'s, a kept
-        measurement over budget): bisect for the furthest point within budget in ``line_search`` measurements and
-        stay there (at the start when none was within it). Whether one was."""
-        anchor, point = self.start[-1], over[-1] if over is not None else trainable_weights(model)
-        step = self.history[over[-2]]["step"] if over is not None else state.global_step
-        along = lambda scale: {name: anchor[name] + scale * (weight - anchor[name])  # noqa: E731
-                               for name, weight in point.items()}
-        within, over_at = 0.0, 1.0
+    def search_within_budget(self, model, step: int, point: dict[str, torch.Tensor]) -> bool:
+        """On the line from the weights the run began with (within budget) to ``point`` (weights of ``step``, over
+        budget): bisect for the furthest point within budget in ``line_search`` measurements, each recorded as a
+        measurement of ``step``, and leave the model there (at the start when none was within it). Whether one was."""
+        start = self.start[-1]
+        within, over = 0.0, 1.0
         for _ in range(self.line_search):
-            scale = (within + over_at) / 2
-            restore(model, along(scale))
+            scale = (within + over) / 2
+            restore(model, interpolated(start, point, scale))
             if self._record(model, step, scale)["within_budget"]:
                 within = scale
             else:
-                over_at = scale
-        restore(model, along(within))
+                over = scale
+        restore(model, interpolated(start, point, within))
         return within > 0
 
     def overrun(self, metrics: dict) -> float:
@@ -363,6 +360,11 @@ def restore(model, weights: dict[str, torch.Tensor]) -> None:
         for name, parameter in model.named_parameters():
             if name in weights:
                 parameter.copy_(weights[name])
+
+
+def interpolated(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """The weights ``scale`` of the way from ``start`` to ``end`` (0: ``start``, 1: ``end``)."""
+    return {name: start[name] + scale * (weight - start[name]) for name, weight in end.items()}
 
 
 def trainable_weights(model) -> dict[str, torch.Tensor]:
