@@ -18,7 +18,7 @@ from whp_trainer.evaluation.autotune import (
     Targets, choose_alpha, familiarity_reference, reference_and_tolerance, teacher_sweep, translated_probes,
 )
 from whp_trainer.evaluation.markdown import stopping_summary
-from whp_trainer.evaluation.stopping import LINE_SEARCH, STATE_FILE, TargetStoppingCallback
+from whp_trainer.evaluation.stopping import LINE_SEARCH, STATE_FILE, TargetStoppingCallback, trainable_weights
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
           {"prompt": "The Quidditch match ended when", "target": " Harry"}]
@@ -572,6 +572,46 @@ def test_a_run_resumed_after_a_backtrack_decides_and_ends_as_the_uninterrupted_r
     assert [entry.get("backtracked_to") for entry in whole.history][:6] == [None, None, 1, None, None, 1]
     assert whole.decision["stopped_at"] == whole.decision["best_step"] == stops_at
     assert whole.decision["backtracks"] == (3 if stops_at == 8 else 2)
+    assert resumed.history == whole.history and resumed.decision == whole.decision
+    assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
+
+
+class TravelStopping(ScriptedStopping):
+    """The stopping rule measuring how far the real student's adapter has travelled from where the run began (the
+    rule's own ``start``, which a checkpoint keeps), in units of its first measured distance: +5 % on the budget's
+    text and 0.1 less familiarity per unit. A resumed run measures what the uninterrupted one did."""
+
+    def measure(self, model):
+        weights = trainable_weights(model)
+        travelled = 0.0 if self.start is None else float(
+            sum((weights[name] - start).pow(2).sum() for name, start in self.start[-1].items()).sqrt())
+        unit = next((entry["metrics"]["travelled"] for entry in self.history if entry["metrics"]["travelled"]),
+                    travelled) or 1.0
+        return {**metrics(0.95, 0.5 - 0.1 * travelled / unit, 10.0 * (1 + 0.05 * travelled / unit)),
+                "travelled": travelled}
+
+
+def test_a_run_resumed_after_a_line_search_keeps_and_returns_to_the_point_it_found(make_model, tokenizer,
+                                                                                   reinforced_path, tmp_path):
+    def train(output_dir, resume_from_checkpoint=None):
+        trainer = auto_student(make_model, tokenizer, reinforced_path, output_dir, max_steps=10,
+                               save_strategy="steps", save_steps=4)
+        # measured every 2 steps; the retain weight doubles once (step 2, over budget), then step 4 is over at the
+        # ceiling with nothing within budget yet: the line search
+        callback = TravelStopping(trainer, [], every_n_steps=2, max_retain_factor=2.0, line_search=LINE_SEARCH)
+        trainer.add_callback(callback)
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return callback, lora_weights(trainer.model)
+
+    whole, whole_weights = train(tmp_path / "whole")
+    saved = json.loads((tmp_path / "whole/checkpoint-4" / STATE_FILE).read_text())
+    best = saved["history"][saved["kept"]["best"][-1]]
+    assert (best["step"], 0 < best.get("scale", 1.0) < 1) == (4, True)  # the checkpoint keeps a searched point
+    assert saved["history"][-1]["retain_weight"] == 2.0
+    # after it, each backtrack goes back to that point (steps 6 and 8, both after the checkpoint)
+    trained = [(entry["step"], entry.get("backtracked_to")) for entry in whole.history if "scale" not in entry]
+    assert trained[:5] == [(0, None), (2, None), (4, 0), (6, 4), (8, 4)]
+    resumed, resumed_weights = train(tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "whole/checkpoint-4"))
     assert resumed.history == whole.history and resumed.decision == whole.decision
     assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
 
