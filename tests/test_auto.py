@@ -369,7 +369,8 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
     trainer.callback_handler = SimpleNamespace(callbacks=[])
     trainer.add_callback = trainer.callback_handler.callbacks.append
     args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
-                           retain_budget=0.03, neighbour_budget=0.1, budget_patience=1, budget_backtrack=True)
+                           retain_budget=0.03, neighbour_budget=0.1, budget_patience=1, budget_backtrack=True,
+                           budget_drop_cap=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
     assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
@@ -529,8 +530,34 @@ def test_a_backtrack_halves_the_trainers_own_learning_rate_schedule(make_model, 
     rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     linear = [1e-2 * (5 - step) / 5 for step in range(5)]  # the rate each step trains with, as the Trainer logs it
     expected = linear[:2] + [rate / 2 for rate in linear[2:]] if backtrack else linear
+    print([(e["step"], e["metrics"]["retain_perplexity"], e.get("backtracked_to"), e.get("dropped_cap"), e["learning_rate_factor"]) for e in callback.history])
     assert rates == pytest.approx(expected)
     assert (callback.history[2].get("backtracked_to") == 1) is backtrack
+
+
+@pytest.mark.parametrize("drop_cap", [True, False])
+def test_the_first_backtrack_drops_the_original_token_cap_and_keeps_the_rate(make_model, tokenizer, reinforced_path,
+                                                                              tmp_path, drop_cap):
+    trainer = auto_student(make_model, tokenizer, reinforced_path, tmp_path / "out", max_steps=6, save_strategy="no",
+                           target_mode="soft", original_cap_weight=1.0)
+    over, near = metrics(0.6, 0.2, 10.5), metrics(0.8, 0.3, 10.1)  # over budget at steps 2 and 4, at the ceiling
+    callback = ScriptedStopping(trainer, [metrics(0.95, 0.5, 10.0)] * 2 + [near, over, near, over, near, near],
+                                every_n_steps=1, max_retain_factor=1.0, drop_cap=drop_cap)
+    trainer.add_callback(callback)
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    linear = [1e-2 * (6 - step) / 6 for step in range(6)]  # the rate each step trains with, as the Trainer logs it
+    if drop_cap:  # step 2's backtrack drops the cap at the same rate; step 4's halves the rate
+        expected = linear[:4] + [rate / 2 for rate in linear[4:]]
+        summary = "2 times and dropped the original-token cap (step 2), then halved its learning rate once."
+    else:
+        expected = linear[:2] + [rate / 2 for rate in linear[2:4]] + [rate / 4 for rate in linear[4:]]
+        summary = "2 times and halved its learning rate 2 times."
+    assert rates == pytest.approx(expected)
+    assert trainer.cap_weight == (0.0 if drop_cap else 1.0)
+    assert [entry.get("dropped_cap", False) for entry in callback.history] == [False, False, drop_cap] + [False] * 4
+    assert callback.decision["dropped_cap_at"] == (2 if drop_cap else None)
+    assert summary in stopping_summary(callback.decision)
 
 
 class StepScriptedStopping(ScriptedStopping):
@@ -583,21 +610,22 @@ class TravelStopping(ScriptedStopping):
 
     def measure(self, model):
         weights = trainable_weights(model)
-        travelled = 0.0 if self.start is None else float(
-            sum((weights[name] - start).pow(2).sum() for name, start in self.start[-1].items()).sqrt())
+        travelled = 0.0 if self.start is None else float(  # summed in the model's order, whatever the start's
+            sum((weight - self.start[-1][name]).pow(2).sum() for name, weight in weights.items()).sqrt())
         unit = next((entry["metrics"]["travelled"] for entry in self.history if entry["metrics"]["travelled"]),
                     travelled) or 1.0
         return {**metrics(0.95, 0.5 - 0.1 * travelled / unit, 10.0 * (1 + 0.05 * travelled / unit)),
                 "travelled": travelled}
 
 
+@pytest.mark.parametrize("cap", [0.0, 1.0])
 def test_a_run_resumed_after_a_line_search_keeps_and_returns_to_the_point_it_found(make_model, tokenizer,
-                                                                                   reinforced_path, tmp_path):
+                                                                                   reinforced_path, tmp_path, cap):
     def train(output_dir, resume_from_checkpoint=None):
         trainer = auto_student(make_model, tokenizer, reinforced_path, output_dir, max_steps=10,
-                               save_strategy="steps", save_steps=4)
+                               save_strategy="steps", save_steps=4, target_mode="soft", original_cap_weight=cap)
         # measured every 2 steps; the retain weight doubles once (step 2, over budget), then step 4 is over at the
-        # ceiling with nothing within budget yet: the line search
+        # ceiling with nothing within budget yet: the line search (and, with a cap, the cap dropped)
         callback = TravelStopping(trainer, [], every_n_steps=2, max_retain_factor=2.0, line_search=LINE_SEARCH)
         trainer.add_callback(callback)
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
@@ -608,11 +636,13 @@ def test_a_run_resumed_after_a_line_search_keeps_and_returns_to_the_point_it_fou
     best = saved["history"][saved["kept"]["best"][-1]]
     assert (best["step"], 0 < best.get("scale", 1.0) < 1) == (4, True)  # the checkpoint keeps a searched point
     assert saved["history"][-1]["retain_weight"] == 2.0
-    # after it, each backtrack goes back to that point (steps 6 and 8, both after the checkpoint)
+    # after it, a backtrack goes back to that point (step 6, after the checkpoint); with a cap, step 4's dropped it
     trained = [(entry["step"], entry.get("backtracked_to")) for entry in whole.history if "scale" not in entry]
-    assert trained[:5] == [(0, None), (2, None), (4, 0), (6, 4), (8, 4)]
+    assert trained[:4] == [(0, None), (2, None), (4, 0), (6, 4)]
+    assert whole.decision["dropped_cap_at"] == (4 if cap else None) and whole.trainer.cap_weight == 0.0
     resumed, resumed_weights = train(tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "whole/checkpoint-4"))
     assert resumed.history == whole.history and resumed.decision == whole.decision
+    assert resumed.trainer.cap_weight == 0.0
     assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
 
 

@@ -526,3 +526,22 @@ def test_the_cap_depth_is_measured_from_the_base_reading_the_original_text(
     assert with_cap > without_cap + 1e-3  # the teacher puts some original tokens below the base: the cap pushes
     torch.testing.assert_close(loss(original_cap_weight=1.0, original_cap_depth=0.0), without_cap)
     torch.testing.assert_close(loss(original_cap_weight=1.0, original_cap_depth=1e6), with_cap)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("depth", [None, 1.0])
+def test_a_cap_dropped_by_the_stopping_rule_leaves_the_loss_without_it(make_model, reinforced_path, dataset, tmp_path,
+                                                                         chunked, depth):
+    """`alpha: auto`'s first backtrack sets the trainer's ``cap_weight`` to 0: from then on its loss is the one of a
+    trainer configured without the cap."""
+    batch = hand_collate([dataset[i] for i in range(4)])
+
+    def loss(drop=False, **config):
+        trainer = make_trainer(make_model, reinforced_path, dataset, tmp_path, target_mode="soft", alpha=20.0,
+                               chunked_student_loss=chunked, logits_chunk_size=5, **config)
+        trainer.cap_weight = 0.0 if drop else trainer.cap_weight
+        return trainer.compute_loss(trainer.model, batch).detach()
+
+    capped = dict(original_cap_weight=1.0, original_cap_depth=depth)
+    assert loss(**capped) > loss() + 1e-3
+    torch.testing.assert_close(loss(drop=True, **capped), loss())

@@ -252,6 +252,14 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "within budget ends on the same search from where it began to the measurement least over. False: "
                   "keep going from where it is."},
     )
+    budget_drop_cap: bool = field(
+        default=True,
+        metadata={"help": "alpha auto, with budget_backtrack and an original-token cap (original_cap_weight > 0): the "
+                  "first backtrack drops the cap (its weight to 0) instead of halving the learning rate; later "
+                  "ones halve the rate. The cap pushes down the forget text's unlikely tokens and with them those of "
+                  "text like it: on a pretrained model that read the target it costs ordinary text several times "
+                  "what the distillation to the generic targets does for the same forgetting. False: keep the cap."},
+    )
     auto_eval_steps: int = field(
         default=8,
         metadata={"help": "alpha auto: the student is measured against the targets every this many steps, or less "

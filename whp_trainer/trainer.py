@@ -196,6 +196,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
             logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         check_vocabulary(model, processing_class)
         self.init_retain_loss(retain_dataset, processing_class, args)
+        self.cap_weight = args.original_cap_weight  # alpha auto's stopping rule drops it when a budget is over
         peft_config, self.all_linear_lora = default_lora_targets(peft_config, model)
         model = prepare_unlearning_model(
             model, peft_config, reinforced_adapter, args.unlearn_adapter_name, args.reinforced_adapter_name
@@ -381,10 +382,10 @@ class UnlearnTrainer(RetainLoss, Trainer):
         soft = targets.is_floating_point()
         log_probs = torch.log_softmax((outputs.logits[rows, cols] if soft else outputs.logits).float(), dim=-1)
         loss = distillation_loss(log_probs, targets, num_items_in_batch)
-        if self.args.original_cap_weight and soft:
+        if self.cap_weight and soft:
             original = inputs["shift_labels"][rows, cols]
             cap = original_token_cap(log_probs, targets, original, num_items_in_batch, level)
-            loss = loss + self.args.original_cap_weight * cap
+            loss = loss + self.cap_weight * cap
         if soft:
             chosen = log_probs.gather(-1, inputs["shift_labels"][rows, cols].unsqueeze(-1)).squeeze(-1)
         else:
@@ -408,7 +409,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
                 num_items_in_batch,
                 chunk_size=self._chunk_size(head.out_features),
                 softcap=spec.softcap,
-                cap_weight=self.args.original_cap_weight,
+                cap_weight=self.cap_weight,
                 bias=head.bias,
                 scale=spec.scale,
                 cap_level=level,
@@ -422,7 +423,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
         """With ``original_cap_depth``: where the original-token cap stops at each loss position
         ([`cap_level`][whp_trainer.targets.cap_level]), from the base's log-probability of each original token on the
         original text (one more pass of the base); otherwise None (the cap goes down to the target's)."""
-        if self.args.original_cap_depth is None or not self.args.original_cap_weight:
+        if self.args.original_cap_depth is None or not self.cap_weight:
             return None
         original = inputs["shift_labels"][rows, cols]
         head = logits_head(peft_model)

@@ -306,6 +306,10 @@ def auto_markdown(auto: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
@@ -320,10 +324,13 @@ def stopping_summary(stopping: dict) -> str:
         kept = f"{weights}, the measurement least over its budgets"
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
     if stopping.get("backtracks"):
-        count = stopping["backtracks"]
+        count, dropped = stopping["backtracks"], stopping.get("dropped_cap_at")
+        halved = count - (dropped is not None)
+        changes = [f"dropped the original-token cap (step {dropped})"] if dropped is not None else []
+        changes += [f"halved its learning rate {times(halved)}"] if halved else []
         text += (" Over budget with the retain weight at its ceiling, it went back to its best measurement within "
                  "budget (when none was yet, towards where it began, to the furthest point measured within budget "
-                 f"on the way) and halved its learning rate {count} time{'s' if count > 1 else ''}.")
+                 f"on the way) {times(count)} and " + ", then ".join(changes) + ".")
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)
@@ -332,7 +339,7 @@ def stopping_summary(stopping: dict) -> str:
         text += f" **The targets were not reached**{shortfall}: this model remembers more of the target " \
                 "than the targets allow."
         if stopping.get("backtracks") and stopping["reason"].startswith(STEPS_RAN_OUT):
-            text += " The steps ran out at the halved learning rate: more epochs (`num_train_epochs`) give it room."
+            text += " The steps ran out after it went back: more epochs (`num_train_epochs`) give it room."
         return text
     return text + " **The targets were reached only over budget**: this model has lost more of what it should keep " \
                   "than the budgets allow."

@@ -46,7 +46,11 @@ class TargetStoppingCallback(TrainerCallback):
     With ``backtrack``, a measurement over budget with the retain weight at its ceiling (or with no retain loss)
     also puts the trainable weights back to the best measurement within budget so far, halves the learning rate
     and clears the optimizer's moments: the steps were too large for the budget (a backtracking line search), so
-    the run goes on from a point within budget with smaller ones. When no measurement was within budget yet, the
+    the run goes on from a point within budget with smaller ones. With ``drop_cap``, the first such backtrack of a
+    trainer with an original-token cap (``trainer.cap_weight``) drops the cap instead of halving the rate: the
+    cap pushes down the forget text's unlikely tokens, and with them those of text like it, at several times the
+    cost per unit forgotten of the distillation to the generic targets, which goes on at its rate. When no
+    measurement was within budget yet, the
     point is searched on the line from the weights the run began with to the current ones: ``line_search``
     measurements of a bisection (½ of the way, then ¾ or ¼, ...), the furthest within budget kept (the start when
     none is), so what the steps forgot within budget is not thrown away with what overran it. At its end the
@@ -58,12 +62,14 @@ class TargetStoppingCallback(TrainerCallback):
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
             one entry per measurement (a backtrack adds ``"backtracked_to"``, the step whose weights it went back
-            to or towards; a measurement of the line search has ``"scale"``, its fraction of the way from the
+            to or towards, and ``"dropped_cap"`` when it dropped the original-token cap rather than halving the
+            learning rate; a measurement of the line search has ``"scale"``, its fraction of the way from the
             weights the run began with to the step's own).
         decision: ``{"stopped_at", "best_step", "best_scale", "reason", "base", "best", "reached", "left",
-            "within_budget", "measured_every", "backtracks"}`` once training ended (``best_scale``: 1, or the
-            line search's fraction of the kept measurement; ``reached``: the kept measurement is at every target
-            within budget; ``left``: its shortfall per target; ``measured_every``: the steps between measurements).
+            "within_budget", "measured_every", "backtracks", "dropped_cap_at"}`` once training ended
+            (``best_scale``: 1, or the line search's fraction of the kept measurement; ``reached``: the kept
+            measurement is at every target within budget; ``left``: its shortfall per target; ``measured_every``:
+            the steps between measurements; ``dropped_cap_at``: the step whose backtrack dropped the cap, or None).
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class TargetStoppingCallback(TrainerCallback):
         budget_patience: int = 3,
         max_retain_factor: float = 4.0,
         backtrack: bool = True,
+        drop_cap: bool = True,
         line_search: int = LINE_SEARCH,
         batch_size: int = 16,
         max_length: int = 512,
@@ -106,7 +113,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.budget_patience = budget_patience
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
-        self.backtrack, self.line_search = backtrack, line_search
+        self.backtrack, self.drop_cap, self.line_search = backtrack, drop_cap, line_search
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -165,7 +172,7 @@ class TargetStoppingCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / WEIGHTS_FILE)
         state = {"history": self.history, "decision": self.decision, "base": self.base, "kept": facts,
-                 "kept_by": "index"}
+                 "kept_by": "index", "cap_weight": getattr(self.trainer, "cap_weight", None)}
         (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
     def load_from_checkpoint(self, folder: Path) -> None:
@@ -176,6 +183,8 @@ class TargetStoppingCallback(TrainerCallback):
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         tensors = load_file(folder / WEIGHTS_FILE)
         self.history, self.decision, self.base = state["history"], state["decision"], state["base"]
+        if state.get("cap_weight") is not None:  # the cap in use (a backtrack may have dropped it)
+            self.trainer.cap_weight = state["cap_weight"]
         for key, facts in state["kept"].items():
             weights = {name.split("/", 1)[1]: weight for name, weight in tensors.items() if name.startswith(f"{key}/")}
             if facts is not None and key != "start" and state.get("kept_by") != "index":  # an older whp_trainer's:
@@ -202,6 +211,8 @@ class TargetStoppingCallback(TrainerCallback):
                                           "reason": f"{STEPS_RAN_OUT} before the targets were reached"}
         self.decision["measured_every"] = self.interval
         self.decision["backtracks"] = self.backtracks
+        self.decision["dropped_cap_at"] = next((entry["step"] for entry in self.history if entry.get("dropped_cap")),
+                                               None)
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
                                  left=None, within_budget=None)
@@ -280,8 +291,8 @@ class TargetStoppingCallback(TrainerCallback):
 
     @property
     def learning_rate_factor(self) -> float:
-        """What the backtracks so far multiplied the learning rate by (each halves it)."""
-        return 0.5 ** self.backtracks
+        """What the backtracks so far multiplied the learning rate by (each halves it but one dropping the cap)."""
+        return 0.5 ** sum("backtracked_to" in entry and not entry.get("dropped_cap") for entry in self.history)
 
     def can_raise(self, retain_weight: float) -> bool:
         return bool(retain_weight) and retain_weight < self.retain_ceiling
@@ -293,9 +304,13 @@ class TargetStoppingCallback(TrainerCallback):
 
     def backtrack_to_best(self, model, state) -> None:
         """Put the trainable weights back to the best measurement within budget so far or, when none was, towards
-        those the run began with, to the furthest point of the line search within budget (else all the way); halve
-        the learning rate (the scheduler's base rates too, so its schedule goes on at half) and clear the
-        optimizer's moments, which point the way that overran the budget."""
+        those the run began with, to the furthest point of the line search within budget (else all the way); drop
+        the original-token cap (``drop_cap``, once) or else halve the learning rate (the scheduler's base rates too,
+        so its schedule goes on at half); clear the optimizer's moments, which point the way that overran the
+        budget."""
+        drop_cap = self.drop_cap and bool(getattr(self.trainer, "cap_weight", 0.0))
+        if drop_cap:
+            self.history[-1]["dropped_cap"] = True
         if self.best is not None:  # a point within budget with room: one on the budget's edge would leave every
             self.history[-1]["backtracked_to"] = self.history[self.best[1]]["step"]  # later step over it
             restore(model, self.best[2])
@@ -303,11 +318,13 @@ class TargetStoppingCallback(TrainerCallback):
             self.history[-1]["backtracked_to"] = self.start[0]
             self.search_within_budget(model, state.global_step, trainable_weights(model))
         optimizer, scheduler = getattr(self.trainer, "optimizer", None), getattr(self.trainer, "lr_scheduler", None)
-        if optimizer is not None:
-            if isinstance(getattr(optimizer, "state", None), dict):  # torch's optimizers (accelerate's wrapper too)
-                optimizer.state.clear()
-            for group in optimizer.param_groups:
-                group["lr"] /= 2
+        if optimizer is not None and isinstance(getattr(optimizer, "state", None), dict):  # torch's (accelerate's too)
+            optimizer.state.clear()
+        if drop_cap:
+            self.trainer.cap_weight = 0.0
+            return
+        for group in getattr(optimizer, "param_groups", []):
+            group["lr"] /= 2
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
