@@ -50,10 +50,10 @@ class TargetStoppingCallback(TrainerCallback):
     trainer with an original-token cap (``trainer.cap_weight``) drops the cap instead of halving the rate: the
     cap pushes down the forget text's unlikely tokens, and with them those of text like it, at several times the
     cost per unit forgotten of the distillation to the generic targets, which goes on at its rate. When no
-    measurement was within budget yet, the
-    point is searched on the line from the weights the run began with to the current ones: ``line_search``
-    measurements of a bisection (½ of the way, then ¾ or ¼, ...), the furthest within budget kept (the start when
-    none is), so what the steps forgot within budget is not thrown away with what overran it. At its end the
+    measurement was within budget yet, the point is searched on the line from the weights the run began with to
+    the current ones: ``line_search`` measurements of a bisection (½ of the way, then ¾ or ¼, ...), the furthest
+    within budget kept (the start when none is), so what the steps forgot within budget is not thrown away with
+    what overran it. At its end the
     student's trainable weights are put back to the measurement closest to the targets within budget (`rank`:
     least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after
     step 0 was within budget, to the one least over its budgets (each overrun in units of its budget) — with
