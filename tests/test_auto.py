@@ -697,11 +697,35 @@ def test_over_budget_with_nothing_within_it_yet_the_student_goes_back_only_as_fa
                 for entry in callback.history]
     assert measured[1:5] == [(2, None, False, 0), (2, 0.5, False, None), (2, 0.25, True, None),
                              (2, 0.375, False, None)]
-    # step 4 (+12.5 %) goes straight back to that point, the best within budget; step 6, the last, is over again
-    assert measured[5:] == [(4, None, False, 2), (6, None, False, None)]
+    # step 4 (+12.5 %) goes straight back to that point, the best within budget; step 6, the last, is over again;
+    # at the end the line from the best to step 4 (the closest to the targets over budget) holds no point within it
+    assert measured[5:] == [(4, None, False, 2), (6, None, False, None), (4, 0.5, False, None),
+                            (4, 0.25, False, None), (4, 0.125, False, None)]
     assert (callback.decision["best_step"], callback.decision["best_scale"]) == (2, 0.25)
     assert torch.allclose(first_lora_weight(model), callback.origin + 0.05)
     assert "a point 0.25 of the way from where it began to step 2's" in stopping_summary(callback.decision)
+
+
+def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_towards_the_closest_over(make_model):
+    model = trainable_model(make_model)
+    trainer = trainer_with_optimizer(model)
+    trainer.retain_weight = 0.0
+    # +1.8 % per step's worth: step 1 within budget (the best), steps 2 and 3 over (+3.6 %), each sent back to
+    # step 1; step 4, over again, spends the budget (three in a row)
+    callback = DistanceStopping(trainer, cost=0.018, every_n_steps=1)
+    stopped, _ = run_steps(callback, model, steps=10)
+    assert stopped == 4 and [entry.get("backtracked_to") for entry in callback.history[2:5]] == [1, 1, None]
+    # at the end, the line from step 1's weights to step 2's (closer to the targets, over budget) is bisected:
+    # 1/2 (+2.7 %) within, 3/4 (+3.15 %) over, 5/8 (+2.925 %) within, and kept
+    searched = [(entry["step"], entry["scale"], entry["from_step"], entry["within_budget"])
+                for entry in callback.history[5:]]
+    assert searched == [(2, 0.5, 1, True), (2, 0.75, 1, False), (2, 0.625, 1, True)]
+    decision = callback.decision
+    assert (decision["best_step"], decision["best_scale"], decision["best_from_step"]) == (2, 0.625, 1)
+    assert torch.allclose(first_lora_weight(model), callback.origin + 0.1625)
+    summary = stopping_summary(decision)
+    assert "a point 0.625 of the way from its best weights within budget before (step 1) to step 2's" in summary
+    assert "the one over budget closest to the targets" in decision["reason"]
 
 
 @pytest.mark.parametrize("backtrack", [True, False])
@@ -739,7 +763,7 @@ def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(ma
     callback.save_to_checkpoint(tmp_path)
     if not line_search:  # a checkpoint of an older whp_trainer, which kept its measurements by step
         state = json.loads((tmp_path / STATE_FILE).read_text())
-        del state["kept_by"]
+        del state["kept_by"], state["kept"]["closest_over"]
         for key in ("best", "least_over"):
             state["kept"][key] = state["kept"][key] and [*state["kept"][key][:-1],
                                                          callback.history[state["kept"][key][-1]]["step"]]
@@ -748,6 +772,11 @@ def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(ma
     loaded.load_from_checkpoint(tmp_path)
     assert loaded.history == callback.history and loaded.best[:2] == callback.best[:2]
     assert all(torch.equal(loaded.best[2][name], weight) for name, weight in callback.best[2].items())
+    if line_search:  # the measurement over budget closest to the targets, which the end's search goes towards
+        assert loaded.closest_over[:2] == callback.closest_over[:2] and all(
+            torch.equal(loaded.closest_over[2][name], weight) for name, weight in callback.closest_over[2].items())
+    else:  # an older whp_trainer kept none
+        assert callback.closest_over is not None and loaded.closest_over is None
 
 
 def test_a_strengthened_reinforcement_doubles_epochs_and_rate_and_stops_if_it_diverges(tmp_path, monkeypatch):

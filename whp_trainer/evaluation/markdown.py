@@ -313,9 +313,10 @@ def times(count: int) -> str:
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
-    step, scale = stopping["best_step"], stopping.get("best_scale", 1.0)
+    step, scale, origin = stopping["best_step"], stopping.get("best_scale", 1.0), stopping.get("best_from_step")
     weights = f"those of step {step}" if scale == 1 else \
-        f"a point {scale:g} of the way from where it began to step {step}'s"
+        f"a point {scale:g} of the way from where it began to step {step}'s" if origin is None else \
+        f"a point {scale:g} of the way from its best weights within budget before (step {origin}) to step {step}'s"
     if step is None:
         kept = "those it ended with (no measurement after step 0 to keep)"
     elif stopping.get("within_budget", True):

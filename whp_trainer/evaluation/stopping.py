@@ -26,7 +26,7 @@ STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in
 SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and DeepSpeed ZeRO-3 shard: train its "
                    "student with DDP or ZeRO-2, or give alpha a number")
 STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
-KEPT = ("best", "least_over", "start")  # the weights the rule can go back to, each with what it knew of them
+KEPT = ("best", "least_over", "start", "closest_over")  # the weights the rule can go back to or towards
 LINE_SEARCH = 3  # measurements of a bisection on the line from the start, when a backtrack has no best to go to
 
 
@@ -120,6 +120,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.base: dict[str, float] | None = None
         self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
+        self.closest_over: tuple[float, int, dict] | None = None  # over budget, least short: (shortfall, index, …)
         self.start: tuple[int, dict] | None = None  # (step, weights) this run began with (at step 0: the base's)
 
     def measure(self, model) -> dict[str, float]:
@@ -226,24 +227,29 @@ class TargetStoppingCallback(TrainerCallback):
                                             "it began to the one least over it")
             else:
                 self.decision["reason"] += ": it ends on the one least over it"
+        elif self.backtrack and self.closest_over is not None and self.closest_over[0] < self.best[0]:
+            self.search_towards_closest_over(model)
         shortfall, index, weights = self.best if self.best is not None else self.least_over[1:]
         restore(model, weights)
         kept = self.history[index]
         self.decision.update(best_step=kept["step"], best_scale=kept.get("scale", 1.0), best_shortfall=shortfall,
+                             best_from_step=kept.get("from_step"),
                              base=self.base, best=kept["metrics"], reached=shortfall == 0 and kept["within_budget"],
                              left=kept["shortfall"], within_budget=kept["within_budget"])
 
-    def _record(self, model, step: int, scale: float | None = None) -> dict:
-        """Measure ``model`` as it is now, append the measurement of ``step`` (with the line search's ``scale``) to
-        the history and keep its weights when it is the best within budget or (not a point of the line search)
-        the least over it; return it."""
+    def _record(self, model, step: int, scale: float | None = None, from_step: int | None = None) -> dict:
+        """Measure ``model`` as it is now, append the measurement of ``step`` (with the line search's ``scale`` and,
+        when its line does not begin where the run began, ``from_step``) to the history and keep its weights when it
+        is the best within budget or (not a point of the line search) the least over it or the closest to the
+        targets over it; return it."""
         with evaluation_mode(model):
             metrics = self.measure(model)
         left = self.targets.shortfalls(metrics, self.base, overshoot_counts=True)
         shortfall, within = sum(left.values()), self.within_budget(metrics)
         entry = {"step": step, "metrics": metrics, "shortfall": left, "within_budget": within,
                  "retain_weight": getattr(self.trainer, "retain_weight", 0.0),
-                 "learning_rate_factor": self.learning_rate_factor, **({} if scale is None else {"scale": scale})}
+                 "learning_rate_factor": self.learning_rate_factor, **({} if scale is None else {"scale": scale}),
+                 **({} if from_step is None else {"from_step": from_step})}
         self.history.append(entry)
         index = len(self.history) - 1
         if within and step > 0 and (self.best is None or  # step 0: the base
@@ -253,6 +259,9 @@ class TargetStoppingCallback(TrainerCallback):
         if not within and self.best is None and scale is None and (self.least_over is None or  # a trained one
                                                                    (overrun, shortfall) < self.least_over[:2]):
             self.least_over = (overrun, shortfall, index, trainable_weights(model))
+        if not within and step > 0 and scale is None and (self.closest_over is None or
+                                                          shortfall < self.closest_over[0]):
+            self.closest_over = (shortfall, index, trainable_weights(model))
         self._log(metrics, shortfall)
         return entry
 
@@ -329,21 +338,35 @@ class TargetStoppingCallback(TrainerCallback):
             scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
             scheduler._last_lr = [rate / 2 for rate in scheduler.get_last_lr()]  # what the Trainer logs next step
 
-    def search_within_budget(self, model, step: int, point: dict[str, torch.Tensor]) -> bool:
-        """On the line from the weights the run began with (within budget) to ``point`` (weights of ``step``, over
-        budget): bisect for the furthest point within budget in ``line_search`` measurements, each recorded as a
-        measurement of ``step``, and leave the model there (at the start when none was within it). Whether one was."""
-        start = self.start[-1]
+    def search_within_budget(self, model, step: int, point: dict[str, torch.Tensor], start: dict | None = None,
+                             from_step: int | None = None) -> bool:
+        """On the line from ``start`` (within budget; the weights the run began with unless given, else those of
+        ``from_step``) to ``point`` (weights of ``step``, over budget): bisect for the furthest point within budget
+        in ``line_search`` measurements, each recorded as a measurement of ``step``, and leave the model there (at
+        the start when none was within it). Whether one was."""
+        start = self.start[-1] if start is None else start
         within, over = 0.0, 1.0
         for _ in range(self.line_search):
             scale = (within + over) / 2
             restore(model, interpolated(start, point, scale))
-            if self._record(model, step, scale)["within_budget"]:
+            if self._record(model, step, scale, from_step)["within_budget"]:
                 within = scale
             else:
                 over = scale
         restore(model, interpolated(start, point, within))
         return within > 0
+
+    def search_towards_closest_over(self, model) -> None:
+        """At the end of a run short of its targets: the same bisection on the line from the best measurement within
+        budget to the measurement over budget closest to the targets (when it is closer than the best); a point
+        within budget closer to the targets than the best becomes the best."""
+        best = self.history[self.best[1]]
+        _, index, weights = self.closest_over
+        self.search_within_budget(model, self.history[index]["step"], weights, start=self.best[2],
+                                  from_step=best["step"])
+        if self.history[self.best[1]] is not best:
+            self.decision["reason"] += ("; it ends on a point of the line from its best measurement within budget to "
+                                        "the one over budget closest to the targets")
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
