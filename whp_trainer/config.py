@@ -249,8 +249,9 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "within budget that three measurements bisecting the line from where it began to where it is find, "
                   "else to where it began), halve the learning rate and clear the optimizer's moments (a "
                   "backtracking line search: the steps were too large for the budget); a run with no measurement "
-                  "within budget ends on the same search from where it began to the measurement least over. False: "
-                  "keep going from where it is."},
+                  "within budget ends on the same search from where it began to the measurement least over, and one "
+                  "short of its targets on the same search from its best to the measurement over budget closest to "
+                  "them. False: keep going from where it is."},
     )
     budget_drop_cap: bool = field(
         default=True,
