@@ -18,7 +18,7 @@ LAYERS = [
     ("anchors", {"dictionary", "anchors"}),
     ("batches and data", {"collator", "cache", "data"}),
     ("models", {"models", "loading", "chat", "toy"}),
-    ("settings and records", {"config", "runs", "record", "console"}),
+    ("settings and records", {"config", "runs", "record", "console", "verbosity"}),
     ("evaluation", {"evaluation"}),
     ("model card and publishing", {"hub"}),
     ("trainers and discovery", {"trainer", "reinforce", "discover"}),

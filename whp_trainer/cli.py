@@ -405,6 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
+    from .verbosity import quiet_library_loggers, verbose
+
+    if not verbose():
+        quiet_library_loggers()  # before the console's imports: some libraries log as they are imported
     from .console import setup_output
 
     setup_output()

@@ -6,7 +6,6 @@ with ``WHP_VERBOSE=1``.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import warnings
@@ -14,14 +13,9 @@ import warnings
 from tqdm.auto import tqdm
 from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
-VERBOSE_VARIABLE = "WHP_VERBOSE"
-THIRD_PARTY_LOGGERS = ("bitsandbytes", "transformers", "peft", "trl", "accelerate", "datasets", "torch", "DeepSpeed")
+from .verbosity import quiet_library_loggers, verbose
+
 RUN_STATISTICS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "epoch")
-
-
-def verbose() -> bool:
-    """Whether ``WHP_VERBOSE`` asks for everything the libraries print (any value but empty, 0, false, no)."""
-    return os.environ.get(VERBOSE_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def setup_output() -> None:
@@ -53,8 +47,7 @@ def quiet_third_parties() -> None:
     import datasets
     import transformers
 
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_library_loggers()
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(?!whp_trainer)")
     transformers.utils.logging.set_verbosity_error()
