@@ -728,6 +728,16 @@ def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_tow
     assert "the one over budget closest to the targets" in decision["reason"]
 
 
+def test_of_measurements_over_budget_equally_close_to_the_targets_the_least_over_is_searched_towards(make_model):
+    model = trainable_model(make_model)
+    # steps 2 and 3 are past the familiarity target, equally short of membership: +20 % and +4 % on the budget
+    script = [metrics(0.95, 0.5, 10.0)] * 2 + [metrics(0.9, 0.3, 10.2), metrics(0.8, 0.05, 12.0),
+                                               metrics(0.8, 0.05, 10.4)]
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, backtrack=False)
+    run_steps(callback, model, steps=3)
+    assert callback.history[callback.closest_over[2]]["step"] == 3
+
+
 @pytest.mark.parametrize("backtrack", [True, False])
 def test_a_run_never_within_budget_ends_on_the_furthest_point_within_it_on_the_way_to_the_least_over(make_model,
                                                                                                    backtrack):
@@ -773,8 +783,8 @@ def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(ma
     assert loaded.history == callback.history and loaded.best[:2] == callback.best[:2]
     assert all(torch.equal(loaded.best[2][name], weight) for name, weight in callback.best[2].items())
     if line_search:  # the measurement over budget closest to the targets, which the end's search goes towards
-        assert loaded.closest_over[:2] == callback.closest_over[:2] and all(
-            torch.equal(loaded.closest_over[2][name], weight) for name, weight in callback.closest_over[2].items())
+        assert loaded.closest_over[:3] == callback.closest_over[:3] and all(
+            torch.equal(loaded.closest_over[3][name], weight) for name, weight in callback.closest_over[3].items())
     else:  # an older whp_trainer kept none
         assert callback.closest_over is not None and loaded.closest_over is None
 

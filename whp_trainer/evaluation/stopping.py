@@ -120,7 +120,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.base: dict[str, float] | None = None
         self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
-        self.closest_over: tuple[float, int, dict] | None = None  # over budget, least short: (shortfall, index, …)
+        # over budget, the least short of the targets, then the least over: (shortfall, overrun, index, weights)
+        self.closest_over: tuple[float, float, int, dict] | None = None
         self.start: tuple[int, dict] | None = None  # (step, weights) this run began with (at step 0: the base's)
 
     def measure(self, model) -> dict[str, float]:
@@ -260,8 +261,8 @@ class TargetStoppingCallback(TrainerCallback):
                                                                    (overrun, shortfall) < self.least_over[:2]):
             self.least_over = (overrun, shortfall, index, trainable_weights(model))
         if not within and step > 0 and scale is None and (self.closest_over is None or
-                                                          shortfall < self.closest_over[0]):
-            self.closest_over = (shortfall, index, trainable_weights(model))
+                                                          (shortfall, overrun) < self.closest_over[:2]):
+            self.closest_over = (shortfall, overrun, index, trainable_weights(model))
         self._log(metrics, shortfall)
         return entry
 
@@ -358,10 +359,11 @@ class TargetStoppingCallback(TrainerCallback):
 
     def search_towards_closest_over(self, model) -> None:
         """At the end of a run short of its targets: the same bisection on the line from the best measurement within
-        budget to the measurement over budget closest to the targets (when it is closer than the best); a point
-        within budget closer to the targets than the best becomes the best."""
+        budget to the measurement over budget closest to the targets (when it is closer than the best; of those
+        equally close, the least over budget, towards which the line has the most room); a point within budget
+        closer to the targets than the best becomes the best."""
         best = self.history[self.best[1]]
-        _, index, weights = self.closest_over
+        _, _, index, weights = self.closest_over
         self.search_within_budget(model, self.history[index]["step"], weights, start=self.best[2],
                                   from_step=best["step"])
         if self.history[self.best[1]] is not best:
