@@ -370,7 +370,7 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
     trainer.add_callback = trainer.callback_handler.callbacks.append
     args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
                            retain_budget=0.03, neighbour_budget=0.1, budget_patience=1, budget_backtrack=True,
-                           budget_drop_cap=True)
+                           budget_drop_cap=True, budget_end_search=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
     assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
@@ -706,15 +706,21 @@ def test_over_budget_with_nothing_within_it_yet_the_student_goes_back_only_as_fa
     assert "a point 0.25 of the way from where it began to step 2's" in stopping_summary(callback.decision)
 
 
-def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_towards_the_closest_over(make_model):
+@pytest.mark.parametrize("end_search", [True, False])
+def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_towards_the_closest_over(make_model,
+                                                                                                      end_search):
     model = trainable_model(make_model)
     trainer = trainer_with_optimizer(model)
     trainer.retain_weight = 0.0
     # +1.8 % per step's worth: step 1 within budget (the best), steps 2 and 3 over (+3.6 %), each sent back to
     # step 1; step 4, over again, spends the budget (three in a row)
-    callback = DistanceStopping(trainer, cost=0.018, every_n_steps=1)
+    callback = DistanceStopping(trainer, cost=0.018, every_n_steps=1, end_search=end_search)
     stopped, _ = run_steps(callback, model, steps=10)
     assert stopped == 4 and [entry.get("backtracked_to") for entry in callback.history[2:5]] == [1, 1, None]
+    if not end_search:  # it ends on step 1, its best measurement
+        assert len(callback.history) == 5 and callback.decision["best_step"] == 1
+        assert torch.allclose(first_lora_weight(model), callback.origin + 0.1)
+        return
     # at the end, the line from step 1's weights to step 2's (closer to the targets, over budget) is bisected:
     # 1/2 (+2.7 %) within, 3/4 (+3.15 %) over, 5/8 (+2.925 %) within, and kept
     searched = [(entry["step"], entry["scale"], entry["from_step"], entry["within_budget"])

@@ -236,7 +236,7 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
         max_measurements=args.auto_max_measurements,
         retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,
         budget_patience=args.budget_patience, backtrack=args.budget_backtrack, drop_cap=args.budget_drop_cap,
-        max_length=args.max_length,
+        end_search=args.budget_end_search, max_length=args.max_length,
     )
     trainer.add_callback(callback)
     return callback

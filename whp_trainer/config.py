@@ -249,9 +249,16 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "within budget that three measurements bisecting the line from where it began to where it is find, "
                   "else to where it began), halve the learning rate and clear the optimizer's moments (a "
                   "backtracking line search: the steps were too large for the budget); a run with no measurement "
-                  "within budget ends on the same search from where it began to the measurement least over, and one "
-                  "short of its targets on the same search from its best to the measurement over budget closest to "
-                  "them. False: keep going from where it is."},
+                  "within budget ends on the same search from where it began to the measurement least over. False: "
+                  "keep going from where it is."},
+    )
+    budget_end_search: bool = field(
+        default=True,
+        metadata={"help": "alpha auto, with budget_backtrack: a run that ends short of its targets with a measurement "
+                  "over budget closer to them than its best bisects the line from its best weights to that "
+                  "measurement's (three measurements) and ends on the furthest point within budget when it is closer "
+                  "to the targets. It ends on the budget's edge: other text of the kind can read a little over the "
+                  "budget there. False: end on the best measurement."},
     )
     budget_drop_cap: bool = field(
         default=True,

@@ -57,7 +57,10 @@ class TargetStoppingCallback(TrainerCallback):
     student's trainable weights are put back to the measurement closest to the targets within budget (`rank`:
     least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after
     step 0 was within budget, to the one least over its budgets (each overrun in units of its budget) — with
-    ``backtrack``, after the same search on the line from the start to it — and the decision says so.
+    ``backtrack``, after the same search on the line from the start to it — and the decision says so. With
+    ``end_search`` (and ``backtrack``), a run short of its targets first searches the same way the line from its
+    best weights to those of the measurement over budget closest to the targets (of equals, the least over), and
+    ends on the furthest point within budget when it is closer to the targets than the best.
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
@@ -89,6 +92,7 @@ class TargetStoppingCallback(TrainerCallback):
         max_retain_factor: float = 4.0,
         backtrack: bool = True,
         drop_cap: bool = True,
+        end_search: bool = True,
         line_search: int = LINE_SEARCH,
         batch_size: int = 16,
         max_length: int = 512,
@@ -114,6 +118,7 @@ class TargetStoppingCallback(TrainerCallback):
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
         self.backtrack, self.drop_cap, self.line_search = backtrack, drop_cap, line_search
+        self.end_search = backtrack and end_search
         self.batch_size, self.max_length = batch_size, max_length
         self.history: list[dict] = []
         self.decision: dict | None = None
@@ -228,7 +233,7 @@ class TargetStoppingCallback(TrainerCallback):
                                             "it began to the one least over it")
             else:
                 self.decision["reason"] += ": it ends on the one least over it"
-        elif self.backtrack and self.closest_over is not None and self.closest_over[0] < self.best[0]:
+        elif self.end_search and self.closest_over is not None and self.closest_over[0] < self.best[0]:
             self.search_towards_closest_over(model)
         shortfall, index, weights = self.best if self.best is not None else self.least_over[1:]
         restore(model, weights)
