@@ -717,8 +717,8 @@ def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_tow
     callback = DistanceStopping(trainer, cost=0.018, every_n_steps=1, end_search=end_search)
     stopped, _ = run_steps(callback, model, steps=10)
     assert stopped == 4 and [entry.get("backtracked_to") for entry in callback.history[2:5]] == [1, 1, None]
-    if not end_search:  # it ends on step 1, its best measurement
-        assert len(callback.history) == 5 and callback.decision["best_step"] == 1
+    if not end_search:  # it ends on step 1, its best measurement, and kept no weights to search towards
+        assert len(callback.history) == 5 and callback.decision["best_step"] == 1 and callback.closest_over is None
         assert torch.allclose(first_lora_weight(model), callback.origin + 0.1)
         return
     # at the end, the line from step 1's weights to step 2's (closer to the targets, over budget) is bisected:
@@ -739,7 +739,7 @@ def test_of_measurements_over_budget_equally_close_to_the_targets_the_least_over
     # steps 2 and 3 are past the familiarity target, equally short of membership: +20 % and +4 % on the budget
     script = [metrics(0.95, 0.5, 10.0)] * 2 + [metrics(0.9, 0.3, 10.2), metrics(0.8, 0.05, 12.0),
                                                metrics(0.8, 0.05, 10.4)]
-    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, backtrack=False)
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)  # no line search: nothing measured
     run_steps(callback, model, steps=3)
     assert callback.history[callback.closest_over[2]]["step"] == 3
 

@@ -265,8 +265,8 @@ class TargetStoppingCallback(TrainerCallback):
         if not within and self.best is None and scale is None and (self.least_over is None or  # a trained one
                                                                    (overrun, shortfall) < self.least_over[:2]):
             self.least_over = (overrun, shortfall, index, trainable_weights(model))
-        if not within and step > 0 and scale is None and (self.closest_over is None or
-                                                          (shortfall, overrun) < self.closest_over[:2]):
+        if self.end_search and not within and step > 0 and scale is None and (
+                self.closest_over is None or (shortfall, overrun) < self.closest_over[:2]):
             self.closest_over = (shortfall, overrun, index, trainable_weights(model))
         self._log(metrics, shortfall)
         return entry
