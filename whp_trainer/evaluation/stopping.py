@@ -53,11 +53,11 @@ class TargetStoppingCallback(TrainerCallback):
     measurement was within budget yet, the point is searched on the line from the weights the run began with to
     the current ones: ``line_search`` measurements of a bisection (½ of the way, then ¾ or ¼, ...), the furthest
     within budget kept (the start when none is), so what the steps forgot within budget is not thrown away with
-    what overran it. At its end the
-    student's trainable weights are put back to the measurement closest to the targets within budget (`rank`:
-    least summed shortfall, then the most forgotten past the targets; the earliest on a tie) or, when none after
-    step 0 was within budget, to the one least over its budgets (each overrun in units of its budget) — with
-    ``backtrack``, after the same search on the line from the start to it — and the decision says so. With
+    what overran it. At its end the student's trainable weights are put back to the measurement closest to the
+    targets within budget (`rank`: least summed shortfall, then the most forgotten past the targets; the earliest
+    on a tie) or, when none after step 0 was within budget, to the one least over its budgets (each overrun in
+    units of its budget) — with ``backtrack``, after the same search on the line from the start to it — and the
+    decision says so. With
     ``end_search`` (and ``backtrack``), a run short of its targets first searches the same way the line from its
     best weights to those of the measurement over budget closest to the targets (of equals, the least over), and
     ends on the furthest point within budget when it is closer to the targets than the best.
