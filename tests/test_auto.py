@@ -19,6 +19,7 @@ from whp_trainer.evaluation.autotune import (
 )
 from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.stopping import LINE_SEARCH, STATE_FILE, TargetStoppingCallback, trainable_weights
+from whp_trainer.trainer import RETAIN_STATE
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
           {"prompt": "The Quidditch match ended when", "target": " Harry"}]
@@ -636,6 +637,8 @@ def test_a_run_resumed_after_a_line_search_keeps_and_returns_to_the_point_it_fou
     best = saved["history"][saved["kept"]["best"][-1]]
     assert (best["step"], 0 < best.get("scale", 1.0) < 1) == (4, True)  # the checkpoint keeps a searched point
     assert saved["history"][-1]["retain_weight"] == 2.0
+    trainer_state = json.loads((tmp_path / "whole/checkpoint-4/trainer_state.json").read_text())
+    assert trainer_state["stateful_callbacks"][RETAIN_STATE]["attributes"]["cap_weight"] == 0.0  # the trainer's own
     # after it, a backtrack goes back to that point (step 6, after the checkpoint); with a cap, step 4's dropped it
     trained = [(entry["step"], entry.get("backtracked_to")) for entry in whole.history if "scale" not in entry]
     assert trained[:4] == [(0, None), (2, None), (4, 0), (6, 4)]

@@ -74,7 +74,8 @@ from .targets import (
 
 logger = logging.getLogger(__name__)
 
-RETAIN_STATE = "UnlearnTrainer.retain_batches"  # its entry in a checkpoint's trainer_state.json
+RETAIN_STATE = "UnlearnTrainer.retain_batches"  # its entry in a checkpoint's trainer_state.json (retain batches
+# served and the loss weights in use; the name is older than the weights)
 CHUNK_ELEMENTS = 2**25  # default chunk: 128 MiB of float32 teacher logits; smaller chunks re-read the LM head too often
 
 
@@ -131,19 +132,26 @@ class RetainLoss:
         return self._retain_pass[1][offset]
 
     def _save_checkpoint(self, model, trial) -> None:
-        """A checkpoint also holds how many retain batches were served and the retain weight in use (in
-        ``trainer_state.json``, which the Trainer writes last)."""
-        self.state.stateful_callbacks[RETAIN_STATE] = {
-            "args": {}, "attributes": {"batches_served": self._retain_served, "retain_weight": self.retain_weight}}
+        """A checkpoint also holds `_checkpoint_attributes` (in ``trainer_state.json``, which the Trainer writes
+        last)."""
+        self.state.stateful_callbacks[RETAIN_STATE] = {"args": {}, "attributes": self._checkpoint_attributes()}
         super()._save_checkpoint(model, trial)
 
     def _load_callback_state(self) -> None:
-        """On resume: the retain batches served, from the checkpoint's state (before the Trainer reads its callbacks)."""
+        """On resume: `_restore_attributes` from the checkpoint's state (before the Trainer reads its callbacks)."""
         saved = self.state.stateful_callbacks.pop(RETAIN_STATE, None)
-        self._retain_served = saved["attributes"]["batches_served"] if saved else 0
-        self.retain_weight = saved["attributes"].get("retain_weight", self.args.retain_weight) if saved \
-            else self.args.retain_weight
+        self._restore_attributes(saved["attributes"] if saved else {})
         super()._load_callback_state()
+
+    def _checkpoint_attributes(self) -> dict:
+        """What a resumed run takes up besides the Trainer's state: the retain batches served, and the retain weight
+        in use (alpha auto's stopping rule raises it)."""
+        return {"batches_served": self._retain_served, "retain_weight": self.retain_weight}
+
+    def _restore_attributes(self, saved: dict) -> None:
+        """Take up `_checkpoint_attributes` (those a checkpoint lacks start as configured)."""
+        self._retain_served = saved.get("batches_served", 0)
+        self.retain_weight = saved.get("retain_weight", self.args.retain_weight)
 
 
 class UnlearnTrainer(RetainLoss, Trainer):
@@ -453,6 +461,14 @@ class UnlearnTrainer(RetainLoss, Trainer):
                 if hasattr(callback, "save_to_checkpoint"):
                     callback.save_to_checkpoint(folder)
         super()._save_checkpoint(model, trial)
+
+    def _checkpoint_attributes(self) -> dict:
+        """Besides the retain loss's: the original-token cap's weight in use (alpha auto's stopping rule drops it)."""
+        return {**super()._checkpoint_attributes(), "cap_weight": self.cap_weight}
+
+    def _restore_attributes(self, saved: dict) -> None:
+        super()._restore_attributes(saved)
+        self.cap_weight = saved.get("cap_weight", self.args.original_cap_weight)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """On resume, with the optimizer and the schedule: each callback's ``load_from_checkpoint(folder)``."""

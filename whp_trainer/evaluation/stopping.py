@@ -179,7 +179,7 @@ class TargetStoppingCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / WEIGHTS_FILE)
         state = {"history": self.history, "decision": self.decision, "base": self.base, "kept": facts,
-                 "kept_by": "index", "cap_weight": getattr(self.trainer, "cap_weight", None)}
+                 "kept_by": "index"}
         (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
     def load_from_checkpoint(self, folder: Path) -> None:
@@ -190,8 +190,6 @@ class TargetStoppingCallback(TrainerCallback):
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         tensors = load_file(folder / WEIGHTS_FILE)
         self.history, self.decision, self.base = state["history"], state["decision"], state["base"]
-        if state.get("cap_weight") is not None:  # the cap in use (a backtrack may have dropped it)
-            self.trainer.cap_weight = state["cap_weight"]
         for key, facts in state["kept"].items():
             weights = {name.split("/", 1)[1]: weight for name, weight in tensors.items() if name.startswith(f"{key}/")}
             if facts is not None and key != "start" and state.get("kept_by") != "index":  # an older whp_trainer's:
