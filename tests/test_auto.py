@@ -191,6 +191,7 @@ def test_the_student_stops_at_the_targets(make_model):
     assert stopped == 2 and callback.decision["reason"] == "every target is reached within budget"
     assert callback.decision["best_step"] == 2 and callback.decision["reached"]
     assert "not reached" not in stopping_summary(callback.decision)
+    assert "They reach every target" not in stopping_summary(callback.decision)  # the reason says so already
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
 
 
@@ -250,6 +251,15 @@ def test_when_no_measurement_is_within_budget_the_student_ends_on_the_one_least_
     assert callback.decision["best_shortfall"] == 0 and not callback.decision["reached"]
     summary = stopping_summary(callback.decision)
     assert "the measurement least over its budgets" in summary and "reached only over budget" in summary
+
+
+def test_a_run_stopped_by_a_budget_on_weights_that_reach_the_targets_says_they_do():
+    decision = {"stopped_at": 104, "reason": "a budget is spent at 3 measurements in a row (neighbour knowledge); it "
+                "ends on a point of the line from its best measurement within budget to the one over budget closest "
+                "to the targets", "best_step": 52, "best_scale": 0.875, "best_from_step": 26, "best_shortfall": 0.0,
+                "reached": True, "left": {"familiarity_token": 0.0}, "within_budget": True}
+    summary = stopping_summary(decision)
+    assert summary.endswith("They reach every target within budget.") and "not reached" not in summary
 
 
 def test_a_run_with_no_measurement_to_keep_says_so_and_names_no_step():

@@ -19,7 +19,7 @@ from .comparison import (
     split_attack,
     verdict,
 )
-from .stopping import STEPS_RAN_OUT
+from .stopping import STEPS_RAN_OUT, TARGETS_REACHED
 
 COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
 VERDICTS = ("above", "at", "below")
@@ -332,6 +332,8 @@ def stopping_summary(stopping: dict) -> str:
         text += (" Over budget with the retain weight at its ceiling, it went back to its best measurement within "
                  "budget (when none was yet, towards where it began, to the furthest point measured within budget "
                  f"on the way) {times(count)} and " + ", then ".join(changes) + ".")
+    if stopping.get("reached") and not stopping["reason"].startswith(TARGETS_REACHED):  # stopped by a budget
+        return text + " They reach every target within budget."
     if stopping.get("reached") is not False:
         return text
     left = ", ".join(f"`{key}` {value:.0%}" for key, value in (stopping.get("left") or {}).items() if value)

@@ -26,6 +26,7 @@ STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in
 SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and DeepSpeed ZeRO-3 shard: train its "
                    "student with DDP or ZeRO-2, or give alpha a number")
 STEPS_RAN_OUT = "the step budget ran out"  # the decision's reason when no rule stopped the run
+TARGETS_REACHED = "every target is reached within budget"  # the decision's reason when the targets stopped it
 KEPT = ("best", "least_over", "start", "closest_over")  # the weights the rule can go back to or towards
 LINE_SEARCH = 3  # measurements of a bisection on the line from the start, when a backtrack has no best to go to
 
@@ -283,7 +284,7 @@ class TargetStoppingCallback(TrainerCallback):
             self.decision = {"stopped_at": state.global_step, "reason": f"a budget is spent at {self.budget_patience} "
                              "measurements in a row (" + ", ".join(self.spent(metrics)) + ")"}
         elif self.decision is None and within and shortfall == 0 and state.global_step > 0:
-            self.decision = {"stopped_at": state.global_step, "reason": "every target is reached within budget"}
+            self.decision = {"stopped_at": state.global_step, "reason": TARGETS_REACHED}
         if self.decision is not None:
             control.should_training_stop = True
         elif not within and self.can_raise(self.history[-1]["retain_weight"]):
