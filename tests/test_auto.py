@@ -711,9 +711,11 @@ def test_over_budget_with_nothing_within_it_yet_the_student_goes_back_only_as_fa
     assert measured[1:5] == [(2, None, False, 0), (2, 0.5, False, None), (2, 0.25, True, None),
                              (2, 0.375, False, None)]
     # step 4 (+12.5 %) goes straight back to that point, the best within budget; step 6, the last, is over again;
-    # at the end the line from the best to step 4 (the closest to the targets over budget) holds no point within it
+    # at the end the line from the best to step 4 (the closest to the targets over budget) holds no point within it,
+    # and the line from the start to step 4 none further than the best (1/8 of it: +1.6 %)
     assert measured[5:] == [(4, None, False, 2), (6, None, False, None), (4, 0.5, False, None),
-                            (4, 0.25, False, None), (4, 0.125, False, None)]
+                            (4, 0.25, False, None), (4, 0.125, False, None),
+                            (4, 0.5, False, None), (4, 0.25, False, None), (4, 0.125, True, None)]
     assert (callback.decision["best_step"], callback.decision["best_scale"]) == (2, 0.25)
     assert torch.allclose(first_lora_weight(model), callback.origin + 0.05)
     assert "a point 0.25 of the way from where it began to step 2's" in stopping_summary(callback.decision)
@@ -735,16 +737,58 @@ def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_tow
         assert torch.allclose(first_lora_weight(model), callback.origin + 0.1)
         return
     # at the end, the line from step 1's weights to step 2's (closer to the targets, over budget) is bisected:
-    # 1/2 (+2.7 %) within, 3/4 (+3.15 %) over, 5/8 (+2.925 %) within, and kept
-    searched = [(entry["step"], entry["scale"], entry["from_step"], entry["within_budget"])
+    # 1/2 (+2.7 %) within, 3/4 (+3.15 %) over, 5/8 (+2.925 %) within; still short of membership, the line from
+    # the start to step 2's too: 1/2 (+1.8 %) and 3/4 (+2.7 %) within, 7/8 (+3.15 %) over; the first's 5/8 is kept
+    searched = [(entry["step"], entry["scale"], entry.get("from_step"), entry["within_budget"])
                 for entry in callback.history[5:]]
-    assert searched == [(2, 0.5, 1, True), (2, 0.75, 1, False), (2, 0.625, 1, True)]
+    assert searched == [(2, 0.5, 1, True), (2, 0.75, 1, False), (2, 0.625, 1, True),
+                        (2, 0.5, None, True), (2, 0.75, None, True), (2, 0.875, None, False)]
     decision = callback.decision
     assert (decision["best_step"], decision["best_scale"], decision["best_from_step"]) == (2, 0.625, 1)
     assert torch.allclose(first_lora_weight(model), callback.origin + 0.1625)
     summary = stopping_summary(decision)
     assert "a point 0.625 of the way from its best weights within budget before (step 1) to step 2's" in summary
     assert "the one over budget closest to the targets" in decision["reason"]
+
+
+class PlaneStopping(ScriptedStopping):
+    """The stopping rule reading two of the adapter's weights, moved from where they began by ``(x, y)``:
+    familiarity falls with ``x``; the budget's perplexity rises by 3 % per unit of ``y + x / 2``."""
+
+    def __init__(self, trainer, **kwargs):
+        super().__init__(trainer, [], line_search=LINE_SEARCH, **kwargs)
+        self.origin = None
+
+    def measure(self, model):
+        weight = first_lora_weight(model).detach().flatten()[:2].clone()
+        self.origin = weight if self.origin is None else self.origin
+        x, y = (weight - self.origin).tolist()
+        return metrics(0.95, 0.5 - 0.2 * x, 10.0 * (1 + 0.03 * (y + x / 2)))
+
+
+def test_a_best_on_the_budgets_edge_leaves_the_last_search_the_line_from_where_the_run_began(make_model):
+    model = trainable_model(make_model)
+    callback = PlaneStopping(fake_trainer(model), every_n_steps=1)
+    state, control = SimpleNamespace(global_step=0, max_steps=2), SimpleNamespace(should_training_stop=False)
+    callback.on_train_begin(None, state, control)
+    for step, (x, y) in enumerate([(0.2, 0.8), (1.8, -0.6)], start=1):  # to (0.2, 0.8): +2.7 %; (2, 0.2): +3.6 %
+        with torch.no_grad():
+            first_lora_weight(model).view(-1)[:2] += torch.tensor([x, y])
+        state.global_step = step
+        callback.on_step_end(None, state, control)
+    callback.on_train_end(None, state, control)
+    searched = [(entry["scale"], entry.get("from_step"), entry["within_budget"]) for entry in callback.history[3:]]
+    # from step 1 (on the edge) towards step 2: within only up to 1/3 of the way (1/4 kept there, x 0.65); from
+    # the start: up to 5/6 (3/4 kept, x 1.5: the least familiarity)
+    assert searched == [(0.5, 1, False), (0.25, 1, True), (0.375, 1, False),
+                        (0.5, None, True), (0.75, None, True), (0.875, None, False)]
+    decision = callback.decision
+    assert (decision["best_step"], decision["best_scale"], decision["best_from_step"]) == (2, 0.75, None)
+    moved = (first_lora_weight(model).detach().flatten()[:2] - callback.origin).tolist()
+    assert moved == pytest.approx([1.5, 0.15])
+    assert decision["reason"].endswith("it ends on a point of the line from where it began to the one over budget "
+                                       "closest to the targets")
+    assert "a point 0.75 of the way from where it began to step 2's" in stopping_summary(decision)
 
 
 def test_of_measurements_over_budget_equally_close_to_the_targets_the_least_over_is_searched_towards(make_model):

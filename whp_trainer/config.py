@@ -256,9 +256,10 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=True,
         metadata={"help": "alpha auto, with budget_backtrack: a run that ends short of its targets with a measurement "
                   "over budget closer to them than its best bisects the line from its best weights to that "
-                  "measurement's (three measurements) and ends on the furthest point within budget when it is closer "
-                  "to the targets. It ends on the budget's edge: other text of the kind can read a little over the "
-                  "budget there. False: end on the best measurement."},
+                  "measurement's (three measurements), then, still short, the line from where the run began to it "
+                  "(three more), and ends on the point within budget closest to the targets. It ends on the "
+                  "budget's edge: other text of the kind can read over the budget there. False: end on the best "
+                  "measurement."},
     )
     budget_drop_cap: bool = field(
         default=True,

@@ -364,15 +364,21 @@ class TargetStoppingCallback(TrainerCallback):
     def search_towards_closest_over(self, model) -> None:
         """At the end of a run short of its targets: the same bisection on the line from the best measurement within
         budget to the measurement over budget closest to the targets (when it is closer than the best; of those
-        equally close, the least over budget, towards which the line has the most room); a point within budget
-        closer to the targets than the best becomes the best."""
+        equally close, the least over budget, towards which the line has the most room), then, when still short, on
+        the line from where the run began to it (a best on the budget's edge leaves its own line no room; the start
+        has the whole budget); a point within budget closer to the targets than the best becomes the best."""
         best = self.history[self.best[1]]
         _, _, index, weights = self.closest_over
-        self.search_within_budget(model, self.history[index]["step"], weights, start=self.best[2],
-                                  from_step=best["step"])
-        if self.history[self.best[1]] is not best:
-            self.decision["reason"] += ("; it ends on a point of the line from its best measurement within budget to "
-                                        "the one over budget closest to the targets")
+        step = self.history[index]["step"]
+        self.search_within_budget(model, step, weights, start=self.best[2], from_step=best["step"])
+        on_start_line = best["step"] == step and "scale" in best and best.get("from_step") is None  # searched already
+        if self.best[0] > 0 and not on_start_line:
+            self.search_within_budget(model, step, weights)
+        kept = self.history[self.best[1]]
+        if kept is not best:
+            origin = "its best measurement within budget" if kept.get("from_step") is not None else "where it began"
+            self.decision["reason"] += (f"; it ends on a point of the line from {origin} to the one over budget "
+                                        "closest to the targets")
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
