@@ -58,10 +58,10 @@ class TargetStoppingCallback(TrainerCallback):
     targets within budget (`rank`: least summed shortfall, then the most forgotten past the targets; the earliest
     on a tie) or, when none after step 0 was within budget, to the one least over its budgets (each overrun in
     units of its budget) — with ``backtrack``, after the same search on the line from the start to it — and the
-    decision says so. With
-    ``end_search`` (and ``backtrack``), a run short of its targets first searches the same way the line from its
-    best weights to those of the measurement over budget closest to the targets (of equals, the least over), and
-    ends on the furthest point within budget when it is closer to the targets than the best.
+    decision says so. With ``end_search`` (and ``backtrack``), a run short of its targets first searches the same
+    way the line from its best weights to those of the measurement over budget closest to the targets (of equals,
+    the least over), then, still short, the line from the weights it began with to them, and ends on the point
+    within budget closest to the targets when it is closer than the best (`search_towards_closest_over`).
 
     Attributes:
         history: ``[{"step", "metrics", "shortfall", "within_budget", "retain_weight", "learning_rate_factor"}]``,
