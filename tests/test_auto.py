@@ -18,7 +18,10 @@ from whp_trainer.evaluation.autotune import (
     Targets, choose_alpha, familiarity_reference, reference_and_tolerance, teacher_sweep, translated_probes,
 )
 from whp_trainer.evaluation.markdown import stopping_summary
-from whp_trainer.evaluation.stopping import LINE_SEARCH, STATE_FILE, TargetStoppingCallback, trainable_weights
+from whp_trainer.evaluation.retain import perplexity_of
+from whp_trainer.evaluation.stopping import (
+    LINE_SEARCH, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, perplexity_bound, trainable_weights,
+)
 from whp_trainer.trainer import RETAIN_STATE
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
@@ -380,7 +383,8 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
     trainer.callback_handler = SimpleNamespace(callbacks=[])
     trainer.add_callback = trainer.callback_handler.callbacks.append
     args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
-                           retain_budget=0.03, neighbour_budget=0.1, budget_patience=1, budget_backtrack=True,
+                           retain_budget=0.03, neighbour_budget=0.1, budget_confidence=0.95, budget_patience=1,
+                           budget_backtrack=True,
                            budget_drop_cap=True, budget_end_search=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
@@ -457,6 +461,56 @@ def test_a_budget_is_spent_only_once_the_retain_weight_is_at_its_ceiling(make_mo
     stopped, _ = run_steps(callback, model, steps=10)
     assert stopped == 4 and trainer.retain_weight == 4.0  # steps 1, 2 raise it (1 → 2 → 4); 3 and 4 count
     assert callback.decision["reason"].startswith("a budget is spent at 2 measurements in a row")
+
+
+@pytest.mark.parametrize("confidence, coverage", [(0.95, (0.92, 0.98)), (0.5, (0.42, 0.58))])
+def test_the_budgets_bound_covers_the_change_on_text_of_the_kind_at_its_confidence(confidence, coverage):
+    """Text of the kind: 2,000 blocks whose per-token change against the base varies from block to block; the rule
+    reads 64 of them. The bound of a sample is at least the whole text's change as often as its confidence says."""
+    from random import Random
+    from statistics import NormalDist
+
+    rng = Random(0)
+    counts = [rng.randint(60, 128) for _ in range(2000)]
+    base = [(rng.uniform(2.5, 4.5) * count, count) for count in counts]
+    student = [(nll + rng.gauss(0.02, 0.08) * count, count) for nll, count in base]
+    change = perplexity_of(student) / perplexity_of(base)
+    z, covered = NormalDist().inv_cdf(confidence), 0
+    for _ in range(600):
+        drawn = rng.sample(range(len(base)), 64)
+        sample, sample_base = [student[i] for i in drawn], [base[i] for i in drawn]
+        covered += perplexity_bound(sample, sample_base, z) / perplexity_of(sample_base) >= change
+    assert coverage[0] <= covered / 600 <= coverage[1]
+
+
+def test_the_perplexity_budget_holds_the_bound_not_the_samples_reading(make_model, tokenizer):
+    model = trainable_model(make_model)
+    texts = CORPUS * 3
+    trainer = SimpleNamespace(**{**vars(fake_trainer(model)), "processing_class": tokenizer})
+    callback = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, texts,
+                                      max_length=8)
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=10), SimpleNamespace())
+    assert callback.base[RETAIN_BOUND] == callback.base["retain_perplexity"]  # the base against itself
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+    measured = callback.measure(model)
+    reading, bound = measured["retain_perplexity"], measured[RETAIN_BOUND]
+    assert reading == pytest.approx(perplexity(model, tokenizer, texts, max_length=8))
+    assert bound > reading != callback.base["retain_perplexity"]
+    callback.retain_budget = (reading + bound) / 2 / callback.base["retain_perplexity"] - 1
+    assert not callback.within_budget(measured)  # the sample reads within the budget, its bound does not
+    assert f"bound {bound:.4g}" in callback.spent(measured)[0]
+    # a rule resumed from a checkpoint (the base's measurement loaded, not its blocks) reads the same bound
+    resumed = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, texts, max_length=8)
+    resumed.base = callback.base
+    assert resumed.measure(model) == pytest.approx(measured)
+    at_half = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, texts, max_length=8,
+                                     budget_confidence=0.5, retain_budget=callback.retain_budget)
+    at_half.base = callback.base
+    assert at_half.measure(model)[RETAIN_BOUND] == pytest.approx(reading)
+    assert at_half.within_budget(at_half.measure(model))  # 0.5: the sample's reading itself
 
 
 def trainer_with_optimizer(model, learning_rate=1e-3):

@@ -235,6 +235,7 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
         inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, every_n_steps=args.auto_eval_steps,
         max_measurements=args.auto_max_measurements,
         retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,
+        budget_confidence=args.budget_confidence,
         budget_patience=args.budget_patience, backtrack=args.budget_backtrack, drop_cap=args.budget_drop_cap,
         end_search=args.budget_end_search, max_length=args.max_length,
     )

@@ -231,6 +231,13 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "alpha auto: the student stops once retain perplexity rises more than this share above "
                   "the base's (0.03: 3 percent)."},
     )
+    budget_confidence: float = field(
+        default=0.95,
+        metadata={"help": "alpha auto: retain perplexity counts as within retain_budget only when the upper end of its "
+                  "one-sided confidence interval at this level is: the stopping rule reads a sample of the budget's "
+                  "text, and the budget is for text of that kind it did not read (the interval comes from the "
+                  "per-block change against the base; varied text widens it). 0.5: the sample's reading itself."},
+    )
     neighbour_budget: float = field(
         default=0.1,
         metadata={"help": "alpha auto: with a neighbour-knowledge measure, the student stops once the mean answer "
@@ -461,6 +468,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
             raise ValueError("UnlearnConfig.auto_reinforce_rounds must be >= 0 and auto_reinforce_factor > 1")
         if self.teacher_budget <= 0:
             raise ValueError(f"UnlearnConfig.teacher_budget={self.teacher_budget}: must be > 0")
+        if not 0.5 <= self.budget_confidence < 1:
+            raise ValueError(f"UnlearnConfig.budget_confidence={self.budget_confidence}: must be >= 0.5 and < 1")
         if self.budget_patience < 1:
             raise ValueError(f"UnlearnConfig.budget_patience={self.budget_patience}: must be >= 1")
         if self.auto_eval_steps < 1:

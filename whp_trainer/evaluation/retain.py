@@ -20,18 +20,30 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_
     own, so every token is predicted from the tokens before it in its block. Token-weighted: long texts count more than
     short ones.
     """
+    return perplexity_of(block_nlls(model, tokenizer, texts, max_length, batch_size))
+
+
+def perplexity_of(blocks: list[tuple[float, int]]) -> float:
+    """The perplexity of blocks given as `block_nlls` gives them."""
+    return math.exp(sum(nll for nll, _ in blocks) / sum(count for _, count in blocks))
+
+
+def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512,
+               batch_size: int = 8) -> list[tuple[float, int]]:
+    """Per block of ``texts`` (cut as `perplexity` cuts them, in an order that depends on the texts alone): the summed
+    negative log-likelihood of its predicted tokens and their count."""
     blocks = sorted(split_into_blocks(list(texts), tokenizer, max_length), key=len)  # similar lengths pad less
     if not blocks:
         raise ValueError("perplexity: no text of at least 2 tokens")
     pad_id = pad_token_id(tokenizer)
-    total, count = 0.0, 0
+    results = []
     with evaluation_mode(model):
         for start in range(0, len(blocks), batch_size):
             batch = padded_batch(blocks[start : start + batch_size], pad_id, device=model.device)
-            labels = batch.pop("labels")
-            nll, tokens = summed_nll(model(**batch).logits, labels)
-            total, count = total + nll, count + tokens
-    return math.exp(total / count)
+            labels = batch.pop("labels")[:, 1:]
+            nll = F.cross_entropy(model(**batch).logits[:, :-1].transpose(1, 2).float(), labels, reduction="none")
+            results += zip(nll.sum(dim=1).tolist(), (labels != -100).sum(dim=1).tolist())
+    return results
 
 
 def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:

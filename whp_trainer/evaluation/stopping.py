@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from statistics import NormalDist
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,8 +20,9 @@ from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
 from .callback import LOG_PREFIX
 from .familiarity import evaluation_mode, token_familiarity
 from .membership import membership_auc
-from .retain import perplexity
+from .retain import block_nlls, perplexity_of
 
+RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
 SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and DeepSpeed ZeRO-3 shard: train its "
@@ -37,8 +39,10 @@ class TargetStoppingCallback(TrainerCallback):
     ``every_n_steps``, twice that, ... before its first such measurement), measure the
     student on the signals of ``targets`` (token familiarity on ``probes``, entity probability on
     ``first_mentions``, membership AUC of ``membership_texts``) and on the budgets (perplexity of ``retain_texts``
-    at most ``retain_budget`` above the base's; with ``neighbour_knowledge``, a callable ``model -> mean answer
-    log-likelihood in nats``, at most ``neighbour_budget`` nats below the base's). Training stops when every target
+    at most ``retain_budget`` above the base's, read as the upper end of its one-sided ``budget_confidence``
+    interval: ``retain_texts`` are a sample of the text the budget is for; with ``neighbour_knowledge``, a callable
+    ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget`` nats below the base's). Training
+    stops when every target
     is reached within budget, or when a budget is spent: over it at ``budget_patience`` measurements in a row (early
     steps often overshoot a budget that the retain loss then brings back). Each measurement over budget doubles the
     trainer's retain weight (``trainer.retain_weight``, when it has a retain loss), up to ``max_retain_factor``
@@ -89,6 +93,7 @@ class TargetStoppingCallback(TrainerCallback):
         max_measurements: int | None = None,
         retain_budget: float = 0.03,
         neighbour_budget: float = 0.1,
+        budget_confidence: float = 0.95,
         budget_patience: int = 3,
         max_retain_factor: float = 4.0,
         backtrack: bool = True,
@@ -104,6 +109,8 @@ class TargetStoppingCallback(TrainerCallback):
             raise ValueError(f"max_measurements={max_measurements}: must be at least 0 (0 or None: no limit)")
         if budget_patience < 1:
             raise ValueError(f"budget_patience={budget_patience}: must be at least 1")
+        if not 0.5 <= budget_confidence < 1:
+            raise ValueError(f"budget_confidence={budget_confidence}: must be at least 0.5 and below 1")
         if not retain_texts:
             raise ValueError("TargetStoppingCallback needs retain texts: their perplexity is the budget")
         if getattr(trainer, "is_fsdp_enabled", False) or is_deepspeed_zero3_enabled():
@@ -116,6 +123,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.interval = every_n_steps  # set from the run's length when training begins
         self.retain_budget, self.neighbour_budget = retain_budget, neighbour_budget
         self.budget_patience = budget_patience
+        self.budget_confidence, self.z = budget_confidence, NormalDist().inv_cdf(budget_confidence)
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
         self.backtrack, self.drop_cap, self.line_search = backtrack, drop_cap, line_search
@@ -124,6 +132,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.history: list[dict] = []
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
+        self.base_blocks: list[tuple[float, int]] | None = None  # the base's `block_nlls` of the retain texts
         self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
         # over budget, the least short of the targets, then the least over: (shortfall, overrun, index, weights)
@@ -133,7 +142,10 @@ class TargetStoppingCallback(TrainerCallback):
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter)."""
         tokenizer, batch = self.trainer.processing_class, self.batch_size
-        metrics = {RETAIN: perplexity(model, tokenizer, self.retain_texts, self.max_length, batch)}
+        blocks = block_nlls(model, tokenizer, self.retain_texts, self.max_length, batch)
+        if self.base_blocks is None:  # the base's own measurement, or the first after resuming from a checkpoint
+            self.base_blocks = blocks if self.base is None else self.base_retain_blocks(model)
+        metrics = {RETAIN: perplexity_of(blocks), RETAIN_BOUND: perplexity_bound(blocks, self.base_blocks, self.z)}
         if self.probes:
             metrics[FAMILIARITY] = token_familiarity(model, tokenizer, self.probes, batch)
         if self.first_mentions:
@@ -152,8 +164,18 @@ class TargetStoppingCallback(TrainerCallback):
             return self.every_n_steps
         return max(self.every_n_steps, math.ceil(max_steps / self.max_measurements))
 
+    def base_retain_blocks(self, model) -> list[tuple[float, int]]:
+        """The base's `block_nlls` of the retain texts: the same model each time, so not kept in a checkpoint."""
+        with using_adapter(model, BASELINE):
+            return block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length,
+                              self.batch_size)
+
+    def retain_reading(self, metrics: dict) -> float:
+        """The retain perplexity the budget is held to: its bound (a measurement of an older whp_trainer has none)."""
+        return metrics.get(RETAIN_BOUND, metrics[RETAIN])
+
     def within_budget(self, metrics: dict) -> bool:
-        if metrics[RETAIN] > self.base[RETAIN] * (1 + self.retain_budget):
+        if self.retain_reading(metrics) > self.base[RETAIN] * (1 + self.retain_budget):
             return False
         return NEIGHBOUR not in metrics or self.base[NEIGHBOUR] - metrics[NEIGHBOUR] <= self.neighbour_budget
 
@@ -382,7 +404,7 @@ class TargetStoppingCallback(TrainerCallback):
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
-        over = max(0.0, metrics[RETAIN] / self.base[RETAIN] - 1 - self.retain_budget) / self.retain_budget
+        over = max(0.0, self.retain_reading(metrics) / self.base[RETAIN] - 1 - self.retain_budget) / self.retain_budget
         if NEIGHBOUR in metrics:
             drop = self.base[NEIGHBOUR] - metrics[NEIGHBOUR]
             over += max(0.0, drop - self.neighbour_budget) / self.neighbour_budget
@@ -390,8 +412,10 @@ class TargetStoppingCallback(TrainerCallback):
 
     def spent(self, metrics: dict) -> list[str]:
         spent = []
-        if metrics[RETAIN] > self.base[RETAIN] * (1 + self.retain_budget):
-            spent.append(f"retain perplexity {metrics[RETAIN]:.4g} > base {self.base[RETAIN]:.4g} "
+        reading = self.retain_reading(metrics)
+        if reading > self.base[RETAIN] * (1 + self.retain_budget):
+            bound = f" (its {self.budget_confidence:.0%} bound {reading:.4g})" if RETAIN_BOUND in metrics else ""
+            spent.append(f"retain perplexity {metrics[RETAIN]:.4g}{bound} > base {self.base[RETAIN]:.4g} "
                          f"+{self.retain_budget:.0%}")
         if NEIGHBOUR in metrics and self.base[NEIGHBOUR] - metrics[NEIGHBOUR] > self.neighbour_budget:
             spent.append(f"neighbour knowledge {metrics[NEIGHBOUR]:.3f} < base {self.base[NEIGHBOUR]:.3f} "
@@ -405,6 +429,20 @@ class TargetStoppingCallback(TrainerCallback):
                           f"{LOG_PREFIX}auto_shortfall": shortfall,
                           f"{LOG_PREFIX}auto_retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         self.trainer.control.should_log = should_log
+
+
+def perplexity_bound(blocks: list[tuple[float, int]], base_blocks: list[tuple[float, int]], z: float) -> float:
+    """The upper end of a one-sided confidence interval (``z`` standard errors) of the perplexity of text of the kind
+    ``blocks`` were drawn from (`block_nlls` of a model and, in the same order, of the base): the base's perplexity
+    times exp of the mean per-token change against the base's same blocks plus ``z`` standard errors of that mean (a
+    ratio estimator over the blocks). A sample of varied text reads the change less surely: the bound is further
+    above the sample's own reading."""
+    changes = [nll - base for (nll, _), (base, _) in zip(blocks, base_blocks, strict=True)]
+    counts = [count for _, count in blocks]
+    total, mean = sum(counts), sum(changes) / sum(counts)
+    spread = sum((change - mean * count) ** 2 for change, count in zip(changes, counts))
+    error = math.sqrt(spread * len(counts) / (len(counts) - 1)) / total if len(counts) > 1 else 0.0
+    return perplexity_of(base_blocks) * math.exp(mean + z * error)
 
 
 def restore(model, weights: dict[str, torch.Tensor]) -> None:
