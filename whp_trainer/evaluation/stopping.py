@@ -42,12 +42,12 @@ class TargetStoppingCallback(TrainerCallback):
     at most ``retain_budget`` above the base's, read as the upper end of its one-sided ``budget_confidence``
     interval: ``retain_texts`` are a sample of the text the budget is for; with ``neighbour_knowledge``, a callable
     ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget`` nats below the base's). Training
-    stops when every target
-    is reached within budget, or when a budget is spent: over it at ``budget_patience`` measurements in a row (early
-    steps often overshoot a budget that the retain loss then brings back). Each measurement over budget doubles the
-    trainer's retain weight (``trainer.retain_weight``, when it has a retain loss), up to ``max_retain_factor``
-    times the configured one: the budget is a constraint and the retain weight its multiplier, raised while the
-    constraint is violated (dual ascent); the measurements in a row count from when it has reached that ceiling.
+    stops when every target is reached within budget, or when a budget is spent: over it at ``budget_patience``
+    measurements in a row (early steps often overshoot a budget that the retain loss then brings back). Each
+    measurement over budget doubles the trainer's retain weight (``trainer.retain_weight``, when it has a retain
+    loss), up to ``max_retain_factor`` times the configured one: the budget is a constraint and the retain weight
+    its multiplier, raised while the constraint is violated (dual ascent); the measurements in a row count from when
+    it has reached that ceiling.
     With ``backtrack``, a measurement over budget with the retain weight at its ceiling (or with no retain loss)
     also puts the trainable weights back to the best measurement within budget so far, halves the learning rate
     and clears the optimizer's moments: the steps were too large for the budget (a backtracking line search), so
