@@ -265,6 +265,18 @@ def test_a_run_stopped_by_a_budget_on_weights_that_reach_the_targets_says_they_d
     assert summary.endswith("They reach every target within budget.") and "not reached" not in summary
 
 
+def test_the_summary_says_what_the_kept_weights_cost_as_the_rule_read_it():
+    decision = {"stopped_at": 24, "reason": "the step budget ran out before the targets were reached",
+                "best_step": 16, "best_shortfall": 0.4, "reached": False, "left": {"familiarity_token": 0.4},
+                "within_budget": True, "budget_confidence": 0.9,
+                "base": {"retain_perplexity": 10.0, "retain_perplexity_bound": 10.0, "neighbour_knowledge": -2.0},
+                "best": {"retain_perplexity": 10.2, "retain_perplexity_bound": 10.28, "neighbour_knowledge": -2.05}}
+    assert ("There the budget's text reads +2.0% perplexity (its 90% bound +2.8%) and neighbour knowledge -0.050 "
+            "nat against the base.") in stopping_summary(decision)
+    older = {**decision, "best": {"retain_perplexity": 10.2}}  # a record of an older whp_trainer: no bound
+    assert "reads +2.0% perplexity against the base." in stopping_summary(older)
+
+
 def test_a_run_with_no_measurement_to_keep_says_so_and_names_no_step():
     decision = {"stopped_at": 40, "reason": "the step budget ran out before the targets were reached",
                 "best_step": None, "best_shortfall": None, "reached": False, "left": None, "within_budget": None}

@@ -310,6 +310,21 @@ def times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
 
 
+def kept_cost(stopping: dict) -> str:
+    """What the kept weights cost as the stopping rule read it: the budget's text's perplexity change (with its
+    bound, in records that have it) and the neighbour knowledge's, against the base's ("" without them)."""
+    base, kept = stopping.get("base") or {}, stopping.get("best") or {}
+    if "retain_perplexity" not in kept or "retain_perplexity" not in base:
+        return ""
+    text = f" There the budget's text reads {kept['retain_perplexity'] / base['retain_perplexity'] - 1:+.1%} perplexity"
+    if "retain_perplexity_bound" in kept:
+        text += (f" (its {stopping.get('budget_confidence', 0.95):.0%} bound "
+                 f"{kept['retain_perplexity_bound'] / base['retain_perplexity'] - 1:+.1%})")
+    if "neighbour_knowledge" in kept and "neighbour_knowledge" in base:
+        text += f" and neighbour knowledge {kept['neighbour_knowledge'] - base['neighbour_knowledge']:+.3f} nat"
+    return text + " against the base."
+
+
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
@@ -324,6 +339,7 @@ def stopping_summary(stopping: dict) -> str:
     else:
         kept = f"{weights}, the measurement least over its budgets"
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
+    text += kept_cost(stopping)
     if stopping.get("backtracks"):
         count, dropped = stopping["backtracks"], stopping.get("dropped_cap_at")
         halved = count - (dropped is not None)

@@ -238,6 +238,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.decision = self.decision or {"stopped_at": state.global_step,
                                           "reason": f"{STEPS_RAN_OUT} before the targets were reached"}
         self.decision["measured_every"] = self.interval
+        self.decision["budget_confidence"] = self.budget_confidence
         self.decision["backtracks"] = self.backtracks
         self.decision["dropped_cap_at"] = next((entry["step"] for entry in self.history if entry.get("dropped_cap")),
                                                None)
