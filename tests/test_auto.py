@@ -396,8 +396,7 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
     trainer.add_callback = trainer.callback_handler.callbacks.append
     args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
                            retain_budget=0.03, neighbour_budget=0.1, budget_confidence=0.95, budget_patience=1,
-                           budget_backtrack=True,
-                           budget_drop_cap=True, budget_end_search=True)
+                           budget_backtrack=True, budget_drop_cap=True, budget_end_search=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
     assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,

@@ -201,6 +201,8 @@ UNLEARN = ["unlearn", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files
          "original_cap_depth bounds the original-token cap: set original_cap_weight > 0 too"),
         (UNLEARN + ["--retain_projection", "true"],
          "retain_projection projects onto the retain text's gradient: set retain_weight > 0"),
+        (UNLEARN + ["--alpha", "auto", "--budget_confidence", "1"],
+         "UnlearnConfig.budget_confidence=1.0: must be >= 0.5 and < 1"),
     ],
 )
 def test_bad_input_stops_with_one_clear_message(argv, message, files, tmp_path, capsys, no_model_loading):
