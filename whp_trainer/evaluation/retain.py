@@ -40,14 +40,20 @@ def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512,
     with evaluation_mode(model):
         for start in range(0, len(blocks), batch_size):
             batch = padded_batch(blocks[start : start + batch_size], pad_id, device=model.device)
-            labels = batch.pop("labels")[:, 1:]
-            nll = F.cross_entropy(model(**batch).logits[:, :-1].transpose(1, 2).float(), labels, reduction="none")
-            results += zip(nll.sum(dim=1).tolist(), (labels != -100).sum(dim=1).tolist())
+            labels = batch.pop("labels")
+            results += row_nlls(model(**batch).logits, labels)
     return results
+
+
+def row_nlls(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, int]]:
+    """Per row of a batch (``labels`` ``-100`` on padding): the summed negative log-likelihood of its next tokens and
+    their count."""
+    labels = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels, reduction="none")
+    return list(zip(nll.sum(dim=1).tolist(), (labels != -100).sum(dim=1).tolist()))
 
 
 def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """The summed negative log-likelihood of a batch's next tokens (``labels`` ``-100`` on padding) and their count."""
-    labels = labels[:, 1:]
-    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="sum").item()
-    return total, (labels != -100).sum().item()
+    rows = row_nlls(logits, labels)
+    return sum(nll for nll, _ in rows), sum(count for _, count in rows)

@@ -175,9 +175,7 @@ class TargetStoppingCallback(TrainerCallback):
         return metrics.get(RETAIN_BOUND, metrics[RETAIN])
 
     def within_budget(self, metrics: dict) -> bool:
-        if self.retain_reading(metrics) > self.base[RETAIN] * (1 + self.retain_budget):
-            return False
-        return NEIGHBOUR not in metrics or self.base[NEIGHBOUR] - metrics[NEIGHBOUR] <= self.neighbour_budget
+        return not self.spent(metrics)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.interval = self.measurement_interval(state.max_steps)
@@ -412,6 +410,7 @@ class TargetStoppingCallback(TrainerCallback):
         return over
 
     def spent(self, metrics: dict) -> list[str]:
+        """Each budget ``metrics`` are over, in words (none: within budget)."""
         spent = []
         reading = self.retain_reading(metrics)
         if reading > self.base[RETAIN] * (1 + self.retain_budget):
