@@ -114,7 +114,21 @@ def test_the_robustness_section_says_which_attack_brings_knowledge_beyond_the_or
     assert "| `relearn_forget` | `familiarity_token` | 0.6 | 0.2 | 0.22 | at (+0.02) |" in section
     assert "@nf4" not in report.split("## Robustness")[0]  # attacks only in their section
     results["unlearned"].update({"familiarity_token": 0.1, "familiarity_token@nf4": 0.1})
-    assert "No attack brings" in markdown_report(evaluation_record(results))
+    assert "No attack brings the unlearned model's" in markdown_report(evaluation_record(results))
+
+
+def test_every_unlearned_model_of_a_benchmark_is_set_against_the_oracle_after_each_attack():
+    # a benchmark names each unlearned model by its setting; the teacher and the reinforced model are references
+    results = {"base": {"familiarity_token@nf4": 0.5}, "oracle": {"familiarity_token@nf4": 0.1},
+               "reinforced": {"familiarity_token@nf4": 0.6}, "teacher α=5": {"familiarity_token@nf4": 0.2},
+               "auto": {"familiarity_token@nf4": 0.3}, "paper": {"familiarity_token@nf4": 0.11}}
+    section = markdown_report(evaluation_record(results)).split("## Robustness")[1]
+    assert "| base | oracle | reinforced | teacher α=5 | auto | paper | auto vs oracle | paper vs oracle |" in section
+    assert "| 0.5 | 0.1 | 0.6 | 0.2 | 0.3 | 0.11 | above (+0.2) | at (+0.01) |" in section
+    assert "auto: `familiarity_token` after `nf4` (+0.2)." in section and "paper:" not in section
+    del results["oracle"]
+    section = markdown_report(evaluation_record(results)).split("## Robustness")[1]
+    assert "vs oracle" not in section and "Beyond" not in section  # nothing to set them against
 
 
 def test_neighbour_knowledge_is_compared_with_the_base_within_a_tenth_of_a_nat():

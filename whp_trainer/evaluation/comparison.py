@@ -93,6 +93,13 @@ def ordered_roles(results: dict) -> list[str]:
     return sorted(results, key=rank)
 
 
+def unlearned_roles(results: dict) -> list[str]:
+    """The unlearned models among the roles, in table order: every role but the base, the oracle, the reinforced
+    model and the teachers (``"unlearned"`` in an evaluation; a benchmark names each by its setting)."""
+    references = {"base", ORACLE, "reinforced"}
+    return [role for role in ordered_roles(results) if role not in references and not TEACHER_COLUMN.match(role)]
+
+
 def verdict(value: float, oracle: float, tolerance: float, relative: bool = False) -> str:
     """`"at"` within the tolerance of the oracle, else `"above"` or `"below"` it (by value)."""
     margin = tolerance * abs(oracle) if relative else tolerance

@@ -17,6 +17,7 @@ from .comparison import (
     oracle_tolerance,
     ordered_roles,
     split_attack,
+    unlearned_roles,
     verdict,
 )
 from .stopping import STEPS_RAN_OUT, TARGETS_REACHED
@@ -228,43 +229,48 @@ def verdict_cell(row: dict | None, metric: str = "") -> str:
 
 
 def robustness_table(results: dict[str, dict[str, float | None]]) -> list[str]:
-    """Each forget metric after each attack (`comparison.ATTACKS`), every role under the same attack, with the
-    unlearned model against the oracle after the same attack; and which attacks bring knowledge back beyond the
-    oracle's. Nothing when no attack was measured."""
-    roles = ordered_roles(results)
+    """Each forget metric after each attack (`comparison.ATTACKS`), every role under the same attack, with each
+    unlearned model (`unlearned_roles`) against the oracle after the same attack; and which attacks bring knowledge
+    back beyond the oracle's. Nothing when no attack was measured."""
+    roles, compared = ordered_roles(results), unlearned_roles(results) if ORACLE in results else []
     rows, beyond = [], []
-    for attack, what in ATTACKS.items():
+    for attack in ATTACKS:
         for metric in ATTACKED_METRICS:
             key = attack_key(metric, attack)
             if not any(measured(results[role].get(key)) for role in roles):
                 continue
-            cells = [format_number(results[role].get(key)) for role in roles]
-            side = robust_verdict(results, key)
-            if side and side[0] == "above":
-                before = robust_verdict(results, metric)
-                grew = before is None or side[1] - before[1] > oracle_tolerance(metric)[0]
-                beyond.append(f"`{metric}` after `{attack}` ({side[1]:+.3g}"
-                              + ("" if grew else f"; {before[1]:+.3g} without it") + ")")
-            rows.append([f"`{attack}`", f"`{metric}`", *cells, f"{side[0]} ({side[1]:+.3g})" if side else "—"])
+            sides = []
+            for role in compared:
+                side = robust_verdict(results, key, role)
+                sides.append(f"{side[0]} ({side[1]:+.3g})" if side else "—")
+                if side and side[0] == "above":
+                    before = robust_verdict(results, metric, role)
+                    grew = before is None or side[1] - before[1] > oracle_tolerance(metric)[0]
+                    named = f"{role}: " if len(compared) > 1 else ""
+                    beyond.append(f"{named}`{metric}` after `{attack}` ({side[1]:+.3g}"
+                                  + ("" if grew else f"; {before[1]:+.3g} without it") + ")")
+            rows.append([f"`{attack}`", f"`{metric}`", *(format_number(results[role].get(key)) for role in roles),
+                         *sides])
     if not rows:
         return []
     attacks = sorted({row[0].strip("`") for row in rows}, key=list(ATTACKS).index)
-    lines = ["Every role under the same attack, the oracle included: each forget metric after each attack, and the "
-             f"{COMPARED[0]} model against the oracle after the same attack (above = the attack brings back knowledge "
-             "a model that never read the target does not have).", "",
+    models, whose = ("unlearned model", "unlearned model's") if len(compared) == 1 else \
+        ("unlearned models", "unlearned models'")
+    against = (f", and the {models} against the oracle after the same attack (above = the attack brings back knowledge "
+               "a model that never read the target does not have)") if compared else ""
+    lines = [f"Every role under the same attack, the oracle included: each forget metric after each attack{against}.", "",
              *(f"- `{attack}`: {ATTACKS[attack]}" for attack in attacks), ""]
-    if ORACLE in results and COMPARED[0] in results:
+    if compared:
         lines += [("**Beyond the oracle** (the difference to it; where the attack adds no more than the tolerance, "
                    "the difference without it): " + ", ".join(beyond) + "." if beyond else
-                   "No attack brings the unlearned model's forget metrics above the oracle's after the same attack."),
-                  ""]
-    return lines + markdown_table(["attack", "metric", *roles, f"{COMPARED[0]} vs {ORACLE}"], rows)
+                   f"No attack brings the {whose} forget metrics above the oracle's after the same attack."), ""]
+    return lines + markdown_table(["attack", "metric", *roles, *(f"{role} vs {ORACLE}" for role in compared)], rows)
 
 
-def robust_verdict(results: dict, key: str) -> tuple[str, float] | None:
-    """The unlearned model's verdict against the oracle on `key` (`"above"`, `"at"`, `"below"`) and the difference;
-    `None` when either was not measured."""
-    value, oracle = (results.get(role, {}).get(key) for role in (COMPARED[0], ORACLE))
+def robust_verdict(results: dict, key: str, role: str) -> tuple[str, float] | None:
+    """`role`'s verdict against the oracle on `key` (`"above"`, `"at"`, `"below"`) and the difference; `None` when
+    either was not measured."""
+    value, oracle = (results.get(name, {}).get(key) for name in (role, ORACLE))
     if not (measured(value) and measured(oracle)):
         return None
     tolerance, relative, _ = oracle_tolerance(key)
