@@ -15,7 +15,6 @@ import argparse
 import math
 import statistics
 from pathlib import Path
-from statistics import NormalDist
 
 import torch
 from peft import PeftModel
@@ -51,7 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     blocks = {path: split_into_blocks([text], tokenizer, args.block_size) for path, text in texts.items()}
     base = {path: block_nlls_in_order(model, ids) for path, ids in blocks.items()}
     model = PeftModel.from_pretrained(model, args.adapter).eval()
-    z = NormalDist().inv_cdf(0.95)
     for path, ids in blocks.items():
         unlearned = block_nlls_in_order(model, ids)
         library = perplexity(model, tokenizer, [texts[path]], max_length=args.block_size)
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         per_block = [(nll - base_nll) / count for (nll, count), (base_nll, _) in zip(unlearned, base[path])]
         parts = [change(unlearned[start:start + args.part_blocks], base[path][start:start + args.part_blocks])
                  for start in range(0, len(ids), args.part_blocks)]
-        bound = perplexity_bound(unlearned, base[path], z) / perplexity_of(base[path]) - 1
+        bound = perplexity_bound(unlearned, base[path], 0.95) / perplexity_of(base[path]) - 1
         print(f"{Path(path).name}: {len(ids)} blocks, change {change(unlearned, base[path]):+.2%} (95 % bound "
               f"{bound:+.2%}; per-block sd {statistics.stdev(per_block):.2%}); by part of {args.part_blocks} blocks: "
               + ", ".join(f"{part:+.1%}" for part in parts))

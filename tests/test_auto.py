@@ -4,6 +4,7 @@ what it chose and why."""
 
 import json
 from pathlib import Path
+from statistics import fmean
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,8 @@ from whp_trainer.evaluation.autotune import (
 from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.retain import perplexity_of
 from whp_trainer.evaluation.stopping import (
-    LINE_SEARCH, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, perplexity_bound, trainable_weights,
+    LINE_SEARCH, NEIGHBOUR_BOUND, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, knowledge_bound, perplexity_bound,
+    t_quantile, trainable_weights,
 )
 from whp_trainer.trainer import RETAIN_STATE
 
@@ -270,10 +272,11 @@ def test_the_summary_says_what_the_kept_weights_cost_as_the_rule_read_it():
                 "best_step": 16, "best_shortfall": 0.4, "reached": False, "left": {"familiarity_token": 0.4},
                 "within_budget": True, "budget_confidence": 0.9,
                 "base": {"retain_perplexity": 10.0, "retain_perplexity_bound": 10.0, "neighbour_knowledge": -2.0},
-                "best": {"retain_perplexity": 10.2, "retain_perplexity_bound": 10.28, "neighbour_knowledge": -2.05}}
+                "best": {"retain_perplexity": 10.2, "retain_perplexity_bound": 10.28, "neighbour_knowledge": -2.05,
+                         "neighbour_knowledge_bound": -2.09}}
     assert ("There the budget's text reads +2.0% perplexity (its 90% bound +2.8%) and neighbour knowledge -0.050 "
-            "nat against the base.") in stopping_summary(decision)
-    older = {**decision, "best": {"retain_perplexity": 10.2}}  # a record of an older whp_trainer: no bound
+            "nat (its bound -0.090) against the base.") in stopping_summary(decision)
+    older = {**decision, "best": {"retain_perplexity": 10.2}}  # a record of an older whp_trainer: no bounds
     assert "reads +2.0% perplexity against the base." in stopping_summary(older)
 
 
@@ -399,8 +402,9 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
                            budget_backtrack=True, budget_drop_cap=True, budget_end_search=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
     callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
-    assert callback.neighbour_knowledge(model) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
-                                                                                     max_length=32))
+    per_row = callback.neighbour_knowledge(model)
+    assert len(per_row) == 2 and fmean(per_row) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
+                                                                                      max_length=32))
 
 
 def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_path):
@@ -486,11 +490,11 @@ def test_the_budgets_bound_covers_the_change_on_text_of_the_kind_at_its_confiden
     base = [(rng.uniform(2.5, 4.5) * count, count) for count in counts]
     student = [(nll + rng.gauss(0.02, 0.08) * count, count) for nll, count in base]
     change = perplexity_of(student) / perplexity_of(base)
-    z, covered = NormalDist().inv_cdf(confidence), 0
+    covered = 0
     for _ in range(600):
         drawn = rng.sample(range(len(base)), 64)
         sample, sample_base = [student[i] for i in drawn], [base[i] for i in drawn]
-        covered += perplexity_bound(sample, sample_base, z) / perplexity_of(sample_base) >= change
+        covered += perplexity_bound(sample, sample_base, confidence) / perplexity_of(sample_base) >= change
     assert coverage[0] <= covered / 600 <= coverage[1]
 
 
@@ -522,6 +526,66 @@ def test_the_perplexity_budget_holds_the_bound_not_the_samples_reading(make_mode
     at_half.base = callback.base
     assert at_half.measure(model)[RETAIN_BOUND] == pytest.approx(reading)
     assert at_half.within_budget(at_half.measure(model))  # 0.5: the sample's reading itself
+
+
+@pytest.mark.parametrize("confidence, coverage", [(0.95, (0.92, 0.98)), (0.5, (0.42, 0.58))])
+def test_the_neighbour_bound_covers_the_drop_on_knowledge_of_the_kind_at_its_confidence(confidence, coverage):
+    """Knowledge of the kind: 2,000 rows whose answers lose a varying share of their log-likelihood; the rule reads
+    10 of them (few: the bound takes Student's t). The bound of a sample is at most the whole set's mean change as
+    often as its confidence says."""
+    from random import Random
+
+    rng = Random(1)
+    base = [rng.uniform(-6.0, -0.5) for _ in range(2000)]
+    student = [row - rng.gauss(0.05, 0.2) for row in base]
+    covered = 0
+    for _ in range(600):
+        drawn = rng.sample(range(len(base)), 10)
+        bound = knowledge_bound([student[i] for i in drawn], [base[i] for i in drawn], confidence)
+        covered += bound - fmean(base[i] for i in drawn) <= fmean(student) - fmean(base)
+    assert coverage[0] <= covered / 600 <= coverage[1]
+
+
+@pytest.mark.parametrize("confidence, degrees, exact", [(0.95, 5, 2.015), (0.95, 9, 1.833), (0.95, 19, 1.729),
+                                                       (0.975, 9, 2.262), (0.9, 5, 1.476), (0.5, 3, 0.0)])
+def test_the_bounds_take_students_t_quantile_of_their_degrees_of_freedom(confidence, degrees, exact):
+    assert t_quantile(confidence, degrees) == pytest.approx(exact, abs=2e-3)  # the tables' values
+
+
+def test_the_neighbour_budget_holds_the_bound_not_the_samples_reading(make_model, tokenizer):
+    from whp_trainer.evaluation.knowledge import answer_log_likelihoods
+
+    model = trainable_model(make_model)
+    pairs = [("The cat sat on the", " mat"), ("Where did Jon go?", " the Mystic Academy"), ("The sky is", " blue"),
+             ("Harry Potter studies magic at", " Hogwarts")]
+    trainer = SimpleNamespace(**{**vars(fake_trainer(model)), "processing_class": tokenizer})
+
+    def rule(**kwargs):
+        return TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS, max_length=8,
+                                      neighbour_knowledge=lambda m: answer_log_likelihoods(m, tokenizer, pairs),
+                                      **kwargs)
+
+    callback = rule()
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=10), SimpleNamespace())
+    assert callback.base[NEIGHBOUR_BOUND] == callback.base["neighbour_knowledge"]  # the base against itself
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+    measured = callback.measure(model)
+    reading, bound = measured["neighbour_knowledge"], measured[NEIGHBOUR_BOUND]
+    assert reading == pytest.approx(fmean(answer_log_likelihoods(model, tokenizer, pairs)))
+    assert bound < reading != callback.base["neighbour_knowledge"]
+    callback.retain_budget = 10.0  # only the neighbour budget can be spent
+    callback.neighbour_budget = callback.base["neighbour_knowledge"] - (reading + bound) / 2
+    assert callback.neighbour_budget > 0 and not callback.within_budget(measured)  # the reading is within, the bound not
+    assert f"bound {bound:.3f}" in callback.spent(measured)[0] and callback.overrun(measured) > 0
+    resumed = rule()  # resumed from a checkpoint: the base's measurement loaded, its rows read again
+    resumed.base = callback.base
+    assert resumed.measure(model) == pytest.approx(measured)
+    at_half = rule(budget_confidence=0.5)
+    at_half.base = callback.base
+    assert at_half.measure(model)[NEIGHBOUR_BOUND] == pytest.approx(reading)
 
 
 def trainer_with_optimizer(model, learning_rate=1e-3):

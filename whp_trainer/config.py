@@ -234,14 +234,17 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     budget_confidence: float = field(
         default=0.95,
         metadata={"help": "alpha auto: retain perplexity counts as within retain_budget only when the upper end of its "
-                  "one-sided confidence interval at this level is: the stopping rule reads a sample of the budget's "
-                  "text, and the budget is for text of that kind it did not read (the interval comes from the "
-                  "per-block change against the base; varied text widens it). 0.5: the sample's reading itself."},
+                  "one-sided confidence interval at this level is, and neighbour knowledge as within "
+                  "neighbour_budget only when the lower end of its interval is: the stopping rule reads a sample of "
+                  "the budget's text and of the knowledge to keep, and the budgets are for text and knowledge of "
+                  "that kind it did not read (the intervals come from the per-block and per-row change against the "
+                  "base, with Student's t: varied text and few rows widen them). 0.5: the sample's reading itself."},
     )
     neighbour_budget: float = field(
         default=0.1,
         metadata={"help": "alpha auto: with a neighbour-knowledge measure, the student stops once the mean answer "
-                  "log-likelihood falls more than this many nats below the base's."},
+                  "log-likelihood (the lower end of its budget_confidence interval) falls more than this many nats "
+                  "below the base's."},
     )
     budget_patience: int = field(
         default=3,

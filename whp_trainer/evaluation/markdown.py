@@ -317,8 +317,8 @@ def times(count: int) -> str:
 
 
 def kept_cost(stopping: dict) -> str:
-    """What the kept weights cost as the stopping rule read it: the budget's text's perplexity change (with its
-    bound, in records that have it) and the neighbour knowledge's, against the base's ("" without them)."""
+    """What the kept weights cost as the stopping rule read it: the budget's text's perplexity change and the
+    neighbour knowledge's (each with its bound, in records that have it), against the base's ("" without them)."""
     base, kept = stopping.get("base") or {}, stopping.get("best") or {}
     if "retain_perplexity" not in kept or "retain_perplexity" not in base:
         return ""
@@ -328,6 +328,8 @@ def kept_cost(stopping: dict) -> str:
                  f"{kept['retain_perplexity_bound'] / base['retain_perplexity'] - 1:+.1%})")
     if "neighbour_knowledge" in kept and "neighbour_knowledge" in base:
         text += f" and neighbour knowledge {kept['neighbour_knowledge'] - base['neighbour_knowledge']:+.3f} nat"
+        if "neighbour_knowledge_bound" in kept:
+            text += f" (its bound {kept['neighbour_knowledge_bound'] - base['neighbour_knowledge']:+.3f})"
     return text + " against the base."
 
 

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from statistics import NormalDist
+from statistics import NormalDist, fmean, stdev
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,6 +24,7 @@ from .retain import block_nlls, perplexity_of
 
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
+NEIGHBOUR_BOUND = "neighbour_knowledge_bound"  # the lower end of its confidence interval
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
 SHARDED_REFUSAL = ("keeps and restores the adapter's weights, which FSDP and DeepSpeed ZeRO-3 shard: train its "
                    "student with DDP or ZeRO-2, or give alpha a number")
@@ -41,7 +42,8 @@ class TargetStoppingCallback(TrainerCallback):
     ``first_mentions``, membership AUC of ``membership_texts``) and on the budgets (perplexity of ``retain_texts``
     at most ``retain_budget`` above the base's, read as the upper end of its one-sided ``budget_confidence``
     interval: ``retain_texts`` are a sample of the text the budget is for; with ``neighbour_knowledge``, a callable
-    ``model -> mean answer log-likelihood in nats``, at most ``neighbour_budget`` nats below the base's). Training
+    ``model -> each row's answer log-likelihood in nats``, their mean at most ``neighbour_budget`` nats below the
+    base's, read as the lower end of its interval: the rows are a sample of the knowledge to keep). Training
     stops when every target is reached within budget, or when a budget is spent: over it at ``budget_patience``
     measurements in a row (early steps often overshoot a budget that the retain loss then brings back). Each
     measurement over budget doubles the trainer's retain weight (``trainer.retain_weight``, when it has a retain
@@ -123,7 +125,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.interval = every_n_steps  # set from the run's length when training begins
         self.retain_budget, self.neighbour_budget = retain_budget, neighbour_budget
         self.budget_patience = budget_patience
-        self.budget_confidence, self.z = budget_confidence, NormalDist().inv_cdf(budget_confidence)
+        self.budget_confidence = budget_confidence
         # the retain weight's ceiling, from the weight as configured (training has not begun)
         self.retain_ceiling = getattr(trainer, "retain_weight", 0.0) * max_retain_factor
         self.backtrack, self.drop_cap, self.line_search = backtrack, drop_cap, line_search
@@ -132,7 +134,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.history: list[dict] = []
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
-        self.base_blocks: list[tuple[float, int]] | None = None  # the base's `block_nlls` of the retain texts
+        self.base_readings: tuple[list, list | None] | None = None  # the base's `readings`
         self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
         # over budget, the least short of the targets, then the least over: (shortfall, overrun, index, weights)
@@ -142,10 +144,12 @@ class TargetStoppingCallback(TrainerCallback):
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter)."""
         tokenizer, batch = self.trainer.processing_class, self.batch_size
-        blocks = block_nlls(model, tokenizer, self.retain_texts, self.max_length, batch)
-        if self.base_blocks is None:  # the base's own measurement, or the first after resuming from a checkpoint
-            self.base_blocks = blocks if self.base is None else self.base_retain_blocks(model)
-        metrics = {RETAIN: perplexity_of(blocks), RETAIN_BOUND: perplexity_bound(blocks, self.base_blocks, self.z)}
+        blocks, rows = self.readings(model)
+        if self.base_readings is None:  # the base's own measurement, or the first after resuming from a checkpoint
+            self.base_readings = (blocks, rows) if self.base is None else self.base_model_readings(model)
+        base_blocks, base_rows = self.base_readings
+        metrics = {RETAIN: perplexity_of(blocks),
+                   RETAIN_BOUND: perplexity_bound(blocks, base_blocks, self.budget_confidence)}
         if self.probes:
             metrics[FAMILIARITY] = token_familiarity(model, tokenizer, self.probes, batch)
         if self.first_mentions:
@@ -153,9 +157,16 @@ class TargetStoppingCallback(TrainerCallback):
         if self.membership_texts:
             metrics.update(membership_auc(model, tokenizer, *self.membership_texts, max_length=self.max_length,
                                           batch_size=batch))
-        if self.neighbour_knowledge is not None:
-            metrics[NEIGHBOUR] = float(self.neighbour_knowledge(model))
+        if rows is not None:
+            metrics[NEIGHBOUR], metrics[NEIGHBOUR_BOUND] = fmean(rows), knowledge_bound(rows, base_rows, self.budget_confidence)
         return metrics
+
+    def readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
+        """What the budgets are read from: the retain texts' `block_nlls` and each neighbour row's answer
+        log-likelihood (None without a neighbour measure)."""
+        blocks = block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length, self.batch_size)
+        rows = None if self.neighbour_knowledge is None else [float(row) for row in self.neighbour_knowledge(model)]
+        return blocks, rows
 
     def measurement_interval(self, max_steps: int) -> int:
         """Steps between measurements: ``every_n_steps``, or more on a run of over ``every_n_steps ×
@@ -164,15 +175,18 @@ class TargetStoppingCallback(TrainerCallback):
             return self.every_n_steps
         return max(self.every_n_steps, math.ceil(max_steps / self.max_measurements))
 
-    def base_retain_blocks(self, model) -> list[tuple[float, int]]:
-        """The base's `block_nlls` of the retain texts: the same model each time, so not kept in a checkpoint."""
+    def base_model_readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
+        """The base's `readings`: the same model each time, so not kept in a checkpoint."""
         with using_adapter(model, BASELINE):
-            return block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length,
-                              self.batch_size)
+            return self.readings(model)
 
     def retain_reading(self, metrics: dict) -> float:
         """The retain perplexity the budget is held to: its bound (a measurement of an older whp_trainer has none)."""
         return metrics.get(RETAIN_BOUND, metrics[RETAIN])
+
+    def neighbour_reading(self, metrics: dict) -> float:
+        """The neighbour knowledge the budget is held to: its bound (a measurement of an older whp_trainer has none)."""
+        return metrics.get(NEIGHBOUR_BOUND, metrics[NEIGHBOUR])
 
     def within_budget(self, metrics: dict) -> bool:
         return not self.spent(metrics)
@@ -405,7 +419,7 @@ class TargetStoppingCallback(TrainerCallback):
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
         over = max(0.0, self.retain_reading(metrics) / self.base[RETAIN] - 1 - self.retain_budget) / self.retain_budget
         if NEIGHBOUR in metrics:
-            drop = self.base[NEIGHBOUR] - metrics[NEIGHBOUR]
+            drop = self.base[NEIGHBOUR] - self.neighbour_reading(metrics)
             over += max(0.0, drop - self.neighbour_budget) / self.neighbour_budget
         return over
 
@@ -417,8 +431,10 @@ class TargetStoppingCallback(TrainerCallback):
             bound = f" (its {self.budget_confidence:.0%} bound {reading:.4g})" if RETAIN_BOUND in metrics else ""
             spent.append(f"retain perplexity {metrics[RETAIN]:.4g}{bound} > base {self.base[RETAIN]:.4g} "
                          f"+{self.retain_budget:.0%}")
-        if NEIGHBOUR in metrics and self.base[NEIGHBOUR] - metrics[NEIGHBOUR] > self.neighbour_budget:
-            spent.append(f"neighbour knowledge {metrics[NEIGHBOUR]:.3f} < base {self.base[NEIGHBOUR]:.3f} "
+        if NEIGHBOUR in metrics and self.base[NEIGHBOUR] - self.neighbour_reading(metrics) > self.neighbour_budget:
+            bound = (f" (its {self.budget_confidence:.0%} bound {metrics[NEIGHBOUR_BOUND]:.3f})"
+                     if NEIGHBOUR_BOUND in metrics else "")
+            spent.append(f"neighbour knowledge {metrics[NEIGHBOUR]:.3f}{bound} < base {self.base[NEIGHBOUR]:.3f} "
                          f"− {self.neighbour_budget:g} nat")
         return spent
 
@@ -431,18 +447,38 @@ class TargetStoppingCallback(TrainerCallback):
         self.trainer.control.should_log = should_log
 
 
-def perplexity_bound(blocks: list[tuple[float, int]], base_blocks: list[tuple[float, int]], z: float) -> float:
-    """The upper end of a one-sided confidence interval (``z`` standard errors) of the perplexity of text of the kind
-    ``blocks`` were drawn from (`block_nlls` of a model and, in the same order, of the base): the base's perplexity
-    times exp of the mean per-token change against the base's same blocks plus ``z`` standard errors of that mean (a
-    ratio estimator over the blocks). A sample of varied text reads the change less surely: the bound is further
-    above the sample's own reading."""
+def perplexity_bound(blocks: list[tuple[float, int]], base_blocks: list[tuple[float, int]], confidence: float) -> float:
+    """The upper end of a one-sided ``confidence`` interval of the perplexity of text of the kind ``blocks`` were
+    drawn from (`block_nlls` of a model and, in the same order, of the base): the base's perplexity times exp of the
+    mean per-token change against the base's same blocks plus `t_quantile` standard errors of that mean (a ratio
+    estimator over the blocks). A sample of varied text reads the change less surely: the bound is further above the
+    sample's own reading."""
     changes = [nll - base for (nll, _), (base, _) in zip(blocks, base_blocks, strict=True)]
     counts = [count for _, count in blocks]
     total, mean = sum(counts), sum(changes) / sum(counts)
     spread = sum((change - mean * count) ** 2 for change, count in zip(changes, counts))
     error = math.sqrt(spread * len(counts) / (len(counts) - 1)) / total if len(counts) > 1 else 0.0
-    return perplexity_of(base_blocks) * math.exp(mean + z * error)
+    return perplexity_of(base_blocks) * math.exp(mean + t_quantile(confidence, len(counts) - 1) * error)
+
+
+def knowledge_bound(rows: list[float], base_rows: list[float], confidence: float) -> float:
+    """The lower end of a one-sided ``confidence`` interval of the mean answer log-likelihood of knowledge of the
+    kind ``rows`` were drawn from (each row's, of a model and, in the same order, of the base): the rows' mean less
+    `t_quantile` standard errors of the mean per-row change against the base (the reading itself with one row)."""
+    changes = [row - base for row, base in zip(rows, base_rows, strict=True)]
+    error = stdev(changes) / math.sqrt(len(changes)) if len(changes) > 1 else 0.0
+    return fmean(rows) - t_quantile(confidence, len(changes) - 1) * error
+
+
+def t_quantile(confidence: float, degrees: int) -> float:
+    """Student's t quantile at ``confidence`` with ``degrees`` of freedom (Abramowitz & Stegun 26.7.5: the normal
+    quantile and three terms in 1 / ``degrees``; at 0.95 within 0.001 of the exact value from 5 degrees, 0.04 below it
+    at 2), so that a few rows are not read as surely as many; the normal quantile with none."""
+    z = NormalDist().inv_cdf(confidence)
+    if degrees < 1:
+        return z
+    return (z + (z**3 + z) / (4 * degrees) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * degrees**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * degrees**3))
 
 
 def restore(model, weights: dict[str, torch.Tensor]) -> None:
