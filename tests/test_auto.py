@@ -498,19 +498,24 @@ def test_the_budgets_bound_covers_the_change_on_text_of_the_kind_at_its_confiden
     assert coverage[0] <= covered / 600 <= coverage[1]
 
 
+def measured_after_a_nudge(callback, model):
+    """The rule's base measured at training's start, then the rule's measurement of the adapter moved a little."""
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=10), SimpleNamespace())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+    return callback.measure(model)
+
+
 def test_the_perplexity_budget_holds_the_bound_not_the_samples_reading(make_model, tokenizer):
     model = trainable_model(make_model)
     texts = CORPUS * 3
     trainer = SimpleNamespace(**{**vars(fake_trainer(model)), "processing_class": tokenizer})
     callback = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, texts,
                                       max_length=8)
-    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=10), SimpleNamespace())
+    measured = measured_after_a_nudge(callback, model)
     assert callback.base[RETAIN_BOUND] == callback.base["retain_perplexity"]  # the base against itself
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05)
-    measured = callback.measure(model)
     reading, bound = measured["retain_perplexity"], measured[RETAIN_BOUND]
     assert reading == pytest.approx(perplexity(model, tokenizer, texts, max_length=8))
     assert bound > reading != callback.base["retain_perplexity"]
@@ -566,13 +571,8 @@ def test_the_neighbour_budget_holds_the_bound_not_the_samples_reading(make_model
                                       **kwargs)
 
     callback = rule()
-    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=10), SimpleNamespace())
+    measured = measured_after_a_nudge(callback, model)
     assert callback.base[NEIGHBOUR_BOUND] == callback.base["neighbour_knowledge"]  # the base against itself
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05)
-    measured = callback.measure(model)
     reading, bound = measured["neighbour_knowledge"], measured[NEIGHBOUR_BOUND]
     assert reading == pytest.approx(fmean(answer_log_likelihoods(model, tokenizer, pairs)))
     assert bound < reading != callback.base["neighbour_knowledge"]
