@@ -23,13 +23,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..batching import pad_token_id, padded_batch
-from ..collator import split_into_blocks
 from ..models import BASELINE, using_adapter
 from ..targets import generic_logits
 from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
 from .membership import MUSE_K, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
-from .retain import summed_nll
+from .retain import perplexity_blocks, summed_nll
 from .teacher import GenericTeacher
 
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
@@ -177,9 +176,7 @@ def probe_probabilities(teacher, tokenizer, probes, translated, alphas, pad_id, 
 
 def retain_nll(teacher, tokenizer, texts, alphas, pad_id, max_length, batch_size) -> dict[float, list[float]]:
     """``{alpha: [summed negative log-likelihood, token count]}`` of ``texts`` in blocks, as `perplexity` reads them."""
-    blocks = sorted(split_into_blocks(list(texts), tokenizer, max_length), key=len)
-    if not blocks:
-        raise ValueError("teacher_sweep: no retain text of at least 2 tokens")
+    blocks = perplexity_blocks(texts, tokenizer, max_length, "teacher_sweep (retain text)")
     totals = {alpha: [0.0, 0] for alpha in alphas}
     for batch, logits in batches_of_alphas(teacher, blocks, alphas, pad_id, batch_size):
         for alpha, values in logits:

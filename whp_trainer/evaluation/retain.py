@@ -32,9 +32,7 @@ def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512,
                batch_size: int = 8) -> list[tuple[float, int]]:
     """Per block of ``texts`` (cut as `perplexity` cuts them, in an order that depends on the texts alone): the summed
     negative log-likelihood of its predicted tokens and their count."""
-    blocks = sorted(split_into_blocks(list(texts), tokenizer, max_length), key=len)  # similar lengths pad less
-    if not blocks:
-        raise ValueError("perplexity: no text of at least 2 tokens")
+    blocks = perplexity_blocks(texts, tokenizer, max_length)
     pad_id = pad_token_id(tokenizer)
     results = []
     with evaluation_mode(model):
@@ -43,6 +41,15 @@ def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512,
             labels = batch.pop("labels")
             results += row_nlls(model(**batch).logits, labels)
     return results
+
+
+def perplexity_blocks(texts, tokenizer, max_length: int, reader: str = "perplexity") -> list[list[int]]:
+    """``texts`` cut into blocks of ``max_length`` tokens as `perplexity` reads them, shortest first (similar lengths
+    pad less); ``reader``, who reads them, refuses texts with no block of 2 tokens."""
+    blocks = sorted(split_into_blocks(list(texts), tokenizer, max_length), key=len)
+    if not blocks:
+        raise ValueError(f"{reader}: no text of at least 2 tokens")
+    return blocks
 
 
 def row_nlls(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, int]]:
