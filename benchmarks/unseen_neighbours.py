@@ -1,0 +1,52 @@
+"""Neighbour knowledge the stopping rule did not read: does the neighbour budget hold beyond its sample?
+
+`whp demo --method auto` reads its neighbour budget on the demo's ordinary-world cloze rows (6 people, seed 0). This
+draws the same kind of rows for every generic person with other seeds (1-3; rows the rule read are left out, about
+4,300) and prints, per kept adapter, the mean answer log-likelihood change against the demo's base with its
+standard error. Used in docs/results.md::
+
+    whp demo --method auto --seed 42 --output_dir whp-demo-42
+    python benchmarks/unseen_neighbours.py whp-demo-42/unlearned-auto
+"""
+
+from __future__ import annotations
+
+import argparse
+from statistics import fmean, stdev
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from whp_trainer.demo.saga import build_demo_assets, generic_people, neighbour_knowledge
+from whp_trainer.evaluation.knowledge import answer_log_likelihoods, knowledge_context
+
+
+def unseen_rows(seeds: tuple[int, ...] = (1, 2, 3)) -> list[dict[str, str]]:
+    """The demo's neighbour rows for every generic person drawn with ``seeds``, less those the rule reads."""
+    seen = {row["prompt"] + row["answer"] for row in neighbour_knowledge()}
+    return [row for seed in seeds for row in neighbour_knowledge(len(generic_people()), seed)
+            if row["prompt"] + row["answer"] not in seen]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("adapters", nargs="+", help="Folders of kept unlearning adapters of the demo's base.")
+    parser.add_argument("--cache_dir", default=None, help="The demo's cache (default: WHP_CACHE or ~/.cache).")
+    args = parser.parse_args(argv)
+    assets = build_demo_assets(args.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
+    pairs = [knowledge_context(row)[:2] for row in unseen_rows()]
+    model = AutoModelForCausalLM.from_pretrained(assets.base_model_dir, dtype=torch.float32).eval()
+    base = answer_log_likelihoods(model, tokenizer, pairs, batch_size=32)
+    print(f"{len(pairs)} rows the rule did not read; the base: {fmean(base):.4f} nats")
+    for folder in args.adapters:
+        model = PeftModel.from_pretrained(model, folder).eval()
+        changes = [score - before for score, before in
+                   zip(answer_log_likelihoods(model, tokenizer, pairs, batch_size=32), base)]
+        print(f"{folder}: change {fmean(changes):+.4f} ± {stdev(changes) / len(changes) ** 0.5:.4f} nats")
+        model = model.unload()
+
+
+if __name__ == "__main__":
+    main()
