@@ -578,7 +578,8 @@ def test_the_neighbour_budget_holds_the_bound_not_the_samples_reading(make_model
     assert bound < reading != callback.base["neighbour_knowledge"]
     callback.retain_budget = 10.0  # only the neighbour budget can be spent
     callback.neighbour_budget = callback.base["neighbour_knowledge"] - (reading + bound) / 2
-    assert callback.neighbour_budget > 0 and not callback.within_budget(measured)  # the reading is within, the bound not
+    assert callback.neighbour_budget > 0
+    assert not callback.within_budget(measured)  # the sample reads within the budget, its bound does not
     assert f"bound {bound:.3f}" in callback.spent(measured)[0] and callback.overrun(measured) > 0
     resumed = rule()  # resumed from a checkpoint: the base's measurement loaded, its rows read again
     resumed.base = callback.base

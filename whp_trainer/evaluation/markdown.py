@@ -256,10 +256,10 @@ def robustness_table(results: dict[str, dict[str, float | None]]) -> list[str]:
     attacks = sorted({row[0].strip("`") for row in rows}, key=list(ATTACKS).index)
     models, whose = ("unlearned model", "unlearned model's") if len(compared) == 1 else \
         ("unlearned models", "unlearned models'")
-    against = (f", and the {models} against the oracle after the same attack (above = the attack brings back knowledge "
-               "a model that never read the target does not have)") if compared else ""
-    lines = [f"Every role under the same attack, the oracle included: each forget metric after each attack{against}.", "",
-             *(f"- `{attack}`: {ATTACKS[attack]}" for attack in attacks), ""]
+    against = (f", and the {models} against the oracle after the same attack (above = the attack brings back "
+               "knowledge a model that never read the target does not have)") if compared else ""
+    lines = [f"Every role under the same attack, the oracle included: each forget metric after each attack{against}.",
+             "", *(f"- `{attack}`: {ATTACKS[attack]}" for attack in attacks), ""]
     if compared:
         lines += [("**Beyond the oracle** (the difference to it; where the attack adds no more than the tolerance, "
                    "the difference without it): " + ", ".join(beyond) + "." if beyond else

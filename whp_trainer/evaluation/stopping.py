@@ -158,7 +158,8 @@ class TargetStoppingCallback(TrainerCallback):
             metrics.update(membership_auc(model, tokenizer, *self.membership_texts, max_length=self.max_length,
                                           batch_size=batch))
         if rows is not None:
-            metrics[NEIGHBOUR], metrics[NEIGHBOUR_BOUND] = fmean(rows), knowledge_bound(rows, base_rows, self.budget_confidence)
+            metrics[NEIGHBOUR] = fmean(rows)
+            metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
         return metrics
 
     def readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
