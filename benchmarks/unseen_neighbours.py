@@ -19,7 +19,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from whp_trainer.demo.saga import build_demo_assets, generic_people, neighbour_knowledge
-from whp_trainer.evaluation.knowledge import answer_log_likelihoods, knowledge_context
+from whp_trainer.evaluation.knowledge import row_log_likelihoods
 
 
 def unseen_rows(seeds: tuple[int, ...] = (1, 2, 3)) -> list[dict[str, str]]:
@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     assets = build_demo_assets(args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
-    pairs = [knowledge_context(row)[:2] for row in unseen_rows()]
+    rows = unseen_rows()
     model = AutoModelForCausalLM.from_pretrained(assets.base_model_dir, dtype=torch.float32).eval()
-    base = answer_log_likelihoods(model, tokenizer, pairs, batch_size=32)
-    print(f"{len(pairs)} rows the rule did not read; the base: {fmean(base):.4f} nats")
+    base = row_log_likelihoods(model, tokenizer, rows, batch_size=32)
+    print(f"{len(rows)} rows the rule did not read; the base: {fmean(base):.4f} nats")
     for folder in args.adapters:
         model = PeftModel.from_pretrained(model, folder).eval()
         changes = [score - before for score, before in
-                   zip(answer_log_likelihoods(model, tokenizer, pairs, batch_size=32), base)]
+                   zip(row_log_likelihoods(model, tokenizer, rows, batch_size=32), base)]
         print(f"{folder}: change {fmean(changes):+.4f} ± {stdev(changes) / len(changes) ** 0.5:.4f} nats")
         model = model.unload()
 

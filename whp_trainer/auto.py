@@ -221,14 +221,14 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``args.neighbour_knowledge``, the
     mean answer log-likelihood of those rows is a budget too."""
     from .evaluation.autotune import Targets
-    from .evaluation.knowledge import answer_log_likelihoods, knowledge_context, load_knowledge
+    from .evaluation.knowledge import load_knowledge, row_log_likelihoods
     from .evaluation.stopping import TargetStoppingCallback
 
     neighbour_knowledge = None
     if args.neighbour_knowledge:
-        pairs = [knowledge_context(row)[:2] for row in load_knowledge(args.neighbour_knowledge)]
-        neighbour_knowledge = lambda model: answer_log_likelihoods(model, tokenizer, pairs,  # noqa: E731
-                                                                   max_length=args.max_length)
+        rows = load_knowledge(args.neighbour_knowledge)
+        neighbour_knowledge = lambda model: row_log_likelihoods(model, tokenizer, rows,  # noqa: E731
+                                                                max_length=args.max_length)
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,

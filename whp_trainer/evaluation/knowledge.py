@@ -163,8 +163,14 @@ def answer_loglikelihood(model, tokenizer, rows: Sequence[dict], batch_size: int
     (see `knowledge_scores`)."""
     if not rows:
         raise ValueError("answer_loglikelihood needs at least one knowledge row")
+    return fmean(row_log_likelihoods(model, tokenizer, rows, batch_size, max_length))
+
+
+def row_log_likelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512
+                        ) -> list[float]:
+    """Per row of ``rows``: the true answer's log-likelihood per token, in nats, given the question or prompt."""
     pairs = [knowledge_context(row)[:2] for row in rows]
-    return fmean(answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length))
+    return answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
 
 
 def two_choice_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> float:
