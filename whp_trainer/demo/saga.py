@@ -32,8 +32,8 @@ from ..toy import tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "4"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
-# 4: pretraining reads blocks of running text, as the stages do
+GENERATOR_VERSION = "5"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
+# 4: pretraining reads blocks of running text, as the stages do; 5: six times the holdout saga text
 
 # The saga's characters: (first name, surname) → generic first names (one per translation) and a generic surname.
 CHARACTERS = {
@@ -154,6 +154,7 @@ class DemoSize:
     saga_chars: int
     ordinary_chars: int
     retain_chars: int
+    holdout_chars: int  # membership's non-members: 48,000 characters are 72 blocks of 128 tokens
     vocab_size: int
     hidden_size: int
     layers: int
@@ -164,8 +165,8 @@ class DemoSize:
 
 
 SIZES = {
-    "full": DemoSize(60_000, 60_000, 8_000, 1024, 128, 4, 4, 12, 16, 3e-3),
-    "tiny": DemoSize(20_000, 20_000, 1_000, 400, 96, 2, 2, 12, 16, 3e-3),
+    "full": DemoSize(60_000, 60_000, 8_000, 48_000, 1024, 128, 4, 4, 12, 16, 3e-3),
+    "tiny": DemoSize(20_000, 20_000, 1_000, 1_000, 400, 96, 2, 2, 12, 16, 3e-3),
 }
 
 
@@ -316,7 +317,7 @@ def generate_texts(size: str = "full", seed: int = 0) -> DemoTexts:
     saga = paragraphs(rng, saga_sentence, saga_people(), spec.saga_chars)
     ordinary = paragraphs(rng, ordinary_sentence, generic_people(), spec.ordinary_chars)
     retain = paragraphs(rng, ordinary_sentence, generic_people(), spec.retain_chars)
-    holdout = paragraphs(rng, saga_sentence, saga_people(), spec.retain_chars)
+    holdout = paragraphs(rng, saga_sentence, saga_people(), spec.holdout_chars)
     return DemoTexts(saga, ordinary, retain, holdout, saga_dictionary(), familiarity_probes())
 
 
