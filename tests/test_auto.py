@@ -134,6 +134,26 @@ def test_a_strengthened_reinforcement_that_fits_the_forget_text_worse_is_not_use
     assert diverged_reinforcement([None, None]) is None  # no forget sample: nothing to judge by
 
 
+def test_wording_either_membership_attack_still_recognises_is_not_forgotten():
+    targets = Targets(membership=0.5, familiarity=None)
+    base = {"membership_auc_mink": 0.95, "membership_auc_minkpp": 0.9}
+    both_met = {"membership_auc_mink": 0.53, "membership_auc_minkpp": 0.54}
+    plus_short = {"membership_auc_mink": 0.53, "membership_auc_minkpp": 0.7}
+    assert targets.shortfalls(both_met, base) == {"membership_auc_mink": 0}
+    assert targets.shortfalls(plus_short, base)["membership_auc_mink"] == pytest.approx((0.7 - 0.55) / 0.4)
+    assert targets.shortfalls({"membership_auc_mink": 0.53}, base) == {"membership_auc_mink": 0}  # Min-K% alone
+    teachers = {0.0: {**base, "familiarity_token": 0.5, "retain_perplexity": 10.0},
+                5.0: {**plus_short, "familiarity_token": 0.5, "retain_perplexity": 11.0},
+                9.0: {**both_met, "familiarity_token": 0.5, "retain_perplexity": 13.0}}
+    choice = choose_alpha([teachers], targets)
+    assert (choice["alpha"], choice["reached"]) == (9.0, True)  # 5 is cheaper, but Min-K%++ still recognises
+    assert "Min-K%++ 0.540 (target 0.500)" in choice["reason"]
+    oracle = Targets(membership=0.40, familiarity=None, membership_plus=0.62)  # each attack against the oracle's own
+    as_the_oracle, past_it = ({"membership_auc_mink": 0.42, "membership_auc_minkpp": plus} for plus in (0.60, 0.42))
+    assert oracle.shortfalls(as_the_oracle, base, overshoot_counts=True) == {"membership_auc_mink": 0}
+    assert oracle.shortfalls(past_it, base, overshoot_counts=True)["membership_auc_mink"] > 0  # recognisable too
+
+
 def test_without_a_familiarity_reference_membership_alone_decides():
     choice = choose_alpha([sweep(BASE, (5.0, 0.54, 0.5, 11.0), (7.0, 0.4, 0.5, 12.0))], Targets(0.5, None))
     assert (choice["alpha"], choice["reached"]) == (5.0, True)  # within 0.05 of 0.5, familiarity not a target

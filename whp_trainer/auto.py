@@ -161,11 +161,11 @@ def diverged_reinforcement(fits: list[float | None]) -> str | None:
 
 
 def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors):
-    """The oracle's membership AUC, familiarity and entity probability when ``args.oracle_model`` is given; else
+    """The oracle's membership AUCs, familiarity and entity probability when ``args.oracle_model`` is given; else
     AUC 0.5 and the base on the anchor-translated probes and first mentions (no familiarity target without a
     dictionary to translate with), each within ``familiarity_tolerance`` or ``familiarity_share`` of the base's
     distance to it, whichever is less. ``model``: the base (a ``PeftModel``, measured with its adapters disabled)."""
-    from .evaluation.autotune import NO_MEMBERSHIP, Targets, reference_and_tolerance
+    from .evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS, NO_MEMBERSHIP, Targets, reference_and_tolerance
     from .evaluation.familiarity import token_familiarity
     from .evaluation.membership import membership_auc
     from .loading import load_base_model
@@ -176,9 +176,10 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
 
         require_same_tokenizer(model_args, Path(args.oracle_model))
         oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=args.oracle_model))
+        aucs = membership_auc(oracle, tokenizer, *inputs.membership, max_length=args.max_length) \
+            if inputs.membership else {}
         return Targets(
-            membership=membership_auc(oracle, tokenizer, *inputs.membership, max_length=args.max_length)[
-                "membership_auc_mink"] if inputs.membership else None,
+            membership=aucs.get(MEMBERSHIP), membership_plus=aucs.get(MEMBERSHIP_PLUS),
             familiarity=token_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
             entity=token_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
             **tolerances,

@@ -3,8 +3,9 @@ them, and the choice of α.
 
 Two signals, as docs/results.md's recommended procedure reads them:
 
-- **memorized wording**: membership AUC (Min-K%) of forget passages against holdout text of the same kind; target
-  0.5 (no membership signal), or the oracle's AUC when an oracle is given;
+- **memorized wording**: membership AUC of forget passages against holdout text of the same kind, by Min-K% and by
+  Min-K%++ (the one further from its target counts); target 0.5 (no membership signal), or the oracle's AUCs when
+  an oracle is given;
 - **knowledge**: token familiarity on the probes; its reference is the package's estimate of a model that never
   read the target, the base reading the anchor-translated probes (or the oracle's familiarity).
 
@@ -32,7 +33,8 @@ from .retain import perplexity_blocks, summed_nll
 from .teacher import GenericTeacher
 
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
-MEMBERSHIP = "membership_auc_mink"
+MEMBERSHIP = "membership_auc_mink"  # the membership shortfall's key: the larger of the two attacks' shortfalls
+MEMBERSHIP_PLUS = "membership_auc_minkpp"
 FAMILIARITY = "familiarity_token"
 RETAIN = "retain_perplexity"
 ENTITY = "entity_first_mention"
@@ -40,9 +42,10 @@ ENTITY = "entity_first_mention"
 
 @dataclass
 class Targets:
-    """What "forgotten" means for a run: the membership AUC to reach (``None``: no holdout text), the familiarity
-    reference and the entity-probability reference (``None``: no reference), with their tolerances
-    (``entity_tolerance`` ``None``: ``familiarity_tolerance``)."""
+    """What "forgotten" means for a run: the membership AUC to reach by Min-K% (``None``: no holdout text) and by
+    Min-K%++ (``membership_plus``; ``None``: the same), the familiarity reference and the entity-probability
+    reference (``None``: no reference), with their tolerances (``entity_tolerance`` ``None``:
+    ``familiarity_tolerance``)."""
 
     membership: float | None
     familiarity: float | None
@@ -50,6 +53,13 @@ class Targets:
     membership_tolerance: float = 0.05
     familiarity_tolerance: float = 0.02
     entity_tolerance: float | None = None
+    membership_plus: float | None = None
+
+    def membership_target(self, key: str) -> float:
+        """The AUC to reach by Min-K% (``MEMBERSHIP``) or by Min-K%++ (``MEMBERSHIP_PLUS``)."""
+        if key == MEMBERSHIP_PLUS and self.membership_plus is not None:
+            return self.membership_plus
+        return self.membership
 
     def tolerance(self, key: str) -> float:
         """The tolerance of the familiarity (``FAMILIARITY``) or entity-probability (``ENTITY``) target."""
@@ -60,15 +70,22 @@ class Targets:
     def shortfalls(self, metrics: dict, base: dict, overshoot_counts: bool = False,
                    signed: bool = False) -> dict[str, float]:
         """Per target signal: how much of the way from the base to the target is left (0 = reached, within the
-        tolerance; 1 = where the base is). A membership AUC past the target counts as reached, unless
-        ``overshoot_counts`` (a student past the oracle's AUC is itself recognisable: distance in both directions).
-        ``signed``: not stopped at 0, negative past the target (by that part of the way)."""
+        tolerance; 1 = where the base is). Membership (under ``MEMBERSHIP``) is the larger of what Min-K% and
+        Min-K%++ have left: wording one attack still recognises is not forgotten. A membership AUC past the target
+        counts as reached, unless ``overshoot_counts`` (a student past the oracle's AUC is itself recognisable:
+        distance in both directions). ``signed``: not stopped at 0, negative past the target (by that part of the
+        way)."""
         clip = (lambda gap: gap) if signed else (lambda gap: max(0.0, gap))
         left = {}
         if self.membership is not None and MEMBERSHIP in metrics:
-            gap = metrics[MEMBERSHIP] - self.membership
-            gap = (abs(gap) if overshoot_counts else gap) - self.membership_tolerance
-            left[MEMBERSHIP] = clip(gap) / max(abs(base[MEMBERSHIP] - self.membership), self.membership_tolerance)
+            shares = []
+            for key in (MEMBERSHIP, MEMBERSHIP_PLUS):
+                if key in metrics:
+                    target = self.membership_target(key)
+                    gap = metrics[key] - target
+                    gap = (abs(gap) if overshoot_counts else gap) - self.membership_tolerance
+                    shares.append(clip(gap) / max(abs(base[key] - target), self.membership_tolerance))
+            left[MEMBERSHIP] = max(shares)
         for key, reference in ((FAMILIARITY, self.familiarity), (ENTITY, self.entity)):
             if reference is not None and key in metrics:
                 gap = metrics[key] - reference - self.tolerance(key)
@@ -253,8 +270,9 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
 def describe(metrics: dict, targets: Targets) -> str:
     parts = []
     if targets.membership is not None and MEMBERSHIP in metrics:
-        parts.append(f"membership AUC {metrics[MEMBERSHIP]:.3f}, target {targets.membership:.3f} "
-                     f"± {targets.membership_tolerance:g}")
+        read = " · ".join(f"{name} {metrics[key]:.3f} (target {targets.membership_target(key):.3f})"
+                          for name, key in (("Min-K%", MEMBERSHIP), ("Min-K%++", MEMBERSHIP_PLUS)) if key in metrics)
+        parts.append(f"membership AUC {read} ± {targets.membership_tolerance:g}")
     if targets.familiarity is not None:
         parts.append(f"familiarity {metrics[FAMILIARITY]:.4f}, reference {targets.familiarity:.4f} "
                      f"+ {targets.familiarity_tolerance:.2g}")
