@@ -178,8 +178,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     )
     oracle_model: str | None = field(
         default=None,
-        metadata={"help": "alpha auto: a model of the same tokenizer that never read the target; its membership AUC "
-                  "and familiarity become the targets (default: AUC 0.5, the base on anchor-translated probes)."},
+        metadata={"help": "alpha auto: a model of the same tokenizer that never read the target; its membership "
+                  "AUCs and familiarity become the targets (default: AUC 0.5, the base on anchor-translated probes)."},
     )
     neighbour_knowledge: str | None = field(
         default=None,
@@ -207,7 +207,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=2.0, metadata={"help": "alpha auto: how much each strengthening multiplies epochs and learning rate."}
     )
     membership_tolerance: float = field(
-        default=0.05, metadata={"help": "alpha auto: the membership AUC target is reached within this distance."}
+        default=0.05, metadata={"help": "alpha auto: the membership AUC targets (Min-K% and Min-K%++) are reached "
+                                        "within this distance."}
     )
     familiarity_tolerance: float = field(
         default=0.02,
