@@ -288,6 +288,11 @@ def test_stage_help_shows_config_and_the_methods_own_options_first(capsys):
     assert position["--alpha"] < position["--forget_data"] < position["--lora_r"] < position["--learning_rate"]
 
 
+@pytest.mark.parametrize("command", sorted(name for name in cli.COMMANDS if name != "run"))
+def test_every_stage_help_renders(command):
+    assert f"whp {command}" in cli.parser_for(command).format_help()  # a bare % in a help string breaks it
+
+
 def test_help_lists_every_option_with_its_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["unlearn", "--help"])

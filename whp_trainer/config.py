@@ -207,8 +207,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=2.0, metadata={"help": "alpha auto: how much each strengthening multiplies epochs and learning rate."}
     )
     membership_tolerance: float = field(
-        default=0.05, metadata={"help": "alpha auto: the membership AUC targets (Min-K% and Min-K%++) are reached "
-                                        "within this distance."}
+        default=0.05, metadata={"help": "alpha auto: the membership AUC targets (of both attacks, Min-K and "
+                                        "Min-K++) are reached within this distance."}
     )
     familiarity_tolerance: float = field(
         default=0.02,
