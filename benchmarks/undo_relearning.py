@@ -4,16 +4,18 @@ on the CPU demo.
 The unlearned model (the base with a finished demo run's unlearning adapter, merged) is the teacher. A copy of it
 has its weights moved ``--noise`` of the way towards a fresh random initialisation (0: the copy as it is; 1: a model
 that never read anything), and is then trained, every weight, to give the teacher's next-token distribution
-(forward KL) on the text the base was pretrained on (the saga and the ordinary world), for ``--epochs`` passes at
-the pretraining's rate and schedule. What the teacher no longer says is then nowhere in the copy's weights for a
-relearning attack to find again, as far as the noise erased it.
+(forward KL; with ``--top_k``, only its K most likely tokens, renormalised) on the text the base was pretrained on
+(the saga and the ordinary world), for ``--epochs`` passes at the pretraining's rate and schedule. What the teacher
+no longer says is then nowhere in the copy's weights for a relearning attack to find again, as far as the noise
+erased it.
 
 The distilled model is evaluated with the demo's evaluation settings in the place of the oracle (the one slot of
 the report that takes a whole model), so its column is measured under every attack exactly as the oracle's is;
-compare it with the run's own report (its oracle and unlearned columns). Results in docs/results.md (relearning).
+compare it with the run's own report (its oracle and unlearned columns). Results in docs/results.md (relearning):
+it halves what relearning restores, and does not bring it to the oracle's.
 
     whp demo --method auto --seed 42 --output_dir /tmp/s23/demo42            # the run to start from
-    python benchmarks/undo_relearning.py --run /tmp/s23/demo42 --noise 0.5 --output_dir /tmp/undo/d42_0.5
+    python benchmarks/undo_relearning.py --run /tmp/s23/demo42 --noise 1.0 --top_k 16 --output_dir /tmp/undo/d42_1.0_k16
 """
 
 from __future__ import annotations
