@@ -24,6 +24,7 @@ from whp_trainer.evaluation.stopping import (
     LINE_SEARCH, NEIGHBOUR_BOUND, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, knowledge_bound, perplexity_bound,
     t_quantile, trainable_weights,
 )
+from whp_trainer.toy import tiny_llama
 from whp_trainer.trainer import RETAIN_STATE
 
 PROBES = [{"prompt": "Harry Potter studies magic at", "target": " Hogwarts"},
@@ -152,6 +153,33 @@ def test_wording_either_membership_attack_still_recognises_is_not_forgotten():
     as_the_oracle, past_it = ({"membership_auc_mink": 0.42, "membership_auc_minkpp": plus} for plus in (0.60, 0.42))
     assert oracle.shortfalls(as_the_oracle, base, overshoot_counts=True) == {"membership_auc_mink": 0}
     assert oracle.shortfalls(past_it, base, overshoot_counts=True)["membership_auc_mink"] > 0  # recognisable too
+
+
+def test_an_oracle_sets_each_membership_attacks_target_to_its_own_auc(files, tokenizer, tmp_path, monkeypatch):
+    from trl import ModelConfig
+
+    from whp_trainer.auto import AutoInputs, auto_targets
+    from whp_trainer.evaluation import membership
+    from whp_trainer.loading import load_base_model
+
+    tiny_llama(tokenizer, seed=3).save_pretrained(tmp_path / "oracle")
+    tokenizer.save_pretrained(tmp_path / "oracle")
+    read = []
+
+    def oracle_aucs(model, tokenizer, forget, holdout, **kwargs):  # tiny samples give both attacks one AUC
+        read.append((list(forget), list(holdout)))
+        return {"membership_auc_mink": 0.41, "membership_auc_minkpp": 0.63}
+
+    monkeypatch.setattr(membership, "membership_auc", oracle_aucs)
+    model_args = ModelConfig(model_name_or_path=str(files / "base"))
+    inputs = AutoInputs(probes=PROBES, first_mentions=[], retain=CORPUS[4:], membership=(CORPUS[:4], CORPUS[4:]))
+    args = SimpleNamespace(oracle_model=str(tmp_path / "oracle"), membership_tolerance=0.05,
+                           familiarity_tolerance=0.02, max_length=32)
+    targets = auto_targets(load_base_model(model_args), model_args, args, tokenizer, inputs, anchors=None)
+    assert (targets.membership, targets.membership_plus) == (0.41, 0.63)
+    assert read == [(CORPUS[:4], CORPUS[4:])]
+    oracle = load_base_model(ModelConfig(model_name_or_path=str(tmp_path / "oracle")))
+    assert targets.familiarity == pytest.approx(token_familiarity(oracle, tokenizer, PROBES))
 
 
 def test_without_a_familiarity_reference_membership_alone_decides():
