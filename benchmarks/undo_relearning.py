@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -32,11 +31,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from whp_trainer.arguments import DataArguments
-from whp_trainer.batching import padded_batch
 from whp_trainer.collator import read_paragraphs
 from whp_trainer.demo.run import DEMO_LORA, demo_evaluation_config
-from whp_trainer.demo.saga import build_demo_assets, demo_size, one_thread, running_blocks, warmup_cosine
-from whp_trainer.toy import tiny_llama
+from whp_trainer.demo.saga import build_demo_assets, demo_size, one_thread, pretrain, running_blocks
 
 
 def unlearned_model(base_dir: Path, adapter: Path):
@@ -47,9 +44,11 @@ def unlearned_model(base_dir: Path, adapter: Path):
     return model
 
 
-def noised_copy(model, tokenizer, spec, noise: float, seed: int):
-    """A copy of ``model`` with every weight ``(1 - noise)·w + noise·w0``, ``w0`` a fresh initialisation."""
-    fresh = tiny_llama(tokenizer, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads, seed=seed)
+def noised_copy(model, noise: float, seed: int):
+    """A copy of ``model`` with every weight ``(1 - noise)·w + noise·w0``, ``w0`` a fresh initialisation of its
+    config (drawn with ``seed``)."""
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config)
     fresh.load_state_dict({name: (1 - noise) * value + noise * fresh.state_dict()[name]
                            for name, value in model.state_dict().items()})
     return fresh
@@ -64,39 +63,18 @@ def teacher_distribution(logits: torch.Tensor, top_k: int | None) -> torch.Tenso
     return torch.full_like(logits, float("-inf")).scatter(-1, kept.indices, kept.values).log_softmax(-1)
 
 
-def distil(student, teacher, tokenizer, texts: list[str], spec, epochs: int, seed: int,
-           top_k: int | None = None) -> list[float]:
-    """Every weight of ``student`` trained towards ``teacher``'s next-token distribution on ``texts`` (cross-entropy
-    against it per token: forward KL up to the teacher's entropy), AdamW with warm-up and cosine decay at the
-    pretraining's rate; returns each epoch's mean loss."""
-    sequences = [tokenizer(text)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
-    total = math.ceil(len(sequences) / spec.batch_size) * epochs
-    optimizer = torch.optim.AdamW(student.parameters(), lr=spec.learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total))
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    student.train()
-    for _ in range(epochs):
-        order, epoch_losses = torch.randperm(len(sequences), generator=generator).tolist(), []
-        for start in range(0, len(order), spec.batch_size):
-            batch = padded_batch([sequences[i] for i in order[start : start + spec.batch_size]],
-                                 tokenizer.pad_token_id)
-            inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
-            with torch.no_grad():
-                target = teacher_distribution(teacher(**inputs).logits, top_k).exp()
-            predicted = student(**inputs).logits.log_softmax(-1)
-            per_token = -(target * predicted).sum(-1)
-            mask = batch["attention_mask"].bool()
-            loss = per_token[mask].mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            epoch_losses.append(loss.item())
-        losses.append(sum(epoch_losses) / len(epoch_losses))
-    student.eval()
-    return losses
+def distillation_loss(teacher, top_k: int | None = None):
+    """``pretrain``'s loss for distilling ``teacher``: per token, the cross-entropy of the student's next-token
+    distribution against the teacher's (forward KL up to the teacher's entropy), over the batch's tokens."""
+
+    def loss(student, batch):
+        inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
+        with torch.no_grad():
+            target = teacher_distribution(teacher(**inputs).logits, top_k).exp()
+        per_token = -(target * student(**inputs).logits.log_softmax(-1)).sum(-1)
+        return per_token[batch["attention_mask"].bool()].mean()
+
+    return loss
 
 
 def main() -> None:
@@ -113,20 +91,20 @@ def main() -> None:
     with one_thread():
         assets = build_demo_assets(args.cache_dir)
         spec = demo_size("full")
+        spec = dataclasses.replace(spec, epochs=args.epochs or spec.epochs)  # the pretraining's rate and schedule
         tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
         teacher = unlearned_model(assets.base_model_dir, run / "unlearned-auto")
-        student = noised_copy(teacher, tokenizer, spec, args.noise, args.seed)
+        student = noised_copy(teacher, args.noise, args.seed)
         texts = [block for path in (assets.saga_path, assets.ordinary_path)  # what the base was pretrained on
                  for block in running_blocks(read_paragraphs(path), tokenizer)]
         start = time.perf_counter()
-        losses = distil(student, teacher, tokenizer, texts, spec, args.epochs or spec.epochs, args.seed,
-                        args.top_k)
+        losses = pretrain(student, tokenizer, texts, spec, args.seed, distillation_loss(teacher, args.top_k))
         seconds = time.perf_counter() - start
         distilled = output / "distilled"
         student.save_pretrained(distilled)
         tokenizer.save_pretrained(distilled)
         (output / "distillation.json").write_text(json.dumps(
-            {"noise": args.noise, "top_k": args.top_k, "epochs": args.epochs or spec.epochs, "seed": args.seed,
+            {"noise": args.noise, "top_k": args.top_k, "epochs": spec.epochs, "seed": args.seed,
              "blocks": len(texts), "seconds": round(seconds, 1), "losses": losses}, indent=1), encoding="utf-8")
         print(f"distilled in {seconds:.0f} s; loss per epoch {[round(loss, 4) for loss in losses]}", flush=True)
         from trl import ModelConfig

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..arguments import DataArguments, DemoArguments
+from ..auto import SAMPLE
 from .saga import (
     CHARACTERS,
     RELATIONS,
@@ -130,6 +131,6 @@ def demo_evaluation_config(output_dir: str | os.PathLike, assets=None, inputs: d
         oracle_model=str(assets.oracle_model_dir) if assets else None,
         holdout_data=str(assets.holdout_path) if assets else None,
         relearn_data=str(assets.holdout_path) if assets else None,
-        membership_texts=64,  # the rule's sample (auto.SAMPLE): a standard error of about 0.05 on the AUC
+        membership_texts=SAMPLE,  # the stopping rule's sample: a standard error of about 0.05 on the AUC
         **(inputs or {}),
     )

@@ -420,25 +420,31 @@ def running_blocks(paragraphs: list[str], tokenizer, block_size: int = 128) -> l
     return text_blocks(["\n\n".join(paragraphs)], tokenizer, block_size)
 
 
-def pretrain(model, tokenizer, texts: list[str], spec: DemoSize, seed: int = 0) -> None:
-    """Plain causal-LM training, one text per sequence, AdamW with linear warm-up and cosine decay."""
+def pretrain(model, tokenizer, texts: list[str], spec: DemoSize, seed: int = 0, loss=None) -> list[float]:
+    """Plain causal-LM training, one text per sequence, AdamW with linear warm-up and cosine decay; ``loss(model,
+    batch)`` replaces the causal-LM loss when given. Returns each epoch's mean loss."""
     sequences = [tokenizer(text)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
     steps_per_epoch = math.ceil(len(sequences) / spec.batch_size)
     total = steps_per_epoch * spec.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total))
     generator = torch.Generator().manual_seed(seed)
+    epoch_losses = []
     model.train()
     for _ in range(spec.epochs):
-        order = torch.randperm(len(sequences), generator=generator).tolist()
+        order, losses = torch.randperm(len(sequences), generator=generator).tolist(), []
         for start in range(0, len(order), spec.batch_size):
             batch = padded_batch([sequences[i] for i in order[start : start + spec.batch_size]], tokenizer.pad_token_id)
-            model(**batch).loss.backward()
+            value = model(**batch).loss if loss is None else loss(model, batch)
+            value.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            losses.append(value.item())
+        epoch_losses.append(sum(losses) / len(losses))
     model.eval()
+    return epoch_losses
 
 
 def warmup_cosine(step: int, total: int, warmup_fraction: float = 0.05) -> float:
