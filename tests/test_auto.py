@@ -16,7 +16,8 @@ from test_cli import EVALUATION, TRAINING, files, run_config, write_config  # no
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
 from whp_trainer.evaluation import GenericTeacher, membership_auc, perplexity, token_familiarity
 from whp_trainer.evaluation.autotune import (
-    Targets, choose_alpha, familiarity_reference, reference_and_tolerance, teacher_sweep, translated_probes,
+    Targets, choose_alpha, familiarity_reference, membership_error, reference_and_tolerance, teacher_sweep,
+    translated_probes,
 )
 from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.retain import perplexity_of
@@ -180,6 +181,30 @@ def test_an_oracle_sets_each_membership_attacks_target_to_its_own_auc(files, tok
     assert read == [(CORPUS[:4], CORPUS[4:])]
     oracle = load_base_model(ModelConfig(model_name_or_path=str(tmp_path / "oracle")))
     assert targets.familiarity == pytest.approx(token_familiarity(oracle, tokenizer, PROBES))
+
+
+def test_a_membership_sample_too_small_to_resolve_the_tolerance_is_warned_of_and_recorded(caplog):
+    from whp_trainer.auto import warn_if_unresolved
+    from whp_trainer.evaluation.autotune import describe
+    from whp_trainer.evaluation.markdown import auto_markdown
+    from whp_trainer.evaluation.membership import auc_standard_error
+
+    args = SimpleNamespace(membership_tolerance=0.05, max_length=128)
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        warn_if_unresolved((["forget"] * 6, ["holdout"] * 5), args)  # the real-model benchmark's sample
+    assert "6 forget against 5 holdout blocks of 128 tokens" in caplog.text and "standard error of 0.18" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        warn_if_unresolved((["forget"] * 64, ["holdout"] * 64), args)  # the rule's whole sample: as fine as it reads
+        warn_if_unresolved((["forget"] * 6, ["holdout"] * 5), SimpleNamespace(membership_tolerance=0.2, max_length=8))
+    assert "alpha auto" not in caplog.text
+    targets = Targets(membership=0.5, familiarity=None, membership_error=membership_error((["a"] * 6, ["b"] * 5)))
+    assert targets.membership_error == pytest.approx(auc_standard_error(0.5, 6, 5))
+    assert membership_error(None) is None
+    assert "(standard error of the sample 0.18)" in describe({"membership_auc_mink": 0.5}, targets)
+    record = choose_alpha([{0.0: {"membership_auc_mink": 0.9, "retain_perplexity": 10.0},
+                            3.0: {"membership_auc_mink": 0.5, "retain_perplexity": 11.0}}], targets)
+    assert "standard error of the sample 0.18" in auto_markdown(record)
 
 
 def test_without_a_familiarity_reference_membership_alone_decides():

@@ -94,6 +94,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     if args.holdout_data:
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
         membership = (sample(forget, rng), sample(text_blocks(holdout, tokenizer, args.max_length), rng))
+        warn_if_unresolved(membership, args)
     budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
         else data.retain_texts()["text"]
     budget = text_blocks(budget, tokenizer, args.max_length)
@@ -105,6 +106,22 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       retain=sample(budget, rng), membership=membership,
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)))
+
+
+def warn_if_unresolved(membership: tuple[list, list], args) -> None:
+    """Warn when the membership sample is smaller than the rule reads and, at its size, the AUC's standard error is
+    more than ``membership_tolerance``: the membership target is then read within noise (a short forget text, or
+    little holdout text)."""
+    from .evaluation.autotune import membership_error
+
+    forget, holdout = map(len, membership)
+    error = membership_error(membership)
+    if min(forget, holdout) < SAMPLE and error > args.membership_tolerance:
+        logger.warning("whp unlearn: alpha auto: membership is read on %d forget against %d holdout blocks of %d "
+                       "tokens: at these numbers its AUC has a standard error of %.2f, more than membership_tolerance "
+                       "%g, so whether the target is reached is read within noise (give more --holdout_data; %d "
+                       "blocks of each read it to about 0.05)", forget, holdout, args.max_length, error,
+                       args.membership_tolerance, SAMPLE)
 
 
 def sample(items: list, rng: random.Random) -> list:
@@ -165,7 +182,9 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
     AUC 0.5 and the base on the anchor-translated probes and first mentions (no familiarity target without a
     dictionary to translate with), each within ``familiarity_tolerance`` or ``familiarity_share`` of the base's
     distance to it, whichever is less. ``model``: the base (a ``PeftModel``, measured with its adapters disabled)."""
-    from .evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS, NO_MEMBERSHIP, Targets, reference_and_tolerance
+    from .evaluation.autotune import (
+        MEMBERSHIP, MEMBERSHIP_PLUS, NO_MEMBERSHIP, Targets, membership_error, reference_and_tolerance,
+    )
     from .evaluation.familiarity import token_familiarity
     from .evaluation.membership import membership_auc
     from .loading import load_base_model
@@ -180,11 +199,13 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
             if inputs.membership else {}
         return Targets(
             membership=aucs.get(MEMBERSHIP), membership_plus=aucs.get(MEMBERSHIP_PLUS),
+            membership_error=membership_error(inputs.membership),
             familiarity=token_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
             entity=token_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
             **tolerances,
         )
-    targets = Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None, **tolerances)
+    targets = Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None,
+                      membership_error=membership_error(inputs.membership), **tolerances)
     if anchors is None:
         return targets
     relative = dict(tolerance=args.familiarity_tolerance, share=args.familiarity_share)

@@ -27,7 +27,7 @@ from ..batching import pad_token_id, padded_batch
 from ..models import BASELINE, using_adapter
 from ..targets import generic_logits
 from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
-from .membership import MUSE_K, membership_ids, membership_results, min_k, scores_from_logits
+from .membership import MUSE_K, auc_standard_error, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
 from .retain import perplexity_blocks, summed_nll
 from .teacher import GenericTeacher
@@ -45,7 +45,8 @@ class Targets:
     """What "forgotten" means for a run: the membership AUC to reach by Min-K% (``None``: no holdout text) and by
     Min-K%++ (``membership_plus``; ``None``: the same), the familiarity reference and the entity-probability
     reference (``None``: no reference), with their tolerances (``entity_tolerance`` ``None``:
-    ``familiarity_tolerance``)."""
+    ``familiarity_tolerance``); ``membership_error``: the standard error of a membership AUC on the rule's sample
+    (`membership_error`; ``None``: not known)."""
 
     membership: float | None
     familiarity: float | None
@@ -54,6 +55,7 @@ class Targets:
     familiarity_tolerance: float = 0.02
     entity_tolerance: float | None = None
     membership_plus: float | None = None
+    membership_error: float | None = None
 
     def membership_target(self, key: str) -> float:
         """The AUC to reach by Min-K% (``MEMBERSHIP``) or by Min-K%++ (``MEMBERSHIP_PLUS``)."""
@@ -92,6 +94,12 @@ class Targets:
                 # 1e-12: a relative tolerance is 0 where the base is at its reference
                 left[key] = clip(gap) / max(base[key] - reference, self.tolerance(key), 1e-12)
         return left
+
+
+def membership_error(membership: tuple[Sequence[str], Sequence[str]] | None) -> float | None:
+    """The standard error of a membership AUC near 0.5 read on ``membership`` (forget, holdout): the resolution of
+    the membership target (``None`` without a sample)."""
+    return auc_standard_error(NO_MEMBERSHIP, *map(len, membership)) if membership else None
 
 
 def translated_probes(probes: Sequence[dict], dictionary) -> list[dict]:
@@ -272,7 +280,9 @@ def describe(metrics: dict, targets: Targets) -> str:
     if targets.membership is not None and MEMBERSHIP in metrics:
         read = " · ".join(f"{name} {metrics[key]:.3f} (target {targets.membership_target(key):.3f})"
                           for name, key in (("Min-K%", MEMBERSHIP), ("Min-K%++", MEMBERSHIP_PLUS)) if key in metrics)
-        parts.append(f"membership AUC {read} ± {targets.membership_tolerance:g}")
+        error = "" if targets.membership_error is None else \
+            f" (standard error of the sample {targets.membership_error:.2f})"
+        parts.append(f"membership AUC {read} ± {targets.membership_tolerance:g}{error}")
     if targets.familiarity is not None:
         parts.append(f"familiarity {metrics[FAMILIARITY]:.4f}, reference {targets.familiarity:.4f} "
                      f"+ {targets.familiarity_tolerance:.2g}")

@@ -295,9 +295,13 @@ def auto_markdown(auto: dict) -> str:
     lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
     targets = auto["targets"]
     entity_tolerance = Targets(**targets).tolerance(ENTITY)  # an older record has none: the familiarity one
-    lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])} ± "
-              f"{targets['membership_tolerance']:g}; familiarity at most {format_number(targets['familiarity'])} + "
-              f"{targets['familiarity_tolerance']:.2g}; entity probability at most "
+    plus, error = targets.get("membership_plus"), targets.get("membership_error")  # an older record has neither
+    plus = "" if plus is None else f", Min-K%++ {format_number(plus)}"
+    error = "" if error is None else f" (standard error of the sample {error:.2f})"
+    lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])}{plus} ± "
+              f"{targets['membership_tolerance']:g}{error}; familiarity at most "
+              f"{format_number(targets['familiarity'])} + {targets['familiarity_tolerance']:.2g}; "
+              f"entity probability at most "
               f"{format_number(targets.get('entity'))} + {entity_tolerance:.2g} (— = not a target).", ""]
     rows = []
     for round_, sweep in enumerate(auto["sweeps"]):
