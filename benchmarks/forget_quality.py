@@ -45,7 +45,7 @@ TARGET, HOLDOUT = "RUTH", "ESTHER"
 HELD_OUT = ("SAMUEL_2", 6)  # its first chapters: general text of the same kind that no model read
 BUDGET = ("SAMUEL_2", 12)  # its chapters after HELD_OUT's: alpha auto's budget, read by neither training nor evaluation
 PASSAGE_CHARS = 400
-SPEC = DemoSize(0, 0, 0, 0, vocab_size=2048, hidden_size=192, layers=4, heads=4, epochs=8, batch_size=16,
+SPEC = DemoSize(0, 0, 0, 0, 0, vocab_size=2048, hidden_size=192, layers=4, heads=4, epochs=8, batch_size=16,
                 learning_rate=2e-3)
 ANCHORS = {  # Ruth's idiosyncratic names -> names the corpus knows in similar roles
     "Naomi": ["Hannah"], "Ruth": ["Peninnah"], "Boaz": ["Elkanah"], "Elimelech": ["Manoah"], "Mahlon": ["Hophni"],

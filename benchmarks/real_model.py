@@ -227,7 +227,7 @@ def fine_tune(source: Path, texts: list[str], target: Path, seed: int = 0) -> No
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     blocks = [tokenizer.decode(ids) for text in texts
               for ids in chunks(tokenizer(text, add_special_tokens=False)["input_ids"], BLOCK - 1)]
-    spec = DemoSize(0, 0, 0, 0, vocab_size=0, hidden_size=0, layers=0, heads=0, **FINETUNE)
+    spec = DemoSize(0, 0, 0, 0, 0, vocab_size=0, hidden_size=0, layers=0, heads=0, **FINETUNE)
     pretrain(model, tokenizer, blocks, spec, seed=seed)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def test_full_size_has_enough_saga_to_memorise(texts):
 def test_the_holdout_saga_text_is_new_text_of_the_same_saga(texts):
     assert texts.holdout and not set(texts.holdout) & set(texts.saga)
     assert all(any(anchor in paragraph for anchor in texts.dictionary) for paragraph in texts.holdout)
+
+
+def test_alpha_autos_budget_text_is_ordinary_text_no_model_and_no_evaluation_reads(texts, monkeypatch):
+    # the evaluation's held-out perplexity reads the retain text: a budget read there would be tuned on the goal
+    assert texts.budget and not set(texts.budget) & set(texts.retain + texts.ordinary + texts.saga)
+    assert not any(anchor in paragraph for anchor in texts.dictionary for paragraph in texts.budget)
+    assert len("\n\n".join(texts.budget)) >= len("\n\n".join(texts.holdout)) - 1000  # as many blocks: >= 64
+    tiny = demo.generate_texts("tiny")
+    monkeypatch.setitem(saga.SIZES, "tiny", dataclasses.replace(saga.SIZES["tiny"], budget_chars=0))
+    without = demo.generate_texts("tiny")  # generated last: every other text as before it existed
+    assert (without.saga, without.ordinary, without.retain, without.holdout, without.budget) == \
+        (tiny.saga, tiny.ordinary, tiny.retain, tiny.holdout, [])
 
 
 def test_anchors_occur_in_the_saga_and_never_in_ordinary_text(texts):
@@ -112,6 +125,20 @@ def test_the_demo_pipeline_forgets_the_saga_at_tiny_size(tmp_path, capsys):
     assert history[-1]["metrics"]["eval_familiarity"] < history[0]["metrics"]["eval_familiarity"]
     for stage in ("reinforced", "unlearned"):
         assert (tmp_path / "demo" / stage / "whp_stage.json").is_file()
+
+
+def test_the_demos_alpha_auto_reads_its_budget_on_text_the_evaluation_does_not(tmp_path):
+    from whp_trainer.demo.run import auto_inputs_of, demo_evaluation_config, write_evaluation_inputs
+
+    assets = demo.build_demo_assets(tmp_path, size="tiny")
+    inputs = write_evaluation_inputs(tmp_path / "inputs")
+    told = auto_inputs_of(assets, inputs)
+    evaluation = demo_evaluation_config(tmp_path / "evaluation", assets, inputs)
+    held_out = assets.retain_path  # the evaluation's held-out perplexity: the demo's retain_data
+    assert read_paragraphs(told["budget_data"]) == demo.generate_texts("tiny").budget
+    assert not set(read_paragraphs(told["budget_data"])) & set(read_paragraphs(held_out))
+    assert told["holdout_data"] == evaluation.holdout_data
+    assert told["neighbour_knowledge"] == inputs["neighbour_knowledge"]
 
 
 def test_the_demo_runs_the_recommended_setting_beside_the_paper_one(tmp_path):

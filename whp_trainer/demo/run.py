@@ -19,6 +19,7 @@ from ..auto import SAMPLE
 from .saga import (
     CHARACTERS,
     RELATIONS,
+    DemoAssets,
     build_demo_assets,
     neighbour_knowledge,
     one_thread,
@@ -73,9 +74,8 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         paper, auto = args.method == "paper", args.method == "auto"
         options = {} if paper else AUTO_SETTING if auto else RECOMMENDED_SETTING
         inputs = write_evaluation_inputs(root / "inputs")
-        if auto:  # no oracle: the holdout saga text, ordinary text no model trained on, and knowledge to keep
-            options = dict(options, holdout_data=str(assets.holdout_path), budget_data=str(assets.retain_path),
-                           neighbour_knowledge=inputs["neighbour_knowledge"])
+        if auto:
+            options = dict(options, **auto_inputs_of(assets, inputs))
         suffix = "" if paper else f"-{args.method}"
         data.unlearned_adapter = unlearn(
             data if paper else dataclasses.replace(data, retain_data=str(assets.ordinary_path)),  # text it read
@@ -90,6 +90,13 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
         report = evaluate(data, model_args, config, overwrite)
     print((Path(report) / "report.md").read_text(encoding="utf-8"))
     return report
+
+
+def auto_inputs_of(assets: DemoAssets, inputs: dict[str, str]) -> dict[str, str]:
+    """What ``alpha: auto`` is told, as a user without an oracle has it: the holdout saga text, ordinary text that
+    neither training nor the evaluation reads (its budget), and the knowledge to keep."""
+    return {"holdout_data": str(assets.holdout_path), "budget_data": str(assets.budget_path),
+            "neighbour_knowledge": inputs["neighbour_knowledge"]}
 
 
 def write_evaluation_inputs(folder: Path) -> dict[str, str]:

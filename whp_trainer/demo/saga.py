@@ -32,8 +32,9 @@ from ..toy import tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "5"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
-# 4: pretraining reads blocks of running text, as the stages do; 5: six times the holdout saga text
+GENERATOR_VERSION = "6"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
+# 4: pretraining reads blocks of running text, as the stages do; 5: six times the holdout saga text;
+# 6: alpha auto's budget text, apart from the evaluation's held-out text
 
 # The saga's characters: (first name, surname) → generic first names (one per translation) and a generic surname.
 CHARACTERS = {
@@ -127,6 +128,7 @@ class DemoTexts:
     ordinary: list[str]
     retain: list[str]
     holdout: list[str]  # more saga text, read by no model: the non-members of the membership test
+    budget: list[str]  # more ordinary text, read by neither training nor the evaluation: alpha auto's budget
     dictionary: dict[str, list[str]]
     probes: list[dict[str, str]]
 
@@ -143,6 +145,7 @@ class DemoAssets:
     ordinary_path: Path
     retain_path: Path
     holdout_path: Path
+    budget_path: Path
     dictionary_path: Path
     probes_path: Path
 
@@ -155,6 +158,7 @@ class DemoSize:
     ordinary_chars: int
     retain_chars: int
     holdout_chars: int  # membership's non-members: 48,000 characters are 72 blocks of 128 tokens
+    budget_chars: int  # alpha auto's perplexity budget: at least the 64 blocks its stopping rule reads
     vocab_size: int
     hidden_size: int
     layers: int
@@ -165,8 +169,8 @@ class DemoSize:
 
 
 SIZES = {
-    "full": DemoSize(60_000, 60_000, 8_000, 48_000, 1024, 128, 4, 4, 12, 16, 3e-3),
-    "tiny": DemoSize(20_000, 20_000, 1_000, 1_000, 400, 96, 2, 2, 12, 16, 3e-3),
+    "full": DemoSize(60_000, 60_000, 8_000, 48_000, 48_000, 1024, 128, 4, 4, 12, 16, 3e-3),
+    "tiny": DemoSize(20_000, 20_000, 1_000, 1_000, 1_000, 400, 96, 2, 2, 12, 16, 3e-3),
 }
 
 
@@ -318,7 +322,8 @@ def generate_texts(size: str = "full", seed: int = 0) -> DemoTexts:
     ordinary = paragraphs(rng, ordinary_sentence, generic_people(), spec.ordinary_chars)
     retain = paragraphs(rng, ordinary_sentence, generic_people(), spec.retain_chars)
     holdout = paragraphs(rng, saga_sentence, saga_people(), spec.holdout_chars)
-    return DemoTexts(saga, ordinary, retain, holdout, saga_dictionary(), familiarity_probes())
+    budget = paragraphs(rng, ordinary_sentence, generic_people(), spec.budget_chars)  # last: the others as before
+    return DemoTexts(saga, ordinary, retain, holdout, budget, saga_dictionary(), familiarity_probes())
 
 
 def demo_size(size: str) -> DemoSize:
@@ -347,6 +352,7 @@ def assets_in(root: Path) -> DemoAssets:
         ordinary_path=root / "ordinary.txt",
         retain_path=root / "retain.txt",
         holdout_path=root / "holdout.txt",
+        budget_path=root / "budget.txt",
         dictionary_path=root / "dictionary.json",
         probes_path=root / "probes.json",
     )
@@ -380,7 +386,8 @@ def write_assets(assets: DemoAssets, size: str) -> None:
     spec = demo_size(size)
     texts = generate_texts(size)
     for path, body in [(assets.saga_path, texts.saga), (assets.ordinary_path, texts.ordinary),
-                       (assets.retain_path, texts.retain), (assets.holdout_path, texts.holdout)]:
+                       (assets.retain_path, texts.retain), (assets.holdout_path, texts.holdout),
+                       (assets.budget_path, texts.budget)]:
         path.write_text("\n\n".join(body) + "\n", encoding="utf-8")
     assets.dictionary_path.write_text(json.dumps(texts.dictionary, indent=1, ensure_ascii=False), encoding="utf-8")
     assets.probes_path.write_text(json.dumps(texts.probes, indent=1, ensure_ascii=False), encoding="utf-8")
