@@ -249,7 +249,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
         if args.retain_projection and args.world_size > 1:
             raise ValueError("UnlearnConfig.retain_projection projects each process's own gradients, which DDP, "
                              "DeepSpeed and FSDP reduce across processes during the backward pass: run it in one "
-                             "process")
+                             "process, or set retain_projection false")
         readable_progress(self)
         logger.info("whp_trainer: %s", self.method_variant)
 
