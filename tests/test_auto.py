@@ -456,7 +456,6 @@ def test_the_auto_config_example_is_valid():
     assert plans["evaluate"]["reinforced_adapter"] is None  # the one the unlearning run chose
     (_, _, args), _ = cli.parse_stage("unlearn", [], {**plans["unlearn"], "bf16": False}, str(path))
     assert args.auto and (args.target_mode, args.original_cap_weight, args.retain_weight) == ("soft", 1.0, 1.0)
-    assert args.retain_projection  # part of the recommended alpha auto setting since it was measured under the rule
 
 
 def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_model, tokenizer, tmp_path):

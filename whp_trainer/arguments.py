@@ -167,8 +167,7 @@ class DemoArguments:
         default="paper",
         metadata={"help": "'paper': the method as published; 'recommended': the setting docs/results.md recommends "
                   "(RECOMMENDED_SETTING, retain regularisation on the demo's ordinary text); 'auto': the same "
-                  "objective with alpha auto (teacher sweep, stopping rule; the holdout saga text, no oracle) and "
-                  "the forget gradient projected off the retain text's.",
+                  "objective with alpha auto (teacher sweep, stopping rule; the holdout saga text, no oracle).",
                   "choices": ["paper", "recommended", "auto"]},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the reinforce and unlearn runs (and of alpha auto's samples)."})
