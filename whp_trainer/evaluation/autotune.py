@@ -63,6 +63,10 @@ class Targets:
             return self.membership_plus
         return self.membership
 
+    def resolution(self) -> str:
+        """How finely the membership target is read, as the reason, the report and the card say it ("" unknown)."""
+        return "" if self.membership_error is None else f" (standard error of the sample {self.membership_error:.2f})"
+
     def tolerance(self, key: str) -> float:
         """The tolerance of the familiarity (``FAMILIARITY``) or entity-probability (``ENTITY``) target."""
         if key == ENTITY and self.entity_tolerance is not None:
@@ -280,9 +284,7 @@ def describe(metrics: dict, targets: Targets) -> str:
     if targets.membership is not None and MEMBERSHIP in metrics:
         read = " · ".join(f"{name} {metrics[key]:.3f} (target {targets.membership_target(key):.3f})"
                           for name, key in (("Min-K%", MEMBERSHIP), ("Min-K%++", MEMBERSHIP_PLUS)) if key in metrics)
-        error = "" if targets.membership_error is None else \
-            f" (standard error of the sample {targets.membership_error:.2f})"
-        parts.append(f"membership AUC {read} ± {targets.membership_tolerance:g}{error}")
+        parts.append(f"membership AUC {read} ± {targets.membership_tolerance:g}{targets.resolution()}")
     if targets.familiarity is not None:
         parts.append(f"familiarity {metrics[FAMILIARITY]:.4f}, reference {targets.familiarity:.4f} "
                      f"+ {targets.familiarity_tolerance:.2g}")

@@ -294,12 +294,11 @@ def auto_markdown(auto: dict) -> str:
 
     lines = [f"α = {auto['alpha']:g}: {auto['reason']}.", ""]
     targets = auto["targets"]
-    entity_tolerance = Targets(**targets).tolerance(ENTITY)  # an older record has none: the familiarity one
-    plus, error = targets.get("membership_plus"), targets.get("membership_error")  # an older record has neither
-    plus = "" if plus is None else f", Min-K%++ {format_number(plus)}"
-    error = "" if error is None else f" (standard error of the sample {error:.2f})"
+    recorded = Targets(**targets)  # an older record has no entity tolerance, Min-K%++ target or error: defaults
+    entity_tolerance = recorded.tolerance(ENTITY)
+    plus = "" if recorded.membership_plus is None else f", Min-K%++ {format_number(recorded.membership_plus)}"
     lines += [f"Targets: membership AUC (Min-K%) {format_number(targets['membership'])}{plus} ± "
-              f"{targets['membership_tolerance']:g}{error}; familiarity at most "
+              f"{targets['membership_tolerance']:g}{recorded.resolution()}; familiarity at most "
               f"{format_number(targets['familiarity'])} + {targets['familiarity_tolerance']:.2g}; "
               f"entity probability at most "
               f"{format_number(targets.get('entity'))} + {entity_tolerance:.2g} (— = not a target).", ""]
