@@ -1,5 +1,7 @@
-"""Trains UnlearnTrainer for two steps from saved artefacts (``--cache``: with cache_targets); run alone or under
-torchrun (test_ddp.py). Saves the adapter and, from the main process, the logged metrics."""
+"""Trains UnlearnTrainer for two steps from saved artefacts; run alone or under torchrun (test_ddp.py). Options:
+``--cache`` (cache_targets), ``--retain`` (the retain loss on ``retain.json``'s blocks), ``--project``
+(retain_projection), ``--sam`` (sam_rho), ``--accumulate`` (two micro-batches a step). Saves the adapter, each
+process's own copy of its weights (``rank<N>.safetensors``) and, from the main process, the logged metrics."""
 
 import json
 import sys
@@ -10,18 +12,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from conftest import LORA  # noqa: E402
 from test_trainer import hand_collate  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
 from whp_trainer.cli import leave_process_group  # noqa: E402
+from whp_trainer.models import adapter_weights  # noqa: E402
 
 
-def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, **config) -> UnlearnTrainer:
+def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, retain_dataset=None,
+                          processing_class=None, **config) -> UnlearnTrainer:
     """A trainer of two plain SGD steps on ``work``'s artefacts, in a fixed order (the runs compared must agree)."""
     torch.manual_seed(0)
     return UnlearnTrainer(
+        retain_dataset=retain_dataset,
+        processing_class=processing_class,
         model=AutoModelForCausalLM.from_pretrained(work / "base"),
         reinforced_adapter=work / "reinforced",
         peft_config=LoraConfig(**LORA),
@@ -35,14 +42,30 @@ def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, **config
     )
 
 
-def train_and_save(work: Path, out: Path, per_device_batch: int, cache: bool) -> None:
-    trainer = two_sgd_steps_trainer(work, out, per_device_batch, cache_targets=cache)
+def options(flags: list[str], work: Path) -> dict:
+    """The trainer's options of the worker's command-line ``flags``."""
+    config = {"cache_targets": "--cache" in flags, "retain_projection": "--project" in flags,
+              "sam_rho": 0.05 if "--sam" in flags else 0.0, "gradient_accumulation_steps": 1 + ("--accumulate" in flags)}
+    if "--retain" in flags:
+        blocks = json.loads((work / "retain.json").read_text())
+        config.update(retain_weight=20.0, retain_loss="nll", retain_dataset=Dataset.from_dict({"input_ids": blocks}),
+                      processing_class=AutoTokenizer.from_pretrained(work / "base"))  # pads the retain batches
+    return config
+
+
+def train_and_save(work: Path, out: Path, per_device_batch: int, flags: list[str]) -> None:
+    config = options(flags, work)
+    retain, tokenizer = config.pop("retain_dataset", None), config.pop("processing_class", None)
+    trainer = two_sgd_steps_trainer(work, out, per_device_batch, retain_dataset=retain, processing_class=tokenizer,
+                                    **config)
     trainer.train()
     trainer.save_model()
+    save_file(adapter_weights(trainer.accelerator.unwrap_model(trainer.model)),
+              out / f"rank{trainer.args.process_index}.safetensors")
     if trainer.is_world_process_zero():
         (out / "log.json").write_text(json.dumps(trainer.state.log_history))
 
 
 if __name__ == "__main__":
-    train_and_save(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "--cache" in sys.argv[4:])
+    train_and_save(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
     leave_process_group()  # as `whp` does, once the trainer is out of scope

@@ -31,7 +31,8 @@ def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
     subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "8"], check=True, env=env, timeout=600)
     subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "ddp", "4"], check=True, env=env, timeout=600)
     # the target cache, computed by the main process first and read by both (2 steps of 8 = 2 epochs)
-    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "cached", "4", "--cache"], check=True, env=env, timeout=600)
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "cached", "4", "--cache"], check=True, env=env,
+                   timeout=600)
     assert len(list((tmp_path / "hf-datasets" / "whp_targets").glob("whp-targets-*.arrow"))) == 1
 
     single = load_file(tmp_path / "single" / "adapter_model.safetensors")
@@ -46,6 +47,36 @@ def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
         # every logged metric is that of the whole global batch, not of the main process's half
         for one, two in zip(logged["single"], logged[run], strict=True):
             assert {key: two[key] for key in METRICS} == pytest.approx({key: one[key] for key in METRICS}, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [[], ["--project"], ["--sam"]], ids=["plain", "projected", "sharpness-aware"])
+def test_two_processes_with_retain_loss_and_accumulation_train_as_one(make_model, tokenizer, tmp_path, step):
+    """The retain loss reads the global batch's share of retain blocks in each process, and the steps that take
+    gradients apart (retain_projection, sam_rho) average each part over the processes, as DDP averages a plain
+    step's: two processes of two blocks, two micro-batches a step, give the adapter of one process of four, in
+    every process."""
+    make_model().save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(tmp_path / "reinforced")
+    examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
+    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    retain = torch.randint(5, len(tokenizer), (16, 12), generator=torch.Generator().manual_seed(2)).tolist()
+    (tmp_path / "retain.json").write_text(json.dumps(retain))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
+    flags = ["--retain", "--accumulate", *step]
+
+    subprocess.run([sys.executable, WORKER, tmp_path, tmp_path / "single", "4", *flags], check=True, env=env,
+                   timeout=600)
+    subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "ddp", "2", *flags], check=True, env=env, timeout=600)
+
+    single = load_file(tmp_path / "single" / "rank0.safetensors")
+    for rank in (0, 1):
+        adapter = load_file(tmp_path / "ddp" / f"rank{rank}.safetensors")
+        assert single.keys() == adapter.keys()
+        for key in single:
+            torch.testing.assert_close(adapter[key], single[key], rtol=1e-4, atol=1e-6)
 
 
 def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path, monkeypatch):

@@ -428,7 +428,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "Beyond the paper: each step's forget gradient loses its component along the retain "
                   "text's language-modelling gradient where the two conflict (gradient projection, as PCGrad, Yu et "
                   "al. 2020), so a step does not, to first order, raise the retain text's loss; one more retain "
-                  "forward-backward pass per step; needs retain_weight > 0, one process, and no sam_rho."},
+                  "forward-backward pass per step; needs retain_weight > 0 and no sam_rho; one process or DDP (not "
+                  "DeepSpeed or FSDP, whose gradients are sharded)."},
     )
     remove_unused_columns: bool = field(
         default=False,

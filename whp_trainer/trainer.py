@@ -114,10 +114,12 @@ class RetainLoss:
         return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
 
     def _next_retain_batch(self) -> dict[str, torch.Tensor]:
-        """Batch number ``_retain_served`` of the retain blocks: consecutive slices of their passes, pass ``p`` in
-        the order ``randperm(seed + p)``; a function of the count alone, so a resumed run continues it exactly."""
+        """This process's share of batch number ``_retain_served`` of the retain blocks: the batches of all processes
+        together are consecutive slices of their passes, pass ``p`` in the order ``randperm(seed + p)``; a function
+        of the count alone, so a resumed run continues it exactly, and several processes read what one process of
+        their global batch would (each its own blocks; DDP averages their gradients)."""
         size = self.args.per_device_train_batch_size
-        start = self._retain_served * size
+        start = (self._retain_served * self.args.world_size + self.args.process_index) * size
         self._retain_served += 1
         chosen = [self._retain_block_index(position) for position in range(start, start + size)]
         collator = AnchorSwapCollator(self.processing_class, None, max_length=self.args.max_length)
@@ -243,13 +245,10 @@ class UnlearnTrainer(RetainLoss, Trainer):
         # across processes by the Trainer), so gradient accumulation needs no further scaling.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
-        if args.sam_rho and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            raise ValueError("UnlearnConfig.sam_rho needs each process's whole gradients between its two passes: "
-                             "not with DeepSpeed or FSDP (their gradients are sharded); use DDP or one process")
-        if args.retain_projection and args.world_size > 1:
-            raise ValueError("UnlearnConfig.retain_projection projects each process's own gradients, which DDP, "
-                             "DeepSpeed and FSDP reduce across processes during the backward pass: run it in one "
-                             "process, or set retain_projection false")
+        for option in ("sam_rho", "retain_projection"):
+            if getattr(args, option) and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+                raise ValueError(f"UnlearnConfig.{option} needs each process's whole gradients between its passes: "
+                                 "not with DeepSpeed or FSDP (their gradients are sharded); use DDP or one process")
         readable_progress(self)
         logger.info("whp_trainer: %s", self.method_variant)
 
@@ -343,18 +342,20 @@ class UnlearnTrainer(RetainLoss, Trainer):
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
         accumulated = taken_gradients(parameters)
         weight, self.retain_weight = self.retain_weight, 0.0
-        try:
-            loss = super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self.retain_weight = weight
-        forget = taken_gradients(parameters)
-        with self.compute_loss_context_manager():
-            direction = self.retain_loss(model, "nll")
-        direction.backward()  # not autograd.grad, which reentrant gradient checkpointing refuses
-        forget = without_conflict(forget, taken_gradients(parameters))
-        with self.compute_loss_context_manager():
-            retain = self.weighted_retain_loss(model)
-        self.accelerator.backward(retain)
+        with self.accelerator.no_sync(model):  # several processes: each part averaged over them below
+            try:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self.retain_weight = weight
+            forget = averaged_over_processes(parameters, taken_gradients(parameters))
+            with self.compute_loss_context_manager():
+                direction = self.retain_loss(model, "nll")
+            direction.backward()  # not autograd.grad, which reentrant gradient checkpointing refuses
+            forget = without_conflict(forget, averaged_over_processes(parameters, taken_gradients(parameters)))
+            with self.compute_loss_context_manager():
+                retain = self.weighted_retain_loss(model)
+            self.accelerator.backward(retain)
+        add_gradients(parameters, averaged_over_processes(parameters, taken_gradients(parameters)))
         add_gradients(parameters, forget)
         add_gradients(parameters, accumulated)
         return loss + retain.detach()
@@ -365,21 +366,23 @@ class UnlearnTrainer(RetainLoss, Trainer):
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
         accumulated = taken_gradients(parameters)
         served = self._retain_served
-        super().training_step(model, inputs, num_items_in_batch)
-        gradients = taken_gradients(parameters)
-        norm = torch.sqrt(sum(gradient.float().square().sum() for gradient in gradients if gradient is not None))
-        scale = self.args.sam_rho / (norm + 1e-12)
-        moves = [None if gradient is None else (gradient * scale).to(gradient.dtype) for gradient in gradients]
-        with torch.no_grad():
-            for parameter, move in zip(parameters, moves):
-                if move is not None:
-                    parameter.add_(move)
-        self._retain_served = served
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        with self.accelerator.no_sync(model):  # several processes: each pass's gradient averaged over them below
+            super().training_step(model, inputs, num_items_in_batch)
+            gradients = averaged_over_processes(parameters, taken_gradients(parameters))
+            norm = torch.sqrt(sum(gradient.float().square().sum() for gradient in gradients if gradient is not None))
+            scale = self.args.sam_rho / (norm + 1e-12)
+            moves = [None if gradient is None else (gradient * scale).to(gradient.dtype) for gradient in gradients]
+            with torch.no_grad():
+                for parameter, move in zip(parameters, moves):
+                    if move is not None:
+                        parameter.add_(move)
+            self._retain_served = served
+            loss = super().training_step(model, inputs, num_items_in_batch)
         with torch.no_grad():
             for parameter, move in zip(parameters, moves):
                 if move is not None:
                     parameter.sub_(move)
+        add_gradients(parameters, averaged_over_processes(parameters, taken_gradients(parameters)))
         add_gradients(parameters, accumulated)
         return loss
 
@@ -678,6 +681,24 @@ def taken_gradients(parameters: list[nn.Parameter]) -> list[torch.Tensor | None]
     for parameter in parameters:
         parameter.grad = None
     return gradients
+
+
+def averaged_over_processes(parameters: list[nn.Parameter],
+                            gradients: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """``gradients`` (of ``parameters``) averaged over the processes of a multi-process run, as DDP averages a plain
+    step's (``None`` counts as zero); in one process, as given."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return gradients
+    processes = torch.distributed.get_world_size()
+    if processes == 1:
+        return gradients
+    parts = [torch.zeros_like(parameter) if gradient is None else gradient
+             for parameter, gradient in zip(parameters, gradients)]
+    flat = torch.cat([part.reshape(-1).float() for part in parts])
+    torch.distributed.all_reduce(flat)
+    flat /= processes
+    sizes = [part.numel() for part in parts]
+    return [piece.view_as(part).to(part.dtype) for piece, part in zip(flat.split(sizes), parts)]
 
 
 def add_gradients(parameters: list[nn.Parameter], gradients: list[torch.Tensor | None]) -> None:
