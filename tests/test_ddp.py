@@ -10,8 +10,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+import shutil
+
 from conftest import LORA, torchrun
+from test_cli import TRAINING, files, write_config  # noqa: F401 (files: a fixture)
 from test_trainer import make_example
+
+from whp_trainer import cli
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
@@ -52,10 +57,10 @@ def test_two_processes_train_and_log_as_one(make_model, tokenizer, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [[], ["--project"], ["--sam"]], ids=["plain", "projected", "sharpness-aware"])
 def test_two_processes_with_retain_loss_and_accumulation_train_as_one(make_model, tokenizer, tmp_path, step):
-    """The retain loss reads the global batch's share of retain blocks in each process, and the steps that take
-    gradients apart (retain_projection, sam_rho) average each part over the processes, as DDP averages a plain
-    step's: two processes of two blocks, two micro-batches a step, give the adapter of one process of four, in
-    every process."""
+    """The retain loss reads the global batch's share of retain blocks (of unequal lengths) in each process and is a
+    mean over all processes' positions, and the steps that take gradients apart (retain_projection, sam_rho) average
+    each part over the processes, as DDP averages a plain step's: two processes of two blocks, two micro-batches a
+    step, give the adapter of one process of four, in every process."""
     make_model().save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     torch.manual_seed(1)
@@ -63,7 +68,7 @@ def test_two_processes_with_retain_loss_and_accumulation_train_as_one(make_model
     examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
     (tmp_path / "examples.json").write_text(json.dumps(examples))
     retain = torch.randint(5, len(tokenizer), (16, 12), generator=torch.Generator().manual_seed(2)).tolist()
-    (tmp_path / "retain.json").write_text(json.dumps(retain))
+    (tmp_path / "retain.json").write_text(json.dumps([ids[:4 + index % 9] for index, ids in enumerate(retain)]))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
     flags = ["--retain", "--accumulate", *step]
 
@@ -77,6 +82,52 @@ def test_two_processes_with_retain_loss_and_accumulation_train_as_one(make_model
         assert single.keys() == adapter.keys()
         for key in single:
             torch.testing.assert_close(adapter[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+def stage_config(files: Path, output_dir: Path, **options) -> dict:
+    """A one-stage config of the tiny inputs of ``files``."""
+    return {"model_name_or_path": str(files / "base"), "lora_r": 4, "lora_alpha": 8,
+            "lora_target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, "forget_data": str(files / "forget.txt"),
+            "retain_data": str(files / "retain.txt"), "anchors": str(files / "anchors.yaml"),
+            "probes": str(files / "probes.json"), "output_dir": str(output_dir), **options}
+
+
+@pytest.mark.slow
+def test_alpha_auto_in_two_processes_chooses_stops_and_trains_as_one(files, tmp_path):
+    """``whp unlearn --alpha auto`` under torchrun: the sweep, the stopping rule (its measurements, a raised retain
+    weight, the search on a line it ends with) and training in two processes of two blocks end where one process of
+    four does, and what the run prints comes once, from the first process."""
+    cli.run_stage("reinforce", ["--config", str(write_config(tmp_path / "reinforce.yaml", stage_config(
+        files, tmp_path / "reinforced", **{**TRAINING, "max_steps": 4})))])
+    auto = {**TRAINING, "max_steps": 8, "optim": "sgd", "alpha": "auto", "auto_alphas": [5, 40],
+            "auto_reinforce_rounds": 0, "auto_eval_steps": 2, "retain_weight": 1.0, "original_cap_weight": 1.0,
+            "target_mode": "soft", "retain_budget": 0.001, "holdout_data": str(files / "retain.txt"),
+            "budget_data": str(files / "forget.txt")}
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    runs = {"single": [sys.executable, "-m", "whp_trainer.cli"], "ddp": [*torchrun(), "-m", "whp_trainer.cli"]}
+    printed = {}
+    for run, command in runs.items():
+        shutil.copytree(tmp_path / "reinforced", tmp_path / f"reinforced-{run}")
+        config = stage_config(files, tmp_path / run, **{**auto, "per_device_train_batch_size": 2 if run == "ddp" else 4,
+                                                        "reinforced_adapter": str(tmp_path / f"reinforced-{run}")})
+        path = write_config(tmp_path / f"{run}.yaml", config)
+        printed[run] = subprocess.run([*command, "unlearn", "--config", str(path)], check=True, env=env, timeout=600,
+                                      capture_output=True, text=True)
+    for line in ("whp unlearn: alpha auto: α = ", "whp: warning: whp unlearn: alpha auto: membership is read on"):
+        assert printed["ddp"].stdout.count(line) + printed["ddp"].stderr.count(line) == 1  # from the first process
+
+    records = {run: json.loads((tmp_path / run / "whp_run.json").read_text())["auto"] for run in runs}
+    single, ddp = records["single"], records["ddp"]
+    assert ddp["alpha"] == single["alpha"]
+    for alpha, measured in single["sweeps"][0].items():
+        assert ddp["sweeps"][0][alpha] == pytest.approx(measured)
+    assert [entry["step"] for entry in ddp["stopping"]["history"]] == [e["step"] for e in single["stopping"]["history"]]
+    for fact in ("best_step", "best_scale", "backtracks", "reason"):
+        assert ddp["stopping"][fact] == single["stopping"][fact]
+    assert any(entry["retain_weight"] > 1 for entry in single["stopping"]["history"])  # the rule acted
+    adapters = {run: load_file(tmp_path / run / "adapter_model.safetensors") for run in runs}
+    for key in adapters["single"]:
+        torch.testing.assert_close(adapters["ddp"][key], adapters["single"][key], rtol=1e-4, atol=1e-6)
 
 
 def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ with ``WHP_VERBOSE=1``.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
@@ -20,11 +21,25 @@ RUN_STATISTICS = ("train_runtime", "train_samples_per_second", "train_steps_per_
 
 def setup_output() -> None:
     """The ``whp`` command's output: log records as plain lines above any progress bar, whp's from INFO on, and,
-    unless ``WHP_VERBOSE`` is set, nothing of the libraries but errors."""
+    unless ``WHP_VERBOSE`` is set, nothing of the libraries but errors; under several processes, from the first."""
     logging.basicConfig(level=logging.WARNING, handlers=[BarSafeHandler()])
     logging.getLogger("whp_trainer").setLevel(logging.INFO)
     if not verbose():
         quiet_third_parties()
+    if not first_process():
+        quiet_this_process()
+
+
+def first_process() -> bool:
+    """Whether this is the first (or only) process of a run: a launcher (torchrun, accelerate launch) numbers its
+    processes in ``RANK``."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def quiet_this_process() -> None:
+    """whp's lines and warnings off in a process other than the first, which prints the same: its errors stay."""
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for the life of the process)
+    logging.getLogger("whp_trainer").setLevel(logging.ERROR)
 
 
 class BarSafeHandler(logging.Handler):

@@ -209,13 +209,15 @@ def drop_unchanged(hard: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return hard.masked_fill(hard == original, IGNORE_INDEX)
 
 
-def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask: torch.Tensor,
+              positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the ``mask``ed positions of ``KL(baseline ‖ student)`` between next-token distributions: the
-    retain regulariser that keeps the student's predictions on ordinary text those of the base."""
+    retain regulariser that keeps the student's predictions on ordinary text those of the base. ``positions``: the
+    count to divide by instead of the masked positions' (several processes: their mean count)."""
     baseline = torch.log_softmax(baseline_logits.float(), dim=-1)
     student = torch.log_softmax(student_logits.float(), dim=-1)
     per_position = (baseline.exp() * (baseline - student)).sum(-1)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+    return (per_position * mask).sum() / (mask.sum().clamp(min=1) if positions is None else positions)
 
 
 def cap_level(

@@ -105,13 +105,18 @@ class RetainLoss:
         inputs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
         logits = model(**inputs).logits[:, :-1]
         labels = batch["shift_labels"].to(ids.device)[:, :-1]
+        mask = (labels != IGNORE_INDEX).float()
+        positions = positions_per_process(mask.sum().clamp(min=1))
         if (kind or getattr(self.args, "retain_loss", "kl")) == "nll":
+            if positions is None:
+                return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                   ignore_index=IGNORE_INDEX)
             return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                               ignore_index=IGNORE_INDEX)
+                                               ignore_index=IGNORE_INDEX, reduction="sum") / positions
         peft_model = self.accelerator.unwrap_model(model)
         with using_adapter(peft_model, BASELINE):
             baseline = peft_model(**inputs).logits[:, :-1]
-        return retain_kl(logits, baseline, (labels != IGNORE_INDEX).float())
+        return retain_kl(logits, baseline, mask, positions)
 
     def _next_retain_batch(self) -> dict[str, torch.Tensor]:
         """This process's share of batch number ``_retain_served`` of the retain blocks: the batches of all processes
@@ -681,6 +686,20 @@ def taken_gradients(parameters: list[nn.Parameter]) -> list[torch.Tensor | None]
     for parameter in parameters:
         parameter.grad = None
     return gradients
+
+
+def positions_per_process(count: torch.Tensor) -> torch.Tensor | None:
+    """Under several processes, the mean over them of ``count`` (this process's loss positions): a sum over this
+    process's positions divided by it, averaged over the processes as DDP averages gradients, is the mean over all
+    their positions, as one process of the global batch would take it. ``None`` in one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    processes = torch.distributed.get_world_size()
+    if processes == 1:
+        return None
+    total = count.detach().float().clone()
+    torch.distributed.all_reduce(total)
+    return total / processes
 
 
 def averaged_over_processes(parameters: list[nn.Parameter],
