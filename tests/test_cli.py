@@ -151,6 +151,31 @@ def test_every_run_stage_option_is_checked_before_the_first_stage(files, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "push", "export", "anchors", "demo"])
+def test_a_command_of_one_process_under_a_launchers_several_is_refused_before_loading(command, capsys, monkeypatch,
+                                                                                       no_model_loading):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    error = run_main(capsys, command, "--output_dir", "out")
+    assert f"whp {command} runs in one process, and 2 were launched" in error and "reinforce and unlearn" in error
+
+
+def test_under_a_launchers_processes_whp_run_runs_the_stages_that_train_and_says_what_is_left(files, tmp_path,
+                                                                                          capsys, monkeypatch):
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn=TRAINING, evaluate=EVALUATION,
+                        push={"repo_id": "me/model"})
+    path = str(write_config(tmp_path / "run.yaml", config))
+    ran = []
+    monkeypatch.setattr(cli, "run_stage", lambda command, *args: ran.append(command))
+    monkeypatch.setattr(cli, "launched_processes", lambda: 2)  # WORLD_SIZE 2 (its options parse as one process's)
+    cli.run_config([path])
+    assert ran == ["reinforce", "unlearn"]
+    assert f"evaluate, push run in one process: afterwards, `whp run {path}` without the launcher runs them" in \
+        capsys.readouterr().out.splitlines()[-1]
+    monkeypatch.setattr(cli, "launched_processes", lambda: 1)
+    cli.run_config([path])
+    assert ran[2:] == ["reinforce", "unlearn", "evaluate", "push"]
+
+
 UNLEARN = ["unlearn", "--output_dir", "{tmp}/o", "--model_name_or_path", "{files}/base", "--forget_data",
            "{files}/forget.txt", "--anchors", "{files}/anchors.yaml"]
 

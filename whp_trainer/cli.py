@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import os
 import re
 import sys
 import traceback
@@ -82,6 +83,7 @@ COMMANDS = {
 AUTO_REFERENCES = ("holdout_data", "oracle_model", "neighbour_knowledge")  # evaluate options alpha auto reads too
 NUMBER_OR_WORD = {"alpha": "auto"}  # options typed `float | str` (a number or this word): TrlParser reads numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
+TOGETHER = ("reinforce", "unlearn")  # the stages a launcher's processes run together (they train); the others in one
 USAGE = "usage: whp COMMAND [--config FILE.yaml] [--option value ...]   (whp COMMAND --help)\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {command.help}" for name, command in COMMANDS.items()
 )
@@ -95,7 +97,9 @@ output_dir (stage outputs go to its reinforced/, unlearned/, evaluation/), model
 is current is skipped; an interrupted one resumes from its last complete checkpoint. With `alpha: auto` in the
 unlearn section, the unlearn stage chooses α (teacher sweep, stronger reinforcement if needed) and stops the
 student at the targets; it reads holdout_data, oracle_model and neighbour_knowledge from the evaluate section
-unless given its own.
+unless given its own. Under a launcher's processes (torchrun, accelerate launch) it runs the stages that train
+together (reinforce, unlearn) up to the first that runs in one process, and says so: `whp run CONFIG.yaml` without
+the launcher then runs the rest (the finished stages are skipped).
 
 options:
   --overwrite           redo stages whose output_dir holds a run with other settings (deleting only what that
@@ -321,11 +325,42 @@ def run_config(argv: list[str]) -> None:
     plans = plan_run(config, path)
     for command, values in plans:  # every stage's options are checked before the first one runs
         parse_stage(command, [], values, f"{path} [{command}]")
-    for command, values in plans:
+    launched, left = stages_run_together(plans), None
+    if len(launched) < len(plans):
+        left = (f"whp run: under {launched_processes()} processes the stages that train run together; "
+                f"{', '.join(command for command, _ in plans[len(launched):])} run in one process: afterwards, "
+                f"`whp run {path}` without the launcher runs them (the finished stages are skipped)")
+        print(left, flush=True)
+    for command, values in launched:
         check_reviewed(command, values, config, path)
         print(f"whp run: {command}", flush=True)
         extra = ["--overwrite"] if overwrite and COMMANDS[command].output else []  # marked outputs only
         run_stage(command, extra, values, f"{path} [{command}]")
+    if left:
+        print(left, flush=True)
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (torchrun, accelerate launch) started for this command: its ``WORLD_SIZE``."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def stages_run_together(plans: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Of a run's ``plans``, those a launcher's processes run: all in one process; under several, the stages up to
+    the first that does not train (an evaluation, an upload, a dictionary: each process would do it again, into the
+    same files)."""
+    if launched_processes() == 1:
+        return plans
+    first_alone = next((index for index, (command, _) in enumerate(plans) if command not in TOGETHER), len(plans))
+    return plans[:first_alone]
+
+
+def check_one_process(command: str) -> None:
+    """Refuse, before anything loads, a command that runs in one process under a launcher's several."""
+    if command in COMMANDS and command not in (*TOGETHER, "run") and launched_processes() > 1:
+        raise CliError(f"whp {command} runs in one process, and {launched_processes()} were launched (torchrun, "
+                       f"accelerate launch): each would do it again, into the same files. Launch only "
+                       f"{' and '.join(TOGETHER)} that way, and run `whp {command}` on its own")
 
 
 def check_reviewed(command: str, values: dict, config: dict, path: str) -> None:
@@ -414,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_output()
     command, rest = argv[0], argv[1:]
     try:
+        check_one_process(command)
         if command in COMMANDS and not COMMANDS[command].options:  # `whp run CONFIG.yaml` reads its own arguments
             imported(COMMANDS[command].function)(rest)
         else:
