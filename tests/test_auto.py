@@ -528,6 +528,57 @@ def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer
     assert "the budget's text is" in caplog.text and "fewer than the 64 the stopping rule reads" in caplog.text
 
 
+def test_without_budget_text_the_budget_is_read_on_retain_blocks_the_retain_loss_does_not_read(tokenizer, tmp_path):
+    from whp_trainer.arguments import DataArguments
+    from whp_trainer.auto import auto_inputs
+    from whp_trainer.collator import text_blocks
+
+    rng = torch.Generator().manual_seed(0)
+    numbers = [str(number) for number in torch.randint(10**5, 10**6, (3000,), generator=rng).tolist()]
+    (tmp_path / "retain.txt").write_text(" ".join(numbers))
+    data = DataArguments(forget_data="unused", retain_data=str(tmp_path / "retain.txt"))
+    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=None)
+    blocks = text_blocks(data.retain_texts()["text"], tokenizer, 16)
+    assert len(set(blocks)) == len(blocks) > 4 * 64  # each block its own text
+    inputs = auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None)
+    assert len(inputs.retain) == 64 and not set(inputs.retain) & set(inputs.retain_training)
+    assert sorted(inputs.retain + inputs.retain_training) == sorted(blocks)
+    assert auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None).retain == inputs.retain  # seeded
+    (tmp_path / "retain.txt").write_text(" ".join(numbers[:200]))
+    inputs = auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None)
+    assert len(inputs.retain) == len(text_blocks(data.retain_texts()["text"], tokenizer, 16)) // 4  # a quarter
+
+
+def test_the_student_of_a_run_without_budget_text_keeps_its_budget_blocks_out_of_its_retain_loss(files, tmp_path,
+                                                                                                monkeypatch):
+    from transformers import AutoTokenizer
+
+    from whp_trainer import pipeline, trainer
+    from whp_trainer.arguments import DataArguments
+    from whp_trainer.collator import text_blocks
+
+    given = {}
+
+    class Recording(UnlearnTrainer):
+        def __init__(self, *args, retain_dataset=None, **kwargs):
+            given["retain"] = retain_dataset
+            super().__init__(*args, retain_dataset=retain_dataset, **kwargs)
+
+    monkeypatch.setattr(trainer, "UnlearnTrainer", Recording)
+    measured = {}
+    real_stop = pipeline.stop_at_targets
+    monkeypatch.setattr(pipeline, "stop_at_targets", lambda student, choice, inputs, *rest: measured.update(
+        budget=inputs.retain) or real_stop(student, choice, inputs, *rest))
+    auto = {"alpha": "auto", "auto_alphas": [5], "auto_reinforce_rounds": 0, "auto_eval_steps": 1,
+            "retain_weight": 1.0, "max_length": 16, "holdout_data": str(files / "retain.txt")}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto})
+    cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
+    blocks = text_blocks(DataArguments(forget_data="unused", retain_data=str(files / "retain.txt")).retain_texts()[
+        "text"], AutoTokenizer.from_pretrained(files / "base"), 16)
+    assert len(measured["budget"]) == len(blocks) // 4 and len(given["retain"]) == len(blocks) - len(measured["budget"])
+    assert sorted(measured["budget"] + list(given["retain"])) == sorted(blocks)
+
+
 def test_a_long_run_over_budget_from_its_first_steps_raises_the_retain_weight_before_its_first_interval(make_model):
     model = trainable_model(make_model)
     trainer = SimpleNamespace(**vars(fake_trainer(model)), retain_weight=1.0)

@@ -34,6 +34,8 @@ class AutoInputs:
     retain: list[str]
     membership: tuple[list[str], list[str]] | None
     forget: list[str] = dataclasses.field(default_factory=list)  # forget blocks: how well a reinforcement fits them
+    # without budget text: the retain blocks the retain loss reads, all but those the budget is read on
+    retain_training: list[str] | None = None
 
 
 def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
@@ -95,9 +97,13 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
         membership = (sample(forget, rng), sample(text_blocks(holdout, tokenizer, args.max_length), rng))
         warn_if_unresolved(membership, args)
-    budget = load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"] if args.budget_data \
-        else data.retain_texts()["text"]
-    budget = text_blocks(budget, tokenizer, args.max_length)
+    retain_training = None
+    if args.budget_data:
+        budget = text_blocks(load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"],
+                             tokenizer, args.max_length)
+    else:
+        budget, retain_training = budget_from_retain(text_blocks(data.retain_texts()["text"], tokenizer,
+                                                                 args.max_length), args)
     if len(budget) < SAMPLE:
         logger.warning("whp unlearn: alpha auto: the budget's text is %d blocks of %d tokens, fewer than the %d the "
                        "stopping rule reads: its perplexity budget is read on little text and may not hold on other "
@@ -105,7 +111,24 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     return AutoInputs(probes=list(probes or [])[:SAMPLE], first_mentions=sample(mentions, rng),
                       retain=sample(budget, rng), membership=membership,
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
-                      forget=membership[0] if membership else sample(forget, random.Random(args.seed)))
+                      forget=membership[0] if membership else sample(forget, random.Random(args.seed)),
+                      retain_training=retain_training)
+
+
+def budget_from_retain(blocks: list[str], args) -> tuple[list[str], list[str] | None]:
+    """Without ``budget_data``: the blocks of the retain text the perplexity budget is read on — a quarter of them,
+    at most `SAMPLE`, drawn with the run's seed — and the others, which the retain loss then reads alone (a budget
+    read on text the retain loss trains on holds there whatever happens to other text). All of them for both (None)
+    when the retain text has fewer than 4 blocks."""
+    if len(blocks) < 4:
+        logger.warning("whp unlearn: alpha auto: no --budget_data and %d retain blocks: the perplexity budget is read "
+                       "on the text the retain loss trains on (give --budget_data)", len(blocks))
+        return blocks, None
+    chosen = set(random.Random(f"budget-{args.seed}").sample(range(len(blocks)), min(SAMPLE, len(blocks) // 4)))
+    logger.info("whp unlearn: alpha auto: no --budget_data: the perplexity budget is read on %d of the retain text's "
+                "%d blocks, which the retain loss does not read", len(chosen), len(blocks))
+    return ([block for index, block in enumerate(blocks) if index in chosen],
+            [block for index, block in enumerate(blocks) if index not in chosen])
 
 
 def warn_if_unresolved(membership: tuple[list, list], args) -> None:

@@ -191,7 +191,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=None,
         metadata={"help": "alpha auto: ordinary text whose perplexity is the cost of a teacher and the student's "
                   "retain budget; best text the model did not train on and the retain loss does not see (its "
-                  "memorized text loses perplexity first). Same forms as --forget_data; default: --retain_data."},
+                  "memorized text loses perplexity first). Same forms as --forget_data; default: a quarter of "
+                  "--retain_data's blocks (at most 64), which the retain loss then does not read."},
     )
     auto_alphas: list[float] = field(
         default_factory=lambda: [2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0],

@@ -214,7 +214,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     collator = collator_for(tokenizer, anchors, args)  # compiles the dictionary: its errors come before the model
     check_anchor_coverage(collator, blocks)
     check_loss_positions(collator, blocks)
-    choice = None
+    choice, inputs = None, None
     if args.auto:  # reinforce (stronger if needed) -> sweep -> the α; the student then stops at the targets
         inputs = auto_inputs(data, args, tokenizer, texts["text"], probes, anchors)
         choice = choose_auto_alpha(data, model_args, args, tokenizer, inputs, anchors, reinforced, overwrite)
@@ -228,7 +228,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         data_collator=collator,
         train_dataset=blocks,
         processing_class=tokenizer,
-        retain_dataset=data.retain_texts()["text"] if args.retain_weight else None,
+        retain_dataset=retain_training(data, args, inputs),
     )
     trainer.dataset_description = data.dataset_description
     trainer.dataset_ids = data.hub_datasets()
@@ -247,6 +247,16 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir
+
+
+def retain_training(data: DataArguments, args, inputs=None) -> list[str] | None:
+    """The retain loss's text: the retain data, less the blocks ``alpha: auto`` reads its budget on when no
+    ``budget_data`` was given (``inputs.retain_training``); None without a retain loss."""
+    if not args.retain_weight:
+        return None
+    if inputs is not None and inputs.retain_training is not None:
+        return inputs.retain_training
+    return data.retain_texts()["text"]
 
 
 def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bool = False) -> str:
