@@ -181,6 +181,8 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
     "auto, reinforcement keeping the retain text, projected, cap at most 1 nat below the base": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "reinforced": "retain-kept", "retain_projection": True,
         "original_cap_depth": 1.0},
+    "auto, no budget text (as a user without --budget_data)": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "budget_data": None},
     "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }
@@ -369,8 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if not (texts / "budget.txt").is_file():
                     budget = book_passages(*BUDGET)[len(book_passages(*HELD_OUT)):]
                     (texts / "budget.txt").write_text("\n\n".join(budget) + "\n", encoding="utf-8")
-                options.update(holdout_data=str(texts / "holdout.txt"), budget_data=str(texts / "budget.txt"),
-                               neighbour_knowledge=str(texts / "neighbour_knowledge.json"))
+                options = {"holdout_data": str(texts / "holdout.txt"), "budget_data": str(texts / "budget.txt"),
+                           "neighbour_knowledge": str(texts / "neighbour_knowledge.json"), **options}
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
             config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,
