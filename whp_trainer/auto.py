@@ -118,8 +118,8 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
 def budget_from_retain(blocks: list[str], args) -> tuple[list[str], list[str] | None]:
     """Without ``budget_data``: the blocks of the retain text the perplexity budget is read on — a quarter of them,
     at most `SAMPLE`, drawn with the run's seed — and the others, which the retain loss then reads alone (a budget
-    read on text the retain loss trains on holds there whatever happens to other text). All of them for both (None)
-    when the retain text has fewer than 4 blocks."""
+    read on the blocks the retain loss trains on is read on the regulariser's own training data). All of them for
+    both (None) when the retain text has fewer than 4 blocks."""
     if len(blocks) < 4:
         logger.warning("whp unlearn: alpha auto: no --budget_data and %d retain blocks: the perplexity budget is read "
                        "on the text the retain loss trains on (give --budget_data)", len(blocks))
