@@ -130,6 +130,18 @@ def test_alpha_auto_in_two_processes_chooses_stops_and_trains_as_one(files, tmp_
         torch.testing.assert_close(adapters["ddp"][key], adapters["single"][key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_the_stopping_rules_decisions_are_the_first_processs_in_every_process(tmp_path):
+    """Readings that differ across processes at a budget's edge (within in the first, over in the second) give every
+    process the first one's measurements, decisions and kept point."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    subprocess.run([*torchrun(), Path(__file__).parent / "stopping_worker.py", tmp_path], check=True, env=env,
+                   timeout=600)
+    first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert first["history"][1]["within_budget"] and first["history"][1]["metrics"]["retain_perplexity"] == 10.29
+    assert second == first
+
+
 def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path, monkeypatch):
     import torch.distributed as dist
 

@@ -201,7 +201,7 @@ class TargetStoppingCallback(TrainerCallback):
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with using_adapter(model, BASELINE):
-            self.base = self.measure(model)
+            self.base = first_process_reading(self.measure(model))
         self.start = (state.global_step, trainable_weights(model))
         self._check(state, control)
 
@@ -284,7 +284,7 @@ class TargetStoppingCallback(TrainerCallback):
         is the best within budget or (not a point of the line search) the least over it or the closest to the
         targets over it; return it."""
         with evaluation_mode(model):
-            metrics = self.measure(model)
+            metrics = first_process_reading(self.measure(model))
         left = self.targets.shortfalls(metrics, self.base, overshoot_counts=True)
         shortfall, within = sum(left.values()), self.within_budget(metrics)
         entry = {"step": step, "metrics": metrics, "shortfall": left, "within_budget": within,
@@ -446,6 +446,19 @@ class TargetStoppingCallback(TrainerCallback):
                           f"{LOG_PREFIX}auto_shortfall": shortfall,
                           f"{LOG_PREFIX}auto_retain_weight": getattr(self.trainer, "retain_weight", 0.0)})
         self.trainer.control.should_log = should_log
+
+
+def first_process_reading(metrics: dict[str, float]) -> dict[str, float]:
+    """The first process's ``metrics`` in every process of a multi-process run (each measures the same model on the
+    same texts, but a reading that differed at a budget's edge, by a kernel's rounding, would send one process back
+    along the line and not the others): every decision is then the same in all of them. As given in one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return metrics
+    if torch.distributed.get_world_size() == 1:
+        return metrics
+    shared = [metrics]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def perplexity_bound(blocks: list[tuple[float, int]], base_blocks: list[tuple[float, int]], confidence: float) -> float:
