@@ -54,10 +54,7 @@ def options(flags: list[str], work: Path) -> dict:
 
 
 def train_and_save(work: Path, out: Path, per_device_batch: int, flags: list[str]) -> None:
-    config = options(flags, work)
-    retain, tokenizer = config.pop("retain_dataset", None), config.pop("processing_class", None)
-    trainer = two_sgd_steps_trainer(work, out, per_device_batch, retain_dataset=retain, processing_class=tokenizer,
-                                    **config)
+    trainer = two_sgd_steps_trainer(work, out, per_device_batch, **options(flags, work))
     trainer.train()
     trainer.save_model()
     save_file(adapter_weights(trainer.accelerator.unwrap_model(trainer.model)),

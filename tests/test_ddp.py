@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,6 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-import shutil
-
 from conftest import LORA, torchrun
 from test_cli import TRAINING, files, write_config  # noqa: F401 (files: a fixture)
 from test_trainer import make_example

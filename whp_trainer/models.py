@@ -210,6 +210,13 @@ def plain_linear_head(model: PeftModel) -> torch.nn.Linear | None:
     return head if is_plain_linear(head) and frozen else None
 
 
+def process_count() -> int:
+    """The processes of this run's ``torch.distributed`` group (a launcher's); 1 without one."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether FSDP2 (``fully_shard``) or DeepSpeed ZeRO-3 shards the model's parameters."""
     return any(_is_fsdp_module(module) for module in model.modules()) or any(

@@ -213,7 +213,8 @@ def retain_kl(student_logits: torch.Tensor, baseline_logits: torch.Tensor, mask:
               positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the ``mask``ed positions of ``KL(baseline ‖ student)`` between next-token distributions: the
     retain regulariser that keeps the student's predictions on ordinary text those of the base. ``positions``: the
-    count to divide by instead of the masked positions' (several processes: their mean count)."""
+    count to divide by instead of the masked positions' (several processes: their mean count,
+    `positions_per_process`)."""
     baseline = torch.log_softmax(baseline_logits.float(), dim=-1)
     student = torch.log_softmax(student_logits.float(), dim=-1)
     per_position = (baseline.exp() * (baseline - student)).sum(-1)

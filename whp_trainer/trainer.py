@@ -54,6 +54,7 @@ from .models import (
     logits_head,
     plain_linear_head,
     prepare_unlearning_model,
+    process_count,
     using_adapter,
 )
 from .hub import content_excluded, local_only_patterns, tracker_urls, write_model_card
@@ -108,9 +109,6 @@ class RetainLoss:
         mask = (labels != IGNORE_INDEX).float()
         positions = positions_per_process(mask.sum().clamp(min=1))
         if (kind or getattr(self.args, "retain_loss", "kl")) == "nll":
-            if positions is None:
-                return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                                   ignore_index=IGNORE_INDEX)
             return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                                ignore_index=IGNORE_INDEX, reduction="sum") / positions
         peft_model = self.accelerator.unwrap_model(model)
@@ -688,15 +686,13 @@ def taken_gradients(parameters: list[nn.Parameter]) -> list[torch.Tensor | None]
     return gradients
 
 
-def positions_per_process(count: torch.Tensor) -> torch.Tensor | None:
-    """Under several processes, the mean over them of ``count`` (this process's loss positions): a sum over this
-    process's positions divided by it, averaged over the processes as DDP averages gradients, is the mean over all
-    their positions, as one process of the global batch would take it. ``None`` in one process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return None
-    processes = torch.distributed.get_world_size()
+def positions_per_process(count: torch.Tensor) -> torch.Tensor:
+    """The mean over the processes of ``count`` (this process's loss positions): a sum over this process's positions
+    divided by it, averaged over the processes as DDP averages gradients, is the mean over all their positions, as
+    one process of the global batch would take it. ``count`` itself in one process."""
+    processes = process_count()
     if processes == 1:
-        return None
+        return count
     total = count.detach().float().clone()
     torch.distributed.all_reduce(total)
     return total / processes
@@ -706,9 +702,7 @@ def averaged_over_processes(parameters: list[nn.Parameter],
                             gradients: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
     """``gradients`` (of ``parameters``) averaged over the processes of a multi-process run, as DDP averages a plain
     step's (``None`` counts as zero); in one process, as given."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return gradients
-    processes = torch.distributed.get_world_size()
+    processes = process_count()
     if processes == 1:
         return gradients
     parts = [torch.zeros_like(parameter) if gradient is None else gradient

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..models import BASELINE, using_adapter
+from ..models import BASELINE, process_count, using_adapter
 from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
 from .callback import LOG_PREFIX
 from .familiarity import evaluation_mode, token_familiarity
@@ -452,9 +452,7 @@ def first_process_reading(metrics: dict[str, float]) -> dict[str, float]:
     """The first process's ``metrics`` in every process of a multi-process run (each measures the same model on the
     same texts, but a reading that differed at a budget's edge, by a kernel's rounding, would send one process back
     along the line and not the others): every decision is then the same in all of them. As given in one process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return metrics
-    if torch.distributed.get_world_size() == 1:
+    if process_count() == 1:
         return metrics
     shared = [metrics]
     torch.distributed.broadcast_object_list(shared, src=0)
