@@ -45,7 +45,8 @@ def two_sgd_steps_trainer(work: Path, out: Path, per_device_batch: int, retain_d
 def options(flags: list[str], work: Path) -> dict:
     """The trainer's options of the worker's command-line ``flags``."""
     config = {"cache_targets": "--cache" in flags, "retain_projection": "--project" in flags,
-              "sam_rho": 0.05 if "--sam" in flags else 0.0, "gradient_accumulation_steps": 1 + ("--accumulate" in flags)}
+              "sam_rho": 0.05 if "--sam" in flags else 0.0,
+              "gradient_accumulation_steps": 1 + ("--accumulate" in flags)}
     if "--retain" in flags:
         blocks = json.loads((work / "retain.json").read_text())
         config.update(retain_weight=20.0, retain_loss="nll", retain_dataset=Dataset.from_dict({"input_ids": blocks}),
