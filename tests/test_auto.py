@@ -448,6 +448,63 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert "How α was chosen (`alpha: auto`)" in report and "teacher α=40" in report
 
 
+def distinct_text(words: int, seed: int = 0) -> str:
+    """Running text of the corpus's words in a random order: no two of its blocks alike."""
+    import random
+
+    vocabulary = " ".join(CORPUS).split()
+    rng = random.Random(seed)
+    return " ".join(rng.choice(vocabulary) for _ in range(words))
+
+
+def test_the_report_reads_membership_on_holdout_blocks_the_stopping_rule_did_not_read(files, tmp_path, monkeypatch):
+    from whp_trainer import pipeline
+    from whp_trainer.evaluation import runner
+    from whp_trainer.evaluation.membership import block_digest
+
+    (tmp_path / "holdout.txt").write_text(distinct_text(1600))
+    rule, read = {}, []
+    real_stop, real_auc = pipeline.stop_at_targets, runner.membership_auc
+    monkeypatch.setattr(pipeline, "stop_at_targets", lambda student, choice, inputs, *rest: rule.update(
+        holdout=inputs.membership[1]) or real_stop(student, choice, inputs, *rest))
+    monkeypatch.setattr(runner, "membership_auc", lambda model, tokenizer, forget, holdout, **kwargs: read.append(
+        holdout) or real_auc(model, tokenizer, forget, holdout, **kwargs))
+    auto = {"alpha": "auto", "auto_alphas": [5], "auto_reinforce_rounds": 0, "auto_eval_steps": 1, "max_length": 16}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto},
+                        evaluate={**EVALUATION, "max_length": 16, "holdout_data": str(tmp_path / "holdout.txt")})
+    cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
+
+    recorded = json.loads((tmp_path / "run" / "unlearned" / "whp_rule_sample.json").read_text())
+    assert recorded == {"max_length": 16, "holdout": sorted(block_digest(block) for block in rule["holdout"])}
+    assert len(rule["holdout"]) == 64 and read and all(sample == read[0] for sample in read)  # every role alike
+    assert not {block_digest(block) for block in read[0]} & set(recorded["holdout"]) and len(read[0]) >= 32
+    results = json.loads((tmp_path / "run" / "evaluation" / "report.json").read_text())["results"]
+    assert results["unlearned"]["membership_holdout_read_by_rule"] == results["base"][
+        "membership_holdout_read_by_rule"] == 0
+
+
+def test_with_too_little_other_holdout_text_the_report_counts_the_blocks_the_rule_read(tokenizer, tmp_path):
+    from whp_trainer.collator import text_blocks
+    from whp_trainer.evaluation import EvaluateConfig
+    from whp_trainer.evaluation.membership import UNSEEN_MINIMUM, block_digest
+    from whp_trainer.evaluation.runner import evaluation_data
+
+    holdout = [distinct_text(1200)]
+    blocks = text_blocks(holdout, tokenizer, 16)
+    config = EvaluateConfig(output_dir=str(tmp_path), max_length=16, membership_texts=0)
+
+    def membership_read(read):
+        data = evaluation_data(config, tokenizer, PROBES, CORPUS, CORPUS, holdout_texts=holdout, rule_holdout=read)
+        return sorted(data.membership[1]), data.holdout_read_by_rule
+
+    assert len(blocks) > UNSEEN_MINIMUM + 8
+    enough = {block_digest(block) for block in blocks[UNSEEN_MINIMUM:]}
+    assert membership_read(enough) == (sorted(blocks[:UNSEEN_MINIMUM]), 0)
+    too_few = {block_digest(block) for block in blocks[UNSEEN_MINIMUM - 1:]}
+    assert membership_read(too_few) == (sorted(blocks), len(blocks) - UNSEEN_MINIMUM + 1)
+    assert membership_read(None) == (sorted(blocks), None)  # no stopping rule: nothing to count
+
+
 def test_the_auto_config_example_is_valid():
     path = Path(__file__).parents[1] / "examples" / "harry_potter_auto.yaml"
     plans = dict(cli.plan_run(cli.read_yaml(str(path)), str(path)))

@@ -35,12 +35,22 @@ def test_alpha_autos_budget_text_is_ordinary_text_no_model_and_no_evaluation_rea
     # the evaluation's held-out perplexity reads the retain text: a budget read there would be tuned on the goal
     assert texts.budget and not set(texts.budget) & set(texts.retain + texts.ordinary + texts.saga)
     assert not any(anchor in paragraph for anchor in texts.dictionary for paragraph in texts.budget)
-    assert len("\n\n".join(texts.budget)) >= len("\n\n".join(texts.holdout)) - 1000  # as many blocks: >= 64
+    assert len("\n\n".join(texts.budget)) >= saga.SIZES["full"].holdout_chars - 1000  # as many blocks: >= 64
     tiny = demo.generate_texts("tiny")
     monkeypatch.setitem(saga.SIZES, "tiny", dataclasses.replace(saga.SIZES["tiny"], budget_chars=0))
     without = demo.generate_texts("tiny")  # generated last: every other text as before it existed
     assert (without.saga, without.ordinary, without.retain, without.holdout, without.budget) == \
         (tiny.saga, tiny.ordinary, tiny.retain, tiny.holdout, [])
+
+
+def test_holdout_text_for_the_evaluation_beyond_alpha_autos_blocks_comes_last(texts, monkeypatch):
+    spec = saga.SIZES["full"]
+    assert len("\n\n".join(texts.holdout)) >= spec.holdout_chars + spec.more_holdout_chars  # 64 + 80 blocks of 128
+    tiny = demo.generate_texts("tiny")
+    monkeypatch.setitem(saga.SIZES, "tiny", dataclasses.replace(saga.SIZES["tiny"], more_holdout_chars=2_000))
+    more = demo.generate_texts("tiny")
+    assert (more.saga, more.ordinary, more.retain, more.budget) == (tiny.saga, tiny.ordinary, tiny.retain, tiny.budget)
+    assert more.holdout[: len(tiny.holdout)] == tiny.holdout and len(more.holdout) > len(tiny.holdout)
 
 
 def test_anchors_occur_in_the_saga_and_never_in_ordinary_text(texts):

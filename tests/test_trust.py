@@ -24,7 +24,8 @@ from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
 from whp_trainer.runs import STAGE_FILE, STARTED_FILE, begin_stage
 
 SENTINEL = "hf_SentinelTokenThatMustNeverBeWritten0123"
-FORBIDDEN = ("reinforced/", "optimizer.pt", "scheduler.pt", "whp_reinforced.json", "whp_stage.json")
+FORBIDDEN = ("reinforced/", "optimizer.pt", "scheduler.pt", "whp_reinforced.json", "whp_stage.json",
+             "whp_rule_sample.json")
 
 
 class RecordingHub:
@@ -128,6 +129,21 @@ def test_whp_unlearn_and_whp_push_upload_no_reinforced_file_and_write_no_token(f
     assert "whp_run.json" in hub.uploaded  # the run record goes up with the model: checked for the token below
     assert hub.forbidden() == [] and hub.with_token() == []
     assert files_containing(tmp_path, SENTINEL) == []
+
+
+def test_the_fingerprints_of_the_holdout_text_alpha_auto_read_stay_local(files, tmp_path, hub):
+    out, reinforced = tmp_path / "unlearned", tmp_path / "reinforced"
+    (tmp_path / "holdout.txt").write_text((files / "retain.txt").read_text())
+    cli.main(["reinforce", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
+              "--output_dir", str(reinforced), "--lora_r", "4", *flags(TRAINING)])
+    cli.main(["unlearn", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
+              "--anchors", str(files / "anchors.yaml"), "--reinforced_adapter", str(reinforced),
+              "--output_dir", str(out), "--lora_r", "4", *flags({**TRAINING, "max_length": 16}), "--alpha", "auto",
+              "--auto_alphas", "5", "--auto_reinforce_rounds", "0", "--auto_eval_steps", "1",
+              "--holdout_data", str(tmp_path / "holdout.txt"), "--retain_data", str(files / "retain.txt")])
+    assert (out / "whp_rule_sample.json").is_file()
+    cli.main(["push", "--folder", str(out), "--repo_id", "someone/whp-tiny", "--token", SENTINEL])
+    assert "adapter_model.safetensors" in hub.uploaded and hub.forbidden() == []
 
 
 def flags(options: dict) -> list[str]:

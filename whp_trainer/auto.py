@@ -115,6 +115,16 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       retain_training=retain_training)
 
 
+def record_what_the_rule_read(folder, inputs: AutoInputs, args) -> None:
+    """Which holdout blocks the stopping rule read (their digests, beside the adapter, kept local), so that the
+    evaluation reads membership on others: the rule kept the weights whose AUC on these was nearest its target."""
+    from .evaluation.membership import block_digest
+    from .runs import record_rule_sample
+
+    if inputs.membership:
+        record_rule_sample(folder, args.max_length, [block_digest(block) for block in inputs.membership[1]])
+
+
 def budget_from_retain(blocks: list[str], args) -> tuple[list[str], list[str] | None]:
     """Without ``budget_data``: the blocks of the retain text the perplexity budget is read on — a quarter of them,
     at most `SAMPLE`, drawn with the run's seed — and the others, which the retain loss then reads alone (a budget

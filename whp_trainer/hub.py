@@ -39,7 +39,7 @@ from .record import (
     RECORD_FILE, checked_eval_results, hub_repo_id, read_record, record_json, run_record, write_record,
 )
 from .runs import (
-    MARKERS, REINFORCED_RECORD, adapter_digest, begin_stage, file_digest, finish_stage, fingerprint,
+    MARKERS, REINFORCED_RECORD, RULE_SAMPLE_FILE, adapter_digest, begin_stage, file_digest, finish_stage, fingerprint,
     recorded_reinforced_adapter, content_digest, reinforced_fingerprints, require_stage_output,
 )
 
@@ -602,10 +602,11 @@ def reinforced_operations(folder: Path, reinforced_subfolder: str) -> list[Commi
 def local_only_patterns(reinforced_subfolder: str = REINFORCED_SUBFOLDER) -> list[str]:
     """What no upload may send (fnmatch patterns, as `huggingface_hub` applies them): the reinforced adapter under any
     `reinforced/` folder (it knows MORE about the target than the base), optimizer state, and whp's local records
-    (markers, the reinforced adapter's local path, the probe prompts behind the next-token metrics)."""
+    (markers, the reinforced adapter's local path, the probe prompts behind the next-token metrics, the fingerprints
+    of the holdout blocks alpha auto's stopping rule read)."""
     folders = dict.fromkeys([reinforced_subfolder, REINFORCED_SUBFOLDER])  # at any depth
     return [*(f"{name}/*" for name in folders), *(f"*/{name}/*" for name in folders), *OPTIMIZER_STATE_PATTERNS,
-            REINFORCED_RECORD, PROBE_NAMES_FILE, *MARKERS, ".*"]
+            REINFORCED_RECORD, RULE_SAMPLE_FILE, PROBE_NAMES_FILE, *MARKERS, ".*"]
 
 
 def extra_operations(dictionary_file, eval_report) -> list[CommitOperationAdd]:

@@ -17,7 +17,7 @@ from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
-from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, stop_at_targets
+from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, record_what_the_rule_read, stop_at_targets
 from .cache import model_weights_digest
 from .collator import block_summary, check_anchor_coverage, check_loss_positions, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
@@ -28,7 +28,7 @@ from .models import adapter_weights, check_adapter_trained
 from .record import read_record
 from .runs import (
     adapter_digest, begin_stage, file_digest, finish_stage, fingerprint, last_complete_checkpoint, recorded_reinforced_adapter,
-    require_stage_output,
+    recorded_rule_sample, require_stage_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -242,6 +242,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         trainer.auto_choice = {**choice, "stopping": {**stopping.decision, "history": stopping.history}}
         print(f"whp unlearn: alpha auto: {stopping_summary(stopping.decision)}", flush=True)
     trainer.save_model()
+    if stopping and trainer.args.should_save:
+        record_what_the_rule_read(args.output_dir, inputs, args)
     trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
     check_adapter_trained(initial, args.output_dir, "whp unlearn")
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
@@ -329,7 +331,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"], **knowledge, relearn_texts=relearn,
-        paraphrased_probes=paraphrased, **full_precision,
+        paraphrased_probes=paraphrased, **full_precision, rule_holdout=rule_holdout(data.unlearned_adapter, config),
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
                  auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None,
@@ -339,6 +341,22 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
                     plots=sorted(Path(config.output_dir).glob("*.png")))
     finish_stage(config.output_dir, "evaluate", print_)
     return config.output_dir
+
+
+def rule_holdout(unlearned: str | None, config) -> set[str] | None:
+    """The holdout blocks (digests) the stopping rule of the unlearning run in ``unlearned`` read, for the evaluation
+    to read membership on others; None when it read none, or read blocks of another length (then they cannot be
+    told apart, and the evaluation says so)."""
+    rule = recorded_rule_sample(unlearned)
+    if rule is None:
+        return None
+    if rule["max_length"] != config.max_length:
+        logger.warning("whp evaluate: alpha auto's stopping rule read holdout blocks of %d tokens and the evaluation "
+                       "cuts blocks of %d (--max_length): it cannot read membership apart from them, and the "
+                       "unlearned model's membership AUC may read nearer the target than on new text",
+                       rule["max_length"], config.max_length)
+        return None
+    return set(rule["holdout"])
 
 
 EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateConfig fields: question/answer files

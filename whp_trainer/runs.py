@@ -397,6 +397,23 @@ def record_reinforced_adapter(folder: str | os.PathLike, source: str | os.PathLi
     (Path(folder) / REINFORCED_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
+RULE_SAMPLE_FILE = "whp_rule_sample.json"  # the holdout blocks alpha auto's stopping rule read (kept local)
+
+
+def record_rule_sample(folder: str | os.PathLike, max_length: int, holdout: list[str]) -> None:
+    """Write which holdout blocks (``holdout``: their digests; blocks of ``max_length`` tokens) the stopping rule of
+    an unlearning run in ``folder`` read, so that its evaluation reads membership on others. Never uploaded: they
+    are fingerprints of the user's text."""
+    record = {"max_length": max_length, "holdout": sorted(holdout)}
+    (Path(folder) / RULE_SAMPLE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def recorded_rule_sample(folder: str | os.PathLike | None) -> dict | None:
+    """`record_rule_sample`'s record of the unlearning run in ``folder``; None when it wrote none."""
+    path = None if folder is None else Path(folder) / RULE_SAMPLE_FILE
+    return read_json_object(path) if path is not None and path.is_file() else None
+
+
 def adapter_file_fingerprints(folder: str | os.PathLike | None) -> set[tuple[int, str]]:
     """``(size, sha256)`` of each weight file of an adapter folder (empty for a Hub id or no folder): what an upload
     compares every file with, so that the weights leave under no name."""

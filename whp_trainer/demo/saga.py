@@ -32,9 +32,10 @@ from ..toy import tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "6"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
+GENERATOR_VERSION = "7"  # 2: the tokenizer is saved with the base model; 3: the oracle and the holdout saga text;
 # 4: pretraining reads blocks of running text, as the stages do; 5: six times the holdout saga text;
-# 6: alpha auto's budget text, apart from the evaluation's held-out text
+# 6: alpha auto's budget text, apart from the evaluation's held-out text; 7: more holdout saga text, for the
+# evaluation to read membership on blocks alpha auto's stopping rule did not
 
 # The saga's characters: (first name, surname) → generic first names (one per translation) and a generic surname.
 CHARACTERS = {
@@ -166,10 +167,11 @@ class DemoSize:
     epochs: int
     batch_size: int
     learning_rate: float
+    more_holdout_chars: int = 0  # holdout text beyond the first: the evaluation's membership apart from alpha auto's
 
 
 SIZES = {
-    "full": DemoSize(60_000, 60_000, 8_000, 48_000, 48_000, 1024, 128, 4, 4, 12, 16, 3e-3),
+    "full": DemoSize(60_000, 60_000, 8_000, 48_000, 48_000, 1024, 128, 4, 4, 12, 16, 3e-3, more_holdout_chars=48_000),
     "tiny": DemoSize(20_000, 20_000, 1_000, 1_000, 1_000, 400, 96, 2, 2, 12, 16, 3e-3),
 }
 
@@ -322,7 +324,8 @@ def generate_texts(size: str = "full", seed: int = 0) -> DemoTexts:
     ordinary = paragraphs(rng, ordinary_sentence, generic_people(), spec.ordinary_chars)
     retain = paragraphs(rng, ordinary_sentence, generic_people(), spec.retain_chars)
     holdout = paragraphs(rng, saga_sentence, saga_people(), spec.holdout_chars)
-    budget = paragraphs(rng, ordinary_sentence, generic_people(), spec.budget_chars)  # last: the others as before
+    budget = paragraphs(rng, ordinary_sentence, generic_people(), spec.budget_chars)
+    holdout += paragraphs(rng, saga_sentence, saga_people(), spec.more_holdout_chars)  # last: the others as before
     return DemoTexts(saga, ordinary, retain, holdout, budget, saga_dictionary(), familiarity_probes())
 
 

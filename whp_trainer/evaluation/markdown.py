@@ -68,6 +68,9 @@ METRIC_HELP = {
     "membership_auc_mink_se": "standard error of the Min-K% AUC at these numbers of forget and holdout texts (Hanley "
     "& McNeil): two AUCs closer than about twice it are not told apart",
     "membership_auc_minkpp_se": "standard error of the Min-K%++ AUC",
+    "membership_holdout_read_by_rule": "of the holdout texts the membership AUC reads, those alpha auto's stopping "
+    "rule had read (it kept the weights whose AUC there was nearest its target, so an AUC read on them flatters the "
+    "unlearned model): 0 = read on text new to the rule; more holdout text (32 blocks beyond the rule's) makes it 0",
     "privleak_mink": "MUSE's PrivLeak from the Min-K% AUC, in % relative to the oracle: 0 = like the oracle, negative "
     "= the forget text is still recognised, positive = over-unlearned",
     "privleak_minkpp": "PrivLeak from the Min-K%++ AUC (%)",
@@ -82,7 +85,7 @@ METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, ret
     "knowledge_neighbour_two_choice", "knowledge_selectivity", "entity_first_mention", "verbmem_forget",
     "memorization_rouge_l",
     "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "membership_auc_mink_se",
-    "membership_auc_minkpp_se", "privleak_mink", "privleak_minkpp",
+    "membership_auc_minkpp_se", "membership_holdout_read_by_rule", "privleak_mink", "privleak_minkpp",
     "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
 )
 PREFIX_HELP = {
