@@ -471,7 +471,7 @@ def test_the_report_reads_membership_on_holdout_blocks_the_stopping_rule_did_not
         holdout) or real_auc(model, tokenizer, forget, holdout, **kwargs))
     auto = {"alpha": "auto", "auto_alphas": [5], "auto_reinforce_rounds": 0, "auto_eval_steps": 1, "max_length": 16}
     config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto},
-                        evaluate={**EVALUATION, "max_length": 16, "holdout_data": str(tmp_path / "holdout.txt")})
+                        evaluate={**EVALUATION, "holdout_data": str(tmp_path / "holdout.txt")})  # blocks of 16 too
     cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
 
     recorded = json.loads((tmp_path / "run" / "unlearned" / "whp_rule_sample.json").read_text())

@@ -144,6 +144,15 @@ def test_run_overrides_reach_the_stage_options(files, tmp_path):
     assert (args.alpha, model.lora_r, args.output_dir) == (3.0, 8, str(tmp_path / "run" / "unlearned"))
 
 
+def test_the_evaluation_of_a_run_cuts_blocks_as_its_unlearn_stage_does_unless_told(files, tmp_path):
+    config = run_config(files, tmp_path / "run", unlearn={"max_length": 64}, evaluate={})
+    assert dict(cli.plan_run(config, "run.yaml"))["evaluate"]["max_length"] == 64
+    config = run_config(files, tmp_path / "run", unlearn={"max_length": 64}, evaluate={"max_length": 256})
+    assert dict(cli.plan_run(config, "run.yaml"))["evaluate"]["max_length"] == 256
+    assert "max_length" not in dict(cli.plan_run(run_config(files, tmp_path / "run", unlearn={}, evaluate={}),
+                                                 "run.yaml"))["evaluate"]  # EvaluateConfig's own default
+
+
 def test_every_run_stage_option_is_checked_before_the_first_stage(files, tmp_path, capsys, no_model_loading):
     config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, "alpah": 5.0})
     error = run_main(capsys, "run", str(write_config(tmp_path / "run.yaml", config)))

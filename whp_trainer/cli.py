@@ -421,6 +421,8 @@ def plan_run(config: dict, path: str) -> list[tuple[str, dict]]:
             options.update({key: evaluation[key] for key in AUTO_REFERENCES if key in evaluation and key not in options})
         if auto and stage == "evaluate" and "reinforced_adapter" not in (config.get("data") or {}):
             options.setdefault("reinforced_adapter", None)  # the one the unlearning run chose (it may be stronger)
+        if stage == "evaluate" and "max_length" in (config.get("unlearn") or {}):
+            options.setdefault("max_length", config["unlearn"]["max_length"])  # blocks as the unlearn stage cut them
         if stage in outputs:
             options.setdefault("output_dir", str(outputs[stage]))
         if stage in ("export", "push"):
