@@ -457,52 +457,70 @@ def distinct_text(words: int, seed: int = 0) -> str:
     return " ".join(rng.choice(vocabulary) for _ in range(words))
 
 
-def test_the_report_reads_membership_on_holdout_blocks_the_stopping_rule_did_not_read(files, tmp_path, monkeypatch):
+def test_the_report_reads_membership_and_neighbours_on_what_the_stopping_rule_did_not_read(files, tmp_path,
+                                                                                             monkeypatch):
     from whp_trainer import pipeline
     from whp_trainer.evaluation import runner
-    from whp_trainer.evaluation.membership import block_digest
+    from whp_trainer.evaluation.rule_sample import item_digest
 
     (tmp_path / "holdout.txt").write_text(distinct_text(1600))
-    rule, read = {}, []
-    real_stop, real_auc = pipeline.stop_at_targets, runner.membership_auc
+    words = distinct_text(240, seed=1).split()
+    rows = [{"prompt": f"{index}: {first} then", "answer": second}
+            for index, (first, second) in enumerate(zip(words[::2], words[1::2]))]
+    (tmp_path / "neighbours.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    rule, read = {}, {"holdout": [], "neighbours": []}
+    real_stop, real_auc, real_scores = pipeline.stop_at_targets, runner.membership_auc, runner.knowledge_scores
     monkeypatch.setattr(pipeline, "stop_at_targets", lambda student, choice, inputs, *rest: rule.update(
-        holdout=inputs.membership[1]) or real_stop(student, choice, inputs, *rest))
-    monkeypatch.setattr(runner, "membership_auc", lambda model, tokenizer, forget, holdout, **kwargs: read.append(
-        holdout) or real_auc(model, tokenizer, forget, holdout, **kwargs))
+        holdout=inputs.membership[1], neighbours=inputs.neighbour_rows) or real_stop(student, choice, inputs, *rest))
+    monkeypatch.setattr(runner, "membership_auc", lambda model, tokenizer, forget, holdout, **kwargs: read[
+        "holdout"].append(holdout) or real_auc(model, tokenizer, forget, holdout, **kwargs))
+    monkeypatch.setattr(runner, "knowledge_scores", lambda model, tokenizer, rows, **kwargs: read[
+        "neighbours"].append(rows) or real_scores(model, tokenizer, rows, **kwargs))  # no forget rows: neighbours
     auto = {"alpha": "auto", "auto_alphas": [5], "auto_reinforce_rounds": 0, "auto_eval_steps": 1, "max_length": 16}
-    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto},
-                        evaluate={**EVALUATION, "holdout_data": str(tmp_path / "holdout.txt")})  # blocks of 16 too
+    evaluate = {**EVALUATION, "holdout_data": str(tmp_path / "holdout.txt"),  # blocks of 16 tokens too
+                "neighbour_knowledge": str(tmp_path / "neighbours.jsonl")}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto}, evaluate=evaluate)
     cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
 
     recorded = json.loads((tmp_path / "run" / "unlearned" / "whp_rule_sample.json").read_text())
-    assert recorded == {"max_length": 16, "holdout": sorted(block_digest(block) for block in rule["holdout"])}
-    assert len(rule["holdout"]) == 64 and read and all(sample == read[0] for sample in read)  # every role alike
-    assert not {block_digest(block) for block in read[0]} & set(recorded["holdout"]) and len(read[0]) >= 32
+    assert recorded == {"max_length": 16, "holdout": sorted(item_digest(block) for block in rule["holdout"]),
+                        "neighbour_knowledge": sorted(item_digest(row) for row in rule["neighbours"])}
+    assert len(rule["holdout"]) == len(rule["neighbours"]) == 64 and len(set(recorded["neighbour_knowledge"])) == 64
+    for name, key, left in (("holdout", "holdout", 32), ("neighbours", "neighbour_knowledge", len(rows) - 64)):
+        assert read[name] and all(sample == read[name][0] for sample in read[name])  # every role alike
+        assert not {item_digest(item) for item in read[name][0]} & set(recorded[key]) and len(read[name][0]) >= left
     results = json.loads((tmp_path / "run" / "evaluation" / "report.json").read_text())["results"]
-    assert results["unlearned"]["membership_holdout_read_by_rule"] == results["base"][
-        "membership_holdout_read_by_rule"] == 0
+    for role in ("unlearned", "base"):
+        assert results[role]["membership_holdout_read_by_rule"] == 0
+        assert results[role]["knowledge_neighbour_read_by_rule"] == 0
 
 
-def test_with_too_little_other_holdout_text_the_report_counts_the_blocks_the_rule_read(tokenizer, tmp_path):
+def test_with_too_little_other_text_the_report_counts_what_the_rule_read(tokenizer, tmp_path):
     from whp_trainer.collator import text_blocks
     from whp_trainer.evaluation import EvaluateConfig
-    from whp_trainer.evaluation.membership import UNSEEN_MINIMUM, block_digest
+    from whp_trainer.evaluation.rule_sample import UNSEEN_MINIMUM, item_digest
     from whp_trainer.evaluation.runner import evaluation_data
 
     holdout = [distinct_text(1200)]
     blocks = text_blocks(holdout, tokenizer, 16)
+    rows = [{"prompt": f"{index}: {word}", "answer": "then"} for index, word in enumerate(distinct_text(60).split())]
     config = EvaluateConfig(output_dir=str(tmp_path), max_length=16, membership_texts=0)
 
-    def membership_read(read):
-        data = evaluation_data(config, tokenizer, PROBES, CORPUS, CORPUS, holdout_texts=holdout, rule_holdout=read)
-        return sorted(data.membership[1]), data.holdout_read_by_rule
+    def read(rule_sample):
+        data = evaluation_data(config, tokenizer, PROBES, CORPUS, CORPUS, holdout_texts=holdout,
+                               neighbour_knowledge=rows, rule_sample=rule_sample)
+        return sorted(data.membership[1]), data.knowledge["neighbour"], data.read_by_rule
 
-    assert len(blocks) > UNSEEN_MINIMUM + 8
-    enough = {block_digest(block) for block in blocks[UNSEEN_MINIMUM:]}
-    assert membership_read(enough) == (sorted(blocks[:UNSEEN_MINIMUM]), 0)
-    too_few = {block_digest(block) for block in blocks[UNSEEN_MINIMUM - 1:]}
-    assert membership_read(too_few) == (sorted(blocks), len(blocks) - UNSEEN_MINIMUM + 1)
-    assert membership_read(None) == (sorted(blocks), None)  # no stopping rule: nothing to count
+    assert len(blocks) > UNSEEN_MINIMUM + 8 and len(rows) > UNSEEN_MINIMUM + 8
+    enough = {"holdout": {item_digest(block) for block in blocks[UNSEEN_MINIMUM:]},
+              "neighbour_knowledge": {item_digest(row) for row in rows[UNSEEN_MINIMUM:]}}
+    assert read(enough) == (sorted(blocks[:UNSEEN_MINIMUM]), rows[:UNSEEN_MINIMUM], {
+        "membership_holdout_read_by_rule": 0, "knowledge_neighbour_read_by_rule": 0})
+    too_few = {"holdout": {item_digest(block) for block in blocks[UNSEEN_MINIMUM - 1:]},
+               "neighbour_knowledge": {item_digest(row) for row in rows[UNSEEN_MINIMUM - 1:]}}
+    assert read(too_few) == (sorted(blocks), rows, {"membership_holdout_read_by_rule": len(blocks) - UNSEEN_MINIMUM + 1,
+                                                    "knowledge_neighbour_read_by_rule": len(rows) - UNSEEN_MINIMUM + 1})
+    assert read(None) == (sorted(blocks), rows, {})  # no stopping rule: nothing to count
 
 
 def test_the_auto_config_example_is_valid():
@@ -521,20 +539,36 @@ def test_neighbour_knowledge_rows_become_the_stopping_rules_budget_measure(make_
 
     rows = [{"prompt": "The cat sat on the", "answer": "mat"}, {"question": "Where did Jon go?",
                                                                  "true_answer": "the Mystic Academy", "false_answer": "home"}]
-    path = tmp_path / "neighbour.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     model = trainable_model(make_model)
     trainer = fake_trainer(model)
     trainer.callback_handler = SimpleNamespace(callbacks=[])
     trainer.add_callback = trainer.callback_handler.callbacks.append
-    args = SimpleNamespace(neighbour_knowledge=str(path), max_length=32, auto_eval_steps=1, auto_max_measurements=12,
+    args = SimpleNamespace(max_length=32, auto_eval_steps=1, auto_max_measurements=12,
                            retain_budget=0.03, neighbour_budget=0.1, budget_confidence=0.95, budget_patience=1,
                            budget_backtrack=True, budget_drop_cap=True, budget_end_search=True)
     choice = {"targets": {"membership": None, "familiarity": 0.1}}
-    callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None), args, tokenizer)
+    callback = stop_at_targets(trainer, choice, AutoInputs(PROBES, [], CORPUS[4:], None, neighbour_rows=rows), args,
+                               tokenizer)
     per_row = callback.neighbour_knowledge(model)
     assert len(per_row) == 2 and fmean(per_row) == pytest.approx(answer_loglikelihood(model, tokenizer, rows,
                                                                                       max_length=32))
+
+
+def test_the_stopping_rule_reads_a_seeded_sample_of_at_most_64_neighbour_rows(tokenizer, tmp_path):
+    from whp_trainer.arguments import DataArguments
+    from whp_trainer.auto import auto_inputs
+
+    rows = [{"prompt": f"Row {index} says", "answer": "yes"} for index in range(100)]
+    (tmp_path / "neighbours.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "budget.txt").write_text(" ".join(CORPUS * 20))
+    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=str(tmp_path / "budget.txt"),
+                           neighbour_knowledge=str(tmp_path / "neighbours.jsonl"))
+    read = lambda: auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, CORPUS, PROBES, None)  # noqa: E731
+    sampled = read().neighbour_rows
+    assert len(sampled) == 64 and all(row in rows for row in sampled) and len({row["prompt"] for row in sampled}) == 64
+    assert read().neighbour_rows == sampled  # seeded
+    (tmp_path / "neighbours.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:10]))
+    assert read().neighbour_rows == rows[:10]  # all of them, in order, as before there were samples
 
 
 def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_path):
@@ -572,7 +606,7 @@ def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer
     (tmp_path / "holdout.txt").write_text(" ".join(reversed(CORPUS * 20)))
     (tmp_path / "budget.txt").write_text(" ".join(CORPUS[2:] * 20))
     args = SimpleNamespace(seed=0, max_length=16, holdout_data=str(tmp_path / "holdout.txt"),
-                           budget_data=str(tmp_path / "budget.txt"))
+                           budget_data=str(tmp_path / "budget.txt"), neighbour_knowledge=None)
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         inputs = auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, [book], PROBES, None)
     forget, holdout = inputs.membership
@@ -594,7 +628,7 @@ def test_without_budget_text_the_budget_is_read_on_retain_blocks_the_retain_loss
     numbers = [str(number) for number in torch.randint(10**5, 10**6, (3000,), generator=rng).tolist()]
     (tmp_path / "retain.txt").write_text(" ".join(numbers))
     data = DataArguments(forget_data="unused", retain_data=str(tmp_path / "retain.txt"))
-    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=None)
+    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=None, neighbour_knowledge=None)
     blocks = text_blocks(data.retain_texts()["text"], tokenizer, 16)
     assert len(set(blocks)) == len(blocks) > 4 * 64  # each block its own text
     inputs = auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SAMPLE = 64  # probes, first mentions, retain rows and membership texts measured by the sweep and the stopping rule
+SAMPLE = 64  # probes, first mentions, retain rows, membership texts and neighbour rows the sweep and the rule read
 
 
 @dataclasses.dataclass
@@ -36,6 +36,7 @@ class AutoInputs:
     forget: list[str] = dataclasses.field(default_factory=list)  # forget blocks: how well a reinforcement fits them
     # without budget text: the retain blocks the retain loss reads, all but those the budget is read on
     retain_training: list[str] | None = None
+    neighbour_rows: list[dict] | None = None  # the neighbour knowledge rows of the second budget
 
 
 def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
@@ -104,6 +105,11 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     else:
         budget, retain_training = budget_from_retain(text_blocks(data.retain_texts()["text"], tokenizer,
                                                                  args.max_length), args)
+    rows = None
+    if args.neighbour_knowledge:
+        from .evaluation.knowledge import load_knowledge
+
+        rows = sample(load_knowledge(args.neighbour_knowledge), random.Random(f"neighbours-{args.seed}"))
     if len(budget) < SAMPLE:
         logger.warning("whp unlearn: alpha auto: the budget's text is %d blocks of %d tokens, fewer than the %d the "
                        "stopping rule reads: its perplexity budget is read on little text and may not hold on other "
@@ -112,17 +118,18 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       retain=sample(budget, rng), membership=membership,
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)),
-                      retain_training=retain_training)
+                      retain_training=retain_training, neighbour_rows=rows)
 
 
 def record_what_the_rule_read(folder, inputs: AutoInputs, args) -> None:
-    """Which holdout blocks the stopping rule read (their digests, beside the adapter, kept local), so that the
-    evaluation reads membership on others: the rule kept the weights whose AUC on these was nearest its target."""
-    from .evaluation.membership import block_digest
+    """What the stopping rule read (fingerprints of its holdout blocks and neighbour rows, beside the adapter, kept
+    local), so that the evaluation reads others: the rule kept the weights that read best on these."""
+    from .evaluation.rule_sample import item_digest
     from .runs import record_rule_sample
 
-    if inputs.membership:
-        record_rule_sample(folder, args.max_length, [block_digest(block) for block in inputs.membership[1]])
+    samples = {"holdout": inputs.membership and inputs.membership[1], "neighbour_knowledge": inputs.neighbour_rows}
+    record_rule_sample(folder, args.max_length, {name: [item_digest(item) for item in items]
+                                                 for name, items in samples.items() if items})
 
 
 def budget_from_retain(blocks: list[str], args) -> tuple[list[str], list[str] | None]:
@@ -273,16 +280,15 @@ def strengthened_reinforcement(data, model_args, source: Path, round_: int, args
 
 
 def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=None):
-    """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``args.neighbour_knowledge``, the
+    """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``inputs.neighbour_rows``, the
     mean answer log-likelihood of those rows is a budget too."""
     from .evaluation.autotune import Targets
-    from .evaluation.knowledge import load_knowledge, row_log_likelihoods
+    from .evaluation.knowledge import row_log_likelihoods
     from .evaluation.stopping import TargetStoppingCallback
 
     neighbour_knowledge = None
-    if args.neighbour_knowledge:
-        rows = load_knowledge(args.neighbour_knowledge)
-        neighbour_knowledge = lambda model: row_log_likelihoods(model, tokenizer, rows,  # noqa: E731
+    if inputs.neighbour_rows:
+        neighbour_knowledge = lambda model: row_log_likelihoods(model, tokenizer, inputs.neighbour_rows,  # noqa: E731
                                                                 max_length=args.max_length)
 
     callback = TargetStoppingCallback(

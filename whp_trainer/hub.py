@@ -603,7 +603,7 @@ def local_only_patterns(reinforced_subfolder: str = REINFORCED_SUBFOLDER) -> lis
     """What no upload may send (fnmatch patterns, as `huggingface_hub` applies them): the reinforced adapter under any
     `reinforced/` folder (it knows MORE about the target than the base), optimizer state, and whp's local records
     (markers, the reinforced adapter's local path, the probe prompts behind the next-token metrics, the fingerprints
-    of the holdout blocks alpha auto's stopping rule read)."""
+    of what alpha auto's stopping rule read)."""
     folders = dict.fromkeys([reinforced_subfolder, REINFORCED_SUBFOLDER])  # at any depth
     return [*(f"{name}/*" for name in folders), *(f"*/{name}/*" for name in folders), *OPTIMIZER_STATE_PATTERNS,
             REINFORCED_RECORD, RULE_SAMPLE_FILE, PROBE_NAMES_FILE, *MARKERS, ".*"]

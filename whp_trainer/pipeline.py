@@ -331,7 +331,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"], **knowledge, relearn_texts=relearn,
-        paraphrased_probes=paraphrased, **full_precision, rule_holdout=rule_holdout(data.unlearned_adapter, config),
+        paraphrased_probes=paraphrased, **full_precision, rule_sample=rule_sample(data.unlearned_adapter, config),
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
                  auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None,
@@ -343,20 +343,20 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     return config.output_dir
 
 
-def rule_holdout(unlearned: str | None, config) -> set[str] | None:
-    """The holdout blocks (digests) the stopping rule of the unlearning run in ``unlearned`` read, for the evaluation
-    to read membership on others; None when it read none, or read blocks of another length (then they cannot be
-    told apart, and the evaluation says so)."""
+def rule_sample(unlearned: str | None, config) -> dict[str, set[str]] | None:
+    """What the stopping rule of the unlearning run in ``unlearned`` read (digests of its holdout blocks and neighbour
+    rows), for the evaluation to read others; None when it recorded nothing. Holdout blocks of another length than
+    the evaluation's cannot be told apart: left out, with a warning."""
     rule = recorded_rule_sample(unlearned)
     if rule is None:
         return None
-    if rule["max_length"] != config.max_length:
+    if "holdout" in rule and rule["max_length"] != config.max_length:
         logger.warning("whp evaluate: alpha auto's stopping rule read holdout blocks of %d tokens and the evaluation "
                        "cuts blocks of %d (--max_length): it cannot read membership apart from them, and the "
                        "unlearned model's membership AUC may read nearer the target than on new text",
                        rule["max_length"], config.max_length)
-        return None
-    return set(rule["holdout"])
+        del rule["holdout"]
+    return {name: set(digests) for name, digests in rule.items() if name != "max_length"}
 
 
 EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateConfig fields: question/answer files

@@ -397,14 +397,14 @@ def record_reinforced_adapter(folder: str | os.PathLike, source: str | os.PathLi
     (Path(folder) / REINFORCED_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
-RULE_SAMPLE_FILE = "whp_rule_sample.json"  # the holdout blocks alpha auto's stopping rule read (kept local)
+RULE_SAMPLE_FILE = "whp_rule_sample.json"  # what alpha auto's stopping rule read (kept local)
 
 
-def record_rule_sample(folder: str | os.PathLike, max_length: int, holdout: list[str]) -> None:
-    """Write which holdout blocks (``holdout``: their digests; blocks of ``max_length`` tokens) the stopping rule of
-    an unlearning run in ``folder`` read, so that its evaluation reads membership on others. Never uploaded: they
-    are fingerprints of the user's text."""
-    record = {"max_length": max_length, "holdout": sorted(holdout)}
+def record_rule_sample(folder: str | os.PathLike, max_length: int, samples: dict[str, list[str]]) -> None:
+    """Write what the stopping rule of an unlearning run in ``folder`` read (``samples``: name -> digests of its
+    items; holdout blocks of ``max_length`` tokens), so that its evaluation reads others. Never uploaded: they are
+    fingerprints of the user's data."""
+    record = {"max_length": max_length, **{name: sorted(digests) for name, digests in samples.items()}}
     (Path(folder) / RULE_SAMPLE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 

@@ -71,6 +71,9 @@ METRIC_HELP = {
     "membership_holdout_read_by_rule": "of the holdout texts the membership AUC reads, those alpha auto's stopping "
     "rule had read (it kept the weights whose AUC there was nearest its target, so an AUC read on them flatters the "
     "unlearned model): 0 = read on text new to the rule; more holdout text (32 blocks beyond the rule's) makes it 0",
+    "knowledge_neighbour_read_by_rule": "of the --neighbour_knowledge rows read, those alpha auto's stopping rule "
+    "had read as its budget (the kept weights are within it there): 0 = read on rows new to the rule; more rows (32 "
+    "beyond the rule's 64) make it 0",
     "privleak_mink": "MUSE's PrivLeak from the Min-K% AUC, in % relative to the oracle: 0 = like the oracle, negative "
     "= the forget text is still recognised, positive = over-unlearned",
     "privleak_minkpp": "PrivLeak from the Min-K%++ AUC (%)",
@@ -82,8 +85,8 @@ METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, ret
     "familiarity_token_relearned", "knowmem_forget", "knowledge_forget_loglik",
     "knowledge_forget_loglik_first", "knowledge_forget_loglik_later", "knowledge_forget_two_choice",
     "knowledge_neighbour_loglik", "knowledge_neighbour_loglik_first", "knowledge_neighbour_loglik_later",
-    "knowledge_neighbour_two_choice", "knowledge_selectivity", "entity_first_mention", "verbmem_forget",
-    "memorization_rouge_l",
+    "knowledge_neighbour_two_choice", "knowledge_neighbour_read_by_rule", "knowledge_selectivity",
+    "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
     "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "membership_auc_mink_se",
     "membership_auc_minkpp_se", "membership_holdout_read_by_rule", "privleak_mink", "privleak_minkpp",
     "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",

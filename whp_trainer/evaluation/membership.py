@@ -9,7 +9,6 @@ from holdout texts (non-members) by that score is 0.5 for a model that read neit
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
@@ -19,7 +18,6 @@ from ..batching import pad_token_id, padded_batch
 from .familiarity import evaluation_mode
 
 MUSE_K = 0.4  # MUSE's PrivLeak uses Min-40%
-UNSEEN_MINIMUM = 32  # holdout blocks the rule did not read that a report needs to read membership on them alone
 
 
 def token_scores(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8):
@@ -129,15 +127,3 @@ def privleak(membership: float, oracle_membership: float) -> float:
     muse, muse_oracle = 1 - membership, 1 - oracle_membership
     return float("nan") if muse_oracle == 0 else (muse - muse_oracle) / muse_oracle * 100
 
-
-def block_digest(text: str) -> str:
-    """A fingerprint of one block of text: which blocks a stopping rule read, recorded without their text."""
-    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
-
-
-def unseen_holdout(blocks: list[str], read: set[str] | None) -> list[str]:
-    """The holdout ``blocks`` a report reads membership on: those whose `block_digest` is not in ``read`` (the blocks
-    a stopping rule read, keeping the weights whose AUC there was nearest its target: read again, they flatter it)
-    when at least `UNSEEN_MINIMUM` are left; else all of them."""
-    unseen = [block for block in blocks if block_digest(block) not in (read or ())]
-    return unseen if len(unseen) >= UNSEEN_MINIMUM else blocks

@@ -8,7 +8,7 @@ import copy
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -21,9 +21,10 @@ from .config import EvaluateConfig
 from .familiarity import completion_familiarity, next_token_probabilities, sample_completions, token_familiarity
 from .judges import CATEGORIES, AnchorJudge, LLMJudge, openai_judge
 from .knowledge import first_mention_probes, knowledge_memorization, knowledge_scores
-from .membership import UNSEEN_MINIMUM, block_digest, membership_auc, privleak, unseen_holdout
+from .membership import membership_auc, privleak
 from .memorization import verbatim_memorization
 from .retain import perplexity
+from .rule_sample import UNSEEN_MINIMUM, read_again, unread
 from .robustness import adapter_moved, hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
 from .teacher import GenericTeacher
 
@@ -50,7 +51,7 @@ class EvaluationData:
     knowledge: dict[str, list[dict]]  # "forget", "neighbour": knowledge rows (answer log-likelihood, 2 choices)
     relearn_texts: dict[str, list[str]]  # attack -> text every role relearns on
     in_context: dict[str, tuple[list[dict], list[dict]]]  # attack -> (probes, forget knowledge rows) it rewrites
-    holdout_read_by_rule: int | None = None  # of the holdout blocks membership reads, those a stopping rule read
+    read_by_rule: dict[str, int] = field(default_factory=dict)  # metric -> items a stopping rule read
 
 
 def evaluate_model(
@@ -73,7 +74,7 @@ def evaluate_model(
     paraphrased_probes: list[dict] | None = None,
     full_precision_base=None,
     full_precision_oracle=None,
-    rule_holdout: set[str] | None = None,
+    rule_sample: dict[str, set[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Measure each role of one `PeftModel`, the oracle and the generic-logit teacher; return
     `role -> metric -> value`.
@@ -107,9 +108,10 @@ def evaluate_model(
         full_precision_base: when `model`'s base is quantized, the same base unquantized: every role's adapter is
             measured on it too (the `full_precision` attack), and `full_precision_oracle` (the oracle unquantized;
             default: the oracle as given) beside them.
-        rule_holdout: the `block_digest`s of the holdout blocks a stopping rule read (`alpha: auto`'s, cut at
-            `config.max_length`): membership reads the other holdout blocks when at least `UNSEEN_MINIMUM` are left,
-            and every role's `membership_holdout_read_by_rule` says how many of those it read the rule had read.
+        rule_sample: what a stopping rule read (`alpha: auto`'s), as `item_digest`s: ``"holdout"`` blocks (cut at
+            `config.max_length`) and ``"neighbour_knowledge"`` rows. Membership and neighbour knowledge read the
+            others when at least `UNSEEN_MINIMUM` are left, and every role's `membership_holdout_read_by_rule` and
+            `knowledge_neighbour_read_by_rule` say how many of the items read the rule had read.
 
     Robustness (`metric@attack` results, see `comparison.ATTACKS`): every role but the teachers, the oracle
     included, relearns on forget text (and `relearn_texts`), is merged and reloaded quantized
@@ -122,7 +124,7 @@ def evaluate_model(
     roles = default_roles(model, config) if roles is None else roles
     data = evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary, holdout_texts,
                            knowledge_qa, knowledge_shots, retain_qa, forget_knowledge, neighbour_knowledge,
-                           relearn_texts, paraphrased_probes, rule_holdout)
+                           relearn_texts, paraphrased_probes, rule_sample)
     judge = make_judge(config, model, tokenizer, dictionary)
     if judge is None:
         data.prompts = []
@@ -252,7 +254,7 @@ def add_selectivity(results: dict[str, dict[str, float]]) -> None:
 def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary=None, holdout_texts=None,
                     knowledge_qa=None, knowledge_shots=None, retain_qa=None, forget_knowledge=None,
                     neighbour_knowledge=None, relearn_texts=None, paraphrased_probes=None,
-                    rule_holdout=None) -> EvaluationData:
+                    rule_sample=None) -> EvaluationData:
     """The samples every role is measured on, drawn once with `config.seed` (the arguments of `evaluate_model`):
     blocks of the documents, and the entities' first mentions in their paragraphs."""
     probes = probes[: config.max_probes]
@@ -263,27 +265,40 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
     passages = sample(forget_blocks, config.memorization_passages, rng) if config.memorization_passages else []
     hinted = hint_probes(probes, dictionary, seed=config.seed) if config.hints and dictionary is not None else None
     mentions = first_mention_probes(forget_texts, dictionary) if dictionary is not None else []
-    membership, read_by_rule = None, None
+    rule_sample = rule_sample or {}
+    membership = None
     if holdout_texts:
-        holdout = unseen_holdout(text_blocks(holdout_texts, tokenizer, config.max_length), rule_holdout)
+        holdout = unread(text_blocks(holdout_texts, tokenizer, config.max_length), rule_sample.get("holdout"))
         membership = (sample(forget_blocks, config.membership_texts, rng),
                       sample(holdout, config.membership_texts, rng))
-        if rule_holdout is not None:
-            read_by_rule = sum(block_digest(block) in rule_holdout for block in membership[1])
-            if read_by_rule:
-                logger.warning("whp evaluate: membership is read on %d holdout blocks, %d of them read by alpha "
-                               "auto's stopping rule (fewer than %d others): the unlearned model's AUC may read nearer "
-                               "its target than on new text; give more holdout text", len(membership[1]),
-                               read_by_rule, UNSEEN_MINIMUM)
+    if neighbour_knowledge:
+        neighbour_knowledge = unread(neighbour_knowledge, rule_sample.get("neighbour_knowledge"))
     data = EvaluationData(
         probes=probes, texts=texts, passages=passages, hinted=hinted,
         prompts=[probe["prompt"] for probe in probes[: config.completions]],
         first_mentions=rng.sample(mentions, min(len(mentions), config.max_probes)),
         membership=membership, knowledge_qa=knowledge_qa, knowledge_shots=list(knowledge_shots or []),
-        retain_qa=retain_qa, knowledge={}, relearn_texts={}, in_context={}, holdout_read_by_rule=read_by_rule,
+        retain_qa=retain_qa, knowledge={}, relearn_texts={}, in_context={},
     )
     add_attack_data(data, config, tokenizer, forget_knowledge, neighbour_knowledge, relearn_texts, paraphrased_probes)
+    data.read_by_rule = read_by_rule(rule_sample, membership and membership[1], neighbour_knowledge)
     return data
+
+
+def read_by_rule(rule_sample: dict[str, set[str]], holdout, neighbour_rows) -> dict[str, int]:
+    """Metric -> how many of the holdout blocks and neighbour rows the evaluation reads a stopping rule had read
+    (for the samples the rule read at all), each warned of when not 0."""
+    counts = {}
+    for metric, (key, items) in {"membership_holdout_read_by_rule": ("holdout", holdout),
+                                 "knowledge_neighbour_read_by_rule": ("neighbour_knowledge", neighbour_rows)}.items():
+        if items and key in rule_sample:
+            counts[metric] = read_again(items, rule_sample[key])
+            if counts[metric]:
+                logger.warning("whp evaluate: %d of the %d %s read were read by alpha auto's stopping rule too "
+                               "(fewer than %d others): the unlearned model may read nearer its targets there than "
+                               "on new ones; give more", counts[metric], len(items), key.replace("_", " "),
+                               UNSEEN_MINIMUM)
+    return counts
 
 
 def teacher_subjects(model, config: EvaluateConfig) -> list[tuple]:
@@ -383,8 +398,7 @@ def measure(model, tokenizer, config: EvaluateConfig, data: EvaluationData, lm_e
         doing("membership")
         metrics.update(membership_auc(model, tokenizer, *data.membership, k=config.membership_k, max_length=length,
                                       batch_size=batch))
-        if data.holdout_read_by_rule is not None:
-            metrics["membership_holdout_read_by_rule"] = data.holdout_read_by_rule
+    metrics.update(data.read_by_rule)
     knowledge = (("knowmem_forget", data.knowledge_qa, data.knowledge_shots), ("knowmem_retain", data.retain_qa, ()))
     for key, qa, shots in knowledge:
         if qa:
