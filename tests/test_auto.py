@@ -495,7 +495,7 @@ def test_the_report_reads_membership_and_neighbours_on_what_the_stopping_rule_di
         assert results[role]["knowledge_neighbour_read_by_rule"] == 0
 
 
-def test_with_too_little_other_text_the_report_counts_what_the_rule_read(tokenizer, tmp_path):
+def test_with_too_little_other_text_the_report_counts_what_the_rule_read(tokenizer, tmp_path, caplog):
     from whp_trainer.collator import text_blocks
     from whp_trainer.evaluation import EvaluateConfig
     from whp_trainer.evaluation.rule_sample import UNSEEN_MINIMUM, item_digest
@@ -518,8 +518,12 @@ def test_with_too_little_other_text_the_report_counts_what_the_rule_read(tokeniz
         "membership_holdout_read_by_rule": 0, "knowledge_neighbour_read_by_rule": 0})
     too_few = {"holdout": {item_digest(block) for block in blocks[UNSEEN_MINIMUM - 1:]},
                "neighbour_knowledge": {item_digest(row) for row in rows[UNSEEN_MINIMUM - 1:]}}
-    assert read(too_few) == (sorted(blocks), rows, {"membership_holdout_read_by_rule": len(blocks) - UNSEEN_MINIMUM + 1,
-                                                    "knowledge_neighbour_read_by_rule": len(rows) - UNSEEN_MINIMUM + 1})
+    with caplog.at_level("WARNING", logger="whp_trainer.evaluation.runner"):
+        assert read(too_few) == (sorted(blocks), rows, {
+            "membership_holdout_read_by_rule": len(blocks) - UNSEEN_MINIMUM + 1,
+            "knowledge_neighbour_read_by_rule": len(rows) - UNSEEN_MINIMUM + 1})
+    read_again = len(rows) - UNSEEN_MINIMUM + 1
+    assert f"{read_again} of the {len(rows)} neighbour knowledge rows it reads were read" in caplog.text
     assert read(None) == (sorted(blocks), rows, {})  # no stopping rule: nothing to count
 
 

@@ -289,15 +289,15 @@ def read_by_rule(rule_sample: dict[str, set[str]], holdout, neighbour_rows) -> d
     """Metric -> how many of the holdout blocks and neighbour rows the evaluation reads a stopping rule had read
     (for the samples the rule read at all), each warned of when not 0."""
     counts = {}
-    for metric, (key, items) in {"membership_holdout_read_by_rule": ("holdout", holdout),
-                                 "knowledge_neighbour_read_by_rule": ("neighbour_knowledge", neighbour_rows)}.items():
+    for metric, key, items, noun in (("membership_holdout_read_by_rule", "holdout", holdout, "holdout blocks"),
+                                     ("knowledge_neighbour_read_by_rule", "neighbour_knowledge", neighbour_rows,
+                                      "neighbour knowledge rows")):
         if items and key in rule_sample:
             counts[metric] = read_again(items, rule_sample[key])
             if counts[metric]:
-                logger.warning("whp evaluate: %d of the %d %s read were read by alpha auto's stopping rule too "
-                               "(fewer than %d others): the unlearned model may read nearer its targets there than "
-                               "on new ones; give more", counts[metric], len(items), key.replace("_", " "),
-                               UNSEEN_MINIMUM)
+                logger.warning("whp evaluate: %d of the %d %s it reads were read by alpha auto's stopping rule too "
+                               "(fewer than %d others): the unlearned model may read nearer its targets on them than "
+                               "on new ones; give more", counts[metric], len(items), noun, UNSEEN_MINIMUM)
     return counts
 
 
