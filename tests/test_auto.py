@@ -471,7 +471,9 @@ def test_the_report_reads_membership_and_neighbours_on_what_the_stopping_rule_di
     rule, read = {}, {"holdout": [], "neighbours": []}
     real_stop, real_auc, real_scores = pipeline.stop_at_targets, runner.membership_auc, runner.knowledge_scores
     monkeypatch.setattr(pipeline, "stop_at_targets", lambda student, choice, inputs, *rest: rule.update(
-        holdout=inputs.membership[1], neighbours=inputs.neighbour_rows) or real_stop(student, choice, inputs, *rest))
+        probes=inputs.probes, first_mentions=inputs.first_mentions, forget=inputs.membership[0],
+        holdout=inputs.membership[1], neighbour_knowledge=inputs.neighbour_rows) or real_stop(
+        student, choice, inputs, *rest))
     monkeypatch.setattr(runner, "membership_auc", lambda model, tokenizer, forget, holdout, **kwargs: read[
         "holdout"].append(holdout) or real_auc(model, tokenizer, forget, holdout, **kwargs))
     monkeypatch.setattr(runner, "knowledge_scores", lambda model, tokenizer, rows, **kwargs: read[
@@ -483,48 +485,72 @@ def test_the_report_reads_membership_and_neighbours_on_what_the_stopping_rule_di
     cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
 
     recorded = json.loads((tmp_path / "run" / "unlearned" / "whp_rule_sample.json").read_text())
-    assert recorded == {"max_length": 16, "holdout": sorted(item_digest(block) for block in rule["holdout"]),
-                        "neighbour_knowledge": sorted(item_digest(row) for row in rule["neighbours"])}
-    assert len(rule["holdout"]) == len(rule["neighbours"]) == 64 and len(set(recorded["neighbour_knowledge"])) == 64
+    assert recorded == {"max_length": 16, **{name: sorted(map(item_digest, items)) for name, items in rule.items()}}
+    assert len(rule["holdout"]) == len(rule["neighbour_knowledge"]) == len(set(recorded["neighbour_knowledge"])) == 64
     for name, key, left in (("holdout", "holdout", 32), ("neighbours", "neighbour_knowledge", len(rows) - 64)):
         assert read[name] and all(sample == read[name][0] for sample in read[name])  # every role alike
         assert not {item_digest(item) for item in read[name][0]} & set(recorded[key]) and len(read[name][0]) >= left
     results = json.loads((tmp_path / "run" / "evaluation" / "report.json").read_text())["results"]
     for role in ("unlearned", "base"):
-        assert results[role]["membership_holdout_read_by_rule"] == 0
-        assert results[role]["knowledge_neighbour_read_by_rule"] == 0
+        counts = {name.removesuffix("_read_by_rule"): value for name, value in results[role].items()
+                  if name.endswith("_read_by_rule")}
+        assert counts["membership_holdout"] == counts["knowledge_neighbour"] == 0
+        assert counts["familiarity_token"] == len(PROBES)  # two probes: the rule read both, none is left
+        assert counts["membership_forget"] > 0 and counts["entity_first_mention"] > 0  # so with the forget text
 
 
 def test_with_too_little_other_text_the_report_counts_what_the_rule_read(tokenizer, tmp_path, caplog):
     from whp_trainer.collator import text_blocks
     from whp_trainer.evaluation import EvaluateConfig
     from whp_trainer.evaluation.rule_sample import UNSEEN_MINIMUM, item_digest
-    from whp_trainer.evaluation.runner import evaluation_data
+    from whp_trainer.anchors import AnchorDictionary
+    from whp_trainer.evaluation.knowledge import first_mention_probes
+    from whp_trainer.evaluation.runner import READ_BY_RULE, evaluation_data
 
+    words = distinct_text(60).split()
+    forget = [f"{index} {word} saw Harry" for index, word in enumerate(words)]  # one block and one first mention each
     holdout = [distinct_text(1200)]
-    blocks = text_blocks(holdout, tokenizer, 16)
-    rows = [{"prompt": f"{index}: {word}", "answer": "then"} for index, word in enumerate(distinct_text(60).split())]
-    config = EvaluateConfig(output_dir=str(tmp_path), max_length=16, membership_texts=0)
+    probes = [{"prompt": f"{index}: {word}", "target": " then"} for index, word in enumerate(words)]
+    rows = [{"prompt": f"{index}: {word}", "answer": "then"} for index, word in enumerate(words)]
+    samples = {"probes": probes, "first_mentions": first_mention_probes(forget, ["Harry"]),
+               "forget": text_blocks(forget, tokenizer, 16), "holdout": text_blocks(holdout, tokenizer, 16),
+               "neighbour_knowledge": rows}
+    config = EvaluateConfig(output_dir=str(tmp_path), max_length=16, membership_texts=0, hints=False)
 
     def read(rule_sample):
-        data = evaluation_data(config, tokenizer, PROBES, CORPUS, CORPUS, holdout_texts=holdout,
-                               neighbour_knowledge=rows, rule_sample=rule_sample)
-        return sorted(data.membership[1]), data.knowledge["neighbour"], data.read_by_rule
+        data = evaluation_data(config, tokenizer, probes, forget, CORPUS, AnchorDictionary({"Harry": ["Jon"]}),
+                               holdout_texts=holdout, neighbour_knowledge=rows, rule_sample=rule_sample)
+        return {"probes": data.probes, "first_mentions": data.first_mentions, "forget": data.membership[0],
+                "holdout": data.membership[1], "neighbour_knowledge": data.knowledge["neighbour"]}, data.read_by_rule
 
-    assert len(blocks) > UNSEEN_MINIMUM + 8 and len(rows) > UNSEEN_MINIMUM + 8
-    enough = {"holdout": {item_digest(block) for block in blocks[UNSEEN_MINIMUM:]},
-              "neighbour_knowledge": {item_digest(row) for row in rows[UNSEEN_MINIMUM:]}}
-    assert read(enough) == (sorted(blocks[:UNSEEN_MINIMUM]), rows[:UNSEEN_MINIMUM], {
-        "membership_holdout_read_by_rule": 0, "knowledge_neighbour_read_by_rule": 0})
-    too_few = {"holdout": {item_digest(block) for block in blocks[UNSEEN_MINIMUM - 1:]},
-               "neighbour_knowledge": {item_digest(row) for row in rows[UNSEEN_MINIMUM - 1:]}}
+    def rule_read_all_but(left):
+        return {name: {item_digest(item) for item in items[left:]} for name, items in samples.items()}
+
+    digests = lambda items: sorted(map(item_digest, items))  # noqa: E731
+    assert min(map(len, samples.values())) > UNSEEN_MINIMUM + 8
+    seen, counts = read(rule_read_all_but(UNSEEN_MINIMUM))
+    assert {name: digests(seen[name]) for name in samples} == {name: digests(items[:UNSEEN_MINIMUM])
+                                                              for name, items in samples.items()}
+    assert counts == {READ_BY_RULE[name][0]: 0 for name in samples}
     with caplog.at_level("WARNING", logger="whp_trainer.evaluation.runner"):
-        assert read(too_few) == (sorted(blocks), rows, {
-            "membership_holdout_read_by_rule": len(blocks) - UNSEEN_MINIMUM + 1,
-            "knowledge_neighbour_read_by_rule": len(rows) - UNSEEN_MINIMUM + 1})
-    read_again = len(rows) - UNSEEN_MINIMUM + 1
-    assert f"{read_again} of the {len(rows)} neighbour knowledge rows it reads were read" in caplog.text
-    assert read(None) == (sorted(blocks), rows, {})  # no stopping rule: nothing to count
+        seen, counts = read(rule_read_all_but(UNSEEN_MINIMUM - 1))  # too few others: all read, and counted
+    assert {name: digests(seen[name]) for name in samples} == {name: digests(items) for name, items in samples.items()}
+    assert counts == {READ_BY_RULE[name][0]: len(items) - UNSEEN_MINIMUM + 1 for name, items in samples.items()}
+    assert f"{len(rows) - UNSEEN_MINIMUM + 1} of the {len(rows)} neighbour knowledge rows it reads were" in caplog.text
+    assert read(None)[1] == {}  # no stopping rule: nothing to count
+
+
+def test_membership_blocks_of_another_length_than_the_evaluations_are_not_set_apart(tmp_path, caplog):
+    from whp_trainer.pipeline import rule_sample
+    from whp_trainer.runs import record_rule_sample
+
+    record_rule_sample(tmp_path, 16, {"holdout": ["a"], "forget": ["b"], "probes": ["c"]})
+    assert rule_sample(str(tmp_path), SimpleNamespace(max_length=16)) == {"holdout": {"a"}, "forget": {"b"},
+                                                                          "probes": {"c"}}
+    with caplog.at_level("WARNING", logger="whp_trainer.pipeline"):
+        assert rule_sample(str(tmp_path), SimpleNamespace(max_length=32)) == {"probes": {"c"}}
+    assert "membership blocks of 16 tokens and the evaluation cuts blocks of 32" in caplog.text
+    assert rule_sample(str(tmp_path / "elsewhere"), SimpleNamespace(max_length=16)) is None  # no alpha auto run
 
 
 def test_the_auto_config_example_is_valid():

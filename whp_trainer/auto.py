@@ -122,12 +122,14 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
 
 
 def record_what_the_rule_read(folder, inputs: AutoInputs, args) -> None:
-    """What the stopping rule read (fingerprints of its holdout blocks and neighbour rows, beside the adapter, kept
-    local), so that the evaluation reads others: the rule kept the weights that read best on these."""
+    """What the stopping rule read (fingerprints of its samples, beside the adapter, kept local), so that the
+    evaluation reads others: the rule kept the weights that read best on these."""
     from .evaluation.rule_sample import item_digest
     from .runs import record_rule_sample
 
-    samples = {"holdout": inputs.membership and inputs.membership[1], "neighbour_knowledge": inputs.neighbour_rows}
+    samples = {"probes": inputs.probes, "first_mentions": inputs.first_mentions,
+               **dict(zip(("forget", "holdout"), inputs.membership or ())),
+               "neighbour_knowledge": inputs.neighbour_rows}
     record_rule_sample(folder, args.max_length, {name: [item_digest(item) for item in items]
                                                  for name, items in samples.items() if items})
 

@@ -344,19 +344,20 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
 
 def rule_sample(unlearned: str | None, config) -> dict[str, set[str]] | None:
-    """What the stopping rule of the unlearning run in ``unlearned`` read (digests of its holdout blocks and neighbour
-    rows), for the evaluation to read others; None when it recorded nothing. Holdout blocks of another length than
-    the evaluation's cannot be told apart: left out, with a warning."""
+    """What the stopping rule of the unlearning run in ``unlearned`` read (digests of its samples, see
+    `evaluation.runner.READ_BY_RULE`), for the evaluation to read others; None when it recorded nothing. Membership
+    blocks of another length than the evaluation's cannot be told apart: left out, with a warning."""
     rule = recorded_rule_sample(unlearned)
     if rule is None:
         return None
-    if "holdout" in rule and rule["max_length"] != config.max_length:
-        logger.warning("whp evaluate: alpha auto's stopping rule read holdout blocks of %d tokens and the evaluation "
-                       "cuts blocks of %d (--max_length): it cannot read membership apart from them, and the "
-                       "unlearned model's membership AUC may read nearer the target than on new text",
+    blocks = {"forget", "holdout"} & set(rule)
+    if blocks and rule["max_length"] != config.max_length:
+        logger.warning("whp evaluate: alpha auto's stopping rule read membership blocks of %d tokens and the "
+                       "evaluation cuts blocks of %d (--max_length): it cannot read membership apart from them, and "
+                       "the unlearned model's membership AUC may read nearer the target than on new text",
                        rule["max_length"], config.max_length)
-        del rule["holdout"]
-    return {name: set(digests) for name, digests in rule.items() if name != "max_length"}
+    return {name: set(digests) for name, digests in rule.items()
+            if name != "max_length" and (name not in blocks or rule["max_length"] == config.max_length)}
 
 
 EVALUATE_QA = ("knowledge_qa", "knowledge_qa_shots", "retain_qa")  # EvaluateConfig fields: question/answer files

@@ -71,6 +71,12 @@ METRIC_HELP = {
     "membership_holdout_read_by_rule": "of the holdout texts the membership AUC reads, those alpha auto's stopping "
     "rule had read (it kept the weights whose AUC there was nearest its target, so an AUC read on them flatters the "
     "unlearned model): 0 = read on text new to the rule; more holdout text (32 blocks beyond the rule's) makes it 0",
+    "membership_forget_read_by_rule": "the same of the forget texts the membership AUC reads (32 forget blocks "
+    "beyond the rule's 64 make it 0)",
+    "familiarity_token_read_by_rule": "of the probes read, those alpha auto's stopping rule had read (its "
+    "familiarity target): 0 = read on probes new to the rule; more probes (32 beyond the rule's 64) make it 0",
+    "entity_first_mention_read_by_rule": "of the first mentions read, those alpha auto's stopping rule had read "
+    "(its entity target): 0 = read on mentions new to the rule",
     "knowledge_neighbour_read_by_rule": "of the --neighbour_knowledge rows read, those alpha auto's stopping rule "
     "had read as its budget (the kept weights are within it there): 0 = read on rows new to the rule; more rows (32 "
     "beyond the rule's 64) make it 0",
@@ -82,13 +88,14 @@ METRIC_HELP = {
 }
 METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, retained ability, next tokens
     "familiarity_token", "familiarity_completion", "familiarity_completion_", "familiarity_token_hints",
-    "familiarity_token_relearned", "knowmem_forget", "knowledge_forget_loglik",
+    "familiarity_token_relearned", "familiarity_token_read_by_rule", "knowmem_forget", "knowledge_forget_loglik",
     "knowledge_forget_loglik_first", "knowledge_forget_loglik_later", "knowledge_forget_two_choice",
     "knowledge_neighbour_loglik", "knowledge_neighbour_loglik_first", "knowledge_neighbour_loglik_later",
     "knowledge_neighbour_two_choice", "knowledge_neighbour_read_by_rule", "knowledge_selectivity",
-    "entity_first_mention", "verbmem_forget", "memorization_rouge_l",
+    "entity_first_mention", "entity_first_mention_read_by_rule", "verbmem_forget", "memorization_rouge_l",
     "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "membership_auc_mink_se",
-    "membership_auc_minkpp_se", "membership_holdout_read_by_rule", "privleak_mink", "privleak_minkpp",
+    "membership_auc_minkpp_se", "membership_forget_read_by_rule", "membership_holdout_read_by_rule",
+    "privleak_mink", "privleak_minkpp",
     "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
 )
 PREFIX_HELP = {

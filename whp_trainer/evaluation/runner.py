@@ -108,10 +108,11 @@ def evaluate_model(
         full_precision_base: when `model`'s base is quantized, the same base unquantized: every role's adapter is
             measured on it too (the `full_precision` attack), and `full_precision_oracle` (the oracle unquantized;
             default: the oracle as given) beside them.
-        rule_sample: what a stopping rule read (`alpha: auto`'s), as `item_digest`s: ``"holdout"`` blocks (cut at
-            `config.max_length`) and ``"neighbour_knowledge"`` rows. Membership and neighbour knowledge read the
-            others when at least `UNSEEN_MINIMUM` are left, and every role's `membership_holdout_read_by_rule` and
-            `knowledge_neighbour_read_by_rule` say how many of the items read the rule had read.
+        rule_sample: what a stopping rule read (`alpha: auto`'s), as `item_digest`s, by the names of
+            `READ_BY_RULE`: probes, first mentions, membership's forget and holdout blocks (cut at
+            `config.max_length`) and neighbour knowledge rows. Each is read on the other items when at least
+            `UNSEEN_MINIMUM` are left, and every role's `READ_BY_RULE` metrics say how many of the items read the
+            rule had read.
 
     Robustness (`metric@attack` results, see `comparison.ATTACKS`): every role but the teachers, the oracle
     included, relearns on forget text (and `relearn_texts`), is merged and reloaded quantized
@@ -257,7 +258,8 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
                     rule_sample=None) -> EvaluationData:
     """The samples every role is measured on, drawn once with `config.seed` (the arguments of `evaluate_model`):
     blocks of the documents, and the entities' first mentions in their paragraphs."""
-    probes = probes[: config.max_probes]
+    rule_sample = rule_sample or {}
+    probes = unread(probes, rule_sample.get("probes"))[: config.max_probes]
     rng = random.Random(config.seed)
     forget_blocks = text_blocks(forget_texts, tokenizer, config.max_length)
     texts = {"forget": sample(forget_blocks, config.retain_texts, rng),
@@ -265,11 +267,11 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
     passages = sample(forget_blocks, config.memorization_passages, rng) if config.memorization_passages else []
     hinted = hint_probes(probes, dictionary, seed=config.seed) if config.hints and dictionary is not None else None
     mentions = first_mention_probes(forget_texts, dictionary) if dictionary is not None else []
-    rule_sample = rule_sample or {}
+    mentions = unread(mentions, rule_sample.get("first_mentions"))
     membership = None
     if holdout_texts:
         holdout = unread(text_blocks(holdout_texts, tokenizer, config.max_length), rule_sample.get("holdout"))
-        membership = (sample(forget_blocks, config.membership_texts, rng),
+        membership = (sample(unread(forget_blocks, rule_sample.get("forget")), config.membership_texts, rng),
                       sample(holdout, config.membership_texts, rng))
     if neighbour_knowledge:
         neighbour_knowledge = unread(neighbour_knowledge, rule_sample.get("neighbour_knowledge"))
@@ -281,19 +283,29 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
         retain_qa=retain_qa, knowledge={}, relearn_texts={}, in_context={},
     )
     add_attack_data(data, config, tokenizer, forget_knowledge, neighbour_knowledge, relearn_texts, paraphrased_probes)
-    data.read_by_rule = read_by_rule(rule_sample, membership and membership[1], neighbour_knowledge)
+    read = {"probes": probes, "first_mentions": data.first_mentions, "neighbour_knowledge": neighbour_knowledge,
+            **(dict(zip(("forget", "holdout"), membership)) if membership else {})}
+    data.read_by_rule = read_by_rule(rule_sample, read)
     return data
 
 
-def read_by_rule(rule_sample: dict[str, set[str]], holdout, neighbour_rows) -> dict[str, int]:
-    """Metric -> how many of the holdout blocks and neighbour rows the evaluation reads a stopping rule had read
-    (for the samples the rule read at all), each warned of when not 0."""
+READ_BY_RULE = {  # what a stopping rule reads -> the metric counting how much of it a report read again, its name
+    "probes": ("familiarity_token_read_by_rule", "familiarity probes"),
+    "first_mentions": ("entity_first_mention_read_by_rule", "first mentions"),
+    "forget": ("membership_forget_read_by_rule", "forget blocks of membership"),
+    "holdout": ("membership_holdout_read_by_rule", "holdout blocks"),
+    "neighbour_knowledge": ("knowledge_neighbour_read_by_rule", "neighbour knowledge rows"),
+}
+
+
+def read_by_rule(rule_sample: dict[str, set[str]], read: dict[str, list | None]) -> dict[str, int]:
+    """Metric -> how many of the items the evaluation reads (``read``: name -> items) a stopping rule had read, for
+    each sample the rule read; each warned of when not 0."""
     counts = {}
-    for metric, key, items, noun in (("membership_holdout_read_by_rule", "holdout", holdout, "holdout blocks"),
-                                     ("knowledge_neighbour_read_by_rule", "neighbour_knowledge", neighbour_rows,
-                                      "neighbour knowledge rows")):
-        if items and key in rule_sample:
-            counts[metric] = read_again(items, rule_sample[key])
+    for name, items in read.items():
+        if items and name in rule_sample:
+            metric, noun = READ_BY_RULE[name]
+            counts[metric] = read_again(items, rule_sample[name])
             if counts[metric]:
                 logger.warning("whp evaluate: %d of the %d %s it reads were read by alpha auto's stopping rule too "
                                "(fewer than %d others): the unlearned model may read nearer its targets on them than "
