@@ -332,6 +332,16 @@ def test_a_corrupt_json_the_package_reads_is_named(files, unlearned_copy, tmp_pa
     assert f"{unlearned_copy / 'whp_run.json'}: expected a JSON object, got list" in error, error
 
 
+def test_a_corrupt_record_of_what_alpha_autos_rule_read_is_named_before_any_model_loads(
+        files, unlearned_copy, tmp_path, capsys, no_weights_loaded):
+    (unlearned_copy / "whp_rule_sample.json").write_text('{"max_length": ', encoding="utf-8")
+    error = run_main(capsys, "evaluate", "--model_name_or_path", str(files / "base"), "--forget_data",
+                     str(files / "forget.txt"), "--retain_data", str(files / "retain.txt"), "--probes",
+                     str(files / "probes.json"), "--unlearned_adapter", str(unlearned_copy),
+                     "--output_dir", str(tmp_path / "evaluation"))
+    assert f"{unlearned_copy / 'whp_rule_sample.json'}: not valid JSON" in error, error
+
+
 def test_a_folder_without_data_files_and_a_corrupt_parquet_are_named(files, tmp_path, capsys, no_model_loading):
     notes = tmp_path / "notes"
     notes.mkdir()

@@ -273,6 +273,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
     model_config = require_model(model_args, "evaluate", config.trust_remote_code)
     adapters = evaluation_adapters(data, config.roles, teacher=bool(config.teacher_alphas))
+    read_by_the_rule = rule_sample(data.unlearned_adapter, config)
     forget = data_digest(require_data(data.forget_data, "forget_data", "evaluate"), data.forget_data_config,
                          data.forget_data_split)
     retain = data_digest(require_data(data.retain_data, "retain_data", "evaluate"), data.retain_data_config,
@@ -331,7 +332,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         model, tokenizer, config, probes, forget_texts, data.retain_texts()["text"], anchors, roles,
         oracle=oracle, holdout_texts=holdout, knowledge_qa=qa["knowledge_qa"],
         knowledge_shots=qa["knowledge_qa_shots"], retain_qa=qa["retain_qa"], **knowledge, relearn_texts=relearn,
-        paraphrased_probes=paraphrased, **full_precision, rule_sample=rule_sample(data.unlearned_adapter, config),
+        paraphrased_probes=paraphrased, **full_precision, rule_sample=read_by_the_rule,
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
                  auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None,

@@ -397,23 +397,6 @@ def record_reinforced_adapter(folder: str | os.PathLike, source: str | os.PathLi
     (Path(folder) / REINFORCED_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
-RULE_SAMPLE_FILE = "whp_rule_sample.json"  # what alpha auto's stopping rule read (kept local)
-
-
-def record_rule_sample(folder: str | os.PathLike, max_length: int, samples: dict[str, list[str]]) -> None:
-    """Write what the stopping rule of an unlearning run in ``folder`` read (``samples``: name -> digests of its
-    items; holdout blocks of ``max_length`` tokens), so that its evaluation reads others. Never uploaded: they are
-    fingerprints of the user's data."""
-    record = {"max_length": max_length, **{name: sorted(digests) for name, digests in samples.items()}}
-    (Path(folder) / RULE_SAMPLE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
-
-
-def recorded_rule_sample(folder: str | os.PathLike | None) -> dict | None:
-    """`record_rule_sample`'s record of the unlearning run in ``folder``; None when it wrote none."""
-    path = None if folder is None else Path(folder) / RULE_SAMPLE_FILE
-    return read_json_object(path) if path is not None and path.is_file() else None
-
-
 def adapter_file_fingerprints(folder: str | os.PathLike | None) -> set[tuple[int, str]]:
     """``(size, sha256)`` of each weight file of an adapter folder (empty for a Hub id or no folder): what an upload
     compares every file with, so that the weights leave under no name."""
@@ -457,3 +440,20 @@ def recorded_reinforced_adapter(folder: str | os.PathLike) -> str | None:
             "pass the one the run used with --reinforced_adapter"
         )
     return source
+
+
+RULE_SAMPLE_FILE = "whp_rule_sample.json"  # what alpha auto's stopping rule read (kept local)
+
+
+def record_rule_sample(folder: str | os.PathLike, max_length: int, samples: dict[str, list[str]]) -> None:
+    """Write what the stopping rule of an unlearning run in ``folder`` read (``samples``: name -> digests of its
+    items; membership blocks of ``max_length`` tokens), so that its evaluation reads others. Never uploaded: they are
+    fingerprints of the user's data."""
+    record = {"max_length": max_length, **{name: sorted(digests) for name, digests in samples.items()}}
+    (Path(folder) / RULE_SAMPLE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def recorded_rule_sample(folder: str | os.PathLike | None) -> dict | None:
+    """`record_rule_sample`'s record of the unlearning run in ``folder``; None when it wrote none."""
+    path = None if folder is None else Path(folder) / RULE_SAMPLE_FILE
+    return read_json_object(path) if path is not None and path.is_file() else None

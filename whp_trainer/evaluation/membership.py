@@ -126,4 +126,3 @@ def privleak(membership: float, oracle_membership: float) -> float:
     signal)."""
     muse, muse_oracle = 1 - membership, 1 - oracle_membership
     return float("nan") if muse_oracle == 0 else (muse - muse_oracle) / muse_oracle * 100
-
