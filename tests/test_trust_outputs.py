@@ -229,10 +229,11 @@ def other_bases(files, tokenizer, tmp_path_factory):
     return root
 
 
-def evaluate_argv(files: Path, tmp_path: Path, unlearned: Path, oracle: Path) -> list[str]:
+def evaluate_argv(files: Path, tmp_path: Path, unlearned: Path, oracle: Path | None = None) -> list[str]:
     return ["evaluate", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
             "--retain_data", str(files / "retain.txt"), "--probes", str(files / "probes.json"), "--unlearned_adapter",
-            str(unlearned), "--oracle_model", str(oracle), "--output_dir", str(tmp_path / "evaluation")]
+            str(unlearned), *(["--oracle_model", str(oracle)] if oracle else []), "--output_dir",
+            str(tmp_path / "evaluation")]
 
 
 def test_an_adapter_folder_or_another_vocabulary_is_refused_as_the_oracle(files, unlearned, other_bases, tmp_path,
@@ -313,15 +314,9 @@ def unlearned_copy(unlearned, tmp_path):
     return Path(shutil.copytree(unlearned, tmp_path / "unlearned"))
 
 
-def evaluate_argv(files: Path, unlearned: Path, out: Path) -> list[str]:
-    return ["evaluate", "--model_name_or_path", str(files / "base"), "--forget_data", str(files / "forget.txt"),
-            "--retain_data", str(files / "retain.txt"), "--probes", str(files / "probes.json"),
-            "--unlearned_adapter", str(unlearned), "--output_dir", str(out)]
-
-
 def test_a_corrupt_json_the_package_reads_is_named(files, unlearned_copy, tmp_path, capsys, no_weights_loaded):
     (unlearned_copy / "whp_reinforced.json").write_text('{"source": ', encoding="utf-8")
-    error = run_main(capsys, *evaluate_argv(files, unlearned_copy, tmp_path / "evaluation"))
+    error = run_main(capsys, *evaluate_argv(files, tmp_path, unlearned_copy))
     assert f"{unlearned_copy / 'whp_reinforced.json'}: not valid JSON (line 1, column 12" in error, error
 
     report = tmp_path / "report.json"
@@ -338,7 +333,7 @@ def test_a_corrupt_json_the_package_reads_is_named(files, unlearned_copy, tmp_pa
 def test_a_corrupt_record_of_what_alpha_autos_rule_read_is_named_before_any_model_loads(
         files, unlearned_copy, tmp_path, capsys, no_weights_loaded):
     (unlearned_copy / "whp_rule_sample.json").write_text('{"max_length": ', encoding="utf-8")
-    error = run_main(capsys, *evaluate_argv(files, unlearned_copy, tmp_path / "evaluation"))
+    error = run_main(capsys, *evaluate_argv(files, tmp_path, unlearned_copy))
     assert f"{unlearned_copy / 'whp_rule_sample.json'}: not valid JSON" in error, error
 
 
