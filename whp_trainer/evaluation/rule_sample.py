@@ -1,8 +1,8 @@
 """What a stopping rule read, and what a report reads apart from it.
 
 ``alpha: auto``'s stopping rule keeps, of its measurements within budget, the one nearest its targets: of several
-noisy readings of its samples (holdout blocks for membership, neighbour knowledge rows for a budget), the most
-favourable. Read again on the same items, the kept weights are flattered by the noise they were chosen on. The
+noisy readings of its samples (familiarity probes, first mentions, membership's forget and holdout blocks,
+neighbour knowledge rows for a budget), the most favourable. Read again on the same items, the kept weights are flattered by the noise they were chosen on. The
 unlearn stage records fingerprints of the items the rule read (never their text); the evaluation reads the others
 when at least `UNSEEN_MINIMUM` are left, and otherwise reads all of them and counts those the rule had read.
 """
@@ -16,7 +16,8 @@ UNSEEN_MINIMUM = 32  # items the rule did not read that a report needs to read a
 
 
 def item_digest(item: str | dict) -> str:
-    """A fingerprint of one block of text or one knowledge row: which items a stopping rule read, without them."""
+    """A fingerprint of one block of text or one row (a probe, a knowledge row): which items a stopping rule read,
+    without them."""
     text = item.strip() if isinstance(item, str) else json.dumps(item, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
