@@ -481,7 +481,9 @@ def leaves(value):
 
 
 def test_the_card_validates_with_huggingface_hub_and_holds_no_nan(args, tmp_path, monkeypatch):
-    results = {"unlearned": {"familiarity_token": 0.01, "familiarity_completion": float("nan")},
+    results = {"unlearned": {"familiarity_token": 0.01, "familiarity_completion": float("nan"),
+                             "membership_auc_mink": 0.55, "membership_auc_mink_se": 0.05,
+                             "membership_holdout_read_by_rule": 12},
                "base": {"familiarity_token": 0.2, "familiarity_completion": 0.3}}
     path = write_model_card(tmp_path, args, **{**CARD_KWARGS, "eval_results": results},
                             datasets=["someone/hp-books", str(tmp_path)],
@@ -491,7 +493,9 @@ def test_the_card_validates_with_huggingface_hub_and_holds_no_nan(args, tmp_path
     assert "nan" not in text.lower().split("---")[1]  # the YAML front matter
     card = ModelCard.load(path)  # huggingface_hub parses the metadata and the model-index back
     metadata = card.data.to_dict()
-    assert [result.metric_type for result in card.data.eval_results] == ["familiarity_token"]
+    # the model's results only: an AUC's standard error and a count of items describe the evaluation's sample
+    assert [result.metric_type for result in card.data.eval_results] == ["familiarity_token", "membership_auc_mink"]
+    assert "| `membership_holdout_read_by_rule` | — | 12 |" in text  # the card's table still shows them
     assert all(leaf is not None for leaf in leaves(metadata["model-index"]))
     assert metadata["datasets"] == ["someone/hp-books"]  # a local path is no Hub dataset
     assert "| `familiarity_completion` | 0.3 | — | — |" in text

@@ -32,7 +32,7 @@ from .cache import model_weights_digest
 from .config import UnlearnConfig
 from .dictionary import read_json_object
 from .evaluation.callback import PROBE_NAMES_FILE
-from .evaluation.markdown import COMPARED, auto_markdown, evaluation_markdown
+from .evaluation.markdown import COMPARED, SAMPLE_SUFFIXES, auto_markdown, evaluation_markdown
 from .evaluation.report import evaluation_record
 from .loading import ModelArguments, load_base_model
 from .record import (
@@ -177,7 +177,8 @@ def shown_name(name: str | None) -> dict | None:
 
 
 def model_index_results(evaluation: dict | None) -> list[EvalResult]:
-    """The `"unlearned"` role's measured metrics as `EvalResult`s (the other roles are not this model's results)."""
+    """The `"unlearned"` role's measured metrics as `EvalResult`s (the other roles are not this model's results; an
+    AUC's standard error and the counts of items a stopping rule had read describe the sample, not the model)."""
     metrics = (evaluation or {}).get("results", {}).get(EVAL_ROLE, {})
     return [
         EvalResult(
@@ -189,7 +190,7 @@ def model_index_results(evaluation: dict | None) -> list[EvalResult]:
             metric_value=value,
         )
         for metric, value in metrics.items()
-        if value is not None
+        if value is not None and not metric.endswith(SAMPLE_SUFFIXES)
     ]
 
 

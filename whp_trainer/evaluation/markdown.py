@@ -23,6 +23,7 @@ from .comparison import (
 from .stopping import STEPS_RAN_OUT, TARGETS_REACHED
 
 COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
+SAMPLE_SUFFIXES = ("_se", "_read_by_rule")  # metrics of the evaluation's sample (an AUC's error, counts), not the model
 VERDICTS = ("above", "at", "below")
 ORACLE_GOAL = (" The goal of every forget metric is the oracle's value (a model that never read the target): above "
                "it, knowledge is left; below it, the model is damaged.")
