@@ -141,6 +141,28 @@ def test_the_stopping_rules_decisions_are_the_first_processs_in_every_process(tm
     assert second == first
 
 
+@pytest.mark.slow
+def test_alpha_autos_readings_are_shared_out_among_the_processes(tmp_path):
+    """The teacher sweep and the stopping rule's measurement (every signal and budget, neighbour rows included) in
+    two processes: each reads about half the rows one process reads, and both get the one process's figures."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    found = {}
+    for processes in (1, 2):
+        folder = tmp_path / str(processes)
+        folder.mkdir()
+        subprocess.run([*torchrun(processes), Path(__file__).parent / "shares_worker.py", folder], check=True,
+                       env=env, timeout=600)
+        found[processes] = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(processes)]
+    (alone,), shared = found[1], found[2]
+    assert sum(process["rows"] for process in shared) == alone["rows"]
+    assert all(process["rows"] <= alone["rows"] * 0.6 for process in shared)
+    for process in shared:
+        assert process["in_order"] == [[0, 10, 20, 30, 40, 50, 60], [0]]  # one result per item, in the items' order
+        assert process["measured"] == pytest.approx(alone["measured"], rel=1e-5)
+        for alpha, metrics in alone["sweep"].items():
+            assert process["sweep"][alpha] == pytest.approx(metrics, rel=1e-5)
+
+
 def test_whp_leaves_the_process_group_a_launcher_made_when_it_ends(tmp_path, monkeypatch):
     import torch.distributed as dist
 

@@ -287,11 +287,13 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     from .evaluation.autotune import Targets
     from .evaluation.knowledge import row_log_likelihoods
     from .evaluation.stopping import TargetStoppingCallback
+    from .models import read_in_shares
 
     neighbour_knowledge = None
     if inputs.neighbour_rows:
-        neighbour_knowledge = lambda model: row_log_likelihoods(model, tokenizer, inputs.neighbour_rows,  # noqa: E731
-                                                                max_length=args.max_length)
+        def neighbour_knowledge(model):
+            return read_in_shares(inputs.neighbour_rows, lambda part: row_log_likelihoods(
+                model, tokenizer, part, max_length=args.max_length))
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +216,23 @@ def process_count() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def read_in_shares(items: Sequence, read: Callable[[list], list]) -> list:
+    """``read(items)``, one result per item in order, with each process of a multi-process run reading every
+    ``process_count()``-th item and all of them gathering the results: the same list in every process for a share
+    of the forwards. Every process calls it with the same items; in one process it is ``read(items)``."""
+    count = process_count()
+    if count == 1:
+        return read(list(items))
+    import torch.distributed as dist
+
+    shares = [None] * count
+    dist.all_gather_object(shares, read(list(items[dist.get_rank() :: count])))
+    results = [None] * len(items)
+    for rank, share in enumerate(shares):
+        results[rank::count] = share
+    return results
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

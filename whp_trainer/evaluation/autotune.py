@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..batching import pad_token_id, padded_batch
-from ..models import BASELINE, using_adapter
+from ..models import BASELINE, read_in_shares, using_adapter
 from ..targets import generic_logits
 from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
 from .membership import MUSE_K, auc_standard_error, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
-from .retain import perplexity_blocks, summed_nll
+from .retain import perplexity_blocks, row_nlls
 from .teacher import GenericTeacher
 
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
@@ -155,23 +155,29 @@ def teacher_sweep(
     On the probes the teacher is the one the student is trained towards there: its baseline reads ``translated``
     (the probes anchor-translated, see `translated_probes`; default: the probes as they are,
     the bootstrapped teacher of ``whp evaluate --teacher_alphas``). On the other texts it is the bootstrapped
-    teacher, as ``whp evaluate`` measures it.
+    teacher, as ``whp evaluate`` measures it. In a multi-process run each process reads a share of the items
+    (`read_in_shares`).
     """
     alphas = sorted({0.0, *map(float, alphas)})
     teacher = GenericTeacher(model, adapter, alpha=0.0)
     pad_id = pad_token_id(tokenizer)
     results = {alpha: {} for alpha in alphas}
     with evaluation_mode(model):
-        probabilities = probe_probabilities(teacher, tokenizer, probes, translated or probes, alphas, pad_id,
-                                            batch_size)
-        nll = retain_nll(teacher, tokenizer, retain_texts, alphas, pad_id, max_length, batch_size)
-        for alpha in alphas:
-            results[alpha][FAMILIARITY] = sum(probabilities[alpha]) / len(probabilities[alpha])
-            results[alpha][RETAIN] = math.exp(nll[alpha][0] / nll[alpha][1])
+        pairs = [(*probe_ids(tokenizer, probe, index), probe_ids(tokenizer, translation, index)[0])
+                 for index, (probe, translation) in enumerate(zip(probes, translated or probes, strict=True))]
+        probabilities = read_in_shares(pairs, lambda part: probe_probabilities(teacher, part, alphas, pad_id,
+                                                                               batch_size))
+        blocks = perplexity_blocks(retain_texts, tokenizer, max_length, "teacher_sweep (retain text)")
+        nlls = read_in_shares(blocks, lambda part: block_nlls_by_alpha(teacher, part, alphas, pad_id, batch_size))
+        for column, alpha in enumerate(alphas):
+            results[alpha][FAMILIARITY] = sum(row[column] for row in probabilities) / len(probabilities)
+            nll, count = (sum(values) for values in zip(*(row[column] for row in nlls)))
+            results[alpha][RETAIN] = math.exp(nll / count)
         if membership_texts:
-            for alpha, aucs in membership_aucs(teacher, tokenizer, membership_texts, alphas, pad_id, k, max_length,
-                                               batch_size).items():
-                results[alpha].update(aucs)
+            scores = [read_in_shares(membership_ids(tokenizer, texts, max_length), lambda part: membership_by_alpha(
+                teacher, part, alphas, pad_id, k, batch_size)) for texts in membership_texts]
+            for column, alpha in enumerate(alphas):
+                results[alpha].update(membership_results(*([row[column] for row in rows] for rows in scores)))
     return results
 
 
@@ -184,51 +190,45 @@ def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size):
         yield batch, ((alpha, generic_logits(baseline, reinforced, alpha, relu=teacher.relu)) for alpha in alphas)
 
 
-def probe_probabilities(teacher, tokenizer, probes, translated, alphas, pad_id, batch_size) -> dict[float, list]:
-    """Per α, the probability of each probe's target under the teacher the student is trained towards there: the
-    baseline reads the ``translated`` prompt (the anchored target), the reinforced adapter the original one."""
-    targets = torch.tensor([probe_ids(tokenizer, probe, index)[1] for index, probe in enumerate(probes)])
-    contexts = {name: [probe_ids(tokenizer, probe, index)[0] for index, probe in enumerate(rows)]
-                for name, rows in (("original", probes), ("translated", translated))}
-    found = {alpha: [] for alpha in alphas}
-    for start in range(0, len(probes), batch_size):
+def probe_probabilities(teacher, pairs, alphas, pad_id, batch_size) -> list[list[float]]:
+    """Per probe given as ``(context, target, translated context)`` ids: the probability of its target under the
+    teacher of each α, the one the student is trained towards there (the baseline reads the translated prompt, the
+    anchored target; the reinforced adapter the original one)."""
+    found = []
+    for start in range(0, len(pairs), batch_size):
+        contexts, targets, translated = zip(*pairs[start : start + batch_size])
         with using_adapter(teacher.model, BASELINE):
-            baseline = next_token_logits(teacher.model, contexts["translated"][start : start + batch_size], pad_id)
+            baseline = next_token_logits(teacher.model, translated, pad_id)
         with using_adapter(teacher.model, teacher.adapter):
-            reinforced = next_token_logits(teacher.model, contexts["original"][start : start + batch_size], pad_id)
-        chosen = targets[start : start + batch_size].to(baseline.device)
-        for alpha in alphas:
-            distribution = generic_logits(baseline, reinforced, alpha, relu=teacher.relu).softmax(-1)
-            found[alpha] += distribution[torch.arange(len(chosen)), chosen].tolist()
+            reinforced = next_token_logits(teacher.model, contexts, pad_id)
+        chosen = torch.tensor(targets, device=baseline.device)
+        columns = [generic_logits(baseline, reinforced, alpha, relu=teacher.relu).softmax(-1)[
+            torch.arange(len(chosen)), chosen].tolist() for alpha in alphas]
+        found += [list(row) for row in zip(*columns)]
     return found
 
 
-def retain_nll(teacher, tokenizer, texts, alphas, pad_id, max_length, batch_size) -> dict[float, list[float]]:
-    """``{alpha: [summed negative log-likelihood, token count]}`` of ``texts`` in blocks, as `perplexity` reads them."""
-    blocks = perplexity_blocks(texts, tokenizer, max_length, "teacher_sweep (retain text)")
-    totals = {alpha: [0.0, 0] for alpha in alphas}
+def block_nlls_by_alpha(teacher, blocks, alphas, pad_id, batch_size) -> list[list[tuple[float, int]]]:
+    """Per block (`perplexity_blocks`): its summed negative log-likelihood and token count under the teacher of
+    each α."""
+    found = []
     for batch, logits in batches_of_alphas(teacher, blocks, alphas, pad_id, batch_size):
-        for alpha, values in logits:
-            nll, count = summed_nll(values, batch["labels"])
-            totals[alpha][0] += nll
-            totals[alpha][1] += count
-    return totals
+        columns = [row_nlls(values, batch["labels"]) for _, values in logits]
+        found += [list(row) for row in zip(*columns)]
+    return found
 
 
-def membership_aucs(teacher, tokenizer, texts, alphas, pad_id, k, max_length, batch_size) -> dict[float, dict]:
-    scores = {alpha: {} for alpha in alphas}
-    for name, part in zip(("forget", "holdout"), texts):
-        rows = membership_ids(tokenizer, part, max_length)
-        found = {alpha: ([], []) for alpha in alphas}
-        for start, (batch, logits) in zip(range(0, len(rows), batch_size),
-                                          batches_of_alphas(teacher, rows, alphas, pad_id, batch_size)):
-            for alpha, values in logits:
-                log_probs, standardised = scores_from_logits(values, batch["input_ids"], rows[start : start + batch_size])
-                found[alpha][0].extend(min_k(row, k) for row in log_probs)
-                found[alpha][1].extend(min_k(row, k) for row in standardised)
-        for alpha in alphas:
-            scores[alpha][name] = found[alpha]
-    return {alpha: membership_results(score["forget"], score["holdout"]) for alpha, score in scores.items()}
+def membership_by_alpha(teacher, rows, alphas, pad_id, k, batch_size) -> list[list[tuple[float, float]]]:
+    """Per text given as `membership_ids`: its Min-K% and Min-K%++ scores under the teacher of each α."""
+    found = []
+    for start, (batch, logits) in zip(range(0, len(rows), batch_size),
+                                      batches_of_alphas(teacher, rows, alphas, pad_id, batch_size)):
+        columns = []
+        for _, values in logits:
+            log_probs, standardised = scores_from_logits(values, batch["input_ids"], rows[start : start + batch_size])
+            columns.append([(min_k(plain, k), min_k(plus, k)) for plain, plus in zip(log_probs, standardised)])
+        found += [list(row) for row in zip(*columns)]
+    return found
 
 
 def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_budget: float | None = None) -> dict:

@@ -92,15 +92,22 @@ def membership_auc(
     """
     if not forget_texts or not holdout_texts:
         raise ValueError("membership_auc needs forget texts and holdout texts")
-    scores = {}
-    for name, texts in (("forget", forget_texts), ("holdout", holdout_texts)):
-        log_probs, standardised = token_scores(model, tokenizer, texts, max_length, batch_size)
-        scores[name] = ([min_k(values, k) for values in log_probs], [min_k(values, k) for values in standardised])
-    return membership_results(scores["forget"], scores["holdout"])
+    scores = [membership_scores(model, tokenizer, texts, k, max_length, batch_size)
+              for texts in (forget_texts, holdout_texts)]
+    return membership_results(*scores)
 
 
-def membership_results(forget: tuple[list, list], holdout: tuple[list, list]) -> dict[str, float]:
-    """`membership_auc`'s dict from the (Min-K%, Min-K%++) scores of the forget and of the holdout texts."""
+def membership_scores(model, tokenizer, texts: Sequence[str], k: float = MUSE_K, max_length: int = 512,
+                      batch_size: int = 8) -> list[tuple[float, float]]:
+    """Per text: its Min-K% and Min-K%++ scores (higher = it looks more familiar)."""
+    log_probs, standardised = token_scores(model, tokenizer, texts, max_length, batch_size)
+    return [(min_k(plain, k), min_k(plus, k)) for plain, plus in zip(log_probs, standardised, strict=True)]
+
+
+def membership_results(forget: Sequence[tuple[float, float]], holdout: Sequence[tuple[float, float]]
+                       ) -> dict[str, float]:
+    """`membership_auc`'s dict from the (Min-K%, Min-K%++) scores of each forget and each holdout text."""
+    forget, holdout = list(zip(*forget)), list(zip(*holdout))
     found = {}
     for index, name in enumerate(("membership_auc_mink", "membership_auc_minkpp")):
         found[name] = auc(forget[index], holdout[index])

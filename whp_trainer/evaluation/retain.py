@@ -32,7 +32,11 @@ def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512,
                batch_size: int = 8) -> list[tuple[float, int]]:
     """Per block of ``texts`` (cut as `perplexity` cuts them, in an order that depends on the texts alone): the summed
     negative log-likelihood of its predicted tokens and their count."""
-    blocks = perplexity_blocks(texts, tokenizer, max_length)
+    return nlls_of_blocks(model, tokenizer, perplexity_blocks(texts, tokenizer, max_length), batch_size)
+
+
+def nlls_of_blocks(model, tokenizer, blocks: list[list[int]], batch_size: int = 8) -> list[tuple[float, int]]:
+    """`block_nlls` of blocks already cut (`perplexity_blocks`)."""
     pad_id = pad_token_id(tokenizer)
     results = []
     with evaluation_mode(model):
