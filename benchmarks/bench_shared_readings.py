@@ -37,7 +37,7 @@ def readings(args):
     from peft import LoraConfig, get_peft_model
 
     from whp_trainer import auto, models
-    from whp_trainer.evaluation import autotune, stopping
+    from whp_trainer.evaluation import autotune, shares
     from whp_trainer.toy import tiny_llama, train_tokenizer
 
     rng = random.Random(0)
@@ -61,7 +61,7 @@ def readings(args):
 
     def sharing(on: bool):
         reader = shared if on else (lambda items, read: read(list(items)))
-        for module in (models, stopping, autotune):
+        for module in (shares, autotune):
             module.read_in_shares = reader
 
     def measurement(on: bool):

@@ -1,6 +1,6 @@
-"""`alpha: auto`'s readings in each process of a torchrun launch (the teacher sweep and one measurement of the
-stopping rule, its neighbour rows included), with the rows every forward of this process read; writes them per
-process (test_ddp.py)."""
+"""`alpha: auto`'s readings in each process of a torchrun launch (the no-oracle familiarity target, a
+reinforcement's fit, the teacher sweep and one measurement of the stopping rule, its neighbour rows included), with
+the rows every forward of this process read; writes them per process (test_ddp.py)."""
 
 import json
 import sys
@@ -15,7 +15,9 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from test_auto import PROBES, fake_trainer  # noqa: E402
 
 from whp_trainer.auto import AutoInputs, stop_at_targets  # noqa: E402
-from whp_trainer.evaluation.autotune import teacher_sweep  # noqa: E402
+from whp_trainer.evaluation.autotune import reference_and_tolerance, teacher_sweep  # noqa: E402
+from whp_trainer.evaluation.retain import perplexity_of  # noqa: E402
+from whp_trainer.evaluation.shares import shared_block_nlls  # noqa: E402
 from whp_trainer.models import logits_head, read_in_shares  # noqa: E402
 from whp_trainer.toy import tiny_llama  # noqa: E402
 
@@ -32,6 +34,9 @@ if __name__ == "__main__":
         len(kwargs["input_ids"])), with_kwargs=True)
     probes = PROBES * 3
     membership = (CORPUS[:4] * 2, CORPUS[4:] * 2)
+    reference = reference_and_tolerance(model, tokenizer, probes, {"Harry": ("Jon",), "Quidditch": ("Skyball",)},
+                                        tolerance=0.02, share=0.1)
+    fit = perplexity_of(shared_block_nlls(model, tokenizer, CORPUS * 2, max_length=16))
     sweep = teacher_sweep(model, tokenizer, [2, 5], probes, CORPUS * 2, membership, max_length=16, batch_size=2)
     trainer = fake_trainer(model)
     trainer.processing_class, trainer.add_callback = tokenizer, lambda callback: None
@@ -42,6 +47,6 @@ if __name__ == "__main__":
     callback = stop_at_targets(trainer, {"targets": {"membership": 0.5, "familiarity": 0.1}}, inputs, args, tokenizer)
     measured = callback.measure(model)
     Path(sys.argv[1], f"rank{dist.get_rank()}.json").write_text(json.dumps(
-        {"sweep": sweep, "measured": measured, "rows": sum(rows),
+        {"targets": [*reference, fit], "sweep": sweep, "measured": measured, "rows": sum(rows),
          "in_order": [read_in_shares(list(range(count)), lambda part: [10 * item for item in part]) for count in (7, 1)]}))
     dist.destroy_process_group()

@@ -143,8 +143,9 @@ def test_the_stopping_rules_decisions_are_the_first_processs_in_every_process(tm
 
 @pytest.mark.slow
 def test_alpha_autos_readings_are_shared_out_among_the_processes(tmp_path):
-    """The teacher sweep and the stopping rule's measurement (every signal and budget, neighbour rows included) in
-    two processes: each reads about half the rows one process reads, and both get the one process's figures."""
+    """The targets, a reinforcement's fit, the teacher sweep and the stopping rule's measurement (every signal and
+    budget, neighbour rows included) in two processes: each reads about half the rows one process reads, and both
+    get the one process's figures."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     found = {}
     for processes in (1, 2):
@@ -159,6 +160,7 @@ def test_alpha_autos_readings_are_shared_out_among_the_processes(tmp_path):
     for process in shared:
         assert process["in_order"] == [[0, 10, 20, 30, 40, 50, 60], [0]]  # one result per item, in the items' order
         assert process["measured"] == pytest.approx(alone["measured"], rel=1e-5)
+        assert process["targets"] == pytest.approx(alone["targets"], rel=1e-5)
         for alpha, metrics in alone["sweep"].items():
             assert process["sweep"][alpha] == pytest.approx(metrics, rel=1e-5)
 

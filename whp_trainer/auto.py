@@ -177,7 +177,8 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
     """Targets, sweep, strengthening: the record of the choice (see
     [`choose_alpha`][whp_trainer.evaluation.autotune.choose_alpha]) with the ``reinforced_adapter`` to use."""
     from .evaluation.autotune import choose_alpha, teacher_sweep, translated_probes
-    from .evaluation.retain import perplexity
+    from .evaluation.retain import perplexity_of
+    from .evaluation.shares import shared_block_nlls
     from .loading import load_base_model, with_adapters
 
     paths, sweeps, fits, diverged = [reinforced], [], [], None
@@ -189,7 +190,8 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
         model = with_adapters(load_base_model(model_args, args.trust_remote_code), {"reinforced": paths[-1]})
         if not round_:
             targets = auto_targets(model, model_args, args, tokenizer, inputs, anchors)
-        fits.append(perplexity(model, tokenizer, inputs.forget, args.max_length) if inputs.forget else None)
+        fits.append(perplexity_of(shared_block_nlls(model, tokenizer, inputs.forget, args.max_length))
+                    if inputs.forget else None)
         diverged = diverged_reinforcement(fits)
         if diverged:
             print(f"whp unlearn: alpha auto: {diverged}", flush=True)
@@ -227,8 +229,7 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
     from .evaluation.autotune import (
         MEMBERSHIP, MEMBERSHIP_PLUS, NO_MEMBERSHIP, Targets, membership_error, reference_and_tolerance,
     )
-    from .evaluation.familiarity import token_familiarity
-    from .evaluation.membership import membership_auc
+    from .evaluation.shares import shared_familiarity, shared_membership
     from .loading import load_base_model
 
     tolerances = dict(membership_tolerance=args.membership_tolerance, familiarity_tolerance=args.familiarity_tolerance)
@@ -237,13 +238,13 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
 
         require_same_tokenizer(model_args, Path(args.oracle_model))
         oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=args.oracle_model))
-        aucs = membership_auc(oracle, tokenizer, *inputs.membership, max_length=args.max_length) \
+        aucs = shared_membership(oracle, tokenizer, *inputs.membership, max_length=args.max_length) \
             if inputs.membership else {}
         return Targets(
             membership=aucs.get(MEMBERSHIP), membership_plus=aucs.get(MEMBERSHIP_PLUS),
             membership_error=membership_error(inputs.membership),
-            familiarity=token_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
-            entity=token_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
+            familiarity=shared_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
+            entity=shared_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
             **tolerances,
         )
     targets = Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None,
@@ -285,15 +286,13 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``inputs.neighbour_rows``, the
     mean answer log-likelihood of those rows is a budget too."""
     from .evaluation.autotune import Targets
-    from .evaluation.knowledge import row_log_likelihoods
+    from .evaluation.shares import shared_row_log_likelihoods
     from .evaluation.stopping import TargetStoppingCallback
-    from .models import read_in_shares
 
     neighbour_knowledge = None
     if inputs.neighbour_rows:
-        def neighbour_knowledge(model):
-            return read_in_shares(inputs.neighbour_rows, lambda part: row_log_likelihoods(
-                model, tokenizer, part, max_length=args.max_length))
+        neighbour_knowledge = lambda model: shared_row_log_likelihoods(  # noqa: E731
+            model, tokenizer, inputs.neighbour_rows, max_length=args.max_length)
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,

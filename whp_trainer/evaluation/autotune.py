@@ -26,10 +26,11 @@ import torch
 from ..batching import pad_token_id, padded_batch
 from ..models import BASELINE, read_in_shares, using_adapter
 from ..targets import generic_logits
-from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
+from .familiarity import evaluation_mode, next_token_logits, probe_ids
 from .membership import MUSE_K, auc_standard_error, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
 from .retain import perplexity_blocks, row_nlls
+from .shares import shared_familiarity
 from .teacher import GenericTeacher
 
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
@@ -119,7 +120,7 @@ def translated_probes(probes: Sequence[dict], dictionary) -> list[dict]:
 def familiarity_reference(model, tokenizer, probes: Sequence[dict], dictionary, batch_size: int = 16) -> float:
     """The base's (adapters disabled) token familiarity on the anchor-translated probes."""
     with using_adapter(model, BASELINE):
-        return token_familiarity(model, tokenizer, translated_probes(probes, dictionary), batch_size=batch_size)
+        return shared_familiarity(model, tokenizer, translated_probes(probes, dictionary), batch_size=batch_size)
 
 
 def reference_and_tolerance(model, tokenizer, probes: Sequence[dict], dictionary, tolerance: float,
@@ -130,7 +131,7 @@ def reference_and_tolerance(model, tokenizer, probes: Sequence[dict], dictionary
     forgotten before training."""
     reference = familiarity_reference(model, tokenizer, probes, dictionary)
     with using_adapter(model, BASELINE):
-        base = token_familiarity(model, tokenizer, probes)
+        base = shared_familiarity(model, tokenizer, probes)
     return reference, min(tolerance, share * max(base - reference, 0.0))
 
 

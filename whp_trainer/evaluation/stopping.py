@@ -15,12 +15,12 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..models import BASELINE, process_count, read_in_shares, using_adapter
+from ..models import BASELINE, process_count, using_adapter
 from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
 from .callback import LOG_PREFIX
-from .familiarity import evaluation_mode, first_token_probabilities
-from .membership import membership_results, membership_scores
-from .retain import nlls_of_blocks, perplexity_blocks, perplexity_of
+from .familiarity import evaluation_mode
+from .retain import perplexity_of
+from .shares import shared_block_nlls, shared_familiarity, shared_membership
 
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
@@ -143,7 +143,7 @@ class TargetStoppingCallback(TrainerCallback):
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter); in a multi-process run each
-        process reads a share of the items (`read_in_shares`)."""
+        process reads a share of the items (`evaluation.shares`)."""
         tokenizer, batch = self.trainer.processing_class, self.batch_size
         blocks, rows = self.readings(model)
         if self.base_readings is None:  # the base's own measurement, or the first after resuming from a checkpoint
@@ -151,16 +151,13 @@ class TargetStoppingCallback(TrainerCallback):
         base_blocks, base_rows = self.base_readings
         metrics = {RETAIN: perplexity_of(blocks),
                    RETAIN_BOUND: perplexity_bound(blocks, base_blocks, self.budget_confidence)}
-        for key, probes in ((FAMILIARITY, self.probes), (ENTITY, self.first_mentions)):
-            if probes:
-                probabilities = read_in_shares(probes, lambda part: first_token_probabilities(model, tokenizer, part,
-                                                                                              batch))
-                metrics[key] = sum(probabilities) / len(probabilities)  # as `token_familiarity`
+        if self.probes:
+            metrics[FAMILIARITY] = shared_familiarity(model, tokenizer, self.probes, batch)
+        if self.first_mentions:
+            metrics[ENTITY] = shared_familiarity(model, tokenizer, self.first_mentions, batch)
         if self.membership_texts:
-            scores = [read_in_shares(texts, lambda part: membership_scores(
-                model, tokenizer, part, max_length=self.max_length, batch_size=batch))
-                for texts in self.membership_texts]
-            metrics.update(membership_results(*scores))
+            metrics.update(shared_membership(model, tokenizer, *self.membership_texts, max_length=self.max_length,
+                                             batch_size=batch))
         if rows is not None:
             metrics[NEIGHBOUR] = fmean(rows)
             metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
@@ -169,9 +166,8 @@ class TargetStoppingCallback(TrainerCallback):
     def readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
         """What the budgets are read from: the retain texts' `block_nlls` and each neighbour row's answer
         log-likelihood (None without a neighbour measure)."""
-        tokenizer = self.trainer.processing_class
-        blocks = read_in_shares(perplexity_blocks(self.retain_texts, tokenizer, self.max_length),
-                                lambda part: nlls_of_blocks(model, tokenizer, part, self.batch_size))
+        blocks = shared_block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length,
+                                   self.batch_size)
         rows = None if self.neighbour_knowledge is None else [float(row) for row in self.neighbour_knowledge(model)]
         return blocks, rows
 
