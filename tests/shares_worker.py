@@ -1,6 +1,7 @@
-"""`alpha: auto`'s readings in each process of a torchrun launch (the no-oracle familiarity target, a
-reinforcement's fit, the teacher sweep and one measurement of the stopping rule, its neighbour rows included), with
-the rows every forward of this process read; writes them per process (test_ddp.py)."""
+"""The readings taken during training in each process of a torchrun launch (`alpha: auto`'s no-oracle familiarity
+target, a reinforcement's fit, the teacher sweep, one measurement of the stopping rule with its neighbour rows, and
+one of `FamiliarityCallback`), with the rows every forward of this process read; writes them per process
+(test_ddp.py)."""
 
 import json
 import sys
@@ -15,6 +16,7 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from test_auto import PROBES, fake_trainer  # noqa: E402
 
 from whp_trainer.auto import AutoInputs, stop_at_targets  # noqa: E402
+from whp_trainer.evaluation import FamiliarityCallback  # noqa: E402
 from whp_trainer.evaluation.autotune import reference_and_tolerance, teacher_sweep  # noqa: E402
 from whp_trainer.evaluation.retain import perplexity_of  # noqa: E402
 from whp_trainer.evaluation.shares import shared_block_nlls  # noqa: E402
@@ -46,7 +48,8 @@ if __name__ == "__main__":
     inputs = AutoInputs(probes, probes[:3], CORPUS * 2, membership, neighbour_rows=NEIGHBOURS)
     callback = stop_at_targets(trainer, {"targets": {"membership": 0.5, "familiarity": 0.1}}, inputs, args, tokenizer)
     measured = callback.measure(model)
+    logged = FamiliarityCallback(trainer, probes, retain_texts=CORPUS * 2, max_length=16).measure()
     Path(sys.argv[1], f"rank{dist.get_rank()}.json").write_text(json.dumps(
-        {"targets": [*reference, fit], "sweep": sweep, "measured": measured, "rows": sum(rows),
+        {"targets": [*reference, fit], "sweep": sweep, "measured": {**measured, **logged}, "rows": sum(rows),
          "in_order": [read_in_shares(list(range(count)), lambda part: [10 * item for item in part]) for count in (7, 1)]}))
     dist.destroy_process_group()

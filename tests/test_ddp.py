@@ -142,10 +142,10 @@ def test_the_stopping_rules_decisions_are_the_first_processs_in_every_process(tm
 
 
 @pytest.mark.slow
-def test_alpha_autos_readings_are_shared_out_among_the_processes(tmp_path):
-    """The targets, a reinforcement's fit, the teacher sweep and the stopping rule's measurement (every signal and
-    budget, neighbour rows included) in two processes: each reads about half the rows one process reads, and both
-    get the one process's figures."""
+def test_the_readings_taken_during_training_are_shared_out_among_the_processes(tmp_path):
+    """The targets, a reinforcement's fit, the teacher sweep, the stopping rule's measurement (every signal and
+    budget, neighbour rows included) and `FamiliarityCallback`'s in two processes: each reads about half the rows
+    one process reads, and both get the one process's figures."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     found = {}
     for processes in (1, 2):

@@ -1,5 +1,5 @@
-"""The readings of ``alpha: auto`` (its targets, the reinforcement's fit and the stopping rule's measurements)
-shared out among the processes of a multi-process run: each process reads every N-th item with
+"""The readings taken during training (``alpha: auto``'s targets, the reinforcement's fit and the stopping rule's
+measurements; `FamiliarityCallback`'s) shared out among the processes of a multi-process run: each process reads every N-th item with
 [`read_in_shares`][whp_trainer.models.read_in_shares] and all of them gather the results, so every process gets the
 figures of the plain metric for a N-th of its forwards. Every process calls them with the same items (so they are
 not the metrics' default: a reading in one process alone would wait for the others); in one process each is the
