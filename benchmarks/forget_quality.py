@@ -367,12 +367,13 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.settings:
             folder = out / re.sub(r"[^\w.+-]+", "_", name)
             options = dict(SETTINGS[name])
-            if options.get("alpha") == "auto":  # told what a user has: Esther as holdout text, no oracle
+            if options.get("alpha") == "auto":  # told what a user has: Esther as holdout text, the facts, no oracle
                 if not (texts / "budget.txt").is_file():
                     budget = book_passages(*BUDGET)[len(book_passages(*HELD_OUT)):]
                     (texts / "budget.txt").write_text("\n\n".join(budget) + "\n", encoding="utf-8")
                 options = {"holdout_data": str(texts / "holdout.txt"), "budget_data": str(texts / "budget.txt"),
-                           "neighbour_knowledge": str(texts / "neighbour_knowledge.json"), **options}
+                           "neighbour_knowledge": str(texts / "neighbour_knowledge.json"),
+                           "forget_knowledge": str(texts / "forget_knowledge.json"), **options}
             setting_data = dataclasses.replace(data, anchors=str(texts / f"{options.pop('anchors', 'anchors')}.json"),
                                                reinforced_adapter=reinforced[options.pop("reinforced", "default")])
             config = UnlearnConfig(output_dir=str(folder), gradient_checkpointing=False,

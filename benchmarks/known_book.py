@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
     adapters = {"reinforced": Path(reinforced)}
     for name in args.settings:
         options = dict(SETTINGS[name])
-        if options.get("alpha") == "auto":  # what a user has: ordinary text and facts to keep; no holdout, no oracle
-            options.update(budget_data=str(texts / "budget.txt"),
-                           neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"))
+        if options.get("alpha") == "auto":  # what a user has: ordinary text, facts to keep and to forget; no holdout,
+            options.update(budget_data=str(texts / "budget.txt"),  # no oracle
+                           neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"),
+                           forget_knowledge=str(texts / "forget_knowledge.jsonl"))
         config = UnlearnConfig(output_dir=str(out / (re.sub(r"[^\w.+-]+", "_", name) + suffix)),
                                **{**training, **UNLEARN, **options})
         adapters[name] = Path(pipeline.unlearn(data, model_args, config))

@@ -379,10 +379,11 @@ def main(argv: list[str] | None = None) -> dict:
         folder = out / re.sub(r"[^\w.+-]+", "_", name)
         options = dict(SETTINGS[name])
         if options.get("alpha") == "auto":  # told what a user has: people no model read, other text, facts to keep
-            if not (texts / BUDGET_FILE).is_file():
+            if not (texts / BUDGET_FILE).is_file():  # and to forget
                 (texts / BUDGET_FILE).write_text("\n\n".join(budget_text()) + "\n", encoding="utf-8")
             options.update(holdout_data=str(texts / "holdout.txt"), budget_data=str(texts / BUDGET_FILE),
-                           neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"))
+                           neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"),
+                           forget_knowledge=str(texts / "forget_knowledge.jsonl"))
         config = UnlearnConfig(output_dir=str(folder), **{**training, **UNLEARN, **options})
         adapter = Path(pipeline.unlearn(data, model_args, config))
         results[name] = measured(adapter, lambda: measure(root, model_args, {"unlearned": adapter}, False))["unlearned"]

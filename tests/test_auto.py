@@ -16,7 +16,7 @@ from test_cli import EVALUATION, TRAINING, files, run_config, write_config  # no
 from whp_trainer import UnlearnConfig, UnlearnTrainer, cli
 from whp_trainer.evaluation import GenericTeacher, membership_auc, perplexity, token_familiarity
 from whp_trainer.evaluation.autotune import (
-    Targets, choose_alpha, familiarity_reference, membership_error, reference_and_tolerance, teacher_sweep,
+    KNOWLEDGE, Targets, choose_alpha, familiarity_reference, membership_error, reference_and_tolerance, teacher_sweep,
     translated_probes,
 )
 from whp_trainer.evaluation.markdown import stopping_summary
@@ -273,6 +273,19 @@ def test_the_student_stops_at_the_targets(make_model):
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
 
 
+def test_the_student_does_not_stop_while_it_still_prefers_the_true_answers_of_the_forget_knowledge(make_model):
+    model = trainable_model(make_model)
+    knows = lambda auc, familiarity, ppl, margin: {**metrics(auc, familiarity, ppl), KNOWLEDGE: margin}  # noqa: E731
+    script = [knows(0.95, 0.5, 10.0, 2.0), knows(0.95, 0.5, 10.0, 2.0), knows(0.52, 0.08, 10.1, 1.0),
+              knows(0.52, 0.08, 10.1, 0.05)]
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1)
+    callback.targets = Targets(membership=0.5, familiarity=0.1, knowledge=0.0, knowledge_tolerance=0.1)
+    stopped, _ = run_steps(callback, model, steps=10)
+    assert callback.history[1]["shortfall"] == {"membership_auc_mink": 0.0, "familiarity_token": 0.0,
+                                                KNOWLEDGE: pytest.approx(0.45)}  # (1.0 - 0.1) / 2.0 of the way left
+    assert stopped == 2 and callback.decision["reached"]
+
+
 def test_a_long_run_is_measured_about_max_measurements_times_and_early(make_model):
     model = trainable_model(make_model)
     far = metrics(0.95, 0.5, 10.0)  # never at the targets, always within budget: the run goes to its last step
@@ -425,11 +438,17 @@ def test_alpha_auto_with_sharded_weights_is_refused_before_loading(files, reinfo
         TargetStoppingCallback(trainer, Targets(membership=0.5, familiarity=0.1), PROBES, ["text"])
 
 
+FACTS = [{"prompt": "Harry Potter studies magic at", "answer": "Hogwarts", "false_answer": "the park"},
+         {"question": "What did Harry catch?", "true_answer": "the Snitch", "false_answer": "a cold"},
+         {"prompt": "Ron's wand was", "answer": "second hand"}]  # no false answer: not read by the target
+
+
 def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     auto = {"alpha": "auto", "auto_alphas": [5, 40], "auto_reinforce_rounds": 0, "auto_eval_steps": 1,
             "holdout_data": str(files / "retain.txt"), "budget_data": str(files / "forget.txt")}
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in FACTS))
     config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto},
-                        evaluate=EVALUATION)
+                        evaluate={**EVALUATION, "forget_knowledge": str(tmp_path / "facts.jsonl")})
     cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
 
     record = json.loads((tmp_path / "run" / "unlearned" / "whp_run.json").read_text())
@@ -446,6 +465,16 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert stopping_summary(stopping) in card  # where it stopped, and whether the kept weights reach the targets
     report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "How α was chosen (`alpha: auto`)" in report and "teacher α=40" in report
+    # the facts to forget, read from the evaluate section: a target, 0 within a tenth of the base's margin
+    base_margin = stopping["base"][KNOWLEDGE]
+    assert choice["targets"]["knowledge"] == 0.0
+    assert choice["targets"]["knowledge_tolerance"] == pytest.approx(0.1 * max(base_margin, 0.0), rel=1e-4)
+    assert all(KNOWLEDGE in entry["shortfall"] for entry in stopping["history"])
+    assert "forget knowledge's margin" in card
+    rule = json.loads((tmp_path / "run" / "unlearned" / "whp_rule_sample.json").read_text())
+    assert len(rule["forget_knowledge"]) == 2  # the rows with a false answer
+    results = json.loads((tmp_path / "run" / "evaluation" / "report.json").read_text())["results"]
+    assert results["unlearned"]["knowledge_forget_read_by_rule"] == 2  # too few others: counted
 
 
 def distinct_text(words: int, seed: int = 0) -> str:
@@ -512,16 +541,20 @@ def test_with_too_little_other_text_the_report_counts_what_the_rule_read(tokeniz
     holdout = [distinct_text(1200)]
     probes = [{"prompt": f"{index}: {word}", "target": " then"} for index, word in enumerate(words)]
     rows = [{"prompt": f"{index}: {word}", "answer": "then"} for index, word in enumerate(words)]
+    facts = [{"prompt": f"{word} {index} is", "answer": "Harry", "false_answer": "Jon"}
+             for index, word in enumerate(words)]
     samples = {"probes": probes, "first_mentions": first_mention_probes(forget, ["Harry"]),
                "forget": text_blocks(forget, tokenizer, 16), "holdout": text_blocks(holdout, tokenizer, 16),
-               "neighbour_knowledge": rows}
+               "neighbour_knowledge": rows, "forget_knowledge": facts}
     config = EvaluateConfig(output_dir=str(tmp_path), max_length=16, membership_texts=0, hints=False)
 
     def read(rule_sample):
         data = evaluation_data(config, tokenizer, probes, forget, CORPUS, AnchorDictionary({"Harry": ["Jon"]}),
-                               holdout_texts=holdout, neighbour_knowledge=rows, rule_sample=rule_sample)
+                               holdout_texts=holdout, neighbour_knowledge=rows, forget_knowledge=facts,
+                               rule_sample=rule_sample)
         return {"probes": data.probes, "first_mentions": data.first_mentions, "forget": data.membership[0],
-                "holdout": data.membership[1], "neighbour_knowledge": data.knowledge["neighbour"]}, data.read_by_rule
+                "holdout": data.membership[1], "neighbour_knowledge": data.knowledge["neighbour"],
+                "forget_knowledge": data.knowledge["forget"]}, data.read_by_rule
 
     def rule_read_all_but(left):
         return {name: {item_digest(item) for item in items[left:]} for name, items in samples.items()}
@@ -558,6 +591,7 @@ def test_the_auto_config_example_is_valid():
     plans = dict(cli.plan_run(cli.read_yaml(str(path)), str(path)))
     assert plans["unlearn"]["holdout_data"] == "data/holdout"  # from the evaluate section
     assert plans["unlearn"]["neighbour_knowledge"] == "data/neighbour_knowledge.jsonl"  # so is the second budget
+    assert plans["unlearn"]["forget_knowledge"] == "data/hp_trivia.jsonl"  # and the knowledge target
     assert plans["evaluate"]["reinforced_adapter"] is None  # the one the unlearning run chose
     (_, _, args), _ = cli.parse_stage("unlearn", [], {**plans["unlearn"], "bf16": False}, str(path))
     assert args.auto and (args.target_mode, args.original_cap_weight, args.retain_weight) == ("soft", 1.0, 1.0)
@@ -592,7 +626,7 @@ def test_the_stopping_rule_reads_a_seeded_sample_of_at_most_64_neighbour_rows(to
     (tmp_path / "neighbours.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "budget.txt").write_text(" ".join(CORPUS * 20))
     args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=str(tmp_path / "budget.txt"),
-                           neighbour_knowledge=str(tmp_path / "neighbours.jsonl"))
+                           neighbour_knowledge=str(tmp_path / "neighbours.jsonl"), forget_knowledge=None)
     read = lambda: auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, CORPUS, PROBES, None)  # noqa: E731
     sampled = read().neighbour_rows
     assert len(sampled) == 64 and all(row in rows for row in sampled) and len({row["prompt"] for row in sampled}) == 64
@@ -601,12 +635,26 @@ def test_the_stopping_rule_reads_a_seeded_sample_of_at_most_64_neighbour_rows(to
     assert read().neighbour_rows == rows[:10]  # all of them, in order, as before there were samples
 
 
+def test_forget_knowledge_without_false_answers_is_refused_and_with_them_is_a_target_before_any_model_loads(
+        tmp_path, no_model_loading):
+    from whp_trainer.auto import check_auto_inputs
+
+    (tmp_path / "facts.jsonl").write_text(json.dumps(FACTS[2]) + "\n")
+    args = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=None,
+                           forget_knowledge=str(tmp_path / "facts.jsonl"))
+    with pytest.raises(ValueError, match=r"facts\.jsonl has no row with a false_answer"):
+        check_auto_inputs(args, reinforced="r", retain="x", probes=None, anchors=None)
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in FACTS))
+    check_auto_inputs(args, reinforced="r", retain="x", probes=None, anchors=None)  # the facts alone are a target
+
+
 def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_path):
     from whp_trainer.auto import check_auto_inputs
 
     path = tmp_path / "neighbour.jsonl"
     path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"\n')
-    args = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=str(path))
+    args = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=str(path),
+                           forget_knowledge=None)
     with pytest.raises(ValueError, match=r"neighbour\.jsonl.*line 2"):
         check_auto_inputs(args, reinforced="r", retain="x", probes=[{}], anchors=None)
 
@@ -614,14 +662,15 @@ def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_pa
 def test_a_run_without_holdout_text_or_neighbour_knowledge_is_warned_of_what_it_does_not_watch(tmp_path, caplog):
     from whp_trainer.auto import check_auto_inputs
 
-    bare = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=None)
+    bare = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=None,
+                           forget_knowledge=None)
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         check_auto_inputs(bare, reinforced="r", retain="x", probes=[{}], anchors=None)
     assert "no --holdout_data" in caplog.text and "no --neighbour_knowledge" in caplog.text
     (tmp_path / "holdout.txt").write_text(" ".join(CORPUS))
     (tmp_path / "neighbour.jsonl").write_text('{"prompt": "The sky is", "answer": " blue"}\n')
     complete = SimpleNamespace(holdout_data=str(tmp_path / "holdout.txt"), budget_data=None, oracle_model=None,
-                               neighbour_knowledge=str(tmp_path / "neighbour.jsonl"))
+                               neighbour_knowledge=str(tmp_path / "neighbour.jsonl"), forget_knowledge=None)
     caplog.clear()
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         check_auto_inputs(complete, reinforced="r", retain="x", probes=[{}], anchors=None)
@@ -636,7 +685,7 @@ def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer
     (tmp_path / "holdout.txt").write_text(" ".join(reversed(CORPUS * 20)))
     (tmp_path / "budget.txt").write_text(" ".join(CORPUS[2:] * 20))
     args = SimpleNamespace(seed=0, max_length=16, holdout_data=str(tmp_path / "holdout.txt"),
-                           budget_data=str(tmp_path / "budget.txt"), neighbour_knowledge=None)
+                           budget_data=str(tmp_path / "budget.txt"), neighbour_knowledge=None, forget_knowledge=None)
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         inputs = auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, [book], PROBES, None)
     forget, holdout = inputs.membership
@@ -658,7 +707,8 @@ def test_without_budget_text_the_budget_is_read_on_retain_blocks_the_retain_loss
     numbers = [str(number) for number in torch.randint(10**5, 10**6, (3000,), generator=rng).tolist()]
     (tmp_path / "retain.txt").write_text(" ".join(numbers))
     data = DataArguments(forget_data="unused", retain_data=str(tmp_path / "retain.txt"))
-    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=None, neighbour_knowledge=None)
+    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=None, neighbour_knowledge=None,
+                           forget_knowledge=None)
     blocks = text_blocks(data.retain_texts()["text"], tokenizer, 16)
     assert len(set(blocks)) == len(blocks) > 4 * 64  # each block its own text
     inputs = auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None)

@@ -8,6 +8,7 @@ import torch
 
 from whp_trainer.evaluation.knowledge import (
     answer_log_likelihoods,
+    answer_margins,
     answer_loglikelihood,
     knowledge_context,
     knowledge_scores,
@@ -80,6 +81,17 @@ def test_a_model_taught_an_answer_knows_it_by_likelihood_and_by_two_choices(make
     with pytest.raises(ValueError, match="false_answer"):
         two_choice_accuracy(learned, tokenizer, [CLOZE])
     assert "two_choice" not in knowledge_scores(learned, tokenizer, [CLOZE])
+
+
+def test_a_facts_margin_is_how_much_likelier_its_true_answer_is_than_its_false_one(make_model, tokenizer):
+    context, true, false = knowledge_context(QA)
+    untaught, learned = make_model(), taught(make_model(), tokenizer, context + true)
+    (before,), (after,) = (answer_margins(model, tokenizer, [QA]) for model in (untaught, learned))
+    assert after == pytest.approx(answer_log_likelihoods(learned, tokenizer, [(context, true)])[0]
+                                  - answer_log_likelihoods(learned, tokenizer, [(context, false)])[0])
+    assert after > before + 1 and after > 0  # taught the true answer, it prefers it
+    with pytest.raises(ValueError, match="false_answer"):
+        answer_margins(learned, tokenizer, [QA, CLOZE])
 
 
 def test_the_first_answer_token_and_the_later_ones_are_scored_apart(make_model, tokenizer):

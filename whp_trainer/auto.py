@@ -37,6 +37,7 @@ class AutoInputs:
     # without budget text: the retain blocks the retain loss reads, all but those the budget is read on
     retain_training: list[str] | None = None
     neighbour_rows: list[dict] | None = None  # the neighbour knowledge rows of the second budget
+    forget_rows: list[dict] | None = None  # the forget knowledge rows (each with a false answer) of a target
 
 
 def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
@@ -61,11 +62,21 @@ def check_auto_inputs(args, reinforced, retain, probes, anchors) -> None:
         from .evaluation.knowledge import load_knowledge
 
         load_knowledge(args.neighbour_knowledge)  # its errors name the file and line, before any model loads
-    if not args.holdout_data and probes is None and anchors is None:
-        raise ValueError("whp unlearn: alpha auto needs a target: --holdout_data (membership), or --probes or "
-                         "--anchors (familiarity)")
+    if args.forget_knowledge and not forget_rows(args.forget_knowledge):
+        raise ValueError(f"whp unlearn: alpha auto: --forget_knowledge {args.forget_knowledge} has no row with a "
+                         "false_answer: its target compares each true answer with a plausible false one")
+    if not args.holdout_data and probes is None and anchors is None and not args.forget_knowledge:
+        raise ValueError("whp unlearn: alpha auto needs a target: --holdout_data (membership), --probes or "
+                         "--anchors (familiarity), or --forget_knowledge")
     for warning in unwatched(args):
         logger.warning("whp unlearn: alpha auto: %s", warning)
+
+
+def forget_rows(path: str) -> list[dict]:
+    """The rows of a forget knowledge file that its target reads: those with a false answer."""
+    from .evaluation.knowledge import load_knowledge
+
+    return [row for row in load_knowledge(path) if "false_answer" in row]
 
 
 def unwatched(args) -> list[str]:
@@ -110,6 +121,8 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
         from .evaluation.knowledge import load_knowledge
 
         rows = sample(load_knowledge(args.neighbour_knowledge), random.Random(f"neighbours-{args.seed}"))
+    known = sample(forget_rows(args.forget_knowledge), random.Random(f"forget-knowledge-{args.seed}")) \
+        if args.forget_knowledge else None
     if len(budget) < SAMPLE:
         logger.warning("whp unlearn: alpha auto: the budget's text is %d blocks of %d tokens, fewer than the %d the "
                        "stopping rule reads: its perplexity budget is read on little text and may not hold on other "
@@ -118,7 +131,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       retain=sample(budget, rng), membership=membership,
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)),
-                      retain_training=retain_training, neighbour_rows=rows)
+                      retain_training=retain_training, neighbour_rows=rows, forget_rows=known)
 
 
 def record_what_the_rule_read(folder, inputs: AutoInputs, args) -> None:
@@ -129,7 +142,7 @@ def record_what_the_rule_read(folder, inputs: AutoInputs, args) -> None:
 
     samples = {"probes": inputs.probes, "first_mentions": inputs.first_mentions,
                **dict(zip(("forget", "holdout"), inputs.membership or ())),
-               "neighbour_knowledge": inputs.neighbour_rows}
+               "neighbour_knowledge": inputs.neighbour_rows, "forget_knowledge": inputs.forget_rows}
     record_rule_sample(folder, args.max_length, {name: [item_digest(item) for item in items]
                                                  for name, items in samples.items() if items})
 
@@ -225,7 +238,8 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
     """The oracle's membership AUCs, familiarity and entity probability when ``args.oracle_model`` is given; else
     AUC 0.5 and the base on the anchor-translated probes and first mentions (no familiarity target without a
     dictionary to translate with), each within ``familiarity_tolerance`` or ``familiarity_share`` of the base's
-    distance to it, whichever is less. ``model``: the base (a ``PeftModel``, measured with its adapters disabled)."""
+    distance to it, whichever is less; with forget knowledge rows, their margin's (`knowledge_target`). ``model``: the
+    base (a ``PeftModel``, measured with its adapters disabled)."""
     from .evaluation.autotune import (
         MEMBERSHIP, MEMBERSHIP_PLUS, NO_MEMBERSHIP, Targets, membership_error, reference_and_tolerance,
     )
@@ -245,10 +259,11 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
             membership_error=membership_error(inputs.membership),
             familiarity=shared_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
             entity=shared_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
-            **tolerances,
+            **knowledge_target(model, oracle, tokenizer, inputs.forget_rows, args), **tolerances,
         )
     targets = Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None,
-                      membership_error=membership_error(inputs.membership), **tolerances)
+                      membership_error=membership_error(inputs.membership),
+                      **knowledge_target(model, None, tokenizer, inputs.forget_rows, args), **tolerances)
     if anchors is None:
         return targets
     relative = dict(tolerance=args.familiarity_tolerance, share=args.familiarity_share)
@@ -259,6 +274,23 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
         targets.entity, targets.entity_tolerance = reference_and_tolerance(
             model, tokenizer, inputs.first_mentions, anchors, **relative)
     return targets
+
+
+def knowledge_target(model, oracle, tokenizer, rows: list[dict] | None, args) -> dict[str, float]:
+    """The target of the forget knowledge's margin (`answer_margins`) of ``rows``: the ``oracle``'s, or 0 without
+    one (a model that never read the target has no reason to prefer its true answers to plausible false ones), within
+    ``familiarity_share`` of the base's distance to it (``model`` with its adapters disabled). Nothing without rows."""
+    if not rows:
+        return {}
+    from statistics import fmean
+
+    from .evaluation.shares import shared_answer_margins
+    from .models import BASELINE, using_adapter
+
+    with using_adapter(model, BASELINE):
+        base = fmean(shared_answer_margins(model, tokenizer, rows, args.max_length))
+    target = 0.0 if oracle is None else fmean(shared_answer_margins(oracle, tokenizer, rows, args.max_length))
+    return {"knowledge": target, "knowledge_tolerance": args.familiarity_share * max(base - target, 0.0)}
 
 
 def strengthened_reinforcement(data, model_args, source: Path, round_: int, args, overwrite: bool) -> Path:
@@ -284,7 +316,7 @@ def strengthened_reinforcement(data, model_args, source: Path, round_: int, args
 
 def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=None):
     """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``inputs.neighbour_rows``, the
-    mean answer log-likelihood of those rows is a budget too."""
+    mean answer log-likelihood of those rows is a budget too; with ``inputs.forget_rows``, their margin a target."""
     from .evaluation.autotune import Targets
     from .evaluation.shares import shared_row_log_likelihoods
     from .evaluation.stopping import TargetStoppingCallback
@@ -296,7 +328,8 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,
-        inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, every_n_steps=args.auto_eval_steps,
+        inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, forget_knowledge=inputs.forget_rows,
+        every_n_steps=args.auto_eval_steps,
         max_measurements=args.auto_max_measurements,
         retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,
         budget_confidence=args.budget_confidence,

@@ -80,7 +80,7 @@ COMMANDS = {
         "Redo stages whose outputs were made otherwise.",
     ),
 }
-AUTO_REFERENCES = ("holdout_data", "oracle_model", "neighbour_knowledge")  # evaluate options alpha auto reads too
+AUTO_REFERENCES = ("holdout_data", "oracle_model", "neighbour_knowledge", "forget_knowledge")  # alpha auto reads too
 NUMBER_OR_WORD = {"alpha": "auto"}  # options typed `float | str` (a number or this word): TrlParser reads numbers only
 RUN_STAGES = ("reinforce", "anchors", "unlearn", "evaluate", "push")
 TOGETHER = ("reinforce", "unlearn")  # the stages a launcher's processes run together (they train); the others in one
@@ -96,10 +96,10 @@ output_dir (stage outputs go to its reinforced/, unlearned/, evaluation/), model
 (DataArguments options); each stage section takes that stage's options (whp STAGE --help). A stage whose output
 is current is skipped; an interrupted one resumes from its last complete checkpoint. With `alpha: auto` in the
 unlearn section, the unlearn stage chooses α (teacher sweep, stronger reinforcement if needed) and stops the
-student at the targets; it reads holdout_data, oracle_model and neighbour_knowledge from the evaluate section
-unless given its own. Under a launcher's processes (torchrun, accelerate launch) it runs the stages that train
-together (reinforce, unlearn) up to the first that runs in one process, and says so: `whp run CONFIG.yaml` without
-the launcher then runs the rest (the finished stages are skipped).
+student at the targets; it reads holdout_data, oracle_model, neighbour_knowledge and forget_knowledge from the
+evaluate section unless given its own. Under a launcher's processes (torchrun, accelerate launch) it runs the
+stages that train together (reinforce, unlearn) up to the first that runs in one process, and says so: `whp run
+CONFIG.yaml` without the launcher then runs the rest (the finished stages are skipped).
 
 options:
   --overwrite           redo stages whose output_dir holds a run with other settings (deleting only what that

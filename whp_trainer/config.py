@@ -187,6 +187,14 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "{prompt, answer} rows, .jsonl/.json/.csv); the student stops once its mean answer log-likelihood "
                   "falls more than neighbour_budget below the base's."},
     )
+    forget_knowledge: str | None = field(
+        default=None,
+        metadata={"help": "alpha auto: knowledge of the target to forget, as {question, true_answer, false_answer} or "
+                  "{prompt, answer, false_answer} rows (.jsonl/.json/.csv; the false answer a plausible wrong one, "
+                  "rows without one are not read); a target: the true answers no more likely per token than the "
+                  "false ones (a model that never read the target has no reason to prefer them; with "
+                  "--oracle_model, the oracle's margin), within familiarity_share of the base's margin."},
+    )
     budget_data: str | None = field(
         default=None,
         metadata={"help": "alpha auto: ordinary text whose perplexity is the cost of a teacher and the student's "

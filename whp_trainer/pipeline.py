@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 # settings fields newer than some stage folders, at their old behaviour's value (runs.fingerprint's ``added``)
 REINFORCE_ADDED = {"retain_weight": 0.0}
-UNLEARN_ADDED = {"original_cap_depth": None, "retain_projection": False}
+UNLEARN_ADDED = {"original_cap_depth": None, "retain_projection": False, "forget_knowledge": None}
 
 
 # ---------------------------------------------------------------------------------------------------- input checks
@@ -203,6 +203,7 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
         *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
            file_digest(args.oracle_model), data_digest(args.neighbour_knowledge, None, "train")) if args.auto else ()),
+        *((data_digest(args.forget_knowledge, None, "train"),) if args.auto and args.forget_knowledge else ()),
         added=UNLEARN_ADDED,
     )
     if not begin_stage(args.output_dir, "unlearn", print_, overwrite):

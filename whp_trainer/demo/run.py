@@ -94,9 +94,9 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
 
 def auto_inputs_of(assets: DemoAssets, inputs: dict[str, str]) -> dict[str, str]:
     """What ``alpha: auto`` is told, as a user without an oracle has it: the holdout saga text, ordinary text that
-    neither training nor the evaluation reads (its budget), and the knowledge to keep."""
+    neither training nor the evaluation reads (its budget), the knowledge to keep and the saga's facts to forget."""
     return {"holdout_data": str(assets.holdout_path), "budget_data": str(assets.budget_path),
-            "neighbour_knowledge": inputs["neighbour_knowledge"]}
+            "neighbour_knowledge": inputs["neighbour_knowledge"], "forget_knowledge": inputs["forget_knowledge"]}
 
 
 def write_evaluation_inputs(folder: Path) -> dict[str, str]:

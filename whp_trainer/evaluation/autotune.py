@@ -39,6 +39,7 @@ MEMBERSHIP_PLUS = "membership_auc_minkpp"
 FAMILIARITY = "familiarity_token"
 RETAIN = "retain_perplexity"
 ENTITY = "entity_first_mention"
+KNOWLEDGE = "knowledge_forget_margin"  # mean per-token log-likelihood of the true answers less the false ones'
 
 
 @dataclass
@@ -47,7 +48,8 @@ class Targets:
     Min-K%++ (``membership_plus``; ``None``: the same), the familiarity reference and the entity-probability
     reference (``None``: no reference), with their tolerances (``entity_tolerance`` ``None``:
     ``familiarity_tolerance``); ``membership_error``: the standard error of a membership AUC on the rule's sample
-    (`membership_error`; ``None``: not known)."""
+    (`membership_error`; ``None``: not known); ``knowledge``: the forget knowledge's margin to reach (``None``: no
+    forget knowledge), within ``knowledge_tolerance`` nats."""
 
     membership: float | None
     familiarity: float | None
@@ -57,6 +59,8 @@ class Targets:
     entity_tolerance: float | None = None
     membership_plus: float | None = None
     membership_error: float | None = None
+    knowledge: float | None = None
+    knowledge_tolerance: float = 0.0
 
     def membership_target(self, key: str) -> float:
         """The AUC to reach by Min-K% (``MEMBERSHIP``) or by Min-K%++ (``MEMBERSHIP_PLUS``)."""
@@ -69,7 +73,10 @@ class Targets:
         return "" if self.membership_error is None else f" (standard error of the sample {self.membership_error:.2f})"
 
     def tolerance(self, key: str) -> float:
-        """The tolerance of the familiarity (``FAMILIARITY``) or entity-probability (``ENTITY``) target."""
+        """The tolerance of the familiarity (``FAMILIARITY``), entity-probability (``ENTITY``) or knowledge
+        (``KNOWLEDGE``) target."""
+        if key == KNOWLEDGE:
+            return self.knowledge_tolerance
         if key == ENTITY and self.entity_tolerance is not None:
             return self.entity_tolerance
         return self.familiarity_tolerance
@@ -93,7 +100,7 @@ class Targets:
                     gap = (abs(gap) if overshoot_counts else gap) - self.membership_tolerance
                     shares.append(clip(gap) / max(abs(base[key] - target), self.membership_tolerance))
             left[MEMBERSHIP] = max(shares)
-        for key, reference in ((FAMILIARITY, self.familiarity), (ENTITY, self.entity)):
+        for key, reference in ((FAMILIARITY, self.familiarity), (ENTITY, self.entity), (KNOWLEDGE, self.knowledge)):
             if reference is not None and key in metrics:
                 gap = metrics[key] - reference - self.tolerance(key)
                 # 1e-12: a relative tolerance is 0 where the base is at its reference
@@ -289,4 +296,7 @@ def describe(metrics: dict, targets: Targets) -> str:
     if targets.familiarity is not None:
         parts.append(f"familiarity {metrics[FAMILIARITY]:.4f}, reference {targets.familiarity:.4f} "
                      f"+ {targets.familiarity_tolerance:.2g}")
+    if targets.knowledge is not None and KNOWLEDGE in metrics:
+        parts.append(f"forget knowledge margin {metrics[KNOWLEDGE]:.3f} nat, target {targets.knowledge:.3f} "
+                     f"+ {targets.knowledge_tolerance:.2g}")
     return "; ".join(parts) or "no target measurable"

@@ -173,6 +173,17 @@ def row_log_likelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int 
     return answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
 
 
+def answer_margins(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> list[float]:
+    """Per row of ``rows``, each with a ``false_answer``: its true answer's log-likelihood per token less its false
+    answer's (nats; above 0, the true answer is the more likely: the row's fact is known)."""
+    contexts = [knowledge_context(row) for row in rows]
+    if any(false is None for _, _, false in contexts):
+        raise ValueError("answer_margins needs rows with a 'false_answer'")
+    pairs = [(context, true) for context, true, _ in contexts] + [(context, false) for context, _, false in contexts]
+    scores = answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
+    return [true - false for true, false in zip(scores[: len(rows)], scores[len(rows) :])]
+
+
 def two_choice_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> float:
     """The share of ``rows`` whose true answer is more likely per token than their false answer (ties count half);
     rows without a ``false_answer`` are left out (see `knowledge_scores`)."""

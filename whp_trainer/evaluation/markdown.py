@@ -78,6 +78,8 @@ METRIC_HELP = {
     "familiarity target): 0 = read on probes new to the rule; more probes (32 beyond the rule's 64) make it 0",
     "entity_first_mention_read_by_rule": "of the first mentions read, those alpha auto's stopping rule had read "
     "(its entity target): 0 = read on mentions new to the rule",
+    "knowledge_forget_read_by_rule": "of the --forget_knowledge rows read, those alpha auto's stopping rule had read "
+    "(its knowledge target): 0 = read on rows new to the rule; more rows (32 beyond the rule's 64) make it 0",
     "knowledge_neighbour_read_by_rule": "of the --neighbour_knowledge rows read, those alpha auto's stopping rule "
     "had read as its budget (the kept weights are within it there): 0 = read on rows new to the rule; more rows (32 "
     "beyond the rule's 64) make it 0",
@@ -91,6 +93,7 @@ METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, ret
     "familiarity_token", "familiarity_completion", "familiarity_completion_", "familiarity_token_hints",
     "familiarity_token_relearned", "familiarity_token_read_by_rule", "knowmem_forget", "knowledge_forget_loglik",
     "knowledge_forget_loglik_first", "knowledge_forget_loglik_later", "knowledge_forget_two_choice",
+    "knowledge_forget_read_by_rule",
     "knowledge_neighbour_loglik", "knowledge_neighbour_loglik_first", "knowledge_neighbour_loglik_later",
     "knowledge_neighbour_two_choice", "knowledge_neighbour_read_by_rule", "knowledge_selectivity",
     "entity_first_mention", "entity_first_mention_read_by_rule", "verbmem_forget", "memorization_rouge_l",
@@ -315,7 +318,8 @@ def auto_markdown(auto: dict) -> str:
               f"{targets['membership_tolerance']:g}{recorded.resolution()}; familiarity at most "
               f"{format_number(targets['familiarity'])} + {targets['familiarity_tolerance']:.2g}; "
               f"entity probability at most "
-              f"{format_number(targets.get('entity'))} + {entity_tolerance:.2g} (— = not a target).", ""]
+              f"{format_number(targets.get('entity'))} + {entity_tolerance:.2g}{knowledge_target(recorded)} "
+              "(— = not a target).", ""]
     rows = []
     for round_, sweep in enumerate(auto["sweeps"]):
         for alpha, metrics in sweep.items():
@@ -327,6 +331,14 @@ def auto_markdown(auto: dict) -> str:
     if stopping:
         lines += ["", stopping_summary(stopping)]
     return "\n".join(lines) + "\n"
+
+
+def knowledge_target(targets) -> str:
+    """The forget knowledge's target as `auto_markdown` says it ("" for a run without forget knowledge)."""
+    if targets.knowledge is None:
+        return ""
+    return (f"; forget knowledge's margin (true answers' log-likelihood per token less the false ones') at most "
+            f"{targets.knowledge:.3g} + {targets.knowledge_tolerance:.2g} nat")
 
 
 def times(count: int) -> str:

@@ -275,6 +275,8 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
                       sample(holdout, config.membership_texts, rng))
     if neighbour_knowledge:
         neighbour_knowledge = unread(neighbour_knowledge, rule_sample.get("neighbour_knowledge"))
+    if forget_knowledge:
+        forget_knowledge = unread(forget_knowledge, rule_sample.get("forget_knowledge"))
     data = EvaluationData(
         probes=probes, texts=texts, passages=passages, hinted=hinted,
         prompts=[probe["prompt"] for probe in probes[: config.completions]],
@@ -284,6 +286,7 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
     )
     add_attack_data(data, config, tokenizer, forget_knowledge, neighbour_knowledge, relearn_texts, paraphrased_probes)
     read = {"probes": probes, "first_mentions": data.first_mentions, "neighbour_knowledge": neighbour_knowledge,
+            "forget_knowledge": forget_knowledge,
             **(dict(zip(("forget", "holdout"), membership)) if membership else {})}
     data.read_by_rule = read_by_rule(rule_sample, read)
     return data
@@ -295,6 +298,7 @@ READ_BY_RULE = {  # what a stopping rule reads -> the metric counting how much o
     "forget": ("membership_forget_read_by_rule", "forget blocks of membership"),
     "holdout": ("membership_holdout_read_by_rule", "holdout blocks"),
     "neighbour_knowledge": ("knowledge_neighbour_read_by_rule", "neighbour knowledge rows"),
+    "forget_knowledge": ("knowledge_forget_read_by_rule", "forget knowledge rows"),
 }
 
 

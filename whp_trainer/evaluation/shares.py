@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..models import read_in_shares
 from .familiarity import first_token_probabilities
-from .knowledge import row_log_likelihoods
+from .knowledge import answer_margins, row_log_likelihoods
 from .membership import membership_results, membership_scores
 from .retain import nlls_of_blocks, perplexity_blocks
 
@@ -45,3 +45,8 @@ def shared_block_nlls(model, tokenizer, texts: Sequence[str], max_length: int = 
 def shared_row_log_likelihoods(model, tokenizer, rows: Sequence[dict], max_length: int = 512) -> list[float]:
     """`row_log_likelihoods`."""
     return read_in_shares(rows, lambda part: row_log_likelihoods(model, tokenizer, part, max_length=max_length))
+
+
+def shared_answer_margins(model, tokenizer, rows: Sequence[dict], max_length: int = 512) -> list[float]:
+    """`answer_margins`."""
+    return read_in_shares(rows, lambda part: answer_margins(model, tokenizer, part, max_length=max_length))

@@ -16,11 +16,11 @@ from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..models import BASELINE, process_count, using_adapter
-from .autotune import ENTITY, FAMILIARITY, RETAIN, Targets
+from .autotune import ENTITY, FAMILIARITY, KNOWLEDGE, RETAIN, Targets
 from .callback import LOG_PREFIX
 from .familiarity import evaluation_mode
 from .retain import perplexity_of
-from .shares import shared_block_nlls, shared_familiarity, shared_membership
+from .shares import shared_answer_margins, shared_block_nlls, shared_familiarity, shared_membership
 
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
@@ -39,7 +39,8 @@ class TargetStoppingCallback(TrainerCallback):
     max_measurements`` steps when that is more, so a long run is measured about that many times, and also at
     ``every_n_steps``, twice that, ... before its first such measurement), measure the
     student on the signals of ``targets`` (token familiarity on ``probes``, entity probability on
-    ``first_mentions``, membership AUC of ``membership_texts``) and on the budgets (perplexity of ``retain_texts``
+    ``first_mentions``, membership AUC of ``membership_texts``, the mean `answer_margins` of the ``forget_knowledge``
+    rows) and on the budgets (perplexity of ``retain_texts``
     at most ``retain_budget`` above the base's, read as the upper end of its one-sided ``budget_confidence``
     interval: ``retain_texts`` are a sample of the text the budget is for; with ``neighbour_knowledge``, a callable
     ``model -> each row's answer log-likelihood in nats``, their mean at most ``neighbour_budget`` nats below the
@@ -91,6 +92,7 @@ class TargetStoppingCallback(TrainerCallback):
         membership_texts: tuple[Sequence[str], Sequence[str]] | None = None,
         first_mentions: Sequence[dict] | None = None,
         neighbour_knowledge: Callable | None = None,
+        forget_knowledge: Sequence[dict] | None = None,
         every_n_steps: int = 8,
         max_measurements: int | None = None,
         retain_budget: float = 0.03,
@@ -121,6 +123,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.probes, self.retain_texts = list(probes), list(retain_texts)
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
+        self.forget_knowledge = list(forget_knowledge or [])
         self.every_n_steps, self.max_measurements = every_n_steps, max_measurements
         self.interval = every_n_steps  # set from the run's length when training begins
         self.retain_budget, self.neighbour_budget = retain_budget, neighbour_budget
@@ -158,6 +161,8 @@ class TargetStoppingCallback(TrainerCallback):
         if self.membership_texts:
             metrics.update(shared_membership(model, tokenizer, *self.membership_texts, max_length=self.max_length,
                                              batch_size=batch))
+        if self.forget_knowledge:
+            metrics[KNOWLEDGE] = fmean(shared_answer_margins(model, tokenizer, self.forget_knowledge, self.max_length))
         if rows is not None:
             metrics[NEIGHBOUR] = fmean(rows)
             metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
