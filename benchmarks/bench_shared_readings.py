@@ -60,9 +60,7 @@ def readings(args):
     shared = models.read_in_shares
 
     def sharing(on: bool):
-        reader = shared if on else (lambda items, read: read(list(items)))
-        for module in (shares, autotune):
-            module.read_in_shares = reader
+        shares.read_in_shares = shared if on else (lambda items, read: read(list(items)))
 
     def measurement(on: bool):
         sharing(on)

@@ -1,6 +1,7 @@
 """Trains UnlearnTrainer for two steps under FSDP2 (or, with ``--no-fsdp``, in one plain process; ``--cache``: with
 cache_targets), or, with ``--hand``,
-compares one step on a model sharded by hand with torch's ``fully_shard`` with the unsharded step; see test_fsdp.py."""
+compares one step on a model sharded by hand with torch's ``fully_shard`` with the unsharded step, and its
+familiarity read by the shared readings of ``whp_trainer.evaluation.shares``; see test_fsdp.py."""
 
 import json
 import sys
@@ -20,10 +21,12 @@ from ddp_worker import two_sgd_steps_trainer  # noqa: E402
 from test_trainer import hand_collate  # noqa: E402
 from accelerate.state import AcceleratorState, PartialState  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
 from whp_trainer.cli import leave_process_group  # noqa: E402
+from whp_trainer.evaluation import token_familiarity  # noqa: E402
+from whp_trainer.evaluation.shares import shared_familiarity  # noqa: E402
 from whp_trainer.targets import IGNORE_INDEX  # noqa: E402
 
 # FSDP2 the way a user turns it on through the Trainer (transformers builds accelerate's FSDP plugin from these)
@@ -120,6 +123,19 @@ def check_sharded_step(trainer, sharded, reference, backward, full_grad, refuses
     return (total / world).item()
 
 
+def sharded_familiarity(work: Path, out: Path) -> None:
+    """Token familiarity of a model sharded with ``fully_shard``, on probes two processes would share unequally (two
+    and one): every process reads every probe, in the same forwards, and gets the unsharded figure."""
+    trainer, *_ = unsharded_reference(work, out, "soft")
+    model, tokenizer = trainer.model, AutoTokenizer.from_pretrained(work / "base")
+    probes = [{"prompt": prompt, "target": " the"} for prompt in ("The cat sat on", "The dog ran in", "She walks")]
+    expected = token_familiarity(model, tokenizer, probes, batch_size=1)
+    for layer in model.get_base_model().model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    assert shared_familiarity(model, tokenizer, probes, batch_size=1) == pytest.approx(expected, rel=1e-5)
+
+
 def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:
     """One step on the whole batch unsharded (every process alike), then one with ``fully_shard`` on every decoder
     layer and the root, each process holding half the batch: the same loss, gradients and metrics."""
@@ -136,6 +152,7 @@ if __name__ == "__main__":
     if sys.argv[3] == "--hand":
         losses = {f"{mode}-{chunked}": hand_sharded_step(Path(sys.argv[1]), Path(sys.argv[2]), mode, chunked)
                   for mode, chunked in [("argmax", True), ("soft", True), ("argmax", False)]}
+        sharded_familiarity(Path(sys.argv[1]), Path(sys.argv[2]))
         if dist.get_rank() == 0:
             Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
             (Path(sys.argv[2]) / "losses.json").write_text(json.dumps(losses))

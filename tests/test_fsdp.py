@@ -19,6 +19,7 @@ WORKER = Path(__file__).parent / "fsdp_worker.py"
 def save_artefacts(make_model, tokenizer, folder: Path) -> None:
     """The base, a non-zero reinforced adapter and 8 examples, as the workers read them."""
     make_model().save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
     torch.manual_seed(1)
     get_peft_model(make_model(), LoraConfig(init_lora_weights=False, **LORA)).save_pretrained(folder / "reinforced")
     examples = [make_example(seed, 10 + seed % 4, len(tokenizer)) for seed in range(8)]
@@ -28,7 +29,8 @@ def save_artefacts(make_model, tokenizer, folder: Path) -> None:
 @pytest.mark.slow
 def test_hand_sharded_step_gives_the_unsharded_loss_gradients_and_metrics(make_model, tokenizer, tmp_path):
     save_artefacts(make_model, tokenizer, tmp_path)
-    # the worker asserts, on each process, loss, full gradients and metrics against the unsharded step
+    # the worker asserts, on each process, loss, full gradients and metrics against the unsharded step, and that the
+    # shared readings of a sharded model give the unsharded familiarity (every process in the same forwards)
     subprocess.run([*torchrun(), WORKER, tmp_path, tmp_path / "hand", "--hand"], check=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     losses = json.loads((tmp_path / "hand" / "losses.json").read_text())

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..batching import pad_token_id, padded_batch
-from ..models import BASELINE, read_in_shares, using_adapter
+from ..models import BASELINE, using_adapter
 from ..targets import generic_logits
 from .familiarity import evaluation_mode, next_token_logits, probe_ids
 from .membership import MUSE_K, auc_standard_error, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
 from .retain import perplexity_blocks, row_nlls
-from .shares import shared_familiarity
+from .shares import shared_familiarity, shared_reading
 from .teacher import GenericTeacher
 
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
@@ -164,7 +164,7 @@ def teacher_sweep(
     (the probes anchor-translated, see `translated_probes`; default: the probes as they are,
     the bootstrapped teacher of ``whp evaluate --teacher_alphas``). On the other texts it is the bootstrapped
     teacher, as ``whp evaluate`` measures it. In a multi-process run each process reads a share of the items
-    (`read_in_shares`).
+    (`shared_reading`).
     """
     alphas = sorted({0.0, *map(float, alphas)})
     teacher = GenericTeacher(model, adapter, alpha=0.0)
@@ -173,17 +173,19 @@ def teacher_sweep(
     with evaluation_mode(model):
         pairs = [(*probe_ids(tokenizer, probe, index), probe_ids(tokenizer, translation, index)[0])
                  for index, (probe, translation) in enumerate(zip(probes, translated or probes, strict=True))]
-        probabilities = read_in_shares(pairs, lambda part: probe_probabilities(teacher, part, alphas, pad_id,
-                                                                               batch_size))
+        probabilities = shared_reading(model, pairs,
+                                       lambda part: probe_probabilities(teacher, part, alphas, pad_id, batch_size))
         blocks = perplexity_blocks(retain_texts, tokenizer, max_length, "teacher_sweep (retain text)")
-        nlls = read_in_shares(blocks, lambda part: block_nlls_by_alpha(teacher, part, alphas, pad_id, batch_size))
+        nlls = shared_reading(model, blocks,
+                              lambda part: block_nlls_by_alpha(teacher, part, alphas, pad_id, batch_size))
         for column, alpha in enumerate(alphas):
             results[alpha][FAMILIARITY] = sum(row[column] for row in probabilities) / len(probabilities)
             nll, count = (sum(values) for values in zip(*(row[column] for row in nlls)))
             results[alpha][RETAIN] = math.exp(nll / count)
         if membership_texts:
-            scores = [read_in_shares(membership_ids(tokenizer, texts, max_length), lambda part: membership_by_alpha(
-                teacher, part, alphas, pad_id, k, batch_size)) for texts in membership_texts]
+            scores = [shared_reading(model, membership_ids(tokenizer, texts, max_length),
+                                     lambda part: membership_by_alpha(teacher, part, alphas, pad_id, k, batch_size))
+                      for texts in membership_texts]
             for column, alpha in enumerate(alphas):
                 results[alpha].update(membership_results(*([row[column] for row in rows] for rows in scores)))
     return results
