@@ -37,7 +37,7 @@ def readings(args):
     from peft import LoraConfig, get_peft_model
 
     from whp_trainer import auto, models
-    from whp_trainer.evaluation import autotune, shares
+    from whp_trainer.evaluation import autotune
     from whp_trainer.toy import tiny_llama, train_tokenizer
 
     rng = random.Random(0)
@@ -60,7 +60,7 @@ def readings(args):
     shared = models.read_in_shares
 
     def sharing(on: bool):
-        shares.read_in_shares = shared if on else (lambda items, read: read(list(items)))
+        models.read_in_shares = shared if on else models.read_whole
 
     def measurement(on: bool):
         sharing(on)

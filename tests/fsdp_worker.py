@@ -1,7 +1,7 @@
 """Trains UnlearnTrainer for two steps under FSDP2 (or, with ``--no-fsdp``, in one plain process; ``--cache``: with
 cache_targets), or, with ``--hand``,
 compares one step on a model sharded by hand with torch's ``fully_shard`` with the unsharded step, and its
-familiarity read by the shared readings of ``whp_trainer.evaluation.shares``; see test_fsdp.py."""
+familiarity read by ``whp_trainer.models.reader_for``'s reader; see test_fsdp.py."""
 
 import json
 import sys
@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from whp_trainer import UnlearnConfig, UnlearnTrainer  # noqa: E402
 from whp_trainer.cli import leave_process_group  # noqa: E402
 from whp_trainer.evaluation import token_familiarity  # noqa: E402
-from whp_trainer.evaluation.shares import shared_familiarity  # noqa: E402
+from whp_trainer.models import reader_for  # noqa: E402
 from whp_trainer.targets import IGNORE_INDEX  # noqa: E402
 
 # FSDP2 the way a user turns it on through the Trainer (transformers builds accelerate's FSDP plugin from these)
@@ -133,7 +133,7 @@ def sharded_familiarity(work: Path, out: Path) -> None:
     for layer in model.get_base_model().model.layers:
         fully_shard(layer)
     fully_shard(model)
-    assert shared_familiarity(model, tokenizer, probes, batch_size=1) == pytest.approx(expected, rel=1e-5)
+    assert token_familiarity(model, tokenizer, probes, 1, reader_for(model)) == pytest.approx(expected, rel=1e-5)
 
 
 def hand_sharded_step(work: Path, out: Path, mode: str, chunked: bool) -> float:

@@ -18,9 +18,8 @@ from test_auto import PROBES, fake_trainer  # noqa: E402
 from whp_trainer.auto import AutoInputs, stop_at_targets  # noqa: E402
 from whp_trainer.evaluation import FamiliarityCallback  # noqa: E402
 from whp_trainer.evaluation.autotune import reference_and_tolerance, teacher_sweep  # noqa: E402
-from whp_trainer.evaluation.retain import perplexity_of  # noqa: E402
-from whp_trainer.evaluation.shares import shared_block_nlls  # noqa: E402
-from whp_trainer.models import logits_head, read_in_shares  # noqa: E402
+from whp_trainer.evaluation.retain import block_nlls, perplexity_of  # noqa: E402
+from whp_trainer.models import logits_head, read_in_shares, reader_for  # noqa: E402
 from whp_trainer.toy import tiny_llama  # noqa: E402
 
 NEIGHBOURS = [{"prompt": text[:12], "answer": text[12:24]} for text in CORPUS]
@@ -38,7 +37,7 @@ if __name__ == "__main__":
     membership = (CORPUS[:4] * 2, CORPUS[4:] * 2)
     reference = reference_and_tolerance(model, tokenizer, probes, {"Harry": ("Jon",), "Quidditch": ("Skyball",)},
                                         tolerance=0.02, share=0.1)
-    fit = perplexity_of(shared_block_nlls(model, tokenizer, CORPUS * 2, max_length=16))
+    fit = perplexity_of(block_nlls(model, tokenizer, CORPUS * 2, max_length=16, reader=reader_for(model)))
     sweep = teacher_sweep(model, tokenizer, [2, 5], probes, CORPUS * 2, membership, max_length=16, batch_size=2)
     trainer = fake_trainer(model)
     trainer.processing_class, trainer.add_callback = tokenizer, lambda callback: None

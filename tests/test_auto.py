@@ -160,7 +160,7 @@ def test_an_oracle_sets_each_membership_attacks_target_to_its_own_auc(files, tok
     from trl import ModelConfig
 
     from whp_trainer.auto import AutoInputs, auto_targets
-    from whp_trainer.evaluation import shares
+    from whp_trainer.evaluation import membership
     from whp_trainer.loading import load_base_model
 
     tiny_llama(tokenizer, seed=3).save_pretrained(tmp_path / "oracle")
@@ -171,7 +171,7 @@ def test_an_oracle_sets_each_membership_attacks_target_to_its_own_auc(files, tok
         read.append((list(forget), list(holdout)))
         return {"membership_auc_mink": 0.41, "membership_auc_minkpp": 0.63}
 
-    monkeypatch.setattr(shares, "shared_membership", oracle_aucs)
+    monkeypatch.setattr(membership, "membership_auc", oracle_aucs)
     model_args = ModelConfig(model_name_or_path=str(files / "base"))
     inputs = AutoInputs(probes=PROBES, first_mentions=[], retain=CORPUS[4:], membership=(CORPUS[:4], CORPUS[4:]))
     args = SimpleNamespace(oracle_model=str(tmp_path / "oracle"), membership_tolerance=0.05,

@@ -190,9 +190,9 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
     """Targets, sweep, strengthening: the record of the choice (see
     [`choose_alpha`][whp_trainer.evaluation.autotune.choose_alpha]) with the ``reinforced_adapter`` to use."""
     from .evaluation.autotune import choose_alpha, teacher_sweep, translated_probes
-    from .evaluation.retain import perplexity_of
-    from .evaluation.shares import shared_block_nlls
+    from .evaluation.retain import block_nlls, perplexity_of
     from .loading import load_base_model, with_adapters
+    from .models import reader_for
 
     paths, sweeps, fits, diverged = [reinforced], [], [], None
     for round_ in range(args.auto_reinforce_rounds + 1):
@@ -203,8 +203,8 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
         model = with_adapters(load_base_model(model_args, args.trust_remote_code), {"reinforced": paths[-1]})
         if not round_:
             targets = auto_targets(model, model_args, args, tokenizer, inputs, anchors)
-        fits.append(perplexity_of(shared_block_nlls(model, tokenizer, inputs.forget, args.max_length))
-                    if inputs.forget else None)
+        fits.append(perplexity_of(block_nlls(model, tokenizer, inputs.forget, args.max_length,
+                                             reader=reader_for(model))) if inputs.forget else None)
         diverged = diverged_reinforcement(fits)
         if diverged:
             print(f"whp unlearn: alpha auto: {diverged}", flush=True)
@@ -243,8 +243,10 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
     from .evaluation.autotune import (
         MEMBERSHIP, MEMBERSHIP_PLUS, NO_MEMBERSHIP, Targets, membership_error, reference_and_tolerance,
     )
-    from .evaluation.shares import shared_familiarity, shared_membership
+    from .evaluation.familiarity import token_familiarity
+    from .evaluation.membership import membership_auc
     from .loading import load_base_model
+    from .models import reader_for
 
     tolerances = dict(membership_tolerance=args.membership_tolerance, familiarity_tolerance=args.familiarity_tolerance)
     if args.oracle_model:
@@ -252,13 +254,15 @@ def auto_targets(model, model_args, args, tokenizer, inputs: AutoInputs, anchors
 
         require_same_tokenizer(model_args, Path(args.oracle_model))
         oracle = load_base_model(dataclasses.replace(model_args, model_name_or_path=args.oracle_model))
-        aucs = shared_membership(oracle, tokenizer, *inputs.membership, max_length=args.max_length) \
+        reader = reader_for(oracle)
+        aucs = membership_auc(oracle, tokenizer, *inputs.membership, max_length=args.max_length, reader=reader) \
             if inputs.membership else {}
         return Targets(
             membership=aucs.get(MEMBERSHIP), membership_plus=aucs.get(MEMBERSHIP_PLUS),
             membership_error=membership_error(inputs.membership),
-            familiarity=shared_familiarity(oracle, tokenizer, inputs.probes) if inputs.probes else None,
-            entity=shared_familiarity(oracle, tokenizer, inputs.first_mentions) if inputs.first_mentions else None,
+            familiarity=token_familiarity(oracle, tokenizer, inputs.probes, reader=reader) if inputs.probes else None,
+            entity=token_familiarity(oracle, tokenizer, inputs.first_mentions, reader=reader)
+            if inputs.first_mentions else None,
             **knowledge_target(model, oracle, tokenizer, inputs.forget_rows, args), **tolerances,
         )
     targets = Targets(membership=NO_MEMBERSHIP if inputs.membership else None, familiarity=None,
@@ -284,12 +288,15 @@ def knowledge_target(model, oracle, tokenizer, rows: list[dict] | None, args) ->
         return {}
     from statistics import fmean
 
-    from .evaluation.shares import shared_answer_margins
-    from .models import BASELINE, using_adapter
+    from .evaluation.knowledge import answer_margins
+    from .models import BASELINE, reader_for, using_adapter
+
+    def margin(of):
+        return fmean(answer_margins(of, tokenizer, rows, max_length=args.max_length, reader=reader_for(of)))
 
     with using_adapter(model, BASELINE):
-        base = fmean(shared_answer_margins(model, tokenizer, rows, args.max_length))
-    target = 0.0 if oracle is None else fmean(shared_answer_margins(oracle, tokenizer, rows, args.max_length))
+        base = margin(model)
+    target = 0.0 if oracle is None else margin(oracle)
     return {"knowledge": target, "knowledge_tolerance": args.familiarity_share * max(base - target, 0.0)}
 
 
@@ -318,13 +325,14 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     """The stopping rule on ``trainer``, towards the targets of ``choice``; with ``inputs.neighbour_rows``, the
     mean answer log-likelihood of those rows is a budget too; with ``inputs.forget_rows``, their margin a target."""
     from .evaluation.autotune import Targets
-    from .evaluation.shares import shared_row_log_likelihoods
+    from .evaluation.knowledge import row_log_likelihoods
     from .evaluation.stopping import TargetStoppingCallback
+    from .models import reader_for
 
     neighbour_knowledge = None
     if inputs.neighbour_rows:
-        neighbour_knowledge = lambda model: shared_row_log_likelihoods(  # noqa: E731
-            model, tokenizer, inputs.neighbour_rows, max_length=args.max_length)
+        neighbour_knowledge = lambda model: row_log_likelihoods(  # noqa: E731
+            model, tokenizer, inputs.neighbour_rows, max_length=args.max_length, reader=reader_for(model))
 
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,

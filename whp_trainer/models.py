@@ -235,6 +235,18 @@ def read_in_shares(items: Sequence, read: Callable[[list], list]) -> list:
     return results
 
 
+def read_whole(items: Sequence, read: Callable[[list], list]) -> list:
+    """``read(items)`` in this process: the metrics' default reader (`read_in_shares` is the other)."""
+    return read(list(items))
+
+
+def reader_for(model: torch.nn.Module) -> Callable[[Sequence, Callable[[list], list]], list]:
+    """The reader every process of a run calls together to measure ``model``: `read_in_shares`, or `read_whole`
+    when the model's parameters are sharded (FSDP, DeepSpeed ZeRO-3), whose every forward gathers them from every
+    process, so that all of them run the same forwards."""
+    return read_whole if is_sharded(model) else read_in_shares
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether FSDP2 (``fully_shard``) or DeepSpeed ZeRO-3 shards the model's parameters."""
     return any(_is_fsdp_module(module) for module in model.modules()) or any(

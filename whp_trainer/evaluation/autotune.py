@@ -24,13 +24,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..batching import pad_token_id, padded_batch
-from ..models import BASELINE, using_adapter
+from ..models import BASELINE, reader_for, using_adapter
 from ..targets import generic_logits
-from .familiarity import evaluation_mode, next_token_logits, probe_ids
+from .familiarity import evaluation_mode, next_token_logits, probe_ids, token_familiarity
 from .membership import MUSE_K, auc_standard_error, membership_ids, membership_results, min_k, scores_from_logits
 from .probes import terms_pattern
 from .retain import perplexity_blocks, row_nlls
-from .shares import shared_familiarity, shared_reading
 from .teacher import GenericTeacher
 
 NO_MEMBERSHIP = 0.5  # the AUC of a model that read neither forget nor holdout text
@@ -127,7 +126,8 @@ def translated_probes(probes: Sequence[dict], dictionary) -> list[dict]:
 def familiarity_reference(model, tokenizer, probes: Sequence[dict], dictionary, batch_size: int = 16) -> float:
     """The base's (adapters disabled) token familiarity on the anchor-translated probes."""
     with using_adapter(model, BASELINE):
-        return shared_familiarity(model, tokenizer, translated_probes(probes, dictionary), batch_size=batch_size)
+        return token_familiarity(model, tokenizer, translated_probes(probes, dictionary), batch_size,
+                                 reader_for(model))
 
 
 def reference_and_tolerance(model, tokenizer, probes: Sequence[dict], dictionary, tolerance: float,
@@ -138,7 +138,7 @@ def reference_and_tolerance(model, tokenizer, probes: Sequence[dict], dictionary
     forgotten before training."""
     reference = familiarity_reference(model, tokenizer, probes, dictionary)
     with using_adapter(model, BASELINE):
-        base = shared_familiarity(model, tokenizer, probes)
+        base = token_familiarity(model, tokenizer, probes, reader=reader_for(model))
     return reference, min(tolerance, share * max(base - reference, 0.0))
 
 
@@ -164,27 +164,25 @@ def teacher_sweep(
     (the probes anchor-translated, see `translated_probes`; default: the probes as they are,
     the bootstrapped teacher of ``whp evaluate --teacher_alphas``). On the other texts it is the bootstrapped
     teacher, as ``whp evaluate`` measures it. In a multi-process run each process reads a share of the items
-    (`shared_reading`).
+    (`reader_for`).
     """
     alphas = sorted({0.0, *map(float, alphas)})
     teacher = GenericTeacher(model, adapter, alpha=0.0)
-    pad_id = pad_token_id(tokenizer)
+    pad_id, reader = pad_token_id(tokenizer), reader_for(model)
     results = {alpha: {} for alpha in alphas}
     with evaluation_mode(model):
         pairs = [(*probe_ids(tokenizer, probe, index), probe_ids(tokenizer, translation, index)[0])
                  for index, (probe, translation) in enumerate(zip(probes, translated or probes, strict=True))]
-        probabilities = shared_reading(model, pairs,
-                                       lambda part: probe_probabilities(teacher, part, alphas, pad_id, batch_size))
+        probabilities = reader(pairs, lambda part: probe_probabilities(teacher, part, alphas, pad_id, batch_size))
         blocks = perplexity_blocks(retain_texts, tokenizer, max_length, "teacher_sweep (retain text)")
-        nlls = shared_reading(model, blocks,
-                              lambda part: block_nlls_by_alpha(teacher, part, alphas, pad_id, batch_size))
+        nlls = reader(blocks, lambda part: block_nlls_by_alpha(teacher, part, alphas, pad_id, batch_size))
         for column, alpha in enumerate(alphas):
             results[alpha][FAMILIARITY] = sum(row[column] for row in probabilities) / len(probabilities)
             nll, count = (sum(values) for values in zip(*(row[column] for row in nlls)))
             results[alpha][RETAIN] = math.exp(nll / count)
         if membership_texts:
-            scores = [shared_reading(model, membership_ids(tokenizer, texts, max_length),
-                                     lambda part: membership_by_alpha(teacher, part, alphas, pad_id, k, batch_size))
+            scores = [reader(membership_ids(tokenizer, texts, max_length),
+                             lambda part: membership_by_alpha(teacher, part, alphas, pad_id, k, batch_size))
                       for texts in membership_texts]
             for column, alpha in enumerate(alphas):
                 results[alpha].update(membership_results(*([row[column] for row in rows] for rows in scores)))

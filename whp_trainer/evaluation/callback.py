@@ -18,9 +18,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .familiarity import evaluation_mode, next_token_probabilities
-from .retain import perplexity_of
-from .shares import shared_block_nlls, shared_familiarity
+from ..models import reader_for
+from .familiarity import evaluation_mode, next_token_probabilities, token_familiarity
+from .retain import block_nlls, perplexity_of
 
 LOG_PREFIX = "eval_"  # shown as "eval/" by TensorBoard and W&B
 FAMILIARITY_KEY = LOG_PREFIX + "familiarity"
@@ -76,7 +76,7 @@ class FamiliarityCallback(TrainerCallback):
 
     The student is the model as it trains (its active adapter): each measurement runs in eval mode without grad and
     leaves the active adapter, the trainable parameters and the train/eval mode as they were. In a multi-process run
-    each process reads a share of the probes and retain blocks (`whp_trainer.evaluation.shares`), every process gets
+    each process reads a share of the probes and retain blocks (`whp_trainer.models.reader_for`), every process gets
     the same figures and calls ``trainer.log``, as the ``Trainer`` does with its own logs; the reporting
     integrations report from the main process only.
 
@@ -141,11 +141,12 @@ class FamiliarityCallback(TrainerCallback):
         """The metrics of the model as it is now, keyed as they are logged."""
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         tokenizer = self.trainer.processing_class
+        reader = reader_for(model)
         with evaluation_mode(model):
-            metrics = {FAMILIARITY_KEY: shared_familiarity(model, tokenizer, self.probes, batch_size=self.batch_size)}
+            metrics = {FAMILIARITY_KEY: token_familiarity(model, tokenizer, self.probes, self.batch_size, reader)}
             if self.retain_texts:
-                metrics[RETAIN_PERPLEXITY_KEY] = perplexity_of(shared_block_nlls(
-                    model, tokenizer, self.retain_texts, max_length=self.max_length, batch_size=self.batch_size))
+                metrics[RETAIN_PERPLEXITY_KEY] = perplexity_of(block_nlls(
+                    model, tokenizer, self.retain_texts, self.max_length, self.batch_size, reader))
             for i, (prompt, tokens) in enumerate(self.next_token_prompts.items()):
                 probabilities = next_token_probabilities(model, tokenizer, prompt, list(tokens))
                 metrics.update({LOG_PREFIX + next_token_metric(str(i), str(j)): probabilities[token]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..batching import pad_token_id, padded_batch
+from ..models import read_whole
 from .judges import CATEGORIES, UNPARSED
 
 THEMATIC_WEIGHT = 0.2  # weight of a thematic completion against an explicit one (5:1, see completion_familiarity)
@@ -60,7 +61,8 @@ def first_token_probabilities(model, tokenizer, probes: Sequence[dict], batch_si
     return probabilities
 
 
-def token_familiarity(model, tokenizer, probes: Sequence[dict], batch_size: int = 16) -> float:
+def token_familiarity(model, tokenizer, probes: Sequence[dict], batch_size: int = 16, reader: Callable = read_whole
+                      ) -> float:
     """The paper's token-probability familiarity: the mean over ``probes`` of the probability of the target's first
     token after the prompt (lower = more forgotten).
 
@@ -69,10 +71,12 @@ def token_familiarity(model, tokenizer, probes: Sequence[dict], batch_size: int 
         tokenizer: its tokenizer.
         probes: ``{"prompt", "target"}`` records (see `whp_trainer.evaluation.probes`).
         batch_size: prompts per forward pass.
+        reader: how the probes are read: in this process, or shared out among the processes of a run
+            (`whp_trainer.models.reader_for`).
     """
     if not probes:
         raise ValueError("token_familiarity needs at least one probe")
-    probabilities = first_token_probabilities(model, tokenizer, probes, batch_size)
+    probabilities = reader(probes, lambda part: first_token_probabilities(model, tokenizer, part, batch_size))
     return sum(probabilities) / len(probabilities)
 
 

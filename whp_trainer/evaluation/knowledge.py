@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from statistics import fmean
 
 import torch
 
 from ..batching import pad_token_id, padded_batch
+from ..models import read_whole
 from .familiarity import evaluation_mode, generate_continuations
 from .probes import terms_pattern
 from .records import read_records
@@ -166,22 +167,32 @@ def answer_loglikelihood(model, tokenizer, rows: Sequence[dict], batch_size: int
     return fmean(row_log_likelihoods(model, tokenizer, rows, batch_size, max_length))
 
 
-def row_log_likelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512
-                        ) -> list[float]:
-    """Per row of ``rows``: the true answer's log-likelihood per token, in nats, given the question or prompt."""
-    pairs = [knowledge_context(row)[:2] for row in rows]
-    return answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
+def row_log_likelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512,
+                        reader: Callable = read_whole) -> list[float]:
+    """Per row of ``rows``: the true answer's log-likelihood per token, in nats, given the question or prompt.
+    ``reader``: how the rows are read, in this process or shared out among the processes of a run
+    (`whp_trainer.models.reader_for`)."""
+    return reader(rows, lambda part: answer_log_likelihoods(
+        model, tokenizer, [knowledge_context(row)[:2] for row in part], batch_size, max_length))
 
 
-def answer_margins(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> list[float]:
+def answer_margins(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512,
+                   reader: Callable = read_whole) -> list[float]:
     """Per row of ``rows``, each with a ``false_answer``: its true answer's log-likelihood per token less its false
-    answer's (nats; above 0, the true answer is the more likely: the row's fact is known)."""
+    answer's (nats; above 0, the true answer is the more likely: the row's fact is known). ``reader``: as for
+    `row_log_likelihoods`."""
     contexts = [knowledge_context(row) for row in rows]
     if any(false is None for _, _, false in contexts):
         raise ValueError("answer_margins needs rows with a 'false_answer'")
+    return reader(contexts, lambda part: margins_of(model, tokenizer, part, batch_size, max_length))
+
+
+def margins_of(model, tokenizer, contexts: list[tuple[str, str, str]], batch_size: int, max_length: int
+               ) -> list[float]:
+    """`answer_margins` of rows given as their `knowledge_context`."""
     pairs = [(context, true) for context, true, _ in contexts] + [(context, false) for context, _, false in contexts]
     scores = answer_log_likelihoods(model, tokenizer, pairs, batch_size, max_length)
-    return [true - false for true, false in zip(scores[: len(rows)], scores[len(rows) :])]
+    return [true - false for true, false in zip(scores[: len(contexts)], scores[len(contexts) :])]
 
 
 def two_choice_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 512) -> float:

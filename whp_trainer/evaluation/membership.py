@@ -10,11 +10,12 @@ from holdout texts (non-members) by that score is 0.5 for a model that read neit
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ..batching import pad_token_id, padded_batch
+from ..models import read_whole
 from .familiarity import evaluation_mode
 
 MUSE_K = 0.4  # MUSE's PrivLeak uses Min-40%
@@ -81,18 +82,20 @@ def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
 
 def membership_auc(
     model, tokenizer, forget_texts: Sequence[str], holdout_texts: Sequence[str], k: float = MUSE_K,
-    max_length: int = 512, batch_size: int = 8,
+    max_length: int = 512, batch_size: int = 8, reader: Callable = read_whole,
 ) -> dict[str, float]:
     """Min-K% and Min-K%++ AUC of ``forget_texts`` (members) against ``holdout_texts`` (non-members, of the same
     kind and never trained on): 0.5 = no membership signal, 1 = every forget text is recognised. Each with its
-    standard error at these sample sizes (`auc_standard_error`): the resolution a comparison can claim.
+    standard error at these sample sizes (`auc_standard_error`): the resolution a comparison can claim. ``reader``:
+    how the texts are read, in this process or shared out among the processes of a run
+    (`whp_trainer.models.reader_for`).
 
     Returns ``{"membership_auc_mink": ..., "membership_auc_minkpp": ..., "membership_auc_mink_se": ...,
     "membership_auc_minkpp_se": ...}``.
     """
     if not forget_texts or not holdout_texts:
         raise ValueError("membership_auc needs forget texts and holdout texts")
-    scores = [membership_scores(model, tokenizer, texts, k, max_length, batch_size)
+    scores = [reader(texts, lambda part: membership_scores(model, tokenizer, part, k, max_length, batch_size))
               for texts in (forget_texts, holdout_texts)]
     return membership_results(*scores)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..batching import pad_token_id, padded_batch
 from ..collator import split_into_blocks
+from ..models import read_whole
 from .familiarity import evaluation_mode
 
 
@@ -28,11 +30,13 @@ def perplexity_of(blocks: list[tuple[float, int]]) -> float:
     return math.exp(sum(nll for nll, _ in blocks) / sum(count for _, count in blocks))
 
 
-def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512,
-               batch_size: int = 8) -> list[tuple[float, int]]:
+def block_nlls(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8,
+               reader: Callable = read_whole) -> list[tuple[float, int]]:
     """Per block of ``texts`` (cut as `perplexity` cuts them, in an order that depends on the texts alone): the summed
-    negative log-likelihood of its predicted tokens and their count."""
-    return nlls_of_blocks(model, tokenizer, perplexity_blocks(texts, tokenizer, max_length), batch_size)
+    negative log-likelihood of its predicted tokens and their count. ``reader``: how the blocks are read, in this
+    process or shared out among the processes of a run (`whp_trainer.models.reader_for`)."""
+    return reader(perplexity_blocks(texts, tokenizer, max_length),
+                  lambda part: nlls_of_blocks(model, tokenizer, part, batch_size))
 
 
 def nlls_of_blocks(model, tokenizer, blocks: list[list[int]], batch_size: int = 8) -> list[tuple[float, int]]:

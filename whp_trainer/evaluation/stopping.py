@@ -15,12 +15,13 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..models import BASELINE, process_count, using_adapter
+from ..models import BASELINE, process_count, reader_for, using_adapter
 from .autotune import ENTITY, FAMILIARITY, KNOWLEDGE, RETAIN, Targets
 from .callback import LOG_PREFIX
-from .familiarity import evaluation_mode
-from .retain import perplexity_of
-from .shares import shared_answer_margins, shared_block_nlls, shared_familiarity, shared_membership
+from .familiarity import evaluation_mode, token_familiarity
+from .knowledge import answer_margins
+from .membership import membership_auc
+from .retain import block_nlls, perplexity_of
 
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
@@ -146,8 +147,8 @@ class TargetStoppingCallback(TrainerCallback):
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter); in a multi-process run each
-        process reads a share of the items (`evaluation.shares`)."""
-        tokenizer, batch = self.trainer.processing_class, self.batch_size
+        process reads a share of the items (`reader_for`)."""
+        tokenizer, batch, reader = self.trainer.processing_class, self.batch_size, reader_for(model)
         blocks, rows = self.readings(model)
         if self.base_readings is None:  # the base's own measurement, or the first after resuming from a checkpoint
             self.base_readings = (blocks, rows) if self.base is None else self.base_model_readings(model)
@@ -155,14 +156,15 @@ class TargetStoppingCallback(TrainerCallback):
         metrics = {RETAIN: perplexity_of(blocks),
                    RETAIN_BOUND: perplexity_bound(blocks, base_blocks, self.budget_confidence)}
         if self.probes:
-            metrics[FAMILIARITY] = shared_familiarity(model, tokenizer, self.probes, batch)
+            metrics[FAMILIARITY] = token_familiarity(model, tokenizer, self.probes, batch, reader)
         if self.first_mentions:
-            metrics[ENTITY] = shared_familiarity(model, tokenizer, self.first_mentions, batch)
+            metrics[ENTITY] = token_familiarity(model, tokenizer, self.first_mentions, batch, reader)
         if self.membership_texts:
-            metrics.update(shared_membership(model, tokenizer, *self.membership_texts, max_length=self.max_length,
-                                             batch_size=batch))
+            metrics.update(membership_auc(model, tokenizer, *self.membership_texts, max_length=self.max_length,
+                                          batch_size=batch, reader=reader))
         if self.forget_knowledge:
-            metrics[KNOWLEDGE] = fmean(shared_answer_margins(model, tokenizer, self.forget_knowledge, self.max_length))
+            metrics[KNOWLEDGE] = fmean(answer_margins(model, tokenizer, self.forget_knowledge,
+                                                      max_length=self.max_length, reader=reader))
         if rows is not None:
             metrics[NEIGHBOUR] = fmean(rows)
             metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
@@ -171,8 +173,8 @@ class TargetStoppingCallback(TrainerCallback):
     def readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
         """What the budgets are read from: the retain texts' `block_nlls` and each neighbour row's answer
         log-likelihood (None without a neighbour measure)."""
-        blocks = shared_block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length,
-                                   self.batch_size)
+        blocks = block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length,
+                            self.batch_size, reader_for(model))
         rows = None if self.neighbour_knowledge is None else [float(row) for row in self.neighbour_knowledge(model)]
         return blocks, rows
 
