@@ -2,7 +2,8 @@
 
 ``alpha: auto``'s stopping rule keeps, of its measurements within budget, the one nearest its targets: of several
 noisy readings of its samples (familiarity probes, first mentions, membership's forget and holdout blocks,
-neighbour knowledge rows for a budget), the most favourable. Read again on the same items, the kept weights are flattered by the noise they were chosen on. The
+forget knowledge rows, neighbour knowledge rows for a budget), the most favourable. Read again on the same items,
+the kept weights are flattered by the noise they were chosen on. The
 unlearn stage records fingerprints of the items the rule read (never their text); the evaluation reads the others
 when at least `UNSEEN_MINIMUM` are left, and otherwise reads all of them and counts those the rule had read.
 """
