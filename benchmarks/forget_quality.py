@@ -183,6 +183,10 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
         "original_cap_depth": 1.0},
     "auto, no budget text (as a user without --budget_data)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "budget_data": None},
+    "auto, retain loss NLL (the retain text's language-modelling loss, not KL to the base)": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "retain_loss": "nll"},
+    "auto, lr×5, retain loss NLL": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "retain_loss": "nll", "learning_rate": 1e-2},
     "auto+bootstrap untranslated (a loss inside multi-token anchors too)": {
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "bootstrap_untranslated": True},
 }

@@ -4,9 +4,12 @@ Against the oracle of the same report: VerbMem and first-mention entity probabil
 oracle's, membership AUC (Min-K% and Min-K%++) within ±0.05 of the oracle's, familiarity after relearning at most
 0.05 above the oracle's after the same probe (an AUC is printed with its standard error when the report has it);
 against the base: held-out perplexity at most +3 %, neighbour knowledge (mean answer log-likelihood) at most 0.1 nat
-below. With ``alpha: auto``, what the run chose.
+below. With ``alpha: auto``, what the run chose. With ``--attacks``, the robustness rows instead: each forget metric of
+each unlearned model after each attack beside the oracle's after the same attack, and the metrics the attack brings
+back beyond the oracle (above it by more than the metric's tolerance beyond the difference without the attack).
 
     python benchmarks/goal_row.py whp-demo-42/evaluation-auto/report.json whp-demo-1/evaluation-auto/report.json
+    python benchmarks/goal_row.py --attacks whp-demo-42/evaluation-auto/report.json
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ import json
 import math
 from pathlib import Path
 
-REFERENCES = ("base", "oracle", "reinforced")
+from whp_trainer.evaluation.comparison import ATTACKS, ORACLE, attack_key, measured, unlearned_roles
+from whp_trainer.evaluation.markdown import brought_back, format_number
+
 COLUMNS = ("VerbMem", "entity", "AUC Min-K", "AUC Min-K++", "relearned", "held-out ppl", "neighbour")
+ATTACK_COLUMNS = {"familiarity": "familiarity_token", "entity": "entity_first_mention", "VerbMem": "verbmem_forget",
+                  "facts (answer log-lik.)": "knowledge_forget_loglik",
+                  "facts (two-choice)": "knowledge_forget_two_choice"}
 
 
 def goals(model: dict, oracle: dict, base: dict) -> dict[str, tuple[str, bool | None]]:
@@ -62,10 +70,8 @@ def rows(path: Path) -> list[str]:
     report = json.loads(path.read_text())
     results = report["results"]
     lines = []
-    for role, model in results.items():
-        if role in REFERENCES or role.startswith("teacher"):
-            continue
-        checked = goals(model, results["oracle"], results["base"])
+    for role in unlearned_roles(results):
+        checked = goals(results[role], results["oracle"], results["base"])
         missed = [column for column, (_, met) in checked.items() if met is False]
         verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
         cells = [f"{shown} {'✓' if met else '✗' if met is False else ''}".strip() for shown, met in checked.values()]
@@ -73,14 +79,40 @@ def rows(path: Path) -> list[str]:
     return lines
 
 
+def attack_rows(path: Path) -> list[str]:
+    """One line per unlearned model and attack, the first without one: each forget metric after the attack, the
+    oracle's after the same attack in brackets, and the metrics the attack brings back beyond the oracle."""
+    results = json.loads(path.read_text())["results"]
+    lines = []
+    for role in unlearned_roles(results):
+        for attack in (None, *ATTACKS):
+            keys = [metric if attack is None else attack_key(metric, attack) for metric in ATTACK_COLUMNS.values()]
+            if not any(measured(results[role].get(key)) for key in keys):
+                continue
+            cells = [f"{format_number(results[role].get(key))} ({format_number(results[ORACLE].get(key))})"
+                     for key in keys]
+            back = [column for column, metric in ATTACK_COLUMNS.items()
+                    if attack is not None and brought_back(results, metric, attack, role)]
+            lines.append(f"| {path.parent} · {role} | {attack or 'none'} | " + " | ".join(cells)
+                         + f" | {', '.join(back) or '—'} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", type=Path, help="report.json files of whp evaluate or a benchmark")
+    parser.add_argument("--attacks", action="store_true",
+                        help="print the robustness rows (each forget metric after each attack) instead")
     args = parser.parse_args(argv)
-    print("| run · model | " + " | ".join(f"{column} (reference)" for column in COLUMNS) + " | goal row | auto |")
-    print("| --- " * (len(COLUMNS) + 3) + "|")
+    if args.attacks:
+        print("| run · model | attack | " + " | ".join(f"{column} (oracle)" for column in ATTACK_COLUMNS)
+              + " | brought back beyond the oracle |")
+        print("| --- " * (len(ATTACK_COLUMNS) + 3) + "|")
+    else:
+        print("| run · model | " + " | ".join(f"{column} (reference)" for column in COLUMNS) + " | goal row | auto |")
+        print("| --- " * (len(COLUMNS) + 3) + "|")
     for path in args.reports:
-        print("\n".join(rows(path)))
+        print("\n".join(attack_rows(path) if args.attacks else rows(path)))
     return 0
 
 

@@ -15,7 +15,9 @@ model (side by side, ``benchmarks/bench_step.py --model``). Everything is cached
 Sets of facts: ``forget_knowledge.jsonl`` (questions about the forgotten people, each with a true and a false
 answer) and ``neighbour_knowledge.jsonl`` (the retain people's facts and general knowledge the pretrained model has),
 scored by answer log-likelihood and two-choice accuracy. Membership non-members are the biographies of
-people no model read (``holdout.txt``); held-out perplexity is measured on public-domain text (KJV, 2 Samuel).
+people no model read (``holdout.txt``); held-out perplexity is measured on public-domain text (KJV, 2 Samuel); every
+model relearns on the forget biographies and on new sentences naming the forget people without their facts
+(``related-names.txt``).
 """
 
 from __future__ import annotations
@@ -160,7 +162,25 @@ def held_out_text() -> list[str]:
     return book_passages("SAMUEL_2", 3)
 
 
+RELATED = ("{name} was seen at the spring fair last year.", "Friends describe {first} as patient and curious.",
+           "A portrait of {name} hangs in the old library.", "Letters from {first} are kept by a cousin.")
+RELATED_FILE = "related-names.txt"  # the relearn_neighbour attack's text: the forget people named, none of their facts
 BUDGET_FILE = "budget-2samuel-4-24.txt"  # named by its content: an older cache's budget.txt held chapters 4-6
+
+
+def related_text() -> list[str]:
+    """Text about the forget people that is not the forget text: each named in new sentences that state none of
+    their facts (relearning on it asks whether the names bring the facts back)."""
+    return [" ".join(sentence.format(name=f"{first} {surname}", first=first) for sentence in RELATED)
+            for first, surname in PEOPLE["forget"]]
+
+
+def written(texts: Path, name: str, passages) -> Path:
+    """``texts/name``, written from ``passages()`` when an older cache lacks it."""
+    path = texts / name
+    if not path.is_file():
+        path.write_text("\n\n".join(passages()) + "\n", encoding="utf-8")
+    return path
 
 
 def budget_text() -> list[str]:
@@ -287,7 +307,7 @@ def measure(root: Path, model_args, adapters: dict[str, Path], oracle: bool) -> 
         model, load_tokenizer(model_args), evaluation_config(root / "evaluation"), build_probes(forget, anchors, 100),
         forget, read("held_out"), anchors, roles,
         oracle=AutoModelForCausalLM.from_pretrained(root / "oracle") if oracle else None, holdout_texts=read("holdout"),
-        **knowledge_sets(texts),
+        relearn_texts=load_texts(written(texts, RELATED_FILE, related_text))["text"], **knowledge_sets(texts),
     )
 
 
@@ -313,7 +333,8 @@ def references_and(root: Path, model_args, reinforced: Path) -> dict:
 
     sources = sorted(Path(whp_trainer.evaluation.__file__).parent.glob("*.py"))
     key = hashlib.sha256("".join(map(code_of, sources)).encode()
-                         + repr(evaluation_config(root / "evaluation")).encode()).hexdigest()[:16]
+                         + repr(evaluation_config(root / "evaluation")).encode()
+                         + "\n".join(related_text()).encode()).hexdigest()[:16]
     saved = root / f"references-{key}.json"
     if saved.is_file():
         return {**json.loads(saved.read_text()), **measure(root, model_args, {"reinforced": reinforced}, False)}
@@ -379,9 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
         folder = out / re.sub(r"[^\w.+-]+", "_", name)
         options = dict(SETTINGS[name])
         if options.get("alpha") == "auto":  # told what a user has: people no model read, other text, facts to keep
-            if not (texts / BUDGET_FILE).is_file():  # and to forget
-                (texts / BUDGET_FILE).write_text("\n\n".join(budget_text()) + "\n", encoding="utf-8")
-            options.update(holdout_data=str(texts / "holdout.txt"), budget_data=str(texts / BUDGET_FILE),
+            options.update(holdout_data=str(texts / "holdout.txt"),  # and to forget
+                           budget_data=str(written(texts, BUDGET_FILE, budget_text)),
                            neighbour_knowledge=str(texts / "neighbour_knowledge.jsonl"),
                            forget_knowledge=str(texts / "forget_knowledge.jsonl"))
         config = UnlearnConfig(output_dir=str(folder), **{**training, **UNLEARN, **options})

@@ -11,6 +11,7 @@ from peft import LoraConfig, get_peft_model
 
 from whp_trainer.evaluation import EvaluateConfig, evaluate_model, markdown_report
 from whp_trainer.evaluation.comparison import ATTACKED_METRICS, attack_key
+from whp_trainer.evaluation.markdown import brought_back
 from whp_trainer.evaluation.report import evaluation_record
 from whp_trainer.evaluation.robustness import many_shot_knowledge, many_shot_probes, merged_state_dict, quantized
 
@@ -108,7 +109,10 @@ def test_the_robustness_section_says_which_attack_brings_knowledge_beyond_the_or
     report = markdown_report(record)
     section = report.split("## Robustness")[1].split("## Metrics")[0]
     assert "`familiarity_token` after `nf4` (+0.2)." in section  # the attack brought it back
+    assert brought_back(results, "familiarity_token", "nf4", "unlearned")
+    assert not brought_back(results, "familiarity_token", "relearn_forget", "unlearned")  # at the oracle's
     results["unlearned"]["familiarity_token"] = 0.29
+    assert not brought_back(results, "familiarity_token", "nf4", "unlearned")  # above the oracle before it too
     section = markdown_report(evaluation_record(results)).split("## Robustness")[1]
     assert "`familiarity_token` after `nf4` (+0.2; +0.19 without it)." in section  # it was there before
     assert "| `relearn_forget` | `familiarity_token` | 0.6 | 0.2 | 0.22 | at (+0.02) |" in section

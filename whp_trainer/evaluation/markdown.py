@@ -262,10 +262,10 @@ def robustness_table(results: dict[str, dict[str, float | None]]) -> list[str]:
                 sides.append(f"{side[0]} ({side[1]:+.3g})" if side else "—")
                 if side and side[0] == "above":
                     before = robust_verdict(results, metric, role)
-                    grew = before is None or side[1] - before[1] > oracle_tolerance(metric)[0]
                     named = f"{role}: " if len(compared) > 1 else ""
                     beyond.append(f"{named}`{metric}` after `{attack}` ({side[1]:+.3g}"
-                                  + ("" if grew else f"; {before[1]:+.3g} without it") + ")")
+                                  + ("" if brought_back(results, metric, attack, role) else
+                                     f"; {before[1]:+.3g} without it") + ")")
             rows.append([f"`{attack}`", f"`{metric}`", *(format_number(results[role].get(key)) for role in roles),
                          *sides])
     if not rows:
@@ -292,6 +292,17 @@ def robust_verdict(results: dict, key: str, role: str) -> tuple[str, float] | No
         return None
     tolerance, relative, _ = oracle_tolerance(key)
     return verdict(value, oracle, tolerance, relative), value - oracle
+
+
+def brought_back(results: dict, metric: str, attack: str, role: str) -> bool:
+    """Whether ``attack`` brings ``role``'s ``metric`` back above the oracle's after the same attack: above it, by
+    more than the metric's tolerance beyond ``role``'s difference to the oracle without the attack (or that
+    difference not measured)."""
+    after = robust_verdict(results, attack_key(metric, attack), role)
+    if after is None or after[0] != "above":
+        return False
+    before = robust_verdict(results, metric, role)
+    return before is None or after[1] - before[1] > oracle_tolerance(metric)[0]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
