@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,23 @@ def test_the_demo_runs_the_recommended_setting_beside_the_paper_one(tmp_path):
     assert {key: getattr(args, key) for key in demo.RECOMMENDED_SETTING} == demo.RECOMMENDED_SETTING
     results = json.loads((report / "report.json").read_text())["results"]
     assert results["unlearned"]["familiarity_token"] < 0.6 * results["base"]["familiarity_token"]
+
+
+def test_alpha_auto_unlearns_on_a_4bit_base_and_its_adapter_is_measured_on_the_full_precision_one(tmp_path):
+    from whp_trainer.evaluation import token_familiarity
+    from whp_trainer.evaluation.probes import load_probes
+
+    # the sweep, the stopping rule and the evaluation: eval-mode forwards of 4-bit layers on a CPU, then training
+    report = Path(demo.run_demo(DemoArguments(output_dir=str(tmp_path / "demo"), size="tiny", cache_dir=str(tmp_path),
+                                              load_in_4bit=True, method="auto")))
+    results = json.loads((report / "report.json").read_text())["results"]
+    base, unlearned = results["base"], results["unlearned"]
+    assets = demo.build_demo_assets(tmp_path, size="tiny")
+    tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
+    full = token_familiarity(AutoModelForCausalLM.from_pretrained(assets.base_model_dir), tokenizer,
+                             load_probes(report / "probes.json"))
+    assert base["familiarity_token@full_precision"] == pytest.approx(full, rel=1e-4)  # the unquantized base
+    assert base["familiarity_token"] != pytest.approx(full, rel=1e-3)  # the evaluation's base is the 4-bit one
+    assert unlearned["familiarity_token"] < 0.6 * base["familiarity_token"]
+    assert unlearned["familiarity_token@full_precision"] < 0.6 * base["familiarity_token@full_precision"]
+    assert all(math.isfinite(value) for value in unlearned.values())

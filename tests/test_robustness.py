@@ -149,12 +149,10 @@ def test_an_adapter_trained_on_a_quantized_base_is_measured_on_the_full_precisio
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from whp_trainer.evaluation import token_familiarity
-    from whp_trainer.models import guard_cpu_4bit
 
     make_model().save_pretrained(tmp_path / "base")
     nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    quantized_base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=nf4)
-    guard_cpu_4bit(quantized_base)
+    quantized_base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=nf4)  # unguarded
     torch.manual_seed(2)
     model = get_peft_model(quantized_base, LoraConfig(init_lora_weights=False, **LORA), adapter_name="unlearned")
     full = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
@@ -172,3 +170,25 @@ def test_an_adapter_trained_on_a_quantized_base_is_measured_on_the_full_precisio
                                                                                                   PROBES))
     assert results["oracle"]["familiarity_token@full_precision"] == results["oracle"]["familiarity_token"]
     assert math.isfinite(unlearned["knowledge_forget_loglik@full_precision"])
+
+
+def test_a_4bit_model_relearns_in_the_evaluation_as_a_guarded_one_does(make_model, tokenizer, tmp_path):
+    """On a CPU with AVX512-BF16 a 4-bit layer's first eval-mode forward repacks its weights, after which the
+    relearning attack would train on wrong gradients: the evaluation guards the models it is given."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from whp_trainer.models import guard_cpu_4bit
+
+    make_model().save_pretrained(tmp_path / "base")
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    config = EvaluateConfig(batch_size=4, max_length=64, completions=0, memorization_passages=0, relearn_steps=3,
+                            membership_texts=0, many_shot_passages=0, quantizations=[], hints=False, teacher_alphas=[])
+    results = []
+    for guarded in (False, True):
+        base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=nf4)
+        if guarded:
+            guard_cpu_4bit(base)
+        torch.manual_seed(2)
+        model = get_peft_model(base, LoraConfig(init_lora_weights=False, **LORA), adapter_name="unlearned")
+        results.append(evaluate_model(model, tokenizer, config, PROBES, FORGET, HOLDOUT))
+    assert results[0] == results[1]

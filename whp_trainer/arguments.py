@@ -171,3 +171,9 @@ class DemoArguments:
                   "choices": ["paper", "recommended", "auto"]},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the reinforce and unlearn runs (and of alpha auto's samples)."})
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: every stage loads the base (and the evaluation the oracle) in 4-bit NF4 "
+                  "(bitsandbytes); the evaluation then also puts each adapter on the full-precision base "
+                  "(the full_precision attack)."},
+    )

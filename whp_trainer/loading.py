@@ -14,6 +14,8 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from .models import guard_cpu_4bit
+
 
 @dataclass
 class ModelArguments(ModelConfig):
@@ -65,8 +67,9 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False):
 
 
 def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False):
-    """The base, quantized with bitsandbytes when ``--load_in_4bit``/``--load_in_8bit`` is set; from ``--gguf_file``
-    dequantized into a plain model (float32 unless ``--dtype``)."""
+    """The base, quantized with bitsandbytes when ``--load_in_4bit``/``--load_in_8bit`` is set (its 4-bit layers
+    guarded: `models.guard_cpu_4bit`); from ``--gguf_file`` dequantized into a plain model (float32 unless
+    ``--dtype``)."""
     gguf_file = gguf_file_of(model_args)
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
@@ -77,6 +80,7 @@ def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False):
         trust_remote_code=trust_remote_code,
         gguf_file=gguf_file,
     )
+    guard_cpu_4bit(model)  # the stages' first forwards (sweeps, evaluations) run in eval mode without grad
     return without_gguf_quantizer(model) if gguf_file else model
 
 

@@ -55,7 +55,8 @@ def run_demo(args: DemoArguments, overwrite: bool = False) -> str:
     with one_thread():  # models this small run faster on one thread than on two
         print("whp demo: building the saga, its tokenizer and a small Llama that knows it (cached)", flush=True)
         assets = build_demo_assets(args.cache_dir, args.size)
-        model_args = ModelConfig(model_name_or_path=str(assets.base_model_dir), **DEMO_LORA)
+        model_args = ModelConfig(model_name_or_path=str(assets.base_model_dir), load_in_4bit=args.load_in_4bit,
+                                 **DEMO_LORA)
         data = DataArguments(
             forget_data=str(assets.saga_path),
             retain_data=str(assets.retain_path),

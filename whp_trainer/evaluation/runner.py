@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..collator import text_blocks
-from ..models import BASELINE, using_adapter
+from ..models import BASELINE, guard_cpu_4bit, using_adapter
 from .callback import next_token_metric
 from .comparison import ATTACKED_METRICS, ORACLE, TEACHER, attack_key, ordered_roles
 from .config import EvaluateConfig
@@ -122,6 +122,9 @@ def evaluate_model(
     `"reinforced"` adapter. The active adapter, the trainable parameters and the train/eval mode are restored
     afterwards; every role relearns through a fresh adapter on top of its own, removed afterwards.
     """
+    for subject in (model, oracle, full_precision_base, full_precision_oracle):  # eval forwards, then relearning
+        if subject is not None:
+            guard_cpu_4bit(subject)
     roles = default_roles(model, config) if roles is None else roles
     data = evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary, holdout_texts,
                            knowledge_qa, knowledge_shots, retain_qa, forget_knowledge, neighbour_knowledge,
