@@ -296,13 +296,18 @@ def robust_verdict(results: dict, key: str, role: str) -> tuple[str, float] | No
 
 def brought_back(results: dict, metric: str, attack: str, role: str) -> bool:
     """Whether ``attack`` brings ``role``'s ``metric`` back above the oracle's after the same attack: above it, by
-    more than the metric's tolerance beyond ``role``'s difference to the oracle without the attack (or that
-    difference not measured)."""
+    more than the metric's tolerance beyond ``role``'s difference to the oracle without the attack, with ``role``'s
+    own value risen by more than the tolerance (an oracle that an attack makes less sure brings nothing back); when
+    ``role`` was not measured without the attack, above the oracle's after it."""
     after = robust_verdict(results, attack_key(metric, attack), role)
     if after is None or after[0] != "above":
         return False
     before = robust_verdict(results, metric, role)
-    return before is None or after[1] - before[1] > oracle_tolerance(metric)[0]
+    if before is None:
+        return True
+    tolerance, relative, more = oracle_tolerance(metric)
+    risen = verdict(results[role][attack_key(metric, attack)], results[role][metric], tolerance, relative)
+    return after[1] - before[1] > tolerance and risen == ("above" if more else "below")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
