@@ -288,13 +288,12 @@ def evaluation_config(output_dir: Path):
 
 
 def measure(root: Path, model_args, adapters: dict[str, Path], oracle: bool) -> dict:
-    """``evaluate_model`` on the base with ``adapters`` (role -> folder), and the base and oracle if asked."""
-    from transformers import AutoModelForCausalLM
-
+    """``evaluate_model`` on the base with ``adapters`` (role -> folder), and the base and oracle if asked (the
+    oracle quantized as the base is; a quantized base's adapters are measured on the full-precision base too)."""
     from whp_trainer.anchors import AnchorDictionary
     from whp_trainer.data import load_texts
     from whp_trainer.evaluation import build_probes, evaluate_model
-    from whp_trainer.loading import load_base_model, load_tokenizer, with_adapters
+    from whp_trainer.loading import load_base_model, load_tokenizer, naming, with_adapters
 
     texts = root / "texts"
     read = lambda name: load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
@@ -303,11 +302,16 @@ def measure(root: Path, model_args, adapters: dict[str, Path], oracle: bool) -> 
     roles = {role: role for role in adapters}
     if oracle:
         roles = {"base": None, **roles}
+    full = {}
+    if model_args.load_in_4bit:
+        unquantized = dataclasses.replace(model_args, load_in_4bit=False)
+        full = {"full_precision_base": load_base_model(unquantized),
+                "full_precision_oracle": load_base_model(naming(unquantized, root / "oracle")) if oracle else None}
     return evaluate_model(
         model, load_tokenizer(model_args), evaluation_config(root / "evaluation"), build_probes(forget, anchors, 100),
         forget, read("held_out"), anchors, roles,
-        oracle=AutoModelForCausalLM.from_pretrained(root / "oracle") if oracle else None, holdout_texts=read("holdout"),
-        relearn_texts=load_texts(written(texts, RELATED_FILE, related_text))["text"], **knowledge_sets(texts),
+        oracle=load_base_model(naming(model_args, root / "oracle")) if oracle else None, holdout_texts=read("holdout"),
+        relearn_texts=load_texts(written(texts, RELATED_FILE, related_text))["text"], **knowledge_sets(texts), **full,
     )
 
 
@@ -335,6 +339,7 @@ def references_and(root: Path, model_args, reinforced: Path) -> dict:
     key = hashlib.sha256("".join(map(code_of, sources)).encode()
                          + repr(evaluation_config(root / "evaluation")).encode()
                          + "\n".join(related_text()).encode()).hexdigest()[:16]
+    key += "-4bit" if model_args.load_in_4bit else ""
     saved = root / f"references-{key}.json"
     if saved.is_file():
         return {**json.loads(saved.read_text()), **measure(root, model_args, {"reinforced": reinforced}, False)}
@@ -381,6 +386,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="real-model", help="Where adapters and the report go.")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--no_step_cost", action="store_true", help="Skip the step time and memory measurement.")
+    parser.add_argument("--load_in_4bit", action="store_true",
+                        help="QLoRA: every stage and the evaluation load the base and the oracle in 4-bit NF4; the "
+                             "adapters are measured on the full-precision base too.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of reinforce and unlearn (the base, the oracle and "
                         "the evaluation's samples keep theirs).")
     args = parser.parse_args(argv)
@@ -388,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     root = build_models(cache_root(args.cache_dir) / "real_model" / "v1")
     out, texts = Path(args.output_dir), root / "texts"
-    model_args = ModelConfig(model_name_or_path=str(root / "base"), **LORA)
+    model_args = ModelConfig(model_name_or_path=str(root / "base"), load_in_4bit=args.load_in_4bit, **LORA)
     data = DataArguments(forget_data=str(texts / "forget.txt"), retain_data=str(texts / "retain.txt"),
                          anchors=str(texts / "anchors.json"))
     reinforced = pipeline.reinforce(data, model_args, ReinforceConfig(output_dir=str(out / "reinforced"),
