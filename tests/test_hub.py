@@ -16,6 +16,7 @@ from whp_trainer import hub
 from whp_trainer.config import UnlearnConfig
 from whp_trainer.evaluation import oracle_comparison, write_report
 from whp_trainer.hub import build_model_card, export_merged, push_to_hub, write_model_card
+from whp_trainer.models import base_quantization
 from whp_trainer.runs import adapter_digest
 from whp_trainer.toy import tiny_llama
 
@@ -165,6 +166,7 @@ def test_merged_card_and_minimal_card(args):
     assert "`base` (a local model)" in card.text and "/no/such" not in card.text  # named, never its path
     assert "none (reinforced boost only)" in card.text and "none (anchors only)" in card.text
     assert "No evaluation results were recorded" in card.text
+    assert "| base during training | full precision |" in card.text and "base quantized" not in card.text
 
 
 ORACLE_RESULTS = {
@@ -292,7 +294,11 @@ def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path)
     torch.manual_seed(3)
     model = get_peft_model(quantized, LoraConfig(**LORA))
     model.save_pretrained(tmp_path / "adapter4")
-    write_model_card(tmp_path / "adapter4", args, model_name="whp-tiny4")  # as UnlearnTrainer saves it
+    write_model_card(tmp_path / "adapter4", args, model_name="whp-tiny4",  # as UnlearnTrainer saves it
+                     base_quantization=base_quantization(quantized))
+    said = " ".join((tmp_path / "adapter4" / "README.md").read_text().split())
+    assert "This adapter was trained on the base quantized 4-bit fp4 (bitsandbytes)." in said
+    assert "| base during training | 4-bit fp4 (bitsandbytes) |" in said
 
     with pytest.raises(ValueError, match="base_model is a quantized model"):
         export_merged(model.get_base_model(), tmp_path / "adapter4", tmp_path / "refused")
@@ -305,6 +311,8 @@ def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path)
     assert not getattr(merged, "is_quantized", False)
     assert (out / "tokenizer.json").exists()  # none beside this adapter: the base's
     assert "merged" in load_card(out / "README.md")[1]["tags"]  # the run record, re-rendered in the merged form
+    said = " ".join((out / "README.md").read_text().split())
+    assert "into the full-precision base, though it was trained on the base quantized 4-bit fp4" in said
     expected = logits_of(full_precision, run["inputs"])
     torch.testing.assert_close(logits_of(merged, run["inputs"]), expected, rtol=1e-5, atol=1e-5)
 

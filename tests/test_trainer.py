@@ -384,6 +384,11 @@ def test_4bit_base_gives_the_gradients_of_its_dequantized_weights(make_model, re
         trainer.model.zero_grad()
         trainer.compute_loss(trainer.model, batch).backward()  # ... and must not corrupt a second step
         grads.append({n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad})
+        card = tmp_path / f"card{len(grads)}"
+        card.mkdir()
+        trainer._write_model_card(str(card))  # the record says what the adapter learned to correct
+        expected = "4-bit nf4 (bitsandbytes)" if base is quantized else None
+        assert json.loads((card / "whp_run.json").read_text())["training"]["base_quantization"] == expected
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)

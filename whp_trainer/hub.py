@@ -82,6 +82,7 @@ def build_model_card(
     tracker_urls: dict[str, str] | None = None,
     auto: dict | None = None,
     steps_trained: int | None = None,
+    base_quantization: str | None = None,
 ) -> ModelCard:
     """The model card of an unlearning run, in `form` `"adapter"` or `"merged"` (rendered from its
     [`run_record`][whp_trainer.record.run_record]).
@@ -106,13 +107,16 @@ def build_model_card(
             as TRL's cards do; default: none (the trainer passes [`tracker_urls`][whp_trainer.hub.tracker_urls]).
         auto: with ``alpha: auto``, what was chosen and why (the record's ``auto``, see `whp_trainer.record`).
         steps_trained: the optimizer steps the weights had when saved (a checkpoint's own count).
+        base_quantization: how the base was quantized while the adapter trained
+            ([`base_quantization`][whp_trainer.models.base_quantization]); `None`: full precision.
     """
     return render_model_card(build_run_record(args, model_name=model_name, base_model=base_model,
                                               reinforced_adapter=reinforced_adapter, dictionary=dictionary,
                                               dataset_description=dataset_description, peft_config=peft_config,
                                               all_linear_default=all_linear_default,
                                               eval_results=eval_results, tags=tags, datasets=datasets,
-                                              tracker_urls=tracker_urls, auto=auto, steps_trained=steps_trained), form)
+                                              tracker_urls=tracker_urls, auto=auto, steps_trained=steps_trained,
+                                              base_quantization=base_quantization), form)
 
 
 def build_run_record(args: UnlearnConfig, *, eval_results: dict | None = None, **facts) -> dict:

@@ -39,6 +39,20 @@ def guard_cpu_4bit(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def base_quantization(model) -> str | None:
+    """How ``model``'s weights are quantized (``"4-bit nf4 (bitsandbytes)"``, ``"8-bit (bitsandbytes)"``, or the
+    quantizer's method); ``None`` for full-precision weights (a GGUF file loaded dequantized among them)."""
+    config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    if config is None:
+        return None
+    if getattr(config, "load_in_4bit", False):
+        return f"4-bit {config.bnb_4bit_quant_type} (bitsandbytes)"
+    if getattr(config, "load_in_8bit", False):
+        return "8-bit (bitsandbytes)"
+    method = getattr(config, "quant_method", "quantized")
+    return str(getattr(method, "value", method))
+
+
 def prepare_unlearning_model(
     model: torch.nn.Module,
     peft_config: PeftConfig | None,

@@ -65,6 +65,7 @@ def run_record(
     tracker_urls: dict[str, str] | None = None,
     auto: dict | None = None,
     steps_trained: int | None = None,
+    base_quantization: str | None = None,
 ) -> dict:
     """The record of a run trained with `args` (an `UnlearnConfig`); the arguments are those of
     [`build_model_card`][whp_trainer.hub.build_model_card], with `evaluation` as described above."""
@@ -74,7 +75,8 @@ def run_record(
         "base_model": None if base_model is None else str(base_model),
         "hub_model_id": args.hub_model_id,
         "method": method_settings(args),
-        "training": {**training_hyperparameters(args), "steps_trained": steps_trained},
+        "training": {**training_hyperparameters(args), "steps_trained": steps_trained,
+                     "base_quantization": base_quantization},
         "lora": adapter_settings(peft_config, all_linear_default),
         "dictionary": checked_dictionary(dictionary),
         "reinforced_adapter": None if reinforced_adapter is None else str(reinforced_adapter),

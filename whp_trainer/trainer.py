@@ -44,6 +44,7 @@ from .console import readable_progress
 from .loading import without_gguf_quantizer
 from .models import (
     BASELINE,
+    base_quantization,
     default_lora_targets,
     final_states,
     gathered,
@@ -668,6 +669,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
             datasets=self.dataset_ids,
             tracker_urls=tracker_urls(),
             steps_trained=self.state.global_step,
+            base_quantization=base_quantization(model.get_base_model()),
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
