@@ -115,7 +115,9 @@ def test_the_robustness_section_says_which_attack_brings_knowledge_beyond_the_or
     assert not brought_back(results, "familiarity_token", "nf4", "unlearned")  # above the oracle before it too
     results["oracle"]["familiarity_token@nf4"] = 0.0  # the attack makes the oracle less sure, not the model surer
     assert not brought_back(results, "familiarity_token", "nf4", "unlearned")
-    results["oracle"]["familiarity_token@nf4"] = 0.1
+    results["unlearned"]["familiarity_token@nf4"], results["oracle"]["familiarity_token@nf4"] = 0.4, 0.21
+    assert not brought_back(results, "familiarity_token", "nf4", "unlearned")  # both surer: the excess as it was
+    results["unlearned"]["familiarity_token@nf4"], results["oracle"]["familiarity_token@nf4"] = 0.3, 0.1
     section = markdown_report(evaluation_record(results)).split("## Robustness")[1]
     assert "`familiarity_token` after `nf4` (+0.2; +0.19 without it)." in section  # it was there before
     assert "| `relearn_forget` | `familiarity_token` | 0.6 | 0.2 | 0.22 | at (+0.02) |" in section
