@@ -162,7 +162,8 @@ def test_an_adapter_trained_on_a_quantized_base_is_measured_on_the_full_precisio
     model = get_peft_model(quantized_base, LoraConfig(init_lora_weights=False, **LORA), adapter_name="unlearned")
     full = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     config = EvaluateConfig(batch_size=4, max_length=64, completions=0, memorization_passages=0, relearn_steps=0,
-                            membership_texts=0, many_shot_passages=0, quantizations=[], hints=False, teacher_alphas=[])
+                            membership_texts=0, many_shot_passages=0, quantizations=["nf4"], hints=False,
+                            teacher_alphas=[])
     results = evaluate_model(model, tokenizer, config, PROBES, FORGET, HOLDOUT, oracle=make_model(seed=1),
                              forget_knowledge=FORGET_KNOWLEDGE, full_precision_base=full)
     assert not any("lora" in name for name, _ in full.named_parameters())  # the moved adapter was taken off again
@@ -175,6 +176,14 @@ def test_an_adapter_trained_on_a_quantized_base_is_measured_on_the_full_precisio
                                                                                                   PROBES))
     assert results["oracle"]["familiarity_token@full_precision"] == results["oracle"]["familiarity_token"]
     assert math.isfinite(unlearned["knowledge_forget_loglik@full_precision"])
+    # re-quantized: the adapter merged into the full-precision base, as `whp export` writes it; merged into the
+    # dequantized base, every weight would sit on the grid it is quantized to again
+    with quantized(expected, "default", "nf4") as exported, quantized(model, "unlearned", "nf4") as on_the_grid:
+        assert unlearned["familiarity_token@nf4"] == pytest.approx(token_familiarity(exported, tokenizer, PROBES))
+        assert unlearned["familiarity_token@nf4"] != pytest.approx(token_familiarity(on_the_grid, tokenizer, PROBES))
+    with quantized(full, None, "nf4") as base_quantized:
+        assert results["base"]["familiarity_token@nf4"] == pytest.approx(token_familiarity(base_quantized, tokenizer,
+                                                                                            PROBES))
 
 
 def test_a_4bit_model_relearns_in_the_evaluation_as_a_guarded_one_does(make_model, tokenizer, tmp_path):

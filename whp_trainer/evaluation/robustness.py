@@ -208,6 +208,19 @@ def adapter_moved(model, adapter: str | None, full_precision):
         moved.unload()
 
 
+@contextlib.contextmanager
+def as_exported(model, adapter: str | None, full_precision=None):
+    """``(model, adapter)`` as `whp export` merges them, for the block: an adapter trained on a quantized base goes
+    onto ``full_precision`` (the same base unquantized; ``BASELINE``: that base alone); without it, or when it is
+    ``model`` itself, ``model`` and ``adapter`` as they are. Merging into the dequantized base instead would put every
+    weight back on the quantization grid, to which re-quantizing returns it."""
+    if full_precision is None or full_precision is model:
+        yield model, adapter
+        return
+    with adapter_moved(model, adapter, full_precision) as moved:
+        yield moved, adapter
+
+
 def save_weights(config, state: dict[str, torch.Tensor], folder: Path) -> None:
     """``config`` (without its quantization) and ``state`` as a model folder that ``from_pretrained`` reads; a tensor
     shared with an earlier one (tied embeddings) is saved once."""

@@ -25,7 +25,7 @@ from .membership import membership_auc, privleak
 from .memorization import verbatim_memorization
 from .retain import perplexity
 from .rule_sample import UNSEEN_MINIMUM, read_again, unread
-from .robustness import adapter_moved, hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
+from .robustness import as_exported, hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
 from .teacher import GenericTeacher
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,8 @@ def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, ada
              full_precision=None) -> dict:
     """The forget metrics of one role (the active adapter `adapter` of `model`) after each attack, as
     `metric@attack` (see `comparison.attack_key`): relearning, the in-context attacks, quantization, and (given
-    the `full_precision` base) the role's adapter on it."""
+    the `full_precision` base) the role's adapter on it. Given that base, quantization reloads the adapter merged
+    into it, the model `whp export` writes, not into the quantized base it trained on."""
     metrics = {}
 
     def keep(attack: str, measured: dict) -> None:
@@ -227,18 +228,16 @@ def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, ada
                 scores = knowledge_scores(model, tokenizer, rows, batch_size=config.batch_size,
                                           max_length=config.max_length)
                 keep(attack, {f"knowledge_forget_{score}": value for score, value in scores.items()})
-    for quantization in config.quantizations:
-        doing(f"quantized {quantization}")
-        with quantized(model, adapter, quantization) as model_quantized:
-            keep(quantization, forget_metrics(model_quantized, tokenizer, config, data))
-    if full_precision is not None:
-        doing("on the full-precision base")
-        if full_precision is model:  # the oracle as given, without its relearning adapter
-            with using_adapter(model, BASELINE):
-                keep("full_precision", forget_metrics(model, tokenizer, config, data))
-        else:
-            with adapter_moved(model, adapter, full_precision) as moved:
-                keep("full_precision", forget_metrics(moved, tokenizer, config, data))
+    with as_exported(model, adapter, full_precision) as (exported, name):
+        for quantization in config.quantizations:
+            doing(f"quantized {quantization}")
+            with quantized(exported, name, quantization) as model_quantized:
+                keep(quantization, forget_metrics(model_quantized, tokenizer, config, data))
+        if full_precision is not None:
+            doing("on the full-precision base")
+            # the oracle as given is measured without its relearning adapter
+            with using_adapter(model, BASELINE) if exported is model else contextlib.nullcontext():
+                keep("full_precision", forget_metrics(exported, tokenizer, config, data))
     return metrics
 
 
