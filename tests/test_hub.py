@@ -114,6 +114,7 @@ def test_adapter_card_metadata_and_content_round_trip(args, tmp_path):
     }
     assert run["dictionary"] == {"size": 1500, "hash": "sha256:abc123", "path": "anchors.json"}
     assert run["training"]["effective_batch_size"] == 128
+    assert "Do not merge it into a 4-bit model" in card.text  # PEFT's 4-bit merge gives the base back
     assert run["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert run["evaluation"] == {"results": EVAL_RESULTS}  # no oracle: no comparison
     assert card.data.eval_results == [
@@ -167,6 +168,7 @@ def test_merged_card_and_minimal_card(args):
     assert "none (reinforced boost only)" in card.text and "none (anchors only)" in card.text
     assert "No evaluation results were recorded" in card.text
     assert "| base during training | full precision |" in card.text and "base quantized" not in card.text
+    assert "Do not merge it into a 4-bit model" not in card.text  # nothing left to merge
 
 
 ORACLE_RESULTS = {
@@ -299,6 +301,7 @@ def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path)
     said = " ".join((tmp_path / "adapter4" / "README.md").read_text().split())
     assert "This adapter was trained on the base quantized 4-bit fp4 (bitsandbytes)." in said
     assert "| base during training | 4-bit fp4 (bitsandbytes) |" in said
+    assert "Do not merge it into a 4-bit model" in said
 
     with pytest.raises(ValueError, match="base_model is a quantized model"):
         export_merged(model.get_base_model(), tmp_path / "adapter4", tmp_path / "refused")
