@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(args.base, quantization_config=config)
     layers = {name: module for name, module in base.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
-    before = {name: (layer.weight.data.clone(), layer.weight.quant_state.absmax.clone()) for name, layer in layers.items()}
+    before = {name: (layer.weight.data.clone(), layer.weight.quant_state.absmax.clone())
+              for name, layer in layers.items()}
     merged = PeftModel.from_pretrained(base, args.adapter).merge_and_unload()
     same = codes = blocks = moved = 0
     for name, layer in merged.named_modules():
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
             moved += (layer.weight.quant_state.absmax != absmax).sum().item()
             blocks += absmax.numel()
     result = {"codes_unchanged": same / codes, "weights": codes, "blocks_rescaled": moved / blocks}
-    print(f"qlora_merge: {same:,} of {codes:,} 4-bit codes unchanged by the merge ({same / codes:.4%}); the scale moved in "
-          f"{moved / blocks:.1%} of {blocks:,} blocks")
+    print(f"qlora_merge: {same:,} of {codes:,} 4-bit codes unchanged by the merge ({same / codes:.4%}); the scale "
+          f"moved in {moved / blocks:.1%} of {blocks:,} blocks")
     return result
 
 
