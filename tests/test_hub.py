@@ -245,8 +245,10 @@ def test_adapter_form_loads_with_peft_and_gives_the_same_logits(run):
     torch.testing.assert_close(logits_of(model, run["inputs"]), run["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_merged_export_loads_as_a_plain_model_with_the_same_logits(run, tmp_path):
-    out = export_merged(run["base_dir"], run["adapter_dir"], tmp_path / "merged", dtype=torch.float32)
+def test_merged_export_loads_as_a_plain_model_with_the_same_logits(run, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="whp_trainer.hub"):
+        out = export_merged(run["base_dir"], run["adapter_dir"], tmp_path / "merged", dtype=torch.float32)
+    assert "trained on the base quantized" not in caplog.text
     model = AutoModelForCausalLM.from_pretrained(out)
 
     assert not (out / "adapter_config.json").exists() and not (out / "reinforced").exists()
@@ -289,7 +291,7 @@ def test_merged_export_overwrite_replaces_only_its_own_files(run, tmp_path):
         export_merged(run["base_dir"], tmp_path, tmp_path / "other")
 
 
-def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path):
+def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path, caplog):
     quantized = AutoModelForCausalLM.from_pretrained(
         run["base_dir"], quantization_config=BitsAndBytesConfig(load_in_4bit=True)
     )
@@ -306,7 +308,9 @@ def test_merged_export_of_an_adapter_trained_on_a_4bit_base(run, args, tmp_path)
     with pytest.raises(ValueError, match="base_model is a quantized model"):
         export_merged(model.get_base_model(), tmp_path / "adapter4", tmp_path / "refused")
     # base_model=None: the adapter config's base path, loaded in full precision
-    out = export_merged(None, tmp_path / "adapter4", tmp_path / "merged")
+    with caplog.at_level("WARNING", logger="whp_trainer.hub"):
+        out = export_merged(None, tmp_path / "adapter4", tmp_path / "merged")
+    assert "trained on the base quantized 4-bit fp4 (bitsandbytes) and is merged into the full-precision" in caplog.text
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(run["base_dir"])
     full_precision = PeftModel.from_pretrained(base, tmp_path / "adapter4")

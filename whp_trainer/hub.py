@@ -274,6 +274,7 @@ def export_merged(
     tokenizer = find_tokenizer(adapter_dir, base_source, trust_remote_code) if tokenizer is None else tokenizer
     check_base_fits(base_source, adapter_dir, tokenizer, trust_remote_code, gguf_file)
     record = merged_record(read_record(adapter_dir), base_source, adapter_dir)
+    warn_if_trained_quantized(record, adapter_dir)
     in_memory = isinstance(base_source, torch.nn.Module)
     base_identity = id(base_source) if in_memory else [str(base_source), model_weights_digest(base_source)]
     print_ = fingerprint("export", file_digest(adapter_dir), base_identity, str(dtype), *([gguf_file] if gguf_file else []))
@@ -303,6 +304,15 @@ def merged_record(record: dict | None, base_source, adapter_dir: Path) -> dict |
     else:
         base = str(base_source)
     return {**record, "base_model": base, "adapter_sha256": adapter_digest(adapter_dir)}
+
+
+def warn_if_trained_quantized(record: dict | None, adapter_dir: Path) -> None:
+    """An adapter trained on a quantized base is merged into the full-precision one, where it may forget less."""
+    quantization = ((record or {}).get("training") or {}).get("base_quantization")
+    if quantization:
+        logger.warning("whp export: the adapter in %s was trained on the base quantized %s and is merged into the "
+                       "full-precision base, where it may keep less of its forgetting (measured by `whp evaluate` on "
+                       "the quantized base: its full_precision rows)", adapter_dir, quantization)
 
 
 def check_base_fits(base_source, adapter_dir: Path, tokenizer, trust_remote_code: bool = False,
