@@ -407,3 +407,29 @@ def test_evaluate_runs_lm_eval_for_base_and_unlearned_from_one_base(files, tmp_p
     assert results["base"]["lm_eval_whp_tiny"] == pytest.approx(expected_base)
     assert results["unlearned"]["lm_eval_whp_tiny"] == pytest.approx(expected)
     assert expected != pytest.approx(expected_base)  # the adapter was on for one role and off for the other
+
+
+def test_evaluate_on_a_4bit_base_leaves_out_its_full_precision_base_when_told(files, tmp_path, monkeypatch):
+    """A QLoRA user whose full-precision base does not fit: --full_precision_attack false loads only the 4-bit one,
+    and the attacks that need the other (full_precision, and the quantization of the merged model) are left out."""
+    from peft import LoraConfig, get_peft_model
+
+    from whp_trainer.evaluation import EvaluateConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(files / "base"), lora).save_pretrained(tmp_path / "adapter")
+    loaded, load = [], pipeline.load_base_model
+    monkeypatch.setattr(pipeline, "load_base_model", lambda args, *more: loaded.append(args.load_in_4bit) or
+                        load(args, *more))
+    data = DataArguments(forget_data=str(files / "forget.txt"), retain_data=str(files / "retain.txt"),
+                         anchors=str(files / "anchors.yaml"), probes=str(files / "probes.json"),
+                         unlearned_adapter=str(tmp_path / "adapter"))
+    for attack in (True, False):
+        loaded.clear()
+        config = EvaluateConfig(output_dir=str(tmp_path / f"evaluation-{attack}"), full_precision_attack=attack,
+                                **{**EVALUATION, "quantizations": ["nf4"]})
+        report = pipeline.evaluate(data, ModelConfig(model_name_or_path=str(files / "base"), load_in_4bit=True), config)
+        unlearned = json.loads((Path(report) / "report.json").read_text())["results"]["unlearned"]
+        assert loaded == ([True, False] if attack else [True])
+        assert ("familiarity_token@full_precision" in unlearned) == attack
+        assert ("familiarity_token@nf4" in unlearned) == attack

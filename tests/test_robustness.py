@@ -186,6 +186,25 @@ def test_an_adapter_trained_on_a_quantized_base_is_measured_on_the_full_precisio
                                                                                             PROBES))
 
 
+def test_without_its_full_precision_base_a_4bit_model_is_not_quantized_again(make_model, tokenizer, tmp_path,
+                                                                            caplog):
+    """Merged into the 4-bit base, an adapter would be rounded away: the rows would show the base, not the model."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    make_model().save_pretrained(tmp_path / "base")
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=nf4),
+                           LoraConfig(init_lora_weights=False, **LORA), adapter_name="unlearned")
+    config = EvaluateConfig(batch_size=4, max_length=64, completions=0, memorization_passages=0, relearn_steps=0,
+                            membership_texts=0, many_shot_passages=0, quantizations=["nf4"], hints=False,
+                            teacher_alphas=[])
+    with caplog.at_level("WARNING", logger="whp_trainer.evaluation.runner"):
+        results = evaluate_model(model, tokenizer, config, PROBES, FORGET, HOLDOUT)
+    assert "familiarity_token" in results["unlearned"]
+    assert not any("@nf4" in key for metrics in results.values() for key in metrics)
+    assert "the quantization attacks are skipped" in caplog.text
+
+
 def test_a_4bit_model_relearns_in_the_evaluation_as_a_guarded_one_does(make_model, tokenizer, tmp_path):
     """On a CPU with AVX512-BF16 a 4-bit layer's first eval-mode forward repacks its weights, after which the
     relearning attack would train on wrong gradients: the evaluation guards the models it is given."""

@@ -37,6 +37,7 @@ MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the eva
 # settings fields newer than some stage folders, at their old behaviour's value (runs.fingerprint's ``added``)
 REINFORCE_ADDED = {"retain_weight": 0.0}
 UNLEARN_ADDED = {"original_cap_depth": None, "retain_projection": False, "forget_knowledge": None}
+EVALUATE_ADDED = {"full_precision_attack": True}
 
 
 # ---------------------------------------------------------------------------------------------------- input checks
@@ -297,7 +298,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         "evaluate", config, model_args, model_weights_digest(model_args.model_name_or_path), data.text_field,
         data.retain_text_field, anchors and anchors.content_hash, forget, retain, *block_options(data),
         *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
-        sorted(adapters),
+        sorted(adapters), added=EVALUATE_ADDED,
     )
     if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
         from .evaluation.harness import check_tasks
@@ -320,7 +321,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     if references["oracle_model"]:
         oracle = load_base_model(naming(model_args, references["oracle_model"]))
     full_precision = {}
-    if model_args.load_in_4bit or model_args.load_in_8bit:  # the full_precision attack: adapters on the base unquantized
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and config.full_precision_attack:  # adapters on it too
         unquantized = dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
         full_precision["full_precision_base"] = load_base_model(unquantized, config.trust_remote_code)
         if oracle is not None:

@@ -117,6 +117,14 @@ class EvaluateConfig:
         metadata={"help": "Robustness: each role merged and reloaded quantized by bitsandbytes (int8, nf4), its forget "
                   "metrics measured again; none = skip.", "choices": [*QUANTIZATIONS, "none"]},
     )
+    full_precision_attack: bool = field(
+        default=True,
+        metadata={"help": "Robustness, when the base is loaded quantized (--load_in_4bit, --load_in_8bit): load it "
+                  "unquantized too, measure every adapter on it (the full_precision attack) and quantize each "
+                  "adapter merged into it, as whp export writes it. False, for a base whose full-precision weights "
+                  "do not fit: neither, and the quantization attacks are skipped (merged into the quantized base, "
+                  "an adapter is rounded away and re-quantizing gives that base back)."},
+    )
     relearn_data: str | None = field(
         default=None,
         metadata={"help": "Robustness: text about the target that is not the forget text (.txt, folder, .json/.jsonl;"

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..collator import text_blocks
-from ..models import BASELINE, guard_cpu_4bit, using_adapter
+from ..models import BASELINE, base_quantization, guard_cpu_4bit, using_adapter
 from .callback import next_token_metric
 from .comparison import ATTACKED_METRICS, ORACLE, TEACHER, attack_key, ordered_roles
 from .config import EvaluateConfig
@@ -107,7 +107,8 @@ def evaluate_model(
         paraphrased_probes: the probes reworded: the `paraphrased` attack.
         full_precision_base: when `model`'s base is quantized, the same base unquantized: every role's adapter is
             measured on it too (the `full_precision` attack), and `full_precision_oracle` (the oracle unquantized;
-            default: the oracle as given) beside them.
+            default: the oracle as given) beside them; the quantization attacks quantize each adapter merged into
+            it. Without it, on a quantized base, the quantization attacks are skipped.
         rule_sample: what a stopping rule read (`alpha: auto`'s), as `item_digest`s, by the names of
             `READ_BY_RULE`: probes, first mentions, membership's forget and holdout blocks (cut at
             `config.max_length`) and neighbour knowledge rows. Each is read on the other items when at least
@@ -125,6 +126,7 @@ def evaluate_model(
     for subject in (model, oracle, full_precision_base, full_precision_oracle):  # eval forwards, then relearning
         if subject is not None:
             guard_cpu_4bit(subject)
+    quantize = quantization_attacks_apply(model, config, full_precision_base)
     roles = default_roles(model, config) if roles is None else roles
     data = evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dictionary, holdout_texts,
                            knowledge_qa, knowledge_shots, retain_qa, forget_knowledge, neighbour_knowledge,
@@ -155,7 +157,7 @@ def evaluate_model(
             full_precision = None if full_precision_base is None else (
                 full_precision_base if role != ORACLE else wrapped if full_precision_oracle is None
                 else full_precision_oracle)
-            metrics.update(attacked(subject, tokenizer, config, data, adapter, doing, full_precision))
+            metrics.update(attacked(subject, tokenizer, config, data, adapter, doing, full_precision, quantize))
         results[role] = {metric: float(value) for metric, value in metrics.items()}
     if wrapped is not None and wrapped is not oracle:
         wrapped.unload()  # the oracle's own modules back in place
@@ -205,8 +207,22 @@ def forget_metrics(model, tokenizer, config: EvaluateConfig, data: EvaluationDat
     return metrics
 
 
+def quantization_attacks_apply(model, config: EvaluateConfig, full_precision_base) -> bool:
+    """Whether the quantization attacks measure what they mean to: not on a quantized base without its
+    full-precision base (merged into the quantized base, an adapter is rounded away: re-quantizing gives that base
+    back, whatever the adapter did), which is said once."""
+    quantization = base_quantization(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    if quantization is None or full_precision_base is not None:
+        return True
+    if config.quantizations:
+        logger.warning("whp evaluate: the base is quantized %s and its full-precision base was not given: the "
+                       "quantization attacks are skipped (they quantize each adapter merged into the full-precision "
+                       "base, as whp export writes it)", quantization)
+    return False
+
+
 def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, adapter, doing,
-             full_precision=None) -> dict:
+             full_precision=None, quantize: bool = True) -> dict:
     """The forget metrics of one role (the active adapter `adapter` of `model`) after each attack, as
     `metric@attack` (see `comparison.attack_key`): relearning, the in-context attacks, quantization, and (given
     the `full_precision` base) the role's adapter on it. Given that base, quantization reloads the adapter merged
@@ -229,7 +245,7 @@ def attacked(model, tokenizer, config: EvaluateConfig, data: EvaluationData, ada
                                           max_length=config.max_length)
                 keep(attack, {f"knowledge_forget_{score}": value for score, value in scores.items()})
     with as_exported(model, adapter, full_precision) as (exported, name):
-        for quantization in config.quantizations:
+        for quantization in config.quantizations if quantize else []:
             doing(f"quantized {quantization}")
             with quantized(exported, name, quantization) as model_quantized:
                 keep(quantization, forget_metrics(model_quantized, tokenizer, config, data))
