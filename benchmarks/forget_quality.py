@@ -162,6 +162,8 @@ SETTINGS = {  # name -> UnlearnConfig options, "anchors" (of DICTIONARIES), "rei
                                                               "num_train_epochs": 24},
     "auto (recommended objective; α, reinforcement and stopping chosen, no oracle)": {  # at most 3× the steps
         **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24},
+    "auto, spared common tokens (the boost never lowers the retain text's commonest half)": {
+        **RECOMMENDED, "alpha": "auto", "num_train_epochs": 24, "spare_common_tokens": 0.5},
     "auto, lr×5 (the learning rate a person chose for the recommended procedure here)": {
         **RECOMMENDED, "alpha": "auto", "learning_rate": 1e-2, "num_train_epochs": 24},
     "auto, reinforcement keeping the retain text (retain_weight 3)": {

@@ -46,6 +46,18 @@ def test_the_sweep_measures_each_teacher_as_the_metrics_do(make_model, reinforce
         assert sweep[alpha] == pytest.approx(expected, rel=1e-4)
 
 
+def test_the_sweep_measures_the_teacher_that_spares_the_common_tokens_when_told(make_model, reinforced_path,
+                                                                               tokenizer):
+    model = PeftModel.from_pretrained(make_model(), reinforced_path, adapter_name="reinforced")
+    spared = torch.tensor(tokenizer(" the . ,")["input_ids"])
+    sweep = teacher_sweep(model, tokenizer, [20], PROBES, CORPUS[4:], max_length=32, spared=spared)
+    teacher = GenericTeacher(model, "reinforced", 20.0, spared=spared)
+    assert sweep[20.0]["retain_perplexity"] == pytest.approx(perplexity(teacher, tokenizer, CORPUS[4:], max_length=32),
+                                                             rel=1e-4)
+    assert sweep[20.0]["retain_perplexity"] != pytest.approx(
+        teacher_sweep(model, tokenizer, [20], PROBES, CORPUS[4:], max_length=32)[20.0]["retain_perplexity"])
+
+
 def test_on_the_probes_the_swept_teacher_reads_them_anchor_translated(make_model, reinforced_path, tokenizer):
     model = PeftModel.from_pretrained(make_model(), reinforced_path, adapter_name="reinforced")
     anchors = {"Harry": ("Jon",), "Quidditch": ("Skyball",)}

@@ -212,3 +212,45 @@ def test_whp_plus_and_bootstrapped_positions_train_through_the_default_collator(
     unlearner.train()
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in unlearner.state.log_history if "loss" in log)
     assert any(not torch.equal(p, before[name]) for name, p in unlearner.model.named_parameters() if name in before)
+
+
+def test_spared_common_tokens_are_never_lowered_by_the_targets_and_the_rest_are_the_papers(make_model, tokenizer,
+                                                                                           reinforced_path, tmp_path):
+    from whp_trainer.targets import commonest_tokens
+
+    options = dict(retain_weight=1.0, target_mode="soft")
+    paper = trainer(make_model, tokenizer, reinforced_path, tmp_path, **options)
+    spared = trainer(make_model, tokenizer, reinforced_path, tmp_path, **options, spare_common_tokens=0.5)
+    assert paper.spared_tokens is None
+    assert torch.equal(spared.spared_tokens, commonest_tokens(spared.retain_blocks, 0.5))  # the retain loss's blocks
+    inputs = spared._prepare_inputs(next(iter(spared.get_train_dataloader())))
+    rows, cols = (inputs["shift_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
+    targets = {name: run._generic_targets(run.accelerator.unwrap_model(run.model), inputs, rows, cols)
+               for name, run in (("paper", paper), ("spared", spared))}
+    ids = spared.spared_tokens
+    # the spared tokens' logits stay at the baseline's while the others' are lowered as before: never less mass
+    assert (targets["spared"][:, ids].sum(-1) >= targets["paper"][:, ids].sum(-1) - 1e-6).all()
+    assert not torch.allclose(targets["spared"], targets["paper"])
+    others = torch.ones(targets["paper"].shape[-1], dtype=torch.bool)
+    others[ids] = False
+    ratio = targets["spared"][:, others] / targets["paper"][:, others]  # the same up to each position's normaliser
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, atol=1e-6)
+
+
+def test_spare_common_tokens_needs_the_retain_text_and_a_share_below_one():
+    from whp_trainer.pipeline import UNLEARN_ADDED
+    from whp_trainer.record import beyond_paper
+    from whp_trainer.runs import fingerprint
+
+    with pytest.raises(ValueError, match="spare_common_tokens reads the retain text"):
+        UnlearnConfig(output_dir="x", spare_common_tokens=0.5)
+    for share in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="spare_common_tokens"):
+            UnlearnConfig(output_dir="x", retain_weight=1.0, spare_common_tokens=share)
+    args = UnlearnConfig(output_dir="x", retain_weight=1.0)
+    before = {key: value for key, value in args.to_dict().items()
+              if key not in UNLEARN_ADDED and "logging_dir" not in key and not key.endswith("_token")}
+    assert fingerprint(args, added=UNLEARN_ADDED) == fingerprint(before)  # runs made before the option: up to date
+    args.spare_common_tokens = 0.5
+    assert fingerprint(args, added=UNLEARN_ADDED) != fingerprint(before)
+    assert beyond_paper(args)["spare_common_tokens"] == 0.5  # the record and the card name it

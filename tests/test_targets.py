@@ -6,6 +6,7 @@ import torch
 from whp_trainer.targets import (
     IGNORE_INDEX,
     chunked_distillation_loss,
+    commonest_tokens,
     distillation_loss,
     generic_logits,
     hard_targets,
@@ -27,6 +28,24 @@ def test_generic_logits_without_relu_raises_lowered_tokens():
     baseline = torch.tensor([1.0, 2.0])
     reinforced = torch.tensor([3.0, 1.0])
     assert generic_logits(baseline, reinforced, alpha=2.0, relu=False).tolist() == [1.0 - 4.0, 2.0 + 2.0]
+
+
+def test_spared_tokens_keep_the_baseline_logits_and_the_others_are_the_papers():
+    baseline, reinforced = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    spared = torch.tensor([0, 4])
+    generic = generic_logits(baseline, reinforced, alpha=3.0, spared=spared)
+    paper = generic_logits(baseline, reinforced, alpha=3.0)
+    assert torch.equal(generic[..., spared], baseline[..., spared])
+    others = torch.tensor([1, 2, 3, 5, 6])
+    assert torch.equal(generic[..., others], paper[..., others])
+
+
+def test_commonest_tokens_make_up_the_share_asked_most_frequent_first():
+    blocks = [[5, 1, 5, 2], [5, 1, 3, 9, 5, 1]]  # 5: 4 of 10, 1: 3, then 2, 3, 9 once each (first seen first)
+    assert commonest_tokens(blocks, 0.4).tolist() == [5]
+    assert commonest_tokens(blocks, 0.5).tolist() == [5, 1]
+    assert commonest_tokens(blocks, 0.75).tolist() == [5, 1, 2]
+    assert commonest_tokens(blocks, 0.0) is None
 
 
 def test_alpha_zero_returns_the_baseline():

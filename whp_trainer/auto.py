@@ -185,6 +185,28 @@ def sample(items: list, rng: random.Random) -> list:
     return items if len(items) <= SAMPLE else rng.sample(items, SAMPLE)
 
 
+def retain_training(data, args, inputs: AutoInputs | None = None) -> list[str] | None:
+    """The retain loss's text: the retain data, less the blocks ``alpha: auto`` reads its budget on when no
+    ``budget_data`` was given (``inputs.retain_training``); None without a retain loss."""
+    if not args.retain_weight:
+        return None
+    if inputs is not None and inputs.retain_training is not None:
+        return inputs.retain_training
+    return data.retain_texts()["text"]
+
+
+def spared_tokens(data, args, tokenizer, inputs: AutoInputs | None = None):
+    """The token ids ``spare_common_tokens`` spares, from the retain loss's blocks as the trainer cuts them (None
+    when it is off)."""
+    from .collator import split_into_blocks
+    from .targets import commonest_tokens
+
+    if not args.spare_common_tokens:
+        return None
+    blocks = split_into_blocks(retain_training(data, args, inputs), tokenizer, args.max_length)
+    return commonest_tokens(blocks, args.spare_common_tokens)
+
+
 def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anchors, reinforced: Path,
                       overwrite: bool = False) -> dict:
     """Targets, sweep, strengthening: the record of the choice (see
@@ -195,6 +217,7 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
     from .models import reader_for
 
     paths, sweeps, fits, diverged = [reinforced], [], [], None
+    spared = spared_tokens(data, args, tokenizer, inputs)
     for round_ in range(args.auto_reinforce_rounds + 1):
         if round_:
             print(f"whp unlearn: alpha auto: no teacher reaches the targets; reinforcing stronger (round {round_})",
@@ -211,7 +234,7 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
             break
         sweeps.append(teacher_sweep(model, tokenizer, args.auto_alphas, inputs.probes, inputs.retain,
                                     inputs.membership, anchors and translated_probes(inputs.probes, anchors),
-                                    max_length=args.max_length))
+                                    max_length=args.max_length, spared=spared))
         del model
         choice = choose_alpha(sweeps, targets, args.teacher_budget)
         if choice["reached"]:

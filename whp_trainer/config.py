@@ -415,6 +415,13 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
                   "below the base model's own log-probability of it on the original text (one more forward pass of "
                   "the base per step); unset = down to the target's probability, however far into its tail."},
     )
+    spare_common_tokens: float = field(
+        default=0.0,
+        metadata={"help": "Beyond the paper: the reinforced boost never lowers the retain text's commonest tokens, "
+                  "those that make up this share of its tokens (0.5: its punctuation, articles and commonest words), "
+                  "which the reinforced model is surer of wherever it memorized the target; needs retain_weight > 0 "
+                  "and a retain dataset; 0 = off (the paper)."},
+    )
     retain_weight: float = field(
         default=0.0,
         metadata={"help": "Beyond the paper: weight of the retain loss on retain blocks interleaved with the forget "
@@ -454,11 +461,17 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         super().__post_init__()
         check_trains(self)
         self.alpha = checked_alpha(self.alpha)
-        check_finite(self, ("temperature", "suppression_penalty", "retain_weight", "original_cap_weight", "sam_rho"))
+        check_finite(self, ("temperature", "suppression_penalty", "retain_weight", "original_cap_weight", "sam_rho",
+                            "spare_common_tokens"))
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"UnlearnConfig.target_mode={self.target_mode!r}: expected one of {TARGET_MODES}")
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"UnlearnConfig.retain_loss={self.retain_loss!r}: expected one of {RETAIN_LOSSES}")
+        if not 0 <= self.spare_common_tokens < 1:
+            raise ValueError(f"UnlearnConfig.spare_common_tokens={self.spare_common_tokens}: must be in [0, 1)")
+        if self.spare_common_tokens and not self.retain_weight:
+            raise ValueError("UnlearnConfig.spare_common_tokens reads the retain text: set retain_weight > 0 and give "
+                             "a retain dataset")
         if self.original_cap_weight < 0:
             raise ValueError(f"UnlearnConfig.original_cap_weight={self.original_cap_weight}: must be >= 0")
         if self.original_cap_weight and (self.target_mode != "soft" or self.cache_targets):

@@ -17,7 +17,14 @@ from trl import ModelConfig
 
 from .anchors import AnchorDictionary
 from .arguments import DataArguments, DiscoverArguments, PublishArguments
-from .auto import auto_inputs, check_auto_inputs, choose_auto_alpha, record_what_the_rule_read, stop_at_targets
+from .auto import (
+    auto_inputs,
+    check_auto_inputs,
+    choose_auto_alpha,
+    record_what_the_rule_read,
+    retain_training,
+    stop_at_targets,
+)
 from .cache import model_weights_digest
 from .collator import block_summary, check_anchor_coverage, check_loss_positions, collator_for, split_into_blocks, text_blocks
 from .config import UnlearnConfig
@@ -36,7 +43,8 @@ logger = logging.getLogger(__name__)
 MONITOR_LIMIT = 64  # probes and retain rows measured during unlearning (the evaluate stage measures them all)
 # settings fields newer than some stage folders, at their old behaviour's value (runs.fingerprint's ``added``)
 REINFORCE_ADDED = {"retain_weight": 0.0}
-UNLEARN_ADDED = {"original_cap_depth": None, "retain_projection": False, "forget_knowledge": None}
+UNLEARN_ADDED = {"original_cap_depth": None, "retain_projection": False, "forget_knowledge": None,
+                 "spare_common_tokens": 0.0}
 EVALUATE_ADDED = {"full_precision_attack": True}
 
 
@@ -251,16 +259,6 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir
-
-
-def retain_training(data: DataArguments, args, inputs=None) -> list[str] | None:
-    """The retain loss's text: the retain data, less the blocks ``alpha: auto`` reads its budget on when no
-    ``budget_data`` was given (``inputs.retain_training``); None without a retain loss."""
-    if not args.retain_weight:
-        return None
-    if inputs is not None and inputs.retain_training is not None:
-        return inputs.retain_training
-    return data.retain_texts()["text"]
 
 
 def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bool = False) -> str:

@@ -129,7 +129,8 @@ def method_settings(args) -> dict:
 
 
 BEYOND_PAPER = ("original_cap_weight", "original_cap_depth", "retain_weight", "skip_unchanged_targets",
-                "translations_per_block", "bootstrap_untranslated", "sam_rho", "retain_projection")
+                "translations_per_block", "bootstrap_untranslated", "sam_rho", "retain_projection",
+                "spare_common_tokens")
 
 
 def beyond_paper(args) -> dict:

@@ -5,6 +5,8 @@ Nothing here knows about models; every function takes logits of shape ``(..., V)
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
@@ -14,17 +16,36 @@ IGNORE_INDEX = -100
 
 
 def generic_logits(
-    baseline: torch.Tensor, reinforced: torch.Tensor, alpha: float, relu: bool = True
+    baseline: torch.Tensor, reinforced: torch.Tensor, alpha: float, relu: bool = True,
+    spared: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``v_baseline − α · ReLU(v_reinforced − v_baseline)`` (Eldan & Russinovich 2023, eq. 1).
 
     With ``relu=False`` the difference is subtracted without clipping, so tokens the reinforced model
-    *lowers* are raised in return.
+    *lowers* are raised in return. The ``spared`` token ids (`commonest_tokens`) keep the baseline's logits.
     """
     boost = reinforced - baseline
     if relu:
         boost.clamp_(min=0)
+    if spared is not None:
+        boost[..., spared.to(boost.device)] = 0
     return torch.sub(baseline, boost, alpha=alpha)  # one pass over vocabulary-sized tensors, not two
+
+
+def commonest_tokens(blocks: list[list[int]], share: float) -> torch.Tensor | None:
+    """The most frequent token ids of ``blocks`` (ties in order of first occurrence), as many as make up ``share``
+    of their tokens; None for ``share`` 0. On ordinary text these are its punctuation, articles and commonest words,
+    which no target's knowledge lives in."""
+    if not share:
+        return None
+    counts = Counter(token for block in blocks for token in block)
+    chosen, covered, total = [], 0, sum(counts.values())
+    for token, count in counts.most_common():
+        if covered >= share * total:
+            break
+        chosen.append(token)
+        covered += count
+    return torch.tensor(chosen, dtype=torch.long)
 
 
 def suppress(logits: torch.Tensor, token_ids: torch.Tensor, penalty: float) -> torch.Tensor:

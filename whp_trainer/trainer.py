@@ -65,6 +65,7 @@ from .targets import (
     averaged_targets,
     cap_level,
     chunked_distillation_loss,
+    commonest_tokens,
     distillation_loss,
     drop_unchanged,
     generic_logits,
@@ -210,6 +211,7 @@ class UnlearnTrainer(RetainLoss, Trainer):
             logger.warning("UnlearnConfig.model_init_kwargs is ignored: the model is already loaded")
         check_vocabulary(model, processing_class)
         self.init_retain_loss(retain_dataset, processing_class, args)
+        self.spared_tokens = commonest_tokens(self.retain_blocks or [], args.spare_common_tokens)
         self.cap_weight = args.original_cap_weight  # alpha auto's stopping rule drops it when a budget is over
         peft_config, self.all_linear_lora = default_lora_targets(peft_config, model)
         model = prepare_unlearning_model(
@@ -579,7 +581,8 @@ class UnlearnTrainer(RetainLoss, Trainer):
                 for k in range(translations):
                     generic = logits_from_states(peft_model, teacher["baseline"][k, chunk], head)
                     if self.has_reinforced:
-                        generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu)
+                        generic = generic_logits(generic, reinforced, args.alpha, relu=args.relu,
+                                                 spared=self.spared_tokens)
                     if suppressed is not None and args.suppression_penalty:
                         generic = suppress(generic, suppressed[k, chunk], args.suppression_penalty)
                     generics.append(generic)

@@ -154,8 +154,10 @@ def teacher_sweep(
     k: float = MUSE_K,
     max_length: int = 512,
     batch_size: int = 8,
+    spared: torch.Tensor | None = None,
 ) -> dict[float, dict[str, float]]:
-    """The generic-logit teacher at each of ``alphas`` (``0`` is the base), measured on perplexity of
+    """The generic-logit teacher at each of ``alphas`` (``0`` is the base; ``spared``: the token ids the boost never
+    lowers, as the trainer's ``spare_common_tokens`` has them), measured on perplexity of
     ``retain_texts``, with ``membership_texts`` (forget, holdout) on the Min-K% and Min-K%++ membership AUC, and on
     token familiarity of ``probes``: ``{alpha: {metric: value}}``, from two forward passes per batch whatever the
     number of α.
@@ -167,7 +169,7 @@ def teacher_sweep(
     (`reader_for`).
     """
     alphas = sorted({0.0, *map(float, alphas)})
-    teacher = GenericTeacher(model, adapter, alpha=0.0)
+    teacher = GenericTeacher(model, adapter, alpha=0.0, spared=spared)
     pad_id, reader = pad_token_id(tokenizer), reader_for(model)
     results = {alpha: {} for alpha in alphas}
     with evaluation_mode(model):
@@ -195,7 +197,8 @@ def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size):
     for start in range(0, len(rows), batch_size):
         batch = padded_batch(rows[start : start + batch_size], pad_id, device=teacher.device)
         baseline, reinforced = teacher.role_logits(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        yield batch, ((alpha, generic_logits(baseline, reinforced, alpha, relu=teacher.relu)) for alpha in alphas)
+        yield batch, ((alpha, generic_logits(baseline, reinforced, alpha, relu=teacher.relu, spared=teacher.spared))
+                      for alpha in alphas)
 
 
 def probe_probabilities(teacher, pairs, alphas, pad_id, batch_size) -> list[list[float]]:
@@ -210,7 +213,7 @@ def probe_probabilities(teacher, pairs, alphas, pad_id, batch_size) -> list[list
         with using_adapter(teacher.model, teacher.adapter):
             reinforced = next_token_logits(teacher.model, contexts, pad_id)
         chosen = torch.tensor(targets, device=baseline.device)
-        columns = [generic_logits(baseline, reinforced, alpha, relu=teacher.relu).softmax(-1)[
+        columns = [generic_logits(baseline, reinforced, alpha, relu=teacher.relu, spared=teacher.spared).softmax(-1)[
             torch.arange(len(chosen)), chosen].tolist() for alpha in alphas]
         found += [list(row) for row in zip(*columns)]
     return found

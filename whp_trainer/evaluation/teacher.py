@@ -23,11 +23,11 @@ class GenericTeacher(torch.nn.Module):
     ``generate`` (greedy or sampled, without a KV cache: each new token re-reads the context) and ``device``.
     """
 
-    def __init__(self, model, adapter: str, alpha: float, relu: bool = True):
+    def __init__(self, model, adapter: str, alpha: float, relu: bool = True, spared: torch.Tensor | None = None):
         super().__init__()
         if adapter not in model.peft_config:
             raise ValueError(f"GenericTeacher: the model has no adapter named {adapter!r}")
-        self.model, self.adapter, self.alpha, self.relu = model, adapter, alpha, relu
+        self.model, self.adapter, self.alpha, self.relu, self.spared = model, adapter, alpha, relu, spared
 
     @property
     def device(self) -> torch.device:
@@ -36,7 +36,8 @@ class GenericTeacher(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0, **ignored):
         """Generic logits ``(B, T or logits_to_keep, V)`` (float32); ``labels`` and other keys are ignored."""
         baseline, reinforced = self.role_logits(input_ids, attention_mask, position_ids, logits_to_keep)
-        return CausalLMOutput(logits=generic_logits(baseline, reinforced, self.alpha, relu=self.relu))
+        return CausalLMOutput(logits=generic_logits(baseline, reinforced, self.alpha, relu=self.relu,
+                                                    spared=self.spared))
 
     def role_logits(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0):
         """The two teacher passes: the baseline's and the reinforced adapter's float logits of the same input (the
