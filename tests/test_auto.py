@@ -489,6 +489,31 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert results["unlearned"]["knowledge_forget_read_by_rule"] == 2  # too few others: counted
 
 
+def test_alpha_auto_sweeps_the_teacher_that_spares_the_tokens_the_trainer_spares(files, tmp_path, monkeypatch,
+                                                                                  tokenizer):
+    import whp_trainer.evaluation.autotune as autotune
+    from whp_trainer.collator import split_into_blocks
+    from whp_trainer.data import load_texts
+    from whp_trainer.targets import commonest_tokens
+
+    swept = []
+
+    def recorded(*args, spared=None, **kwargs):  # the sweep's teacher, then no further: the trainer is tested apart
+        swept.append(spared)
+        raise InterruptedError
+
+    monkeypatch.setattr(autotune, "teacher_sweep", recorded)
+    auto = {"alpha": "auto", "auto_alphas": [5], "auto_reinforce_rounds": 0, "retain_weight": 1.0,
+            "target_mode": "soft", "spare_common_tokens": 0.5, "holdout_data": str(files / "retain.txt"),
+            "budget_data": str(files / "forget.txt")}
+    config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto})
+    with pytest.raises(InterruptedError):
+        cli.run_config([str(write_config(tmp_path / "run.yaml", config))])
+    retain = load_texts(str(files / "retain.txt"))["text"]
+    expected = commonest_tokens(split_into_blocks(retain, tokenizer, TRAINING["max_length"]), 0.5)
+    assert torch.equal(swept[0], expected)  # the retain loss's blocks, as UnlearnTrainer counts them
+
+
 def distinct_text(words: int, seed: int = 0) -> str:
     """Running text of the corpus's words in a random order: no two of its blocks alike."""
     import random
