@@ -196,15 +196,15 @@ def retain_training(data, args, inputs: AutoInputs | None = None) -> list[str] |
 
 
 def spared_tokens(data, args, tokenizer, inputs: AutoInputs | None = None):
-    """The token ids ``spare_common_tokens`` spares, from the retain loss's blocks as the trainer cuts them (None
-    when it is off)."""
-    from .collator import split_into_blocks
+    """The token ids ``spare_common_tokens`` spares, from the retain loss's blocks cut as the trainer cuts them
+    (None when it is off)."""
     from .targets import commonest_tokens
+    from .trainer import retain_token_blocks
 
     if not args.spare_common_tokens:
         return None
-    blocks = split_into_blocks(retain_training(data, args, inputs), tokenizer, args.max_length)
-    return commonest_tokens(blocks, args.spare_common_tokens)
+    return commonest_tokens(retain_token_blocks(retain_training(data, args, inputs), tokenizer, args),
+                            args.spare_common_tokens)
 
 
 def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anchors, reinforced: Path,

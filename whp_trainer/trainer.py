@@ -88,7 +88,7 @@ class RetainLoss:
     the reinforcement ([`whp_trainer.reinforce`][whp_trainer.reinforce]) keeps the reinforced model the base's."""
 
     def init_retain_loss(self, retain_dataset, tokenizer, args) -> None:
-        self.retain_blocks = _retain_blocks(retain_dataset, tokenizer, args)
+        self.retain_blocks = retain_token_blocks(retain_dataset, tokenizer, args)
         self._retain_served = 0  # retain batches served so far; saved in every checkpoint (see _save_checkpoint)
         self.retain_weight = args.retain_weight  # alpha auto's stopping rule raises it when a budget is over
         self._retain_pass: tuple[int, list[int]] = (-1, [])  # the pass over the retain blocks in use, its order
@@ -805,7 +805,7 @@ def _load_anchors(anchors) -> AnchorDictionary | None:
     return AnchorDictionary(anchors)
 
 
-def _retain_blocks(retain_dataset, tokenizer, args) -> list[list[int]] | None:
+def retain_token_blocks(retain_dataset, tokenizer, args) -> list[list[int]] | None:
     """Token-id blocks of ``max_length`` of the retain text; an error when ``retain_weight`` asks for them and none
     are given."""
     if not args.retain_weight:
