@@ -411,6 +411,32 @@ def test_the_neighbour_knowledge_budget_stops_the_student(make_model):
     assert callback.decision["best_step"] == 1
 
 
+def test_a_student_held_back_by_the_neighbour_bound_alone_is_told_how_many_rows_would_read_it_within(make_model):
+    model = trainable_model(make_model)
+
+    def reading(auc, mean, bound):  # the neighbour rows' mean and its bound, nats (the base's: -2.0)
+        return {**metrics(auc, 0.5, 10.0), "neighbour_knowledge": mean, NEIGHBOUR_BOUND: bound}
+
+    # steps 1 and 2 within the budget (0.1 nat) by their bounds; step 3 within by its mean (-0.04), over by its bound
+    script = [reading(0.95, -2.0, -2.0), reading(0.95, -2.0, -2.0), reading(0.9, -1.98, -2.05),
+              reading(0.85, -2.01, -2.09), reading(0.8, -2.04, -2.16)]
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, budget_patience=1)
+    callback.base_readings = ([], [-2.0] * 20)  # the base's reading of its 20 rows
+    stopped, _ = run_steps(callback, model, steps=5)
+    held = callback.decision["neighbour_resolution"]
+    assert stopped == 3 and held["step"] == 3 and held["rows"] == 20
+    assert held["change"] == pytest.approx(-0.04) and held["bound"] == pytest.approx(-0.16)
+    assert held["rows_needed"] == 80  # the bound 0.12 from the mean must shrink to the 0.06 left: 20 × (0.12/0.06)²
+    summary = stopping_summary(callback.decision)
+    assert "20 rows read -0.040 nat" in summary and "about 80 rows of the kind" in summary
+    by_mean = ScriptedStopping(fake_trainer(model), [reading(0.95, -2.0, -2.0)] * 2 + [reading(0.8, -2.2, -2.3)] * 3,
+                               every_n_steps=1, budget_patience=1)
+    by_mean.base_readings = ([], [-2.0] * 20)
+    run_steps(by_mean, model, steps=3)
+    assert "neighbour_resolution" not in by_mean.decision  # over by its mean: more rows would not help
+    assert "rows of the kind" not in stopping_summary(by_mean.decision)
+
+
 def test_alpha_auto_is_a_word_on_the_command_line_and_in_yaml(tmp_path):
     (_, _, args), _ = cli.parse_stage("unlearn", ["--alpha", "auto"])
     assert args.auto and args.alpha == "auto"

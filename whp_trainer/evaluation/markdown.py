@@ -378,6 +378,18 @@ def kept_cost(stopping: dict) -> str:
     return text + " against the base."
 
 
+def neighbour_resolution_note(stopping: dict) -> str:
+    """When the neighbour budget held the student back by its bound alone: how many rows would have read the change
+    within it (the ``neighbour_resolution`` of the record), since more rows, not another setting, let it go on."""
+    held = stopping.get("neighbour_resolution")
+    if not held:
+        return ""
+    return (f" At step {held['step']} the neighbour knowledge's {held['rows']} rows read {held['change']:+.3f} nat "
+            f"against the base, within its budget, but their scatter put the bound at {held['bound']:+.3f}, over it: "
+            f"about {held['rows_needed']} rows of the kind (`--neighbour_knowledge`) would read such a change within "
+            "the budget.")
+
+
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
@@ -392,7 +404,7 @@ def stopping_summary(stopping: dict) -> str:
     else:
         kept = f"{weights}, the measurement least over its budgets"
     text = f"The student stopped at step {stopping['stopped_at']}: {stopping['reason']}; its weights are {kept}."
-    text += kept_cost(stopping)
+    text += kept_cost(stopping) + neighbour_resolution_note(stopping)
     if stopping.get("backtracks"):
         count, dropped = stopping["backtracks"], stopping.get("dropped_cap_at")
         halved = count - (dropped is not None)

@@ -286,6 +286,10 @@ class TargetStoppingCallback(TrainerCallback):
                              best_from_step=kept.get("from_step"),
                              base=self.base, best=kept["metrics"], reached=shortfall == 0 and kept["within_budget"],
                              left=kept["shortfall"], within_budget=kept["within_budget"])
+        rows = self.base_readings[1] if self.base_readings else None
+        if rows:
+            resolution = neighbour_resolution(self.history, self.base, self.neighbour_budget, len(rows))
+            self.decision.update({"neighbour_resolution": resolution} if resolution else {})
 
     def _record(self, model, step: int, scale: float | None = None, from_step: int | None = None) -> dict:
         """Measure ``model`` as it is now, append the measurement of ``step`` (with the line search's ``scale`` and,
@@ -489,6 +493,22 @@ def knowledge_bound(rows: list[float], base_rows: list[float], confidence: float
     changes = [row - base for row, base in zip(rows, base_rows, strict=True)]
     error = stdev(changes) / math.sqrt(len(changes)) if len(changes) > 1 else 0.0
     return fmean(rows) - t_quantile(confidence, len(changes) - 1) * error
+
+
+def neighbour_resolution(history: list[dict], base: dict, budget: float, rows: int) -> dict | None:
+    """Where the neighbour budget held the student back by its bound alone: the first trained measurement whose
+    rows' mean is within ``budget`` of the ``base``'s and whose bound is not, and about how many rows of the kind
+    would read that change within the budget (the bound's distance from the mean shrinks as 1 / √rows). None when
+    the bound never decided alone."""
+    for entry in history:
+        metrics = entry["metrics"]
+        if "scale" in entry or NEIGHBOUR_BOUND not in metrics:
+            continue
+        drop, width = base[NEIGHBOUR] - metrics[NEIGHBOUR], metrics[NEIGHBOUR] - metrics[NEIGHBOUR_BOUND]
+        if drop < budget < drop + width:
+            return {"step": entry["step"], "rows": rows, "change": -drop, "bound": -(drop + width),
+                    "rows_needed": math.ceil(rows * (width / (budget - drop)) ** 2 - 1e-9)}  # 80.000…1 rows: 80
+    return None
 
 
 def t_quantile(confidence: float, degrees: int) -> float:
