@@ -421,7 +421,7 @@ def test_a_student_held_back_by_the_neighbour_bound_alone_is_told_how_many_rows_
     script = [reading(0.95, -2.0, -2.0), reading(0.95, -2.0, -2.0), reading(0.9, -1.98, -2.05),
               reading(0.85, -2.01, -2.09), reading(0.8, -2.04, -2.16)]
     callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, budget_patience=1)
-    callback.base_readings = ([], [-2.0] * 20)  # the base's reading of its 20 rows
+    callback.neighbour_rows = 20  # what measuring 20 rows sets
     stopped, _ = run_steps(callback, model, steps=5)
     held = callback.decision["neighbour_resolution"]
     assert stopped == 3 and held["step"] == 3 and held["rows"] == 20
@@ -431,7 +431,7 @@ def test_a_student_held_back_by_the_neighbour_bound_alone_is_told_how_many_rows_
     assert "20 rows read -0.040 nat" in summary and "about 80 rows of the kind" in summary
     by_mean = ScriptedStopping(fake_trainer(model), [reading(0.95, -2.0, -2.0)] * 2 + [reading(0.8, -2.2, -2.3)] * 3,
                                every_n_steps=1, budget_patience=1)
-    by_mean.base_readings = ([], [-2.0] * 20)
+    by_mean.neighbour_rows = 20
     run_steps(by_mean, model, steps=3)
     assert "neighbour_resolution" not in by_mean.decision  # over by its mean: more rows would not help
     assert "rows of the kind" not in stopping_summary(by_mean.decision)
@@ -932,6 +932,7 @@ def test_the_neighbour_budget_holds_the_bound_not_the_samples_reading(make_model
     measured = measured_after_a_nudge(callback, model)
     assert callback.base[NEIGHBOUR_BOUND] == callback.base["neighbour_knowledge"]  # the base against itself
     reading, bound = measured["neighbour_knowledge"], measured[NEIGHBOUR_BOUND]
+    assert callback.neighbour_rows == len(pairs)
     assert reading == pytest.approx(fmean(answer_log_likelihoods(model, tokenizer, pairs)))
     assert bound < reading != callback.base["neighbour_knowledge"]
     callback.retain_budget = 10.0  # only the neighbour budget can be spent
@@ -1321,6 +1322,7 @@ def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(ma
     run_steps(callback, model, steps=3 * every)
     kept = callback.history[callback.best[1]]
     assert (kept["step"], kept.get("scale")) == best
+    callback.neighbour_rows = 44  # what measuring 44 neighbour rows would have set: the resolution's count
     callback.save_to_checkpoint(tmp_path)
     if not line_search:  # a checkpoint of an older whp_trainer, which kept its measurements by step
         state = json.loads((tmp_path / STATE_FILE).read_text())
@@ -1332,6 +1334,7 @@ def test_the_rules_kept_weights_come_back_from_a_checkpoint_as_they_were_kept(ma
     loaded = DistanceStopping(trainer, cost=cost, every_n_steps=every, line_search=line_search)
     loaded.load_from_checkpoint(tmp_path)
     assert loaded.history == callback.history and loaded.best[:2] == callback.best[:2]
+    assert loaded.neighbour_rows == 44
     assert all(torch.equal(loaded.best[2][name], weight) for name, weight in callback.best[2].items())
     if line_search:  # the measurement over budget closest to the targets, which the end's search goes towards
         assert loaded.closest_over[:3] == callback.closest_over[:3] and all(

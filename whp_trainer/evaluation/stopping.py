@@ -144,6 +144,7 @@ class TargetStoppingCallback(TrainerCallback):
         # over budget, the least short of the targets, then the least over: (shortfall, overrun, index, weights)
         self.closest_over: tuple[float, float, int, dict] | None = None
         self.start: tuple[int, dict] | None = None  # (step, weights) this run began with (at step 0: the base's)
+        self.neighbour_rows = 0  # how many neighbour rows the budget is read on (kept in a checkpoint)
 
     def measure(self, model) -> dict[str, float]:
         """The signals and budgets of ``model`` as it is now (its active adapter); in a multi-process run each
@@ -166,6 +167,7 @@ class TargetStoppingCallback(TrainerCallback):
             metrics[KNOWLEDGE] = fmean(answer_margins(model, tokenizer, self.forget_knowledge,
                                                       max_length=self.max_length, reader=reader))
         if rows is not None:
+            self.neighbour_rows = len(rows)
             metrics[NEIGHBOUR] = fmean(rows)
             metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
         return metrics
@@ -224,7 +226,7 @@ class TargetStoppingCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / WEIGHTS_FILE)
         state = {"history": self.history, "decision": self.decision, "base": self.base, "kept": facts,
-                 "kept_by": "index"}
+                 "kept_by": "index", "neighbour_rows": self.neighbour_rows}
         (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
     def load_from_checkpoint(self, folder: Path) -> None:
@@ -235,6 +237,7 @@ class TargetStoppingCallback(TrainerCallback):
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         tensors = load_file(folder / WEIGHTS_FILE)
         self.history, self.decision, self.base = state["history"], state["decision"], state["base"]
+        self.neighbour_rows = state.get("neighbour_rows", 0)
         for key, facts in state["kept"].items():
             weights = {name.split("/", 1)[1]: weight for name, weight in tensors.items() if name.startswith(f"{key}/")}
             if facts is not None and key != "start" and state.get("kept_by") != "index":  # an older whp_trainer's:
@@ -286,9 +289,8 @@ class TargetStoppingCallback(TrainerCallback):
                              best_from_step=kept.get("from_step"),
                              base=self.base, best=kept["metrics"], reached=shortfall == 0 and kept["within_budget"],
                              left=kept["shortfall"], within_budget=kept["within_budget"])
-        rows = self.base_readings[1] if self.base_readings else None
-        if rows:
-            resolution = neighbour_resolution(self.history, self.base, self.neighbour_budget, len(rows))
+        if self.neighbour_rows:
+            resolution = neighbour_resolution(self.history, self.base, self.neighbour_budget, self.neighbour_rows)
             self.decision.update({"neighbour_resolution": resolution} if resolution else {})
 
     def _record(self, model, step: int, scale: float | None = None, from_step: int | None = None) -> dict:
