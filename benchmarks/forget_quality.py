@@ -14,8 +14,10 @@ References of the metrics: the holdout texts of the membership test are the Book
 no model read), the held-out perplexity is measured on 2 Samuel 1–6 (no model read it either), the retain text
 of the retain regulariser is Judges (which the base read), and the anchor dictionary maps Ruth's names to names of
 the corpus. The knowledge sets are cloze prompts on Ruth's facts (forget) and on facts of Judges and 1 Samuel
-(neighbour, which must stay); every role relearns, besides on Ruth, on the genealogies of Matthew 1 and
-1 Chronicles 2 that name Boaz, Ruth and Obed (text about the target that no model read). The goal (issue 12): verbatim memorization and first-mention entity probability ≤ oracle + 0.02,
+(neighbour, which must stay: 10 written by hand and 120 clauses of the corpus that end on a name, so that
+``alpha: auto``'s stopping rule reads 64 of them, as the docs ask of a user); every role relearns, besides on
+Ruth, on the genealogies of Matthew 1 and 1 Chronicles 2 that name Boaz, Ruth and Obed (text about the target that
+no model read). The goal (issue 12): verbatim memorization and first-mention entity probability ≤ oracle + 0.02,
 membership AUC within ±0.05 of the oracle's, familiarity after relearning ≤ the oracle's + 0.05, held-out
 perplexity ≤ base + 3 %.
 """
@@ -24,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import random
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from trl import ModelConfig
@@ -198,21 +203,32 @@ TEACHER_ALPHAS = {"default": [5.0, 10.0, 20.0], "strong": [5.0, 6.0, 7.0, 10.0],
 # ---------------------------------------------------------------------------------------------------- the texts
 
 
+@functools.cache
+def king_james():
+    import pythonbible as bible
+
+    return bible.get_bible(bible.Version.KING_JAMES, "plain_text")
+
+
+def chapter_verses(book: str, chapter: int) -> list[str]:
+    """The verses of a chapter, verse numbers and the translators' brackets removed."""
+    import pythonbible as bible
+
+    last = bible.get_number_of_verses(bible.Book[book], chapter)
+    ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(bible.Book[book], chapter, 1, chapter, last))
+    text = re.sub(r"\[([^\]]*)\]", r"\1", king_james().get_scripture(ids[0], ids[-1])).replace("’", "'")
+    return [verse.strip() for verse in re.split(r"\s*\d+\.\s+", text) if verse.strip()]
+
+
 def book_passages(book: str, chapters: int | None = None) -> list[str]:
     """The book (its first ``chapters``) as passages of about ``PASSAGE_CHARS`` characters, cut between verses;
     verse numbers and the translators' brackets removed."""
     import pythonbible as bible
 
-    kjv = bible.get_bible(bible.Version.KING_JAMES, "plain_text")
-    book = bible.Book[book]
     passages = []
-    for chapter in range(1, (chapters or bible.get_number_of_chapters(book)) + 1):
-        last = bible.get_number_of_verses(book, chapter)
-        ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(book, chapter, 1, chapter, last))
-        text = re.sub(r"\[([^\]]*)\]", r"\1", kjv.get_scripture(ids[0], ids[-1])).replace("’", "'")
-        verses = [verse.strip() for verse in re.split(r"\s*\d+\.\s+", text) if verse.strip()]
+    for chapter in range(1, (chapters or bible.get_number_of_chapters(bible.Book[book])) + 1):
         current = ""
-        for verse in verses:
+        for verse in chapter_verses(book, chapter):
             current = f"{current} {verse}".strip()
             if len(current) >= PASSAGE_CHARS:
                 passages.append(current)
@@ -220,6 +236,34 @@ def book_passages(book: str, chapters: int | None = None) -> list[str]:
         if current:
             passages.append(current)
     return passages
+
+
+def corpus_cloze_rows(count: int = 120, per_name: int = 3, seed: int = 0) -> list[tuple[str, str, str]]:
+    """Neighbour knowledge cut from the corpus itself, (prompt, answer, false answer): clauses of its books that end
+    on a name, of verses spread over the books, at most ``per_name`` for each name. A name is a capitalised word the
+    corpus uses at least 4 times, 70 % of them after a lower-case word (not a sentence's or a speech's first word);
+    the false answer is another, drawn with ``seed``, that the verse does not hold."""
+    import pythonbible as bible
+
+    chapters = [(book, chapter) for book in CORPUS_BOOKS
+                for chapter in range(1, bible.get_number_of_chapters(bible.Book[book]) + 1)]
+    verses_ = [verse for book, chapter in chapters for verse in chapter_verses(book, chapter)]
+    words = Counter(word for verse in verses_ for word in re.findall(r"\b[A-Z][a-z]+\b", verse))
+    inside = Counter(word for verse in verses_ for word in re.findall(r"(?<=[a-z] )([A-Z][a-z]+)\b", verse))
+    names = sorted(word for word, uses in inside.items()
+                   if uses >= 4 and uses >= 0.7 * words[word] and word not in {"God", "Spirit", "Lord"})
+    rows, uses = [], Counter()
+    for verse in verses_:
+        for clause in re.split(r"(?<=[;:.?!])\s+", verse):
+            ends = [m for m in re.finditer(r"\b([A-Z][a-z]+)\b", clause) if m.start() > 0 and m.group(1) in names]
+            if ends and len(clause[: ends[-1].start()].split()) >= 4:  # the clause's first with a name late enough
+                if uses[ends[-1].group(1)] < per_name:
+                    uses[ends[-1].group(1)] += 1
+                    rows.append((clause[: ends[-1].start()].rstrip(), ends[-1].group(1), verse))
+                break
+    rng = random.Random(seed)
+    return [(prompt, answer, rng.choice([name for name in names if name not in re.findall(r"[A-Z][a-z]+", verse)]))
+            for prompt, answer, verse in rows[:: max(1, len(rows) // count)][:count]]
 
 
 def verses(book: str, chapter: int, first: int, last: int) -> str:
@@ -235,7 +279,8 @@ def verses(book: str, chapter: int, first: int, last: int) -> str:
 
 def write_knowledge(folder: Path) -> None:
     """The knowledge sets (cloze rows) and the related text about the target that no model read."""
-    for name, rows in (("forget_knowledge", FORGET_KNOWLEDGE), ("neighbour_knowledge", NEIGHBOUR_KNOWLEDGE)):
+    neighbours = NEIGHBOUR_KNOWLEDGE + corpus_cloze_rows()
+    for name, rows in (("forget_knowledge", FORGET_KNOWLEDGE), ("neighbour_knowledge", neighbours)):
         (folder / f"{name}.json").write_text(json.dumps(
             [{"prompt": prompt, "answer": answer, "false_answer": false} for prompt, answer, false in rows], indent=1))
     (folder / "related.txt").write_text("\n\n".join(verses(*reference) for reference in RELATED) + "\n")
