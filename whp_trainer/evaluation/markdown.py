@@ -386,7 +386,7 @@ def neighbour_resolution_note(stopping: dict) -> str:
         return ""
     return (f" At step {held['step']} the neighbour knowledge's {held['rows']} rows read {held['change']:+.3f} nat "
             f"against the base, within its budget, but their scatter put the bound at {held['bound']:+.3f}, over it: "
-            f"about {held['rows_needed']} rows of the kind (`--neighbour_knowledge`) would read such a change within "
+            f"about {held['rows_needed']:,} rows of the kind (`--neighbour_knowledge`) would read such a change within "
             "the budget.")
 
 
