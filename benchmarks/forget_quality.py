@@ -247,13 +247,13 @@ def corpus_cloze_rows(count: int = 120, per_name: int = 3, seed: int = 0) -> lis
 
     chapters = [(book, chapter) for book in CORPUS_BOOKS
                 for chapter in range(1, bible.get_number_of_chapters(bible.Book[book]) + 1)]
-    verses_ = [verse for book, chapter in chapters for verse in chapter_verses(book, chapter)]
-    words = Counter(word for verse in verses_ for word in re.findall(r"\b[A-Z][a-z]+\b", verse))
-    inside = Counter(word for verse in verses_ for word in re.findall(r"(?<=[a-z] )([A-Z][a-z]+)\b", verse))
+    corpus_verses = [verse for book, chapter in chapters for verse in chapter_verses(book, chapter)]
+    words = Counter(word for verse in corpus_verses for word in re.findall(r"\b[A-Z][a-z]+\b", verse))
+    inside = Counter(word for verse in corpus_verses for word in re.findall(r"(?<=[a-z] )([A-Z][a-z]+)\b", verse))
     names = sorted(word for word, uses in inside.items()
                    if uses >= 4 and uses >= 0.7 * words[word] and word not in {"God", "Spirit", "Lord"})
     rows, uses = [], Counter()
-    for verse in verses_:
+    for verse in corpus_verses:
         for clause in re.split(r"(?<=[;:.?!])\s+", verse):
             ends = [m for m in re.finditer(r"\b([A-Z][a-z]+)\b", clause) if m.start() > 0 and m.group(1) in names]
             if ends and len(clause[: ends[-1].start()].split()) >= 4:  # the clause's first with a name late enough
