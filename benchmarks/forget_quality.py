@@ -210,14 +210,23 @@ def king_james():
     return bible.get_bible(bible.Version.KING_JAMES, "plain_text")
 
 
-def chapter_verses(book: str, chapter: int) -> list[str]:
-    """The verses of a chapter, verse numbers and the translators' brackets removed."""
+def scripture(book: str, chapter: int, first: int, last: int) -> list[str]:
+    """Verses ``first``–``last`` of a chapter as the KJV gives them, verse numbers and the translators' brackets
+    removed."""
     import pythonbible as bible
 
-    last = bible.get_number_of_verses(bible.Book[book], chapter)
-    ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(bible.Book[book], chapter, 1, chapter, last))
-    text = re.sub(r"\[([^\]]*)\]", r"\1", king_james().get_scripture(ids[0], ids[-1])).replace("’", "'")
+    ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(bible.Book[book], chapter, first, chapter,
+                                                                         last))
+    text = re.sub(r"\[([^\]]*)\]", r"\1", king_james().get_scripture(ids[0], ids[-1]))
     return [verse.strip() for verse in re.split(r"\s*\d+\.\s+", text) if verse.strip()]
+
+
+def chapter_verses(book: str, chapter: int) -> list[str]:
+    """The verses of a chapter, its curly apostrophes made straight."""
+    import pythonbible as bible
+
+    return [verse.replace("’", "'") for verse in
+            scripture(book, chapter, 1, bible.get_number_of_verses(bible.Book[book], chapter))]
 
 
 def book_passages(book: str, chapters: int | None = None) -> list[str]:
@@ -267,14 +276,8 @@ def corpus_cloze_rows(count: int = 120, per_name: int = 3, seed: int = 0) -> lis
 
 
 def verses(book: str, chapter: int, first: int, last: int) -> str:
-    """Verses ``first``–``last`` of a chapter, verse numbers and brackets removed."""
-    import pythonbible as bible
-
-    kjv = bible.get_bible(bible.Version.KING_JAMES, "plain_text")
-    ids = bible.convert_reference_to_verse_ids(bible.NormalizedReference(bible.Book[book], chapter, first, chapter,
-                                                                         last))
-    text = re.sub(r"\[([^\]]*)\]", r"\1", kjv.get_scripture(ids[0], ids[-1]))
-    return " ".join(verse.strip() for verse in re.split(r"\s*\d+\.\s+", text) if verse.strip())
+    """Verses ``first``–``last`` of a chapter as one paragraph (see `scripture`)."""
+    return " ".join(scripture(book, chapter, first, last))
 
 
 def write_knowledge(folder: Path) -> None:
