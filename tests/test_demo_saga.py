@@ -149,7 +149,13 @@ def test_the_demos_alpha_auto_reads_its_budget_on_text_the_evaluation_does_not(t
     assert read_paragraphs(told["budget_data"]) == demo.generate_texts("tiny").budget
     assert not set(read_paragraphs(told["budget_data"])) & set(read_paragraphs(held_out))
     assert told["holdout_data"] == evaluation.holdout_data
-    assert told["neighbour_knowledge"] == inputs["neighbour_knowledge"]
+    # the neighbour budget is read on 6 people's rows, the report's neighbour knowledge on rows of 24 others
+    rule_rows, evaluated = (json.loads(Path(path).read_text()) for path in (told["neighbour_knowledge"],
+                                                                           evaluation.neighbour_knowledge))
+    assert rule_rows == saga.neighbour_knowledge() and len(evaluated) == 24 * len(saga.RELATIONS)
+    people = [{row["prompt"].split(" ")[0] + row["prompt"].split(" ")[1].split("'")[0] for row in rows}
+              for rows in (rule_rows, evaluated)]
+    assert len(people[0]) == 6 and len(people[1]) == 24 and not people[0] & people[1]
 
 
 def test_the_demo_runs_the_recommended_setting_beside_the_paper_one(tmp_path):

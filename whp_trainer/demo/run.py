@@ -18,6 +18,7 @@ from ..arguments import DataArguments, DemoArguments
 from ..auto import SAMPLE
 from .saga import (
     CHARACTERS,
+    NEIGHBOUR_PEOPLE,
     RELATIONS,
     DemoAssets,
     build_demo_assets,
@@ -35,6 +36,7 @@ DEMO_LORA = dict(
 RECOMMENDED_SETTING = dict(target_mode="soft", alpha=20.0, original_cap_weight=1.0, retain_weight=1.0)
 # alpha auto: the recommended objective, α from the teacher sweep, and up to 3× the steps (the stopping rule ends it)
 AUTO_SETTING = dict(RECOMMENDED_SETTING, alpha="auto", num_train_epochs=9)
+RULE_NEIGHBOURS = "neighbour_knowledge.json"  # the rows alpha auto's stopping rule reads, beside the evaluation's
 DEMO_TRAINING = dict(
     num_train_epochs=3, learning_rate=3e-3, per_device_train_batch_size=16, max_length=128, report_to=[],
     use_cpu=True, logging_steps=2, save_strategy="epoch", save_total_limit=1,
@@ -97,18 +99,23 @@ def auto_inputs_of(assets: DemoAssets, inputs: dict[str, str]) -> dict[str, str]
     """What ``alpha: auto`` is told, as a user without an oracle has it: the holdout saga text, ordinary text that
     neither training nor the evaluation reads (its budget), the knowledge to keep and the saga's facts to forget."""
     return {"holdout_data": str(assets.holdout_path), "budget_data": str(assets.budget_path),
-            "neighbour_knowledge": inputs["neighbour_knowledge"], "forget_knowledge": inputs["forget_knowledge"]}
+            "neighbour_knowledge": str(Path(inputs["neighbour_knowledge"]).parent / RULE_NEIGHBOURS),
+            "forget_knowledge": inputs["forget_knowledge"]}
 
 
 def write_evaluation_inputs(folder: Path) -> dict[str, str]:
     """The saga's knowledge, the ordinary world's (neighbour) knowledge and the paraphrased probes, generated from the
-    saga's facts into ``folder``: `EvaluateConfig` field -> file."""
+    saga's facts into ``folder``: `EvaluateConfig` field -> file. The neighbour knowledge alpha auto's stopping rule
+    reads (`RULE_NEIGHBOURS`) is written beside the evaluation's, about 24 other people: a rule that
+    selects its stopping point on its rows reads them better than knowledge it never saw (docs/results.md)."""
     folder.mkdir(parents=True, exist_ok=True)
-    inputs = {"forget_knowledge": saga_knowledge(), "neighbour_knowledge": neighbour_knowledge(),
-              "paraphrased_probes": paraphrased_probes()}
-    for name, rows in inputs.items():
-        (folder / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
-    return {name: str(folder / f"{name}.json") for name in inputs}
+    files = {"forget_knowledge": ("forget_knowledge.json", saga_knowledge()),
+             "neighbour_knowledge": ("held_out_neighbour_knowledge.json", neighbour_knowledge(24, 1, NEIGHBOUR_PEOPLE)),
+             "paraphrased_probes": ("paraphrased_probes.json", paraphrased_probes()),
+             "rule": (RULE_NEIGHBOURS, neighbour_knowledge())}
+    for name, rows in files.values():
+        (folder / name).write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    return {field: str(folder / name) for field, (name, _) in files.items() if field != "rule"}
 
 
 def demo_evaluation_config(output_dir: str | os.PathLike, assets=None, inputs: dict[str, str] | None = None):

@@ -180,6 +180,9 @@ def saga_people() -> list[Person]:
     return [Person(first, surname) for first, surname in CHARACTERS]
 
 
+NEIGHBOUR_PEOPLE = 6  # the people of the neighbour knowledge alpha auto's stopping rule reads
+
+
 def generic_people() -> list[Person]:
     firsts = [name for names, _ in CHARACTERS.values() for name in names] + EXTRA_GENERIC_FIRST_NAMES
     surnames = [surname for _, surname in CHARACTERS.values()] + EXTRA_GENERIC_SURNAMES
@@ -288,13 +291,16 @@ def saga_knowledge() -> list[dict[str, str]]:
     return rows
 
 
-def neighbour_knowledge(people: int = 6, seed: int = 0) -> list[dict[str, str]]:
+def neighbour_knowledge(people: int = NEIGHBOUR_PEOPLE, seed: int = 0, besides: int = 0) -> list[dict[str, str]]:
     """Knowledge of the ordinary world, which unlearning the saga must keep: ``people`` generic people (drawn with
-    ``seed``) in each relation, a generic object of the relation as answer and one of another relation as false."""
+    ``seed``) in each relation, a generic object of the relation as answer and one of another relation as false;
+    none of them among the ``besides`` people of ``neighbour_knowledge(besides)`` (rows about people a reader of
+    those never met)."""
     rng = random.Random(seed)
     relations = list(RELATIONS.items())
+    met = set(random.Random(0).sample(generic_people(), besides))  # the first draw of neighbour_knowledge(besides)
     rows = []
-    for person in rng.sample(generic_people(), people):
+    for person in rng.sample([person for person in generic_people() if person not in met], people):
         for number, ((verb, quoted), (_, generic_objects)) in enumerate(relations):
             wrong = [obj for obj in relations[(number + 1) % len(relations)][1][1] if obj not in generic_objects]
             rows.append(cloze(f"{person.first} {person.surname}", verb, quoted, rng.choice(generic_objects),
