@@ -250,9 +250,9 @@ def book_passages(book: str, chapters: int | None = None) -> list[str]:
 def corpus_cloze_rows(count: int = 120, per_name: int = 3, seed: int = 0,
                       books: tuple[str, ...] = CORPUS_BOOKS) -> list[tuple[str, str, str]]:
     """Neighbour knowledge cut from the corpus itself, (prompt, answer, false answer): clauses of ``books`` (the
-    corpus's) that end on a name, of verses spread over the books, at most ``per_name`` for each name. A name is a capitalised word the
-    corpus uses at least 4 times, 70 % of them after a lower-case word (not a sentence's or a speech's first word);
-    the false answer is another, drawn with ``seed``, that the verse does not hold."""
+    corpus's) that end on a name, of verses spread over the books, at most ``per_name`` for each name. A name is a
+    capitalised word the corpus uses at least 4 times, 70 % of them after a lower-case word (not a sentence's or a
+    speech's first word); the false answer is another, drawn with ``seed``, that the verse does not hold."""
     import pythonbible as bible
 
     chapters = [(book, chapter) for book in books

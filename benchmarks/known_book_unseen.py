@@ -12,16 +12,14 @@ mean answer log-likelihood change with its standard error. Used in docs/results.
 from __future__ import annotations
 
 import argparse
-from statistics import fmean, stdev
 
 import torch
 from forget_quality import corpus_cloze_rows
-from peft import PeftModel
 from real_model import pretrained
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from unseen_neighbours import print_changes
 
 from whp_trainer.demo import cache_root
-from whp_trainer.evaluation.knowledge import row_log_likelihoods
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,14 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     base_dir = pretrained(cache_root(args.cache_dir) / "real_model" / "v1")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    base = row_log_likelihoods(model, tokenizer, rows, batch_size=16)
-    print(f"{len(rows)} rows no run read; the base: {fmean(base):.4f} nats")
-    for folder in args.adapters:
-        model = PeftModel.from_pretrained(model, folder).eval()
-        changes = [score - before for score, before in
-                   zip(row_log_likelihoods(model, tokenizer, rows, batch_size=16), base)]
-        print(f"{folder}: change {fmean(changes):+.4f} ± {stdev(changes) / len(changes) ** 0.5:.4f} nats", flush=True)
-        model = model.unload()
+    print_changes(model, tokenizer, rows, args.adapters, 16, "rows no run read")
 
 
 if __name__ == "__main__":

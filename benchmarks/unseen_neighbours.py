@@ -29,6 +29,19 @@ def unseen_rows(seeds: tuple[int, ...] = (1, 2, 3)) -> list[dict[str, str]]:
             if row["prompt"] + row["answer"] not in seen]
 
 
+def print_changes(model, tokenizer, rows: list[dict], adapters: list[str], batch_size: int, what: str) -> None:
+    """Print the mean answer log-likelihood of ``rows`` under ``model`` (the base; ``what`` says what the rows are),
+    then each of ``adapters``' mean change against it on the same rows, with its standard error."""
+    base = row_log_likelihoods(model, tokenizer, rows, batch_size=batch_size)
+    print(f"{len(rows)} {what}; the base: {fmean(base):.4f} nats")
+    for folder in adapters:
+        model = PeftModel.from_pretrained(model, folder).eval()
+        changes = [score - before for score, before in
+                   zip(row_log_likelihoods(model, tokenizer, rows, batch_size=batch_size), base)]
+        print(f"{folder}: change {fmean(changes):+.4f} ± {stdev(changes) / len(changes) ** 0.5:.4f} nats", flush=True)
+        model = model.unload()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("adapters", nargs="+", help="Folders of kept unlearning adapters of the demo's base.")
@@ -36,17 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     assets = build_demo_assets(args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
-    rows = unseen_rows()
     model = AutoModelForCausalLM.from_pretrained(assets.base_model_dir, dtype=torch.float32).eval()
-    base = row_log_likelihoods(model, tokenizer, rows, batch_size=32)
-    print(f"{len(rows)} rows the rule did not read; the base: {fmean(base):.4f} nats")
-    for folder in args.adapters:
-        model = PeftModel.from_pretrained(model, folder).eval()
-        changes = [score - before for score, before in
-                   zip(row_log_likelihoods(model, tokenizer, rows, batch_size=32), base)]
-        print(f"{folder}: change {fmean(changes):+.4f} ± {stdev(changes) / len(changes) ** 0.5:.4f} nats")
-        model = model.unload()
-
+    print_changes(model, tokenizer, unseen_rows(), args.adapters, 32, "rows the rule did not read")
 
 if __name__ == "__main__":
     main()

@@ -106,7 +106,7 @@ def auto_inputs_of(assets: DemoAssets, inputs: dict[str, str]) -> dict[str, str]
 def write_evaluation_inputs(folder: Path) -> dict[str, str]:
     """The saga's knowledge, the ordinary world's (neighbour) knowledge and the paraphrased probes, generated from the
     saga's facts into ``folder``: `EvaluateConfig` field -> file. The neighbour knowledge alpha auto's stopping rule
-    reads (`RULE_NEIGHBOURS`) is written beside the evaluation's, about 24 other people: a rule that
+    reads (`RULE_NEIGHBOURS`) is written beside the evaluation's, 24 other people's: a rule that
     selects its stopping point on its rows reads them better than knowledge it never saw (docs/results.md)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {"forget_knowledge": ("forget_knowledge.json", saga_knowledge()),
