@@ -513,6 +513,31 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     assert len(rule["forget_knowledge"]) == 2  # the rows with a false answer
     results = json.loads((tmp_path / "run" / "evaluation" / "report.json").read_text())["results"]
     assert results["unlearned"]["knowledge_forget_read_by_rule"] == 2  # too few others: counted
+    # no neighbour knowledge given: the second budget reads the package's general facts, the report the others
+    assert choice["neighbour_knowledge"].startswith("the package's general facts (160 rows")
+    assert all("neighbour_knowledge" in entry["metrics"] for entry in stopping["history"])
+    assert "Neighbour knowledge (the second budget): the package's general facts" in card
+    assert len(rule["neighbour_knowledge"]) == 64
+    assert results["unlearned"]["knowledge_neighbour_read_by_rule"] == 0
+    assert "knowledge_neighbour_loglik" in results["base"] and "knowledge_selectivity" in results["unlearned"]
+
+
+def test_without_neighbour_knowledge_the_budget_reads_the_general_facts_that_do_not_name_the_target(tokenizer,
+                                                                                                    tmp_path):
+    from whp_trainer.anchors import AnchorDictionary
+    from whp_trainer.arguments import DataArguments
+    from whp_trainer.auto import auto_inputs
+    from whp_trainer.evaluation.knowledge import general_knowledge
+
+    (tmp_path / "budget.txt").write_text(" ".join(CORPUS * 20))
+    args = SimpleNamespace(seed=0, max_length=16, holdout_data=None, budget_data=str(tmp_path / "budget.txt"),
+                           neighbour_knowledge=None, forget_knowledge=None)
+    anchors = AnchorDictionary({"Gandalf": ["Marlo"], "Frodo": ["Tom"]})  # the target: Tolkien's world
+    inputs = auto_inputs(DataArguments(forget_data="unused"), args, tokenizer, CORPUS, PROBES, anchors)
+    kept = general_knowledge(anchors)
+    assert len(inputs.neighbour_rows) == 64 and all(row in kept for row in inputs.neighbour_rows)
+    assert len(kept) == len(general_knowledge()) - 2  # the wizard's row and the hobbit's
+    assert inputs.neighbour_source == f"the package's general facts ({len(kept)} rows; no --neighbour_knowledge)"
 
 
 def test_alpha_auto_sweeps_the_teacher_that_spares_the_tokens_the_trainer_spares(files, tmp_path, monkeypatch,

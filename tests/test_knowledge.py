@@ -10,6 +10,7 @@ from whp_trainer.evaluation.knowledge import (
     answer_log_likelihoods,
     answer_margins,
     answer_loglikelihood,
+    general_knowledge,
     knowledge_context,
     knowledge_scores,
     load_knowledge,
@@ -49,6 +50,21 @@ def test_rows_load_from_jsonl_json_and_csv_with_errors_naming_file_and_line(tmp_
     (tmp_path / "k.txt").write_text("x")
     with pytest.raises(ValueError, match=r"k.txt: unknown format"):
         load_knowledge(tmp_path / "k.txt")
+
+
+def test_the_packages_general_facts_are_enough_for_a_rule_and_a_report_and_leave_out_the_target():
+    from whp_trainer.auto import SAMPLE
+    from whp_trainer.evaluation.rule_sample import UNSEEN_MINIMUM
+
+    rows = general_knowledge()
+    assert len(rows) >= SAMPLE + UNSEEN_MINIMUM  # a stopping rule's sample, and as many again for a report alone
+    assert all(row["false_answer"] and row["false_answer"] != row["answer"] for row in rows)
+    assert len({row["prompt"] for row in rows}) == len(rows)
+    unnamed = general_knowledge(["tolkien", "Baker Street", "Paris"])  # anchored terms, in any case
+    named = [row for row in rows if any(term in value for value in row.values() for term in ("Tolkien", "Paris"))]
+    named += [row for row in rows if row["prompt"] == "Sherlock Holmes lived on Baker"]  # "… Baker" + " Street"
+    assert len(named) >= 5  # the capital, the tower, both Inklings' rows (one as the false answer), the detective
+    assert unnamed == [row for row in rows if row not in named]
 
 
 def test_answers_follow_their_context_after_one_space():

@@ -37,6 +37,7 @@ class AutoInputs:
     # without budget text: the retain blocks the retain loss reads, all but those the budget is read on
     retain_training: list[str] | None = None
     neighbour_rows: list[dict] | None = None  # the neighbour knowledge rows of the second budget
+    neighbour_source: str | None = None  # where they come from, for the run record
     forget_rows: list[dict] | None = None  # the forget knowledge rows (each with a false answer) of a target
 
 
@@ -86,8 +87,9 @@ def unwatched(args) -> list[str]:
         warnings.append("no --holdout_data: membership of the forget text is no target, and the student can stop "
                         "while the text's wording is still memorized")
     if not args.neighbour_knowledge:
-        warnings.append("no --neighbour_knowledge: knowledge near the target (related works, general facts) is "
-                        "not watched; retain perplexity is the student's only budget")
+        warnings.append("no --neighbour_knowledge: the neighbour budget reads the package's general facts "
+                        "(geography, science, literature, other fiction), not knowledge near the target (related "
+                        "works): give rows of that kind")
     return warnings
 
 
@@ -116,11 +118,8 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     else:
         budget, retain_training = budget_from_retain(text_blocks(data.retain_texts()["text"], tokenizer,
                                                                  args.max_length), args)
-    rows = None
-    if args.neighbour_knowledge:
-        from .evaluation.knowledge import load_knowledge
-
-        rows = sample(load_knowledge(args.neighbour_knowledge), random.Random(f"neighbours-{args.seed}"))
+    rows, source = neighbour_knowledge(args, anchors)
+    rows = sample(rows, random.Random(f"neighbours-{args.seed}"))
     known = sample(forget_rows(args.forget_knowledge), random.Random(f"forget-knowledge-{args.seed}")) \
         if args.forget_knowledge else None
     if len(budget) < SAMPLE:
@@ -131,7 +130,19 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       retain=sample(budget, rng), membership=membership,
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)),
-                      retain_training=retain_training, neighbour_rows=rows, forget_rows=known)
+                      retain_training=retain_training, neighbour_rows=rows, neighbour_source=source,
+                      forget_rows=known)
+
+
+def neighbour_knowledge(args, anchors) -> tuple[list[dict], str]:
+    """The neighbour budget's rows and where they come from: ``--neighbour_knowledge``, else the package's general
+    facts less those that name an anchored term (`evaluation.knowledge.general_knowledge`)."""
+    from .evaluation.knowledge import general_knowledge, load_knowledge
+
+    if args.neighbour_knowledge:
+        return load_knowledge(args.neighbour_knowledge), f"--neighbour_knowledge {args.neighbour_knowledge}"
+    rows = general_knowledge(anchors)
+    return rows, f"the package's general facts ({len(rows)} rows; no --neighbour_knowledge)"
 
 
 def record_what_the_rule_read(folder, inputs: AutoInputs, args) -> None:

@@ -185,7 +185,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         default=None,
         metadata={"help": "alpha auto: knowledge that must stay ({question, true_answer, false_answer} or "
                   "{prompt, answer} rows, .jsonl/.json/.csv); the student stops once its mean answer log-likelihood "
-                  "falls more than neighbour_budget below the base's."},
+                  "falls more than neighbour_budget below the base's. Default: the package's 160 general facts "
+                  "(geography, science, literature, other fiction…), less those naming an anchored term."},
     )
     forget_knowledge: str | None = field(
         default=None,

@@ -189,6 +189,7 @@ def reinforce(data: DataArguments, model_args: ModelConfig, args, overwrite: boo
 
 def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, overwrite: bool = False) -> str:
     """Stages 2–4: unlearn with the reinforced adapter and the anchor dictionary (either may be left out)."""
+    from .evaluation.knowledge import GENERAL_KNOWLEDGE
     from .evaluation.markdown import stopping_summary
     from .evaluation.probes import load_probes
     from .trainer import UnlearnTrainer
@@ -211,7 +212,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
         file_digest(reinforced), anchors and anchors.content_hash, probes,
         data_digest(retain, data.retain_data_config, data.retain_data_split), *block_options(data),
         *((data_digest(args.holdout_data, None, "train"), data_digest(args.budget_data, None, "train"),
-           file_digest(args.oracle_model), data_digest(args.neighbour_knowledge, None, "train")) if args.auto else ()),
+           file_digest(args.oracle_model), data_digest(args.neighbour_knowledge, None, "train")
+           or file_digest(GENERAL_KNOWLEDGE)) if args.auto else ()),
         *((data_digest(args.forget_knowledge, None, "train"),) if args.auto and args.forget_knowledge else ()),
         added=UNLEARN_ADDED,
     )
@@ -249,7 +251,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     initial = adapter_weights(trainer.model, args.unlearn_adapter_name)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     if stopping:
-        trainer.auto_choice = {**choice, "stopping": {**stopping.decision, "history": stopping.history}}
+        trainer.auto_choice = {**choice, "neighbour_knowledge": inputs.neighbour_source,
+                               "stopping": {**stopping.decision, "history": stopping.history}}
         print(f"whp unlearn: alpha auto: {stopping_summary(stopping.decision)}", flush=True)
     trainer.save_model()
     if stopping and trainer.args.should_save:
@@ -267,7 +270,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
     [`EvaluateConfig`][whp_trainer.evaluation.EvaluateConfig]); returns that folder."""
     from .evaluation import evaluate_model, write_report
     from .evaluation.callback import read_probe_names
-    from .evaluation.knowledge import load_knowledge, load_qa
+    from .evaluation.knowledge import GENERAL_KNOWLEDGE, general_knowledge, load_knowledge, load_qa
     from .evaluation.probes import build_probes, load_probes, write_probes
     from .evaluation.trackers import log_to_trackers
 
@@ -286,6 +289,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
                   for name in EVALUATE_REFERENCES}
     qa = {name: load_qa(references[name]) if references[name] else None for name in EVALUATE_QA}
     knowledge = {name: load_knowledge(references[name]) if references[name] else None for name in EVALUATE_KNOWLEDGE}
+    knowledge["neighbour_knowledge"] = knowledge["neighbour_knowledge"] or general_knowledge(anchors)
     paraphrased = load_probes(references["paraphrased_probes"]) if references["paraphrased_probes"] else None
     relearn = load_texts(references["relearn_data"], data.text_field)["text"] if references["relearn_data"] else None
     if references["oracle_model"]:
@@ -296,7 +300,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         "evaluate", config, model_args, model_weights_digest(model_args.model_name_or_path), data.text_field,
         data.retain_text_field, anchors and anchors.content_hash, forget, retain, *block_options(data),
         *(file_digest(path) for path in (probes_file, *adapters.values(), *references.values())),
-        sorted(adapters), added=EVALUATE_ADDED,
+        sorted(adapters), *(() if references["neighbour_knowledge"] else (file_digest(GENERAL_KNOWLEDGE),)),
+        added=EVALUATE_ADDED,
     )
     if config.lm_eval_tasks:  # a misspelt task must not wait for the other measurements
         from .evaluation.harness import check_tasks

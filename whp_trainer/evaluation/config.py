@@ -109,8 +109,9 @@ class EvaluateConfig:
     neighbour_knowledge: str | None = field(
         default=None,
         metadata={"help": "Related knowledge that must stay (same formats as --forget_knowledge), e.g. other fantasy "
-                  "worlds: its answer log-likelihood should stay within 0.1 nat of the base's; with both files, the "
-                  "selectivity (forget drop minus neighbour drop)."},
+                  "worlds: its answer log-likelihood should stay within 0.1 nat of the base's; with "
+                  "--forget_knowledge, the selectivity (forget drop minus neighbour drop). Default: the package's "
+                  "160 general facts, less those naming an anchored term and those alpha auto's stopping rule read."},
     )
     quantizations: list[str] = field(
         default_factory=lambda: list(QUANTIZATIONS),

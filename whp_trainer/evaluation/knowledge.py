@@ -94,6 +94,23 @@ def load_knowledge(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+GENERAL_KNOWLEDGE = os.path.join(os.path.dirname(__file__), "general_knowledge.jsonl")
+
+
+def general_knowledge(anchors: Iterable[str] | None = None) -> list[dict]:
+    """The package's own neighbour knowledge, read where a user gives none: 160 cloze facts most pretrained models
+    hold (geography, science, history, literature, other fiction, music and art, everyday words, numbers, sport,
+    animals, myths), each with a plausible false answer. Rows that name one of ``anchors`` (an anchor dictionary's
+    terms, on word boundaries, any case, in the prompt followed by either answer) are left out: they may be the
+    target itself."""
+    rows = load_knowledge(GENERAL_KNOWLEDGE)
+    pattern = terms_pattern(anchors or (), ignore_case=True)
+    if pattern is None:
+        return rows
+    return [row for row in rows if not any(pattern.search(context + answer) for context, *answers in
+                                           [knowledge_context(row)] for answer in answers)]
+
+
 def _knowledge_row(record: object, where: str) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected an object {{question, true_answer, false_answer}} or {{prompt, answer}}, "

@@ -336,6 +336,8 @@ def auto_markdown(auto: dict) -> str:
               f"entity probability at most "
               f"{format_number(targets.get('entity'))} + {entity_tolerance:.2g}{knowledge_target(recorded)} "
               "(— = not a target).", ""]
+    if auto.get("neighbour_knowledge"):
+        lines += [f"Neighbour knowledge (the second budget): {auto['neighbour_knowledge']}.", ""]
     rows = []
     for round_, sweep in enumerate(auto["sweeps"]):
         for alpha, metrics in sweep.items():
