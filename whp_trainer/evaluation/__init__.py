@@ -19,6 +19,7 @@ from .judges import CATEGORIES, DEFAULT_RUBRIC, AnchorJudge, LLMJudge, openai_ju
 from .knowledge import (
     answer_loglikelihood,
     first_mention_probes,
+    general_knowledge,
     knowledge_memorization,
     knowledge_scores,
     load_knowledge,
@@ -53,6 +54,7 @@ __all__ = [
     "completion_familiarity",
     "evaluate_model",
     "first_mention_probes",
+    "general_knowledge",
     "hint_probes",
     "knowledge_memorization",
     "knowledge_scores",
