@@ -107,8 +107,12 @@ def general_knowledge(anchors: Iterable[str] | None = None) -> list[dict]:
     pattern = terms_pattern(anchors or (), ignore_case=True)
     if pattern is None:
         return rows
-    return [row for row in rows if not any(pattern.search(context + answer) for context, *answers in
-                                           [knowledge_context(row)] for answer in answers)]
+
+    def names_a_term(row: dict) -> bool:
+        context, *answers = knowledge_context(row)
+        return any(pattern.search(context + answer) for answer in answers if answer)
+
+    return [row for row in rows if not names_a_term(row)]
 
 
 def _knowledge_row(record: object, where: str) -> dict:
