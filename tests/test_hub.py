@@ -553,8 +553,9 @@ def test_the_card_shows_the_robustness_section_with_the_oracle_after_the_same_at
     write_model_card(tmp_path, args, **{**CARD_KWARGS, "eval_results": results})
     text = (tmp_path / "README.md").read_text()
     section = text[text.index("### Robustness"):text.index("### Metrics")]
-    assert "- `nf4`: the merged model (trained on a quantized base: merged into the full-precision one) reloaded in " \
-           "4-bit NF4 (bitsandbytes)" in section
+    assert "Every role under the same attack, the oracle included" in section
+    assert "- `nf4`: the merged model reloaded in 4-bit NF4 (bitsandbytes; an adapter trained on a quantized base is " \
+           "merged into the full-precision one)" in section
     assert "| `many_shot` | `knowledge_forget_loglik` | -1 | -1 | -1 | at (+0) |" in section
 
 

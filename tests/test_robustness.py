@@ -138,6 +138,7 @@ def test_every_unlearned_model_of_a_benchmark_is_set_against_the_oracle_after_ea
     del results["oracle"]
     section = markdown_report(evaluation_record(results)).split("## Robustness")[1]
     assert "vs oracle" not in section and "Beyond" not in section  # nothing to set them against
+    assert "Every role under the same attack: each forget metric" in section and "oracle included" not in section
 
 
 def test_neighbour_knowledge_is_compared_with_the_base_within_a_tenth_of_a_nat():

@@ -25,10 +25,10 @@ NEIGHBOUR = "knowledge_neighbour_loglik"  # knowledge that must stay: compared w
 NEIGHBOUR_TOLERANCE = 0.1  # neighbour answer log-likelihood within 0.1 nat of the base's counts as knowledge kept
 ATTACK = "@"  # "familiarity_token@nf4": a forget metric measured after an attack of ATTACKS
 ATTACKS = {  # the robustness section's attacks, in its order: name -> what is done to every role alike
-    "int8": "the merged model (trained on a quantized base: merged into the full-precision one) reloaded in 8-bit "
-            "(bitsandbytes LLM.int8)",
-    "nf4": "the merged model (trained on a quantized base: merged into the full-precision one) reloaded in 4-bit "
-           "NF4 (bitsandbytes)",
+    "int8": "the merged model reloaded in 8-bit (bitsandbytes LLM.int8; an adapter trained on a quantized base is "
+            "merged into the full-precision one)",
+    "nf4": "the merged model reloaded in 4-bit NF4 (bitsandbytes; an adapter trained on a quantized base is merged "
+           "into the full-precision one)",
     "full_precision": "the adapter, trained on a quantized base, put on the full-precision base",
     "relearn_forget": "a few fine-tuning steps on forget text (a fresh adapter on top of the role's)",
     "relearn_neighbour": "as many steps on --relearn_data: text about the target that is not the forget text",

@@ -275,7 +275,8 @@ def robustness_table(results: dict[str, dict[str, float | None]]) -> list[str]:
         ("unlearned models", "unlearned models'")
     against = (f", and the {models} against the oracle after the same attack (above = the attack brings back "
                "knowledge a model that never read the target does not have)") if compared else ""
-    lines = [f"Every role under the same attack, the oracle included: each forget metric after each attack{against}.",
+    everyone = ", the oracle included" if ORACLE in roles else ""
+    lines = [f"Every role under the same attack{everyone}: each forget metric after each attack{against}.",
              "", *(f"- `{attack}`: {ATTACKS[attack]}" for attack in attacks), ""]
     if compared:
         lines += [("**Beyond the oracle** (the difference to it; where the attack adds no more than the tolerance, "
