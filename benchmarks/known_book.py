@@ -15,6 +15,8 @@ of ``forget_quality.corpus_cloze_rows``), none from a chapter any stage reads (t
     python benchmarks/known_book.py --cache_dir /tmp/real/cache --output_dir /tmp/known --settings auto paper
     python benchmarks/known_book.py --cache_dir /tmp/real/cache --output_dir /tmp/known --settings auto \
         --reinforce_retain_weight 3      # the reinforced model kept the base's on Genesis
+    python benchmarks/perplexity_by_part.py --base /tmp/real/cache/real_model/v1/smollm2 --adapter /tmp/known/auto \
+        /tmp/known/texts/budget.txt /tmp/known/texts/held_out.txt /tmp/known/texts/unrelated.txt
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ FORGET = [("SAMUEL_1", chapter) for chapter in range(16, 21)] + [("SAMUEL_2", ch
 RETAIN = [("GENESIS", chapter) for chapter in range(37, 46)]  # Joseph: the retain loss's text
 BUDGET = [("EXODUS", chapter) for chapter in range(1, 5)]  # alpha auto's perplexity budget
 HELD_OUT = [("RUTH", chapter) for chapter in range(1, 5)]  # the evaluation's held-out perplexity
+# KJV narrative that names nothing of the story (Ruth ends on David's genealogy): read by no stage, for
+# perplexity_by_part.py
+UNRELATED = [("ESTHER", chapter) for chapter in range(1, 5)] + [("JONAH", chapter) for chapter in range(1, 5)]
 GENERIC = {  # the story's names -> generic stand-ins (the paper's anchored terms)
     "David": ["Marcus"], "Goliath": ["Brutus"], "Saul": ["Gerald"], "Jonathan": ["Timothy"],
     "Bathsheba": ["Margaret"], "Uriah": ["Henry"], "Nathan": ["Walter"], "Absalom": ["Peter"],
@@ -92,7 +97,8 @@ def chapters(references: list[tuple[str, int]]) -> list[str]:
 
 def write_texts(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, references in (("forget", FORGET), ("retain", RETAIN), ("budget", BUDGET), ("held_out", HELD_OUT)):
+    for name, references in (("forget", FORGET), ("retain", RETAIN), ("budget", BUDGET), ("held_out", HELD_OUT),
+                             ("unrelated", UNRELATED)):
         (folder / f"{name}.txt").write_text("\n\n".join(chapters(references)) + "\n", encoding="utf-8")
     (folder / "anchors.json").write_text(json.dumps(GENERIC, indent=1), encoding="utf-8")
     unseen = corpus_cloze_rows(books=("GENESIS", "EXODUS"), skip=tuple(RETAIN + BUDGET))
