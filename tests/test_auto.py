@@ -747,7 +747,8 @@ def test_a_bad_neighbour_knowledge_file_is_refused_before_any_model_loads(tmp_pa
         check_auto_inputs(args, reinforced="r", retain="x", probes=[{}], anchors=None)
 
 
-def test_a_run_without_holdout_text_or_neighbour_knowledge_is_warned_of_what_it_does_not_watch(tmp_path, caplog):
+def test_a_run_without_holdout_text_neighbour_knowledge_or_budget_text_is_warned_of_what_it_does_not_watch(tmp_path,
+                                                                                                          caplog):
     from whp_trainer.auto import check_auto_inputs
 
     bare = SimpleNamespace(holdout_data=None, budget_data=None, oracle_model=None, neighbour_knowledge=None,
@@ -755,10 +756,13 @@ def test_a_run_without_holdout_text_or_neighbour_knowledge_is_warned_of_what_it_
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         check_auto_inputs(bare, reinforced="r", retain="x", probes=[{}], anchors=None)
     assert "no --holdout_data" in caplog.text and "no --neighbour_knowledge" in caplog.text
-    (tmp_path / "holdout.txt").write_text(" ".join(CORPUS))
+    assert "no --budget_data: the perplexity budget is read on retain text set aside" in caplog.text
+    for name in ("holdout", "budget"):
+        (tmp_path / f"{name}.txt").write_text(" ".join(CORPUS))
     (tmp_path / "neighbour.jsonl").write_text('{"prompt": "The sky is", "answer": " blue"}\n')
-    complete = SimpleNamespace(holdout_data=str(tmp_path / "holdout.txt"), budget_data=None, oracle_model=None,
-                               neighbour_knowledge=str(tmp_path / "neighbour.jsonl"), forget_knowledge=None)
+    complete = SimpleNamespace(holdout_data=str(tmp_path / "holdout.txt"), budget_data=str(tmp_path / "budget.txt"),
+                               oracle_model=None, neighbour_knowledge=str(tmp_path / "neighbour.jsonl"),
+                               forget_knowledge=None)
     caplog.clear()
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         check_auto_inputs(complete, reinforced="r", retain="x", probes=[{}], anchors=None)

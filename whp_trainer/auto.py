@@ -90,6 +90,10 @@ def unwatched(args) -> list[str]:
         warnings.append("no --neighbour_knowledge: the neighbour budget reads the package's general facts "
                         "(geography, science, literature, other fiction), not knowledge near the target (related "
                         "works): give rows of that kind")
+    if not args.budget_data:
+        warnings.append("no --budget_data: the perplexity budget is read on retain text set aside, text of the kind "
+                        "the retain loss keeps, and other text can cost more than it reads: give ordinary text of "
+                        "the kinds to keep that neither the model's fine-tuning nor the retain data holds")
     return warnings
 
 
