@@ -22,7 +22,7 @@ from whp_trainer.evaluation.autotune import (
 from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.retain import perplexity_of
 from whp_trainer.evaluation.stopping import (
-    LINE_SEARCH, NEIGHBOUR_BOUND, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, knowledge_bound, perplexity_bound,
+    GENERAL, GENERAL_BOUND, LINE_SEARCH, NEIGHBOUR_BOUND, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, knowledge_bound, perplexity_bound,
     t_quantile, trainable_weights,
 )
 from whp_trainer.toy import tiny_llama
@@ -411,6 +411,36 @@ def test_the_neighbour_knowledge_budget_stops_the_student(make_model):
     assert callback.decision["best_step"] == 1
 
 
+def test_the_general_texts_budget_stops_a_student_its_retain_text_reads_within_budget(make_model):
+    model = trainable_model(make_model)
+
+    def reading(auc, general):  # the retain text within budget throughout; the general text's bound as given
+        return {**metrics(auc, 0.5, 10.0), GENERAL: 20.0, GENERAL_BOUND: general}
+
+    script = [reading(0.95, 20.0), reading(0.95, 20.0), reading(0.8, 20.4), reading(0.6, 21.0)]  # +2 %, then +5 %
+    callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, budget_patience=1)
+    stopped, _ = run_steps(callback, model, steps=10)
+    assert stopped == 2 and "general perplexity 20 (its 95% bound 21) > base 20 +3%" in callback.decision["reason"]
+    assert callback.decision["best_step"] == 1
+    assert callback.overrun(script[3]) == pytest.approx((0.05 - 0.03) / 0.03)
+    summary = stopping_summary(callback.decision)
+    assert "the package's general text +0.0% (its bound +2.0%)" in summary
+
+
+def test_the_general_texts_are_read_apart_from_the_retain_texts(make_model, tokenizer):
+    model = trainable_model(make_model)
+    trainer = SimpleNamespace(**{**vars(fake_trainer(model)), "processing_class": tokenizer})
+    general = [" ".join(reversed(CORPUS))]
+    callback = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS,
+                                      general_texts=general, max_length=8)
+    measured = measured_after_a_nudge(callback, model)
+    assert measured[GENERAL] == pytest.approx(perplexity(model, tokenizer, general, max_length=8))
+    assert measured["retain_perplexity"] == pytest.approx(perplexity(model, tokenizer, CORPUS, max_length=8))
+    assert measured[GENERAL_BOUND] > measured[GENERAL] and callback.base[GENERAL_BOUND] == callback.base[GENERAL]
+    without = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS, max_length=8)
+    assert GENERAL not in measured_after_a_nudge(without, model)
+
+
 def test_a_student_held_back_by_the_neighbour_bound_alone_is_told_how_many_rows_would_read_it_within(make_model):
     model = trainable_model(make_model)
 
@@ -538,6 +568,20 @@ def test_without_neighbour_knowledge_the_budget_reads_the_general_facts_that_do_
     assert len(inputs.neighbour_rows) == 64 and all(row in kept for row in inputs.neighbour_rows)
     assert len(kept) == len(general_knowledge()) - 2  # the wizard's row and the hobbit's
     assert inputs.neighbour_source == f"the package's general facts ({len(kept)} rows; no --neighbour_knowledge)"
+    assert inputs.general == []  # the budget's text given: the package's general text is not read
+
+
+def test_the_packages_general_text_leaves_out_the_paragraphs_that_name_the_target():
+    from whp_trainer.anchors import AnchorDictionary
+    from whp_trainer.evaluation.retain import general_text
+
+    texts = general_text()
+    assert len(texts) == 14 and all(len(text.split()) > 300 for text in texts)  # 14 kinds of ordinary text
+    kept = general_text(AnchorDictionary({"Hedgehog": ["Marlo"], "oranges": ["pears"]}))
+    assert not any("hedgehog" in text.lower() or "oranges" in text for text in kept)
+    changed = [(old, new) for old, new in zip(texts, kept) if old != new]
+    assert len(kept) == 14 and len(changed) == 2  # the children's story and the short story, shortened
+    assert all(set(new.split("\n\n")) < set(old.split("\n\n")) for old, new in changed)
 
 
 def test_alpha_auto_sweeps_the_teacher_that_spares_the_tokens_the_trainer_spares(files, tmp_path, monkeypatch,
@@ -794,6 +838,7 @@ def test_without_budget_text_the_budget_is_read_on_retain_blocks_the_retain_loss
     from whp_trainer.arguments import DataArguments
     from whp_trainer.auto import auto_inputs
     from whp_trainer.collator import text_blocks
+    from whp_trainer.evaluation.retain import general_text
 
     rng = torch.Generator().manual_seed(0)
     numbers = [str(number) for number in torch.randint(10**5, 10**6, (3000,), generator=rng).tolist()]
@@ -807,6 +852,8 @@ def test_without_budget_text_the_budget_is_read_on_retain_blocks_the_retain_loss
     assert len(inputs.retain) == 64 and not set(inputs.retain) & set(inputs.retain_training)
     assert sorted(inputs.retain + inputs.retain_training) == sorted(blocks)
     assert auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None).retain == inputs.retain  # seeded
+    general = text_blocks(general_text(), tokenizer, 16)
+    assert len(inputs.general) == 64 and set(inputs.general) <= set(general)  # the package's text, read apart
     (tmp_path / "retain.txt").write_text(" ".join(numbers[:200]))
     inputs = auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None)
     assert len(inputs.retain) == len(text_blocks(data.retain_texts()["text"], tokenizer, 16)) // 4  # a quarter

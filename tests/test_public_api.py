@@ -66,3 +66,17 @@ def test_the_field_tables_list_every_field_a_config_adds_with_its_help():
     assert "| `seed` |" not in table  # an inherited field with the library's default is not repeated
     HfArgumentParser([UnlearnConfig])  # replaces the fields' string annotations by types, in place
     assert hook.fields_table("whp_trainer.config.UnlearnConfig") == table
+
+
+def test_every_data_file_the_package_reads_ships_in_its_wheel():
+    """An installed (not editable) package holds only what `package-data` names: a data file it misses is read in a
+    checkout and missing after `pip install whp-trainer`."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["whp_trainer"]
+    package = ROOT / "whp_trainer"
+    data = [path.relative_to(package).as_posix() for path in package.rglob("*")
+            if path.is_file() and path.suffix not in (".py", ".pyc")]
+    assert "evaluation/general_text/news.txt" in data
+    assert [path for path in data if not any(fnmatch.fnmatch(path, glob) for glob in globs)] == []

@@ -36,6 +36,8 @@ class AutoInputs:
     forget: list[str] = dataclasses.field(default_factory=list)  # forget blocks: how well a reinforcement fits them
     # without budget text: the retain blocks the retain loss reads, all but those the budget is read on
     retain_training: list[str] | None = None
+    # without budget text: blocks of the package's general text, on which the perplexity budget also holds
+    general: list[str] = dataclasses.field(default_factory=list)
     neighbour_rows: list[dict] | None = None  # the neighbour knowledge rows of the second budget
     neighbour_source: str | None = None  # where they come from, for the run record
     forget_rows: list[dict] | None = None  # the forget knowledge rows (each with a false answer) of a target
@@ -92,8 +94,10 @@ def unwatched(args) -> list[str]:
                         "works): give rows of that kind")
     if not args.budget_data:
         warnings.append("no --budget_data: the perplexity budget is read on retain text set aside, text of the kind "
-                        "the retain loss keeps, and other text can cost more than it reads: give ordinary text of "
-                        "the kinds to keep that neither the model's fine-tuning nor the retain data holds")
+                        "the retain loss keeps, and on the package's general text (modern English of 14 kinds), "
+                        "and text like the forget text in other ways (its period, style or language) can cost more "
+                        "than either reads: give ordinary text of the kinds to keep that neither the model's "
+                        "fine-tuning nor the retain data holds")
     return warnings
 
 
@@ -104,6 +108,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
     from .data import load_texts
     from .evaluation.knowledge import first_mention_probes
     from .evaluation.probes import build_probes
+    from .evaluation.retain import general_text
 
     rng = random.Random(args.seed)
     if probes is None and anchors is not None:
@@ -115,13 +120,15 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
         membership = (sample(forget, rng), sample(text_blocks(holdout, tokenizer, args.max_length), rng))
         warn_if_unresolved(membership, args)
-    retain_training = None
+    retain_training, general = None, []
     if args.budget_data:
         budget = text_blocks(load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"],
                              tokenizer, args.max_length)
     else:
         budget, retain_training = budget_from_retain(text_blocks(data.retain_texts()["text"], tokenizer,
                                                                  args.max_length), args)
+        general = sample(text_blocks(general_text(anchors), tokenizer, args.max_length),
+                         random.Random(f"general-{args.seed}"))
     rows, source = neighbour_knowledge(args, anchors)
     rows = sample(rows, random.Random(f"neighbours-{args.seed}"))
     known = sample(forget_rows(args.forget_knowledge), random.Random(f"forget-knowledge-{args.seed}")) \
@@ -135,7 +142,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)),
                       retain_training=retain_training, neighbour_rows=rows, neighbour_source=source,
-                      forget_rows=known)
+                      forget_rows=known, general=general)
 
 
 def neighbour_knowledge(args, anchors) -> tuple[list[dict], str]:
@@ -375,6 +382,7 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,
         inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, forget_knowledge=inputs.forget_rows,
+        general_texts=inputs.general,
         every_n_steps=args.auto_eval_steps,
         max_measurements=args.auto_max_measurements,
         retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,

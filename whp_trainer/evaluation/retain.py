@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,9 @@ from ..batching import pad_token_id, padded_batch
 from ..collator import split_into_blocks
 from ..models import read_whole
 from .familiarity import evaluation_mode
+from .probes import terms_pattern
+
+GENERAL_TEXT = Path(__file__).with_name("general_text")
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8) -> float:
@@ -23,6 +28,22 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_
     short ones.
     """
     return perplexity_of(block_nlls(model, tokenizer, texts, max_length, batch_size))
+
+
+def general_text(anchors: Iterable[str] | None = None) -> list[str]:
+    """The package's own ordinary text, read where a user gives no budget text: 14 documents of modern English of
+    as many kinds (news, science, fiction with dialogue, a recipe, a letter, a review, a how-to with code, history,
+    an interview, sport, a memo, travel, a children's story, health questions), about 5,500 words written for this
+    package. Paragraphs that name one of ``anchors`` (an anchor dictionary's terms, on word boundaries, any case)
+    are left out: they may be about the target itself."""
+    pattern = terms_pattern(anchors or (), ignore_case=True)
+    texts = []
+    for path in sorted(GENERAL_TEXT.glob("*.txt")):
+        paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8").strip())
+        kept = [paragraph for paragraph in paragraphs if pattern is None or not pattern.search(paragraph)]
+        if kept:
+            texts.append("\n\n".join(kept))
+    return texts
 
 
 def perplexity_of(blocks: list[tuple[float, int]]) -> float:

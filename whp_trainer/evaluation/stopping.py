@@ -24,6 +24,8 @@ from .membership import membership_auc
 from .retain import block_nlls, perplexity_of
 
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
+GENERAL = "general_perplexity"  # perplexity of the ``general_texts``, text of other kinds the budget also holds on
+GENERAL_BOUND = "general_perplexity_bound"  # the upper end of its confidence interval
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
 NEIGHBOUR_BOUND = "neighbour_knowledge_bound"  # the lower end of its confidence interval
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
@@ -43,7 +45,9 @@ class TargetStoppingCallback(TrainerCallback):
     ``first_mentions``, membership AUC of ``membership_texts``, the mean `answer_margins` of the ``forget_knowledge``
     rows) and on the budgets (perplexity of ``retain_texts``
     at most ``retain_budget`` above the base's, read as the upper end of its one-sided ``budget_confidence``
-    interval: ``retain_texts`` are a sample of the text the budget is for; with ``neighbour_knowledge``, a callable
+    interval: ``retain_texts`` are a sample of the text the budget is for; with ``general_texts``, the same budget
+    held on their perplexity too, apart, so that a change on one kind is not averaged away by the other; with
+    ``neighbour_knowledge``, a callable
     ``model -> each row's answer log-likelihood in nats``, their mean at most ``neighbour_budget`` nats below the
     base's, read as the lower end of its interval: the rows are a sample of the knowledge to keep). Training
     stops when every target is reached within budget, or when a budget is spent: over it at ``budget_patience``
@@ -94,6 +98,7 @@ class TargetStoppingCallback(TrainerCallback):
         first_mentions: Sequence[dict] | None = None,
         neighbour_knowledge: Callable | None = None,
         forget_knowledge: Sequence[dict] | None = None,
+        general_texts: Sequence[str] | None = None,
         every_n_steps: int = 8,
         max_measurements: int | None = None,
         retain_budget: float = 0.03,
@@ -125,6 +130,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
         self.forget_knowledge = list(forget_knowledge or [])
+        self.general_texts = list(general_texts or [])
         self.every_n_steps, self.max_measurements = every_n_steps, max_measurements
         self.interval = every_n_steps  # set from the run's length when training begins
         self.retain_budget, self.neighbour_budget = retain_budget, neighbour_budget
@@ -138,7 +144,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.history: list[dict] = []
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
-        self.base_readings: tuple[list, list | None] | None = None  # the base's `readings`
+        self.base_readings: tuple[list, list, list | None] | None = None  # the base's `readings`
         self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
         # over budget, the least short of the targets, then the least over: (shortfall, overrun, index, weights)
@@ -150,12 +156,15 @@ class TargetStoppingCallback(TrainerCallback):
         """The signals and budgets of ``model`` as it is now (its active adapter); in a multi-process run each
         process reads a share of the items (`reader_for`)."""
         tokenizer, batch, reader = self.trainer.processing_class, self.batch_size, reader_for(model)
-        blocks, rows = self.readings(model)
+        readings = self.readings(model)
         if self.base_readings is None:  # the base's own measurement, or the first after resuming from a checkpoint
-            self.base_readings = (blocks, rows) if self.base is None else self.base_model_readings(model)
-        base_blocks, base_rows = self.base_readings
+            self.base_readings = readings if self.base is None else self.base_model_readings(model)
+        (blocks, general, rows), (base_blocks, base_general, base_rows) = readings, self.base_readings
         metrics = {RETAIN: perplexity_of(blocks),
                    RETAIN_BOUND: perplexity_bound(blocks, base_blocks, self.budget_confidence)}
+        if general:
+            metrics[GENERAL] = perplexity_of(general)
+            metrics[GENERAL_BOUND] = perplexity_bound(general, base_general, self.budget_confidence)
         if self.probes:
             metrics[FAMILIARITY] = token_familiarity(model, tokenizer, self.probes, batch, reader)
         if self.first_mentions:
@@ -172,13 +181,15 @@ class TargetStoppingCallback(TrainerCallback):
             metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
         return metrics
 
-    def readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
-        """What the budgets are read from: the retain texts' `block_nlls` and each neighbour row's answer
-        log-likelihood (None without a neighbour measure)."""
-        blocks = block_nlls(model, self.trainer.processing_class, self.retain_texts, self.max_length,
-                            self.batch_size, reader_for(model))
+    def readings(self, model) -> tuple[list[tuple[float, int]], list[tuple[float, int]], list[float] | None]:
+        """What the budgets are read from: the retain texts' and the general texts' `block_nlls` (none without
+        them) and each neighbour row's answer log-likelihood (None without a neighbour measure)."""
+        def nlls(texts):
+            return block_nlls(model, self.trainer.processing_class, texts, self.max_length, self.batch_size,
+                              reader_for(model)) if texts else []
+
         rows = None if self.neighbour_knowledge is None else [float(row) for row in self.neighbour_knowledge(model)]
-        return blocks, rows
+        return nlls(self.retain_texts), nlls(self.general_texts), rows
 
     def measurement_interval(self, max_steps: int) -> int:
         """Steps between measurements: ``every_n_steps``, or more on a run of over ``every_n_steps ×
@@ -187,14 +198,17 @@ class TargetStoppingCallback(TrainerCallback):
             return self.every_n_steps
         return max(self.every_n_steps, math.ceil(max_steps / self.max_measurements))
 
-    def base_model_readings(self, model) -> tuple[list[tuple[float, int]], list[float] | None]:
+    def base_model_readings(self, model) -> tuple[list, list, list[float] | None]:
         """The base's `readings`: the same model each time, so not kept in a checkpoint."""
         with using_adapter(model, BASELINE):
             return self.readings(model)
 
-    def retain_reading(self, metrics: dict) -> float:
-        """The retain perplexity the budget is held to: its bound (a measurement of an older whp_trainer has none)."""
-        return metrics.get(RETAIN_BOUND, metrics[RETAIN])
+    def perplexity_changes(self, metrics: dict) -> dict[str, float]:
+        """Each perplexity the budget is held to (retain text, and general text where read) as the relative change
+        of its bound against the base's perplexity (a measurement of an older whp_trainer has no bound)."""
+        return {name: metrics.get(bound, metrics[name]) / self.base[name] - 1
+                for name, bound in ((RETAIN, RETAIN_BOUND), (GENERAL, GENERAL_BOUND))
+                if name in metrics and name in self.base}
 
     def neighbour_reading(self, metrics: dict) -> float:
         """The neighbour knowledge the budget is held to: its bound (a measurement of an older whp_trainer has none)."""
@@ -433,7 +447,8 @@ class TargetStoppingCallback(TrainerCallback):
 
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
-        over = max(0.0, self.retain_reading(metrics) / self.base[RETAIN] - 1 - self.retain_budget) / self.retain_budget
+        over = sum(max(0.0, change - self.retain_budget) / self.retain_budget
+                   for change in self.perplexity_changes(metrics).values())
         if NEIGHBOUR in metrics:
             drop = self.base[NEIGHBOUR] - self.neighbour_reading(metrics)
             over += max(0.0, drop - self.neighbour_budget) / self.neighbour_budget
@@ -442,11 +457,12 @@ class TargetStoppingCallback(TrainerCallback):
     def spent(self, metrics: dict) -> list[str]:
         """Each budget ``metrics`` are over, in words (none: within budget)."""
         spent = []
-        reading = self.retain_reading(metrics)
-        if reading > self.base[RETAIN] * (1 + self.retain_budget):
-            bound = f" (its {self.budget_confidence:.0%} bound {reading:.4g})" if RETAIN_BOUND in metrics else ""
-            spent.append(f"retain perplexity {metrics[RETAIN]:.4g}{bound} > base {self.base[RETAIN]:.4g} "
-                         f"+{self.retain_budget:.0%}")
+        for name, change in self.perplexity_changes(metrics).items():
+            if change > self.retain_budget:
+                bound = metrics.get(f"{name}_bound")
+                bound = f" (its {self.budget_confidence:.0%} bound {bound:.4g})" if bound is not None else ""
+                spent.append(f"{name.replace('_', ' ')} {metrics[name]:.4g}{bound} > base {self.base[name]:.4g} "
+                             f"+{self.retain_budget:.0%}")
         if NEIGHBOUR in metrics and self.base[NEIGHBOUR] - self.neighbour_reading(metrics) > self.neighbour_budget:
             bound = (f" (its {self.budget_confidence:.0%} bound {metrics[NEIGHBOUR_BOUND]:.3f})"
                      if NEIGHBOUR_BOUND in metrics else "")
