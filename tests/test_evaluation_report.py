@@ -102,7 +102,8 @@ def test_evaluate_model_measures_each_role_and_restores_the_model(two_adapters, 
     assert results["reinforced"]["familiarity_token"] > 2 * results["base"]["familiarity_token"]
     assert results["reinforced"]["forget_perplexity"] < results["base"]["forget_perplexity"]
     expected = {"familiarity_token", "familiarity_completion", "familiarity_token_hints", "memorization_rouge_l",
-                "memorization_exact", "retain_perplexity", "forget_perplexity", "p_next[Harry Potter studies][ magic]"}
+                "memorization_exact", "retain_perplexity", "forget_perplexity", "general_perplexity",
+                "p_next[Harry Potter studies][ magic]"}
     for role, metrics in results.items():
         assert expected | ({"familiarity_token_relearned"} if "teacher" not in role else set()) <= set(metrics), role
         assert all(isinstance(value, float) and math.isfinite(value) for value in metrics.values()), role

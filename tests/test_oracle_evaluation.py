@@ -16,6 +16,7 @@ from whp_trainer.evaluation.familiarity import sample_completions
 from whp_trainer.evaluation.knowledge import first_mention_probes, knowledge_memorization, load_qa, qa_prompt
 from whp_trainer.evaluation.membership import auc, auc_standard_error, membership_auc, min_k, privleak
 from whp_trainer.evaluation import markdown_report, oracle_comparison
+from whp_trainer.evaluation.markdown import verdict_summary
 from whp_trainer.evaluation.report import evaluation_record
 from whp_trainer.evaluation.teacher import GenericTeacher
 
@@ -153,9 +154,11 @@ def test_the_oracle_column_relearns_and_every_forget_metric_is_compared_with_it(
 
 
 def test_verdicts_say_above_at_or_below_the_oracle_and_what_it_means():
-    results = {"base": {"verbmem_forget": 0.5, "forget_perplexity": 2.0, "retain_perplexity": 10.0},
+    results = {"base": {"verbmem_forget": 0.5, "forget_perplexity": 2.0, "retain_perplexity": 10.0,
+                        "general_perplexity": 30.0},
                "oracle": {"verbmem_forget": 0.10, "forget_perplexity": 20.0, "retain_perplexity": 10.0},
-               "unlearned": {"verbmem_forget": 0.11, "forget_perplexity": 40.0, "retain_perplexity": 10.5}}
+               "unlearned": {"verbmem_forget": 0.11, "forget_perplexity": 40.0, "retain_perplexity": 10.5,
+                             "general_perplexity": 30.6}}
     comparison = oracle_comparison(results)
     assert comparison["base"]["verbmem_forget"]["meaning"] == "knowledge left"
     assert comparison["base"]["forget_perplexity"] == {"value": 2.0, "oracle": 20.0, "difference": -18.0,
@@ -163,9 +166,31 @@ def test_verdicts_say_above_at_or_below_the_oracle_and_what_it_means():
     assert comparison["unlearned"]["verbmem_forget"]["verdict"] == "at"
     assert comparison["unlearned"]["forget_perplexity"]["meaning"] == "over-forgotten"
     assert comparison["unlearned"]["retain_perplexity"]["meaning"] == "damaged"  # +5 % > 3 %
+    assert comparison["unlearned"]["general_perplexity"]["meaning"] == "retained"  # +2 %, the same tolerance
+    summary = verdict_summary(comparison)
+    assert "- retain perplexity +5.0% against the base's: damaged" in summary
+    assert "- general perplexity +2.0% against the base's: retained" in summary
     table = markdown_report(evaluation_record(results))
     assert "| metric | base | oracle | unlearned | unlearned − base | unlearned − oracle |" in table
     assert "| `verbmem_forget` | above (+0.4): knowledge left | at (+0.01): as the oracle |" in table
+
+
+def test_every_role_is_read_on_the_packages_general_text_less_what_names_the_target(tokenizer):
+    from whp_trainer.collator import text_blocks
+    from whp_trainer.evaluation.retain import general_text
+    from whp_trainer.evaluation.runner import evaluation_data
+
+    config = EvaluateConfig(**{**SMALL, "retain_texts": 20})
+    data = evaluation_data(config, tokenizer, PROBES, FORGET, HOLDOUT)
+    assert len(data.texts["general"]) == 20 and set(data.texts["general"]) <= set(
+        text_blocks(general_text(), tokenizer, config.max_length))
+    without = EvaluateConfig(**{**SMALL, "retain_texts": 20, "general_text": False})
+    assert data.texts["retain"] == evaluation_data(without, tokenizer, PROBES, FORGET, HOLDOUT).texts["retain"]
+    unread = evaluation_data(EvaluateConfig(**{**SMALL, "retain_texts": 0}), tokenizer, PROBES, FORGET, HOLDOUT,
+                             dictionary=AnchorDictionary({"hedgehog": ["rabbit"]}))
+    assert unread.texts["general"] and not any("hedgehog" in block.lower() for block in unread.texts["general"])
+    assert "general" not in evaluation_data(EvaluateConfig(**{**SMALL, "general_text": False}), tokenizer, PROBES,
+                                            FORGET, HOLDOUT).texts
 
 
 def relearned_familiarity(model, tokenizer, config, adapter):

@@ -21,6 +21,7 @@ ORACLE_METRICS = {  # forget metrics compared with the oracle: metric -> (tolera
     "forget_perplexity": (0.03, True, False),
 }
 RETAIN_TOLERANCE = 0.03  # retain perplexity within 3 % of the base's counts as ability kept
+PERPLEXITIES = ("retain_perplexity", "general_perplexity")  # ordinary text, compared with the base's
 NEIGHBOUR = "knowledge_neighbour_loglik"  # knowledge that must stay: compared with the base's, not the oracle's
 NEIGHBOUR_TOLERANCE = 0.1  # neighbour answer log-likelihood within 0.1 nat of the base's counts as knowledge kept
 ATTACK = "@"  # "familiarity_token@nf4": a forget metric measured after an attack of ATTACKS
@@ -132,11 +133,12 @@ def oracle_comparison(results: dict[str, dict[str, float]]) -> dict[str, dict[st
                 "knowledge left" if (side == "above") == knowledge_up else "over-forgotten")
             rows[metric] = {"value": value, "oracle": reference, "difference": value - reference, "verdict": side,
                             "meaning": meaning}
-        base, value = results.get("base", {}).get("retain_perplexity"), results[role].get("retain_perplexity")
-        if measured(base) and base > 0 and measured(value):
-            change = value / base - 1
-            rows["retain_perplexity"] = {"value": value, "base": base, "change": change,
-                                         "meaning": "retained" if change <= RETAIN_TOLERANCE else "damaged"}
+        for metric in PERPLEXITIES:
+            base, value = results.get("base", {}).get(metric), results[role].get(metric)
+            if measured(base) and base > 0 and measured(value):
+                change = value / base - 1
+                rows[metric] = {"value": value, "base": base, "change": change,
+                                "meaning": "retained" if change <= RETAIN_TOLERANCE else "damaged"}
         base, value = results.get("base", {}).get(NEIGHBOUR), results[role].get(NEIGHBOUR)
         if measured(base) and measured(value):
             change = value - base

@@ -69,6 +69,12 @@ class EvaluateConfig:
     )
     relearn_learning_rate: float = field(default=1e-4, metadata={"help": "Relearning probe: learning rate."})
     hints: bool = field(default=True, metadata={"help": "Also measure token familiarity with in-context hints."})
+    general_text: bool = field(
+        default=True,
+        metadata={"help": "Also measure the perplexity of the package's general text (14 kinds of modern English, "
+                  "at most retain_texts blocks; paragraphs naming an anchored term left out): what unlearning costs "
+                  "text unlike both the target and the retain text. False for a model that does not read English."},
+    )
     next_token_prompts: dict | str | None = field(
         default=None,
         metadata={"help": "Prompt -> next tokens whose probability is reported, as a YAML mapping or JSON, e.g. "

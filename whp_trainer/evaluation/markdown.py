@@ -11,6 +11,7 @@ from .comparison import (
     NEIGHBOUR_TOLERANCE,
     ORACLE,
     ORACLE_METRICS,
+    PERPLEXITIES,
     RETAIN_TOLERANCE,
     attack_key,
     measured,
@@ -87,6 +88,9 @@ METRIC_HELP = {
     "= the forget text is still recognised, positive = over-unlearned",
     "privleak_minkpp": "PrivLeak from the Min-K%++ AUC (%)",
     "retain_perplexity": "perplexity of ordinary retain text (should stay near the base's: retained ability)",
+    "general_perplexity": "perplexity of the package's general text, 14 kinds of modern English unlike both the "
+    "target and most retain text (should stay near the base's: retained ability; an alpha auto run without "
+    "--budget_data held its budget on this text, so it reads as that budget, not as text new to the run)",
     "forget_perplexity": "perplexity of the forget text (higher = the text is less expected)",
 }
 METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, retained ability, next tokens
@@ -100,7 +104,7 @@ METRIC_ORDER = (  # the report's rows: familiarity first, then memorization, ret
     "memorization_exact", "membership_auc_mink", "membership_auc_minkpp", "membership_auc_mink_se",
     "membership_auc_minkpp_se", "membership_forget_read_by_rule", "membership_holdout_read_by_rule",
     "privleak_mink", "privleak_minkpp",
-    "forget_perplexity", "retain_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
+    "forget_perplexity", "retain_perplexity", "general_perplexity", "knowmem_retain", "lm_eval_", "p_next[",
 )
 PREFIX_HELP = {
     "familiarity_completion_": "share of completions the judge put in this category",
@@ -194,9 +198,10 @@ def verdict_summary(comparison: dict[str, dict[str, dict]]) -> list[str]:
         if metrics:
             named = ", ".join(f"`{metric}` ({row['meaning']})" for metric, row in metrics)
             lines.append(f"- **{side}** the oracle: {named}")
-    retained = rows.get("retain_perplexity")
-    if retained:
-        lines.append(f"- retain perplexity {retained['change']:+.1%} against the base's: {retained['meaning']}")
+    for metric in PERPLEXITIES:
+        if metric in rows:
+            lines.append(f"- {metric.replace('_', ' ')} {rows[metric]['change']:+.1%} against the base's: "
+                         f"{rows[metric]['meaning']}")
     neighbour = rows.get(NEIGHBOUR)
     if neighbour:
         lines.append(f"- neighbour knowledge {neighbour['change']:+.3g} nat against the base's: {neighbour['meaning']}")
@@ -228,9 +233,9 @@ def oracle_table(comparison: dict[str, dict[str, dict]]) -> list[str]:
     tolerances = ", ".join(f"{tolerance:g}{' relative' if relative else ''} for `{metric}`"
                            for metric, (tolerance, relative, _) in ORACLE_METRICS.items() if metric in metrics)
     intro = (f"Each forget metric of each role beside the oracle's: **above**, **at** or **below** it (at = within "
-             f"{tolerances}), and what that means. Retain perplexity is compared with the base's (retained = at most "
-             f"+{RETAIN_TOLERANCE:.0%}), neighbour knowledge too (retained = at most {NEIGHBOUR_TOLERANCE:g} nat "
-             "lower).")
+             f"{tolerances}), and what that means. Retain and general perplexity are compared with the base's "
+             f"(retained = at most +{RETAIN_TOLERANCE:.0%}), neighbour knowledge too (retained = at most "
+             f"{NEIGHBOUR_TOLERANCE:g} nat lower).")
     rows = [[f"`{metric}`", *(verdict_cell(comparison[role].get(metric), metric) for role in roles)]
             for metric in metrics]
     return [intro, "", *markdown_table(["metric", *roles], rows)]

@@ -23,7 +23,7 @@ from .judges import CATEGORIES, AnchorJudge, LLMJudge, openai_judge
 from .knowledge import first_mention_probes, knowledge_memorization, knowledge_scores
 from .membership import membership_auc, privleak
 from .memorization import verbatim_memorization
-from .retain import perplexity
+from .retain import general_text, perplexity
 from .rule_sample import UNSEEN_MINIMUM, read_again, unread
 from .robustness import as_exported, hint_probes, many_shot_knowledge, many_shot_probes, quantized, relearned
 from .teacher import GenericTeacher
@@ -282,6 +282,9 @@ def evaluation_data(config, tokenizer, probes, forget_texts, retain_texts, dicti
     forget_blocks = text_blocks(forget_texts, tokenizer, config.max_length)
     texts = {"forget": sample(forget_blocks, config.retain_texts, rng),
              "retain": sample(text_blocks(retain_texts, tokenizer, config.max_length), config.retain_texts, rng)}
+    if config.general_text:  # a draw of its own: the samples below stay those of earlier versions
+        texts["general"] = sample(text_blocks(general_text(dictionary), tokenizer, config.max_length),
+                                  config.retain_texts, random.Random(f"general-{config.seed}"))
     passages = sample(forget_blocks, config.memorization_passages, rng) if config.memorization_passages else []
     hinted = hint_probes(probes, dictionary, seed=config.seed) if config.hints and dictionary is not None else None
     mentions = first_mention_probes(forget_texts, dictionary) if dictionary is not None else []
