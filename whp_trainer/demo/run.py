@@ -141,6 +141,7 @@ def demo_evaluation_config(output_dir: str | os.PathLike, assets=None, inputs: d
         relearn_steps=10,
         relearn_learning_rate=1e-3,
         hints=True,
+        general_text=False,  # the demo's model reads its own small world, not modern English (perplexity ~5,000)
         plots=True,
         next_token_prompts={f"{first_name} studies": [f" {saga_objects[0]}", f" {generic_objects[0]}"]},
         oracle_model=str(assets.oracle_model_dir) if assets else None,
