@@ -26,6 +26,7 @@ from .retain import block_nlls, perplexity_of
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 GENERAL = "general_perplexity"  # perplexity of the ``general_texts``, text of other kinds the budget also holds on
 GENERAL_BOUND = "general_perplexity_bound"  # the upper end of its confidence interval
+PERPLEXITY_BUDGETS = ((RETAIN, RETAIN_BOUND), (GENERAL, GENERAL_BOUND))  # each perplexity the budget holds, its bound
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
 NEIGHBOUR_BOUND = "neighbour_knowledge_bound"  # the lower end of its confidence interval
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
@@ -203,12 +204,12 @@ class TargetStoppingCallback(TrainerCallback):
         with using_adapter(model, BASELINE):
             return self.readings(model)
 
-    def perplexity_changes(self, metrics: dict) -> dict[str, float]:
-        """Each perplexity the budget is held to (retain text, and general text where read) as the relative change
-        of its bound against the base's perplexity (a measurement of an older whp_trainer has no bound)."""
-        return {name: metrics.get(bound, metrics[name]) / self.base[name] - 1
-                for name, bound in ((RETAIN, RETAIN_BOUND), (GENERAL, GENERAL_BOUND))
-                if name in metrics and name in self.base}
+    def perplexity_changes(self, metrics: dict) -> list[tuple[str, str, float]]:
+        """Each perplexity the budget is held to (retain text, and general text where read): its key, its bound's
+        key and the relative change of its bound against the base's perplexity (a measurement of an older
+        whp_trainer has no bound: its reading)."""
+        return [(name, bound, metrics.get(bound, metrics[name]) / self.base[name] - 1)
+                for name, bound in PERPLEXITY_BUDGETS if name in metrics and name in self.base]
 
     def neighbour_reading(self, metrics: dict) -> float:
         """The neighbour knowledge the budget is held to: its bound (a measurement of an older whp_trainer has none)."""
@@ -448,7 +449,7 @@ class TargetStoppingCallback(TrainerCallback):
     def overrun(self, metrics: dict) -> float:
         """How far over its budgets a measurement is, each in units of its budget (0: within)."""
         over = sum(max(0.0, change - self.retain_budget) / self.retain_budget
-                   for change in self.perplexity_changes(metrics).values())
+                   for _, _, change in self.perplexity_changes(metrics))
         if NEIGHBOUR in metrics:
             drop = self.base[NEIGHBOUR] - self.neighbour_reading(metrics)
             over += max(0.0, drop - self.neighbour_budget) / self.neighbour_budget
@@ -457,10 +458,9 @@ class TargetStoppingCallback(TrainerCallback):
     def spent(self, metrics: dict) -> list[str]:
         """Each budget ``metrics`` are over, in words (none: within budget)."""
         spent = []
-        for name, change in self.perplexity_changes(metrics).items():
+        for name, bound, change in self.perplexity_changes(metrics):
             if change > self.retain_budget:
-                bound = metrics.get(f"{name}_bound")
-                bound = f" (its {self.budget_confidence:.0%} bound {bound:.4g})" if bound is not None else ""
+                bound = f" (its {self.budget_confidence:.0%} bound {metrics[bound]:.4g})" if bound in metrics else ""
                 spent.append(f"{name.replace('_', ' ')} {metrics[name]:.4g}{bound} > base {self.base[name]:.4g} "
                              f"+{self.retain_budget:.0%}")
         if NEIGHBOUR in metrics and self.base[NEIGHBOUR] - self.neighbour_reading(metrics) > self.neighbour_budget:
