@@ -13,7 +13,6 @@ only the first mention in a passage tells whether the model knows who comes next
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from statistics import fmean
 
@@ -22,7 +21,7 @@ import torch
 from ..batching import pad_token_id, padded_batch
 from ..models import read_whole
 from .familiarity import evaluation_mode, generate_continuations
-from .probes import terms_pattern
+from .probes import paragraphs, terms_pattern
 from .records import read_records
 
 ANSWER_STOPS = ("\n\n", "\nQuestion", "Question:")  # MUSE cuts a generated answer before any of these
@@ -280,7 +279,7 @@ def first_mention_probes(
     if pattern is None:
         return []
     probes = []
-    for passage in (part for text in texts for part in re.split(r"\n\s*\n", text)):
+    for passage in (part for text in texts for part in paragraphs(text)):
         seen = set()
         for match in pattern.finditer(passage):
             if match.group() in seen:

@@ -76,6 +76,11 @@ def write_probes(path: str | os.PathLike, probes: Iterable[dict]) -> None:
     path.write_text(body, encoding="utf-8")
 
 
+def paragraphs(text: str) -> list[str]:
+    """The blank-line separated parts of ``text``, as written (the unit probes and first mentions are read in)."""
+    return re.split(r"\n\s*\n", text)
+
+
 def terms_pattern(terms: Iterable[str], ignore_case: bool = False) -> re.Pattern | None:
     """A regex finding any of ``terms`` on word boundaries, longest first (``None`` when there is no term)."""
     terms = sorted({term for term in terms if term}, key=lambda term: (-len(term), term))
@@ -104,8 +109,7 @@ def build_probes(
     pattern = terms_pattern(dictionary)
     words = re.compile(r"\S+")
     probes: dict[tuple[str, str], None] = {}
-    paragraphs = (part for text in texts for part in re.split(r"\n\s*\n", text))
-    for paragraph in paragraphs:
+    for paragraph in (part for text in texts for part in paragraphs(text)):
         for match in pattern.finditer(paragraph):
             before = paragraph[: match.start()]
             starts = [word.start() for word in words.finditer(before)][-context_words:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from ..batching import pad_token_id, padded_batch
 from ..collator import split_into_blocks
 from ..models import read_whole
 from .familiarity import evaluation_mode
-from .probes import terms_pattern
+from .probes import paragraphs, terms_pattern
 
 GENERAL_TEXT = Path(__file__).with_name("general_text")
 
@@ -39,8 +38,8 @@ def general_text(anchors: Iterable[str] | None = None) -> list[str]:
     pattern = terms_pattern(anchors or (), ignore_case=True)
     texts = []
     for path in sorted(GENERAL_TEXT.glob("*.txt")):
-        paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8").strip())
-        kept = [paragraph for paragraph in paragraphs if pattern is None or not pattern.search(paragraph)]
+        kept = [paragraph for paragraph in paragraphs(path.read_text(encoding="utf-8").strip())
+                if pattern is None or not pattern.search(paragraph)]
         if kept:
             texts.append("\n\n".join(kept))
     return texts
