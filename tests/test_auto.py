@@ -437,6 +437,11 @@ def test_the_general_texts_are_read_apart_from_the_retain_texts(make_model, toke
     assert measured[GENERAL] == pytest.approx(perplexity(model, tokenizer, general, max_length=8))
     assert measured["retain_perplexity"] == pytest.approx(perplexity(model, tokenizer, CORPUS, max_length=8))
     assert measured[GENERAL_BOUND] > measured[GENERAL] and callback.base[GENERAL_BOUND] == callback.base[GENERAL]
+    # resumed from a checkpoint (the base's measurement loaded, not its blocks): the general text read alike
+    resumed = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS,
+                                     general_texts=general, max_length=8)
+    resumed.base = callback.base
+    assert resumed.measure(model) == pytest.approx(measured)
     without = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS, max_length=8)
     assert GENERAL not in measured_after_a_nudge(without, model)
 
