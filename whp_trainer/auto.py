@@ -38,6 +38,8 @@ class AutoInputs:
     retain_training: list[str] | None = None
     # without budget text: blocks of the package's general text, on which the perplexity budget also holds
     general: list[str] = dataclasses.field(default_factory=list)
+    # without budget text: the holdout blocks membership reads, on which the perplexity budget also holds
+    holdout_budget: list[str] = dataclasses.field(default_factory=list)
     neighbour_rows: list[dict] | None = None  # the neighbour knowledge rows of the second budget
     neighbour_source: str | None = None  # where they come from, for the run record
     forget_rows: list[dict] | None = None  # the forget knowledge rows (each with a false answer) of a target
@@ -93,11 +95,17 @@ def unwatched(args) -> list[str]:
                         "(geography, science, literature, other fiction), not knowledge near the target (related "
                         "works): give rows of that kind")
     if not args.budget_data:
-        warnings.append("no --budget_data: the perplexity budget is read on retain text set aside, text of the kind "
-                        "the retain loss keeps, and on the package's general text (modern English of 14 kinds), "
-                        "and text like the forget text in other ways (its period, style or language) can cost more "
-                        "than either reads: give ordinary text of the kinds to keep that neither the model's "
-                        "fine-tuning nor the retain data holds")
+        read = ("retain text set aside, text of the kind the retain loss keeps, and on the package's general text "
+                "(modern English of 14 kinds)")
+        give = "ordinary text of the kinds to keep that neither the model's fine-tuning nor the retain data holds"
+        if args.holdout_data:
+            warnings.append(f"no --budget_data: the perplexity budget is read on {read}, and on --holdout_data, "
+                            "text of the forget text's kind; text of other kinds (another period, style or language) "
+                            f"can cost more than these read: give {give}")
+        else:
+            warnings.append(f"no --budget_data: the perplexity budget is read on {read}, and text like the forget "
+                            "text in other ways (its period, style or language) can cost more than either reads: give "
+                            f"--holdout_data of its kind, or {give}")
     return warnings
 
 
@@ -120,7 +128,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
         holdout = load_texts(args.holdout_data, data.text_field)["text"]
         membership = (sample(forget, rng), sample(text_blocks(holdout, tokenizer, args.max_length), rng))
         warn_if_unresolved(membership, args)
-    retain_training, general = None, []
+    retain_training, general, holdout_budget = None, [], []
     if args.budget_data:
         budget = text_blocks(load_texts(args.budget_data, data.retain_text_field or data.text_field)["text"],
                              tokenizer, args.max_length)
@@ -129,6 +137,8 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                                                                  args.max_length), args)
         general = sample(text_blocks(general_text(anchors), tokenizer, args.max_length),
                          random.Random(f"general-{args.seed}"))
+        # text of the forget text's kind that a model which never read the target reads as the base does
+        holdout_budget = membership[1] if membership else []
     rows, source = neighbour_knowledge(args, anchors)
     rows = sample(rows, random.Random(f"neighbours-{args.seed}"))
     known = sample(forget_rows(args.forget_knowledge), random.Random(f"forget-knowledge-{args.seed}")) \
@@ -142,7 +152,7 @@ def auto_inputs(data, args, tokenizer, forget_texts: list[str], probes: list[dic
                       # without holdout text, a draw of its own: the samples above stay those of earlier runs
                       forget=membership[0] if membership else sample(forget, random.Random(args.seed)),
                       retain_training=retain_training, neighbour_rows=rows, neighbour_source=source,
-                      forget_rows=known, general=general)
+                      forget_rows=known, general=general, holdout_budget=holdout_budget)
 
 
 def neighbour_knowledge(args, anchors) -> tuple[list[dict], str]:
@@ -382,7 +392,7 @@ def stop_at_targets(trainer, choice: dict, inputs: AutoInputs, args, tokenizer=N
     callback = TargetStoppingCallback(
         trainer, Targets(**choice["targets"]), inputs.probes, inputs.retain, inputs.membership,
         inputs.first_mentions, neighbour_knowledge=neighbour_knowledge, forget_knowledge=inputs.forget_rows,
-        general_texts=inputs.general,
+        general_texts=inputs.general, holdout_texts=inputs.holdout_budget,
         every_n_steps=args.auto_eval_steps,
         max_measurements=args.auto_max_measurements,
         retain_budget=args.retain_budget, neighbour_budget=args.neighbour_budget,

@@ -371,8 +371,8 @@ def times(count: int) -> str:
 
 def kept_cost(stopping: dict) -> str:
     """What the kept weights cost as the stopping rule read it: the budget's text's perplexity change (and the
-    package's general text's, where the rule read it) and the neighbour knowledge's (each with its bound, in records
-    that have it), against the base's ("" without them)."""
+    package's general text's and the holdout text's, where the rule read them) and the neighbour knowledge's (each
+    with its bound, in records that have it), against the base's ("" without them)."""
     base, kept = stopping.get("base") or {}, stopping.get("best") or {}
     if "retain_perplexity" not in kept or "retain_perplexity" not in base:
         return ""
@@ -380,9 +380,11 @@ def kept_cost(stopping: dict) -> str:
     if "retain_perplexity_bound" in kept:
         text += (f" (its {stopping.get('budget_confidence', 0.95):.0%} bound "
                  f"{kept['retain_perplexity_bound'] / base['retain_perplexity'] - 1:+.1%})")
-    if "general_perplexity" in kept and "general_perplexity" in base:
-        text += (f", the package's general text {kept['general_perplexity'] / base['general_perplexity'] - 1:+.1%} "
-                 f"(its bound {kept['general_perplexity_bound'] / base['general_perplexity'] - 1:+.1%})")
+    for key, words in (("general_perplexity", "the package's general text"),
+                       ("holdout_perplexity", "the holdout text")):
+        if key in kept and key in base:
+            text += (f", {words} {kept[key] / base[key] - 1:+.1%} "
+                     f"(its bound {kept[f'{key}_bound'] / base[key] - 1:+.1%})")
     if "neighbour_knowledge" in kept and "neighbour_knowledge" in base:
         text += f" and neighbour knowledge {kept['neighbour_knowledge'] - base['neighbour_knowledge']:+.3f} nat"
         if "neighbour_knowledge_bound" in kept:

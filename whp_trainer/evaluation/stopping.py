@@ -26,7 +26,10 @@ from .retain import block_nlls, perplexity_of
 RETAIN_BOUND = "retain_perplexity_bound"  # the upper end of the retain perplexity's confidence interval
 GENERAL = "general_perplexity"  # perplexity of the ``general_texts``, text of other kinds the budget also holds on
 GENERAL_BOUND = "general_perplexity_bound"  # the upper end of its confidence interval
-PERPLEXITY_BUDGETS = ((RETAIN, RETAIN_BOUND), (GENERAL, GENERAL_BOUND))  # each perplexity the budget holds, its bound
+HOLDOUT = "holdout_perplexity"  # perplexity of the ``holdout_texts``, text of the forget text's kind it holds on
+HOLDOUT_BOUND = "holdout_perplexity_bound"
+# each perplexity the budget holds, its bound
+PERPLEXITY_BUDGETS = ((RETAIN, RETAIN_BOUND), (GENERAL, GENERAL_BOUND), (HOLDOUT, HOLDOUT_BOUND))
 NEIGHBOUR = "neighbour_knowledge"  # mean answer log-likelihood (nats) of the neighbour-knowledge rows
 NEIGHBOUR_BOUND = "neighbour_knowledge_bound"  # the lower end of its confidence interval
 STATE_FILE, WEIGHTS_FILE = "whp_stopping.json", "whp_stopping.safetensors"  # in each checkpoint
@@ -46,8 +49,9 @@ class TargetStoppingCallback(TrainerCallback):
     ``first_mentions``, membership AUC of ``membership_texts``, the mean `answer_margins` of the ``forget_knowledge``
     rows) and on the budgets (perplexity of ``retain_texts``
     at most ``retain_budget`` above the base's, read as the upper end of its one-sided ``budget_confidence``
-    interval: ``retain_texts`` are a sample of the text the budget is for; with ``general_texts``, the same budget
-    held on their perplexity too, apart, so that a change on one kind is not averaged away by the other; with
+    interval: ``retain_texts`` are a sample of the text the budget is for; with ``general_texts`` and
+    ``holdout_texts``, the same budget held on their perplexity too, each apart, so that a change on one kind is not
+    averaged away by another; with
     ``neighbour_knowledge``, a callable
     ``model -> each row's answer log-likelihood in nats``, their mean at most ``neighbour_budget`` nats below the
     base's, read as the lower end of its interval: the rows are a sample of the knowledge to keep). Training
@@ -100,6 +104,7 @@ class TargetStoppingCallback(TrainerCallback):
         neighbour_knowledge: Callable | None = None,
         forget_knowledge: Sequence[dict] | None = None,
         general_texts: Sequence[str] | None = None,
+        holdout_texts: Sequence[str] | None = None,
         every_n_steps: int = 8,
         max_measurements: int | None = None,
         retain_budget: float = 0.03,
@@ -127,11 +132,13 @@ class TargetStoppingCallback(TrainerCallback):
         if getattr(trainer, "is_fsdp_enabled", False) or is_deepspeed_zero3_enabled():
             raise ValueError(f"TargetStoppingCallback (alpha auto) {SHARDED_REFUSAL}")
         self.trainer, self.targets = trainer, targets
-        self.probes, self.retain_texts = list(probes), list(retain_texts)
+        self.probes = list(probes)
+        # the texts each perplexity of the budget is read on (`PERPLEXITY_BUDGETS`), by that perplexity's key
+        self.budget_texts = {RETAIN: list(retain_texts), GENERAL: list(general_texts or []),
+                             HOLDOUT: list(holdout_texts or [])}
         self.membership_texts, self.first_mentions = membership_texts, list(first_mentions or [])
         self.neighbour_knowledge = neighbour_knowledge
         self.forget_knowledge = list(forget_knowledge or [])
-        self.general_texts = list(general_texts or [])
         self.every_n_steps, self.max_measurements = every_n_steps, max_measurements
         self.interval = every_n_steps  # set from the run's length when training begins
         self.retain_budget, self.neighbour_budget = retain_budget, neighbour_budget
@@ -145,7 +152,7 @@ class TargetStoppingCallback(TrainerCallback):
         self.history: list[dict] = []
         self.decision: dict | None = None
         self.base: dict[str, float] | None = None
-        self.base_readings: tuple[list, list, list | None] | None = None  # the base's `readings`
+        self.base_readings: tuple[dict, list | None] | None = None  # the base's `readings`
         self.best: tuple[float, int, dict] | None = None  # (shortfall, index in history, weights)
         self.least_over: tuple[float, float, int, dict] | None = None  # (overrun, shortfall, index, weights)
         # over budget, the least short of the targets, then the least over: (shortfall, overrun, index, weights)
@@ -160,12 +167,12 @@ class TargetStoppingCallback(TrainerCallback):
         readings = self.readings(model)
         if self.base_readings is None:  # the base's own measurement, or the first after resuming from a checkpoint
             self.base_readings = readings if self.base is None else self.base_model_readings(model)
-        (blocks, general, rows), (base_blocks, base_general, base_rows) = readings, self.base_readings
-        metrics = {RETAIN: perplexity_of(blocks),
-                   RETAIN_BOUND: perplexity_bound(blocks, base_blocks, self.budget_confidence)}
-        if general:
-            metrics[GENERAL] = perplexity_of(general)
-            metrics[GENERAL_BOUND] = perplexity_bound(general, base_general, self.budget_confidence)
+        (blocks, rows), (base_blocks, base_rows) = readings, self.base_readings
+        metrics = {}
+        for name, bound in PERPLEXITY_BUDGETS:
+            if blocks[name]:
+                metrics[name] = perplexity_of(blocks[name])
+                metrics[bound] = perplexity_bound(blocks[name], base_blocks[name], self.budget_confidence)
         if self.probes:
             metrics[FAMILIARITY] = token_familiarity(model, tokenizer, self.probes, batch, reader)
         if self.first_mentions:
@@ -182,15 +189,15 @@ class TargetStoppingCallback(TrainerCallback):
             metrics[NEIGHBOUR_BOUND] = knowledge_bound(rows, base_rows, self.budget_confidence)
         return metrics
 
-    def readings(self, model) -> tuple[list[tuple[float, int]], list[tuple[float, int]], list[float] | None]:
-        """What the budgets are read from: the retain texts' and the general texts' `block_nlls` (none without
+    def readings(self, model) -> tuple[dict[str, list[tuple[float, int]]], list[float] | None]:
+        """What the budgets are read from: the `block_nlls` of each perplexity's texts (`budget_texts`; none without
         them) and each neighbour row's answer log-likelihood (None without a neighbour measure)."""
         def nlls(texts):
             return block_nlls(model, self.trainer.processing_class, texts, self.max_length, self.batch_size,
                               reader_for(model)) if texts else []
 
         rows = None if self.neighbour_knowledge is None else [float(row) for row in self.neighbour_knowledge(model)]
-        return nlls(self.retain_texts), nlls(self.general_texts), rows
+        return {name: nlls(texts) for name, texts in self.budget_texts.items()}, rows
 
     def measurement_interval(self, max_steps: int) -> int:
         """Steps between measurements: ``every_n_steps``, or more on a run of over ``every_n_steps ×
@@ -199,14 +206,14 @@ class TargetStoppingCallback(TrainerCallback):
             return self.every_n_steps
         return max(self.every_n_steps, math.ceil(max_steps / self.max_measurements))
 
-    def base_model_readings(self, model) -> tuple[list, list, list[float] | None]:
+    def base_model_readings(self, model) -> tuple[dict, list[float] | None]:
         """The base's `readings`: the same model each time, so not kept in a checkpoint."""
         with using_adapter(model, BASELINE):
             return self.readings(model)
 
     def perplexity_changes(self, metrics: dict) -> list[tuple[str, str, float]]:
-        """Each perplexity the budget is held to (retain text, and general text where read): its key, its bound's
-        key and the relative change of its bound against the base's perplexity (a measurement of an older
+        """Each perplexity the budget is held to (retain text, and general and holdout text where read): its key, its
+        bound's key and the relative change of its bound against the base's perplexity (a measurement of an older
         whp_trainer has no bound: its reading)."""
         return [(name, bound, metrics.get(bound, metrics[name]) / self.base[name] - 1)
                 for name, bound in PERPLEXITY_BUDGETS if name in metrics and name in self.base]
