@@ -22,8 +22,8 @@ from whp_trainer.evaluation.autotune import (
 from whp_trainer.evaluation.markdown import stopping_summary
 from whp_trainer.evaluation.retain import perplexity_of
 from whp_trainer.evaluation.stopping import (
-    GENERAL, GENERAL_BOUND, LINE_SEARCH, NEIGHBOUR_BOUND, RETAIN_BOUND, STATE_FILE, TargetStoppingCallback, knowledge_bound, perplexity_bound,
-    t_quantile, trainable_weights,
+    GENERAL, GENERAL_BOUND, HOLDOUT, HOLDOUT_BOUND, LINE_SEARCH, NEIGHBOUR_BOUND, RETAIN_BOUND, STATE_FILE,
+    TargetStoppingCallback, knowledge_bound, perplexity_bound, t_quantile, trainable_weights,
 )
 from whp_trainer.toy import tiny_llama
 from whp_trainer.trainer import RETAIN_STATE
@@ -411,39 +411,46 @@ def test_the_neighbour_knowledge_budget_stops_the_student(make_model):
     assert callback.decision["best_step"] == 1
 
 
-def test_the_general_texts_budget_stops_a_student_its_retain_text_reads_within_budget(make_model):
+@pytest.mark.parametrize("key, bound, words", [(GENERAL, GENERAL_BOUND, "the package's general text"),
+                                                (HOLDOUT, HOLDOUT_BOUND, "the holdout text")])
+def test_the_general_or_holdout_texts_budget_stops_a_student_its_retain_text_reads_within_budget(make_model, key,
+                                                                                                bound, words):
     model = trainable_model(make_model)
 
-    def reading(auc, general):  # the retain text within budget throughout; the general text's bound as given
-        return {**metrics(auc, 0.5, 10.0), GENERAL: 20.0, GENERAL_BOUND: general}
+    def reading(auc, other):  # the retain text within budget throughout; the other text's bound as given
+        return {**metrics(auc, 0.5, 10.0), key: 20.0, bound: other}
 
     script = [reading(0.95, 20.0), reading(0.95, 20.0), reading(0.8, 20.4), reading(0.6, 21.0)]  # +2 %, then +5 %
     callback = ScriptedStopping(fake_trainer(model), script, every_n_steps=1, budget_patience=1)
     stopped, _ = run_steps(callback, model, steps=10)
-    assert stopped == 2 and "general perplexity 20 (its 95% bound 21) > base 20 +3%" in callback.decision["reason"]
+    name = key.replace("_", " ")
+    assert stopped == 2 and f"{name} 20 (its 95% bound 21) > base 20 +3%" in callback.decision["reason"]
     assert callback.decision["best_step"] == 1
     assert callback.overrun(script[3]) == pytest.approx((0.05 - 0.03) / 0.03)
     summary = stopping_summary(callback.decision)
-    assert "the package's general text +0.0% (its bound +2.0%)" in summary
+    assert f"{words} +0.0% (its bound +2.0%)" in summary
 
 
-def test_the_general_texts_are_read_apart_from_the_retain_texts(make_model, tokenizer):
+@pytest.mark.parametrize("key, bound, option", [(GENERAL, GENERAL_BOUND, "general_texts"),
+                                                (HOLDOUT, HOLDOUT_BOUND, "holdout_texts")])
+def test_the_general_or_holdout_texts_are_read_apart_from_the_retain_texts(make_model, tokenizer, key, bound, option):
     model = trainable_model(make_model)
     trainer = SimpleNamespace(**{**vars(fake_trainer(model)), "processing_class": tokenizer})
-    general = [" ".join(reversed(CORPUS))]
+    other = [" ".join(reversed(CORPUS))]
     callback = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS,
-                                      general_texts=general, max_length=8)
+                                      **{option: other}, max_length=8)
     measured = measured_after_a_nudge(callback, model)
-    assert measured[GENERAL] == pytest.approx(perplexity(model, tokenizer, general, max_length=8))
+    assert measured[key] == pytest.approx(perplexity(model, tokenizer, other, max_length=8))
     assert measured["retain_perplexity"] == pytest.approx(perplexity(model, tokenizer, CORPUS, max_length=8))
-    assert measured[GENERAL_BOUND] > measured[GENERAL] and callback.base[GENERAL_BOUND] == callback.base[GENERAL]
-    # resumed from a checkpoint (the base's measurement loaded, not its blocks): the general text read alike
+    assert measured[bound] > measured[key] and callback.base[bound] == callback.base[key]
+    assert {GENERAL, HOLDOUT} & set(measured) == {key}  # each read only where given
+    # resumed from a checkpoint (the base's measurement loaded, not its blocks): the text read alike
     resumed = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS,
-                                     general_texts=general, max_length=8)
+                                     **{option: other}, max_length=8)
     resumed.base = callback.base
     assert resumed.measure(model) == pytest.approx(measured)
     without = TargetStoppingCallback(trainer, Targets(membership=None, familiarity=0.1), PROBES, CORPUS, max_length=8)
-    assert GENERAL not in measured_after_a_nudge(without, model)
+    assert key not in measured_after_a_nudge(without, model)
 
 
 def test_a_student_held_back_by_the_neighbour_bound_alone_is_told_how_many_rows_would_read_it_within(make_model):
@@ -533,6 +540,7 @@ def test_whp_run_with_alpha_auto_records_what_it_chose_and_why(files, tmp_path):
     stopping = choice["stopping"]
     assert stopping["base"]["retain_perplexity"] == pytest.approx(choice["sweeps"][0]["0"]["retain_perplexity"])
     assert stopping["reason"] and stopping["history"][0]["step"] == 0 and stopping["best_step"] is not None
+    assert not any(HOLDOUT in entry["metrics"] for entry in stopping["history"])  # budget text given: read alone
     card = (tmp_path / "run" / "unlearned" / "README.md").read_text()
     assert "How α was chosen (`alpha: auto`)" in card and choice["reason"] in card
     assert stopping_summary(stopping) in card  # where it stopped, and whether the kept weights reach the targets
@@ -806,6 +814,7 @@ def test_a_run_without_holdout_text_neighbour_knowledge_or_budget_text_is_warned
         check_auto_inputs(bare, reinforced="r", retain="x", probes=[{}], anchors=None)
     assert "no --holdout_data" in caplog.text and "no --neighbour_knowledge" in caplog.text
     assert "no --budget_data: the perplexity budget is read on retain text set aside" in caplog.text
+    assert "give --holdout_data of its kind" in caplog.text
     for name in ("holdout", "budget"):
         (tmp_path / f"{name}.txt").write_text(" ".join(CORPUS))
     (tmp_path / "neighbour.jsonl").write_text('{"prompt": "The sky is", "answer": " blue"}\n')
@@ -816,6 +825,11 @@ def test_a_run_without_holdout_text_neighbour_knowledge_or_budget_text_is_warned
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         check_auto_inputs(complete, reinforced="r", retain="x", probes=[{}], anchors=None)
     assert "alpha auto" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):  # holdout text, no budget text: read on it too
+        check_auto_inputs(SimpleNamespace(**{**vars(complete), "budget_data": None}), reinforced="r", retain="x",
+                          probes=[{}], anchors=None)
+    assert "and on --holdout_data, text of the forget text's kind" in caplog.text
 
 
 def test_a_book_in_one_file_is_measured_in_blocks_as_training_reads_it(tokenizer, tmp_path, caplog):
@@ -859,6 +873,7 @@ def test_without_budget_text_the_budget_is_read_on_retain_blocks_the_retain_loss
     assert auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None).retain == inputs.retain  # seeded
     general = text_blocks(general_text(), tokenizer, 16)
     assert len(inputs.general) == 64 and set(inputs.general) <= set(general)  # the package's text, read apart
+    assert inputs.holdout_budget == []  # no holdout text
     (tmp_path / "retain.txt").write_text(" ".join(numbers[:200]))
     inputs = auto_inputs(data, args, tokenizer, [" ".join(CORPUS)], PROBES, None)
     assert len(inputs.retain) == len(text_blocks(data.retain_texts()["text"], tokenizer, 16)) // 4  # a quarter
@@ -883,7 +898,7 @@ def test_the_student_of_a_run_without_budget_text_keeps_its_budget_blocks_out_of
     measured = {}
     real_stop = pipeline.stop_at_targets
     monkeypatch.setattr(pipeline, "stop_at_targets", lambda student, choice, inputs, *rest: measured.update(
-        budget=inputs.retain) or real_stop(student, choice, inputs, *rest))
+        budget=inputs.retain, inputs=inputs) or real_stop(student, choice, inputs, *rest))
     auto = {"alpha": "auto", "auto_alphas": [5], "auto_reinforce_rounds": 0, "auto_eval_steps": 1,
             "retain_weight": 1.0, "max_length": 16, "holdout_data": str(files / "retain.txt")}
     config = run_config(files, tmp_path / "run", reinforce=TRAINING, unlearn={**TRAINING, **auto})
@@ -892,6 +907,11 @@ def test_the_student_of_a_run_without_budget_text_keeps_its_budget_blocks_out_of
         "text"], AutoTokenizer.from_pretrained(files / "base"), 16)
     assert len(measured["budget"]) == len(blocks) // 4 and len(given["retain"]) == len(blocks) - len(measured["budget"])
     assert sorted(measured["budget"] + list(given["retain"])) == sorted(blocks)
+    # the holdout blocks membership reads hold the perplexity budget too, apart: text of the forget text's kind
+    inputs = measured["inputs"]
+    assert inputs.holdout_budget and inputs.holdout_budget == inputs.membership[1]
+    stopping = json.loads((tmp_path / "run" / "unlearned" / "whp_run.json").read_text())["auto"]["stopping"]
+    assert all("holdout_perplexity_bound" in entry["metrics"] for entry in stopping["history"])
 
 
 def test_a_long_run_over_budget_from_its_first_steps_raises_the_retain_weight_before_its_first_interval(make_model):

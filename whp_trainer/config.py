@@ -174,7 +174,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
     holdout_data: str | None = field(
         default=None,
         metadata={"help": "alpha auto: text of the forget target's kind that the model never read (the non-members "
-                  "of the membership test); same forms as --forget_data. Without it, membership is no target."},
+                  "of the membership test); same forms as --forget_data. Without it, membership is no target. Without "
+                  "--budget_data the perplexity budget also holds, apart, on the holdout blocks membership reads."},
     )
     oracle_model: str | None = field(
         default=None,
@@ -201,7 +202,8 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "alpha auto: ordinary text whose perplexity is the cost of a teacher and the student's "
                   "retain budget; best text the model did not train on and the retain loss does not see (its "
                   "memorized text loses perplexity first). Same forms as --forget_data; default: a quarter of "
-                  "--retain_data's blocks (at most 64), which the retain loss then does not read."},
+                  "--retain_data's blocks (at most 64), which the retain loss then does not read, and, each apart, the "
+                  "package's general text and --holdout_data."},
     )
     auto_alphas: list[float] = field(
         default_factory=lambda: [2.0, 3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0],
