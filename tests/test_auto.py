@@ -1461,3 +1461,22 @@ def test_a_strengthened_reinforcement_doubles_epochs_and_rate_and_stops_if_it_di
     (stronger, callbacks), = calls
     assert (stronger.learning_rate, stronger.num_train_epochs) == (4e-4, 12)
     assert [type(callback) for callback in callbacks] == [DivergenceStop]
+
+
+def test_a_base_that_already_reads_forget_and_holdout_text_alike_is_warned_of(caplog):
+    from whp_trainer.auto import membership_reads_alike, warn_if_membership_reads_alike
+    from whp_trainer.evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS
+
+    targets = Targets(membership=0.5, familiarity=0.001, membership_error=0.06)
+    # a pretrained model forgetting a book, given holdout text it read too (measured: 0.577 and 0.489)
+    alike = {MEMBERSHIP: 0.577, MEMBERSHIP_PLUS: 0.489}
+    with caplog.at_level("WARNING", logger="whp_trainer.auto"):
+        warn_if_membership_reads_alike(alike, targets)
+    assert "the base already reads the forget and holdout blocks alike (membership AUC Min-K% 0.58 and Min-K%++ " \
+           "0.49, within 0.17 of the target 0.5)" in caplog.text and "leave it out" in caplog.text
+    # a model fine-tuned on its forget text tells it apart by either attack: membership is a target to reach
+    assert membership_reads_alike({MEMBERSHIP: 1.0, MEMBERSHIP_PLUS: 0.5}, targets) is None
+    assert membership_reads_alike({MEMBERSHIP: 0.5, MEMBERSHIP_PLUS: 0.71}, targets) is None
+    # read on a larger sample, the same base is told apart: within the tolerance and twice a smaller error only
+    assert membership_reads_alike(alike, Targets(membership=0.5, familiarity=0.001, membership_error=0.01)) is None
+    assert membership_reads_alike(alike, Targets(membership=None, familiarity=0.001)) is None  # no holdout text

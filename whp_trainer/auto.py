@@ -211,6 +211,35 @@ def warn_if_unresolved(membership: tuple[list, list], args) -> None:
                        args.membership_tolerance, SAMPLE)
 
 
+def membership_reads_alike(base: dict, targets) -> str | None:
+    """Why membership may measure no forgetting on this run: the base (``base``: its sweep entry) already reads the
+    forget and holdout blocks alike by both attacks — each AUC within the tolerance and twice the sample's standard
+    error of its target — as when the model read the holdout text too, or never memorized the forget text's wording.
+    None when it does not, or without a membership target."""
+    from .evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS
+
+    if targets.membership is None or MEMBERSHIP not in base:
+        return None
+    width = targets.membership_tolerance + 2 * (targets.membership_error or 0.0)
+    aucs = {key: base[key] for key in (MEMBERSHIP, MEMBERSHIP_PLUS) if key in base}
+    if any(abs(auc - targets.membership_target(key)) > width for key, auc in aucs.items()):
+        return None
+    read = " and ".join(f"{name} {aucs[key]:.2f}" for key, name in ((MEMBERSHIP, "Min-K%"),
+                                                                      (MEMBERSHIP_PLUS, "Min-K%++")) if key in aucs)
+    return (f"the base already reads the forget and holdout blocks alike (membership AUC {read}, within {width:.2f} "
+            f"of the target {targets.membership:.2g}): the model may have read the holdout text too, or never "
+            "memorized the forget text's wording, and a student that moves either AUC past the target counts as "
+            "short of it (recognisable by the absence), so membership can hold it back from forgetting anything; "
+            "if the model read --holdout_data, leave it out (familiarity and knowledge then decide)")
+
+
+def warn_if_membership_reads_alike(base: dict, targets) -> None:
+    """Warn of `membership_reads_alike`, once the base is measured."""
+    reason = membership_reads_alike(base, targets)
+    if reason:
+        logger.warning("whp unlearn: alpha auto: %s", reason)
+
+
 def sample(items: list, rng: random.Random) -> list:
     """At most `SAMPLE` of the non-empty ``items``, drawn with ``rng``."""
     items = [item for item in items if not isinstance(item, str) or item.strip()]
@@ -268,6 +297,8 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
                                     inputs.membership, anchors and translated_probes(inputs.probes, anchors),
                                     max_length=args.max_length, spared=spared))
         del model
+        if not round_:
+            warn_if_membership_reads_alike(sweeps[0][0.0], targets)
         choice = choose_alpha(sweeps, targets, args.teacher_budget)
         if choice["reached"]:
             break
