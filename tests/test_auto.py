@@ -1472,8 +1472,9 @@ def test_a_base_that_already_reads_forget_and_holdout_text_alike_is_warned_of(ca
     alike = {MEMBERSHIP: 0.577, MEMBERSHIP_PLUS: 0.489}
     with caplog.at_level("WARNING", logger="whp_trainer.auto"):
         warn_if_membership_reads_alike(alike, targets)
-    assert "the base already reads the forget and holdout blocks alike (membership AUC Min-K% 0.58 and Min-K%++ " \
-           "0.49, within 0.17 of the target 0.5)" in caplog.text and "leave it out" in caplog.text
+    assert "the base already reads the forget and holdout blocks alike (membership AUC Min-K% 0.577 (target " \
+           "0.500) · Min-K%++ 0.489 (target 0.500), each within 0.17 of its target)" in caplog.text
+    assert "leave it out" in caplog.text
     # a model fine-tuned on its forget text tells it apart by either attack: membership is a target to reach
     assert membership_reads_alike({MEMBERSHIP: 1.0, MEMBERSHIP_PLUS: 0.5}, targets) is None
     assert membership_reads_alike({MEMBERSHIP: 0.5, MEMBERSHIP_PLUS: 0.71}, targets) is None

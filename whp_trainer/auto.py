@@ -216,21 +216,20 @@ def membership_reads_alike(base: dict, targets) -> str | None:
     forget and holdout blocks alike by both attacks — each AUC within the tolerance and twice the sample's standard
     error of its target — as when the model read the holdout text too, or never memorized the forget text's wording.
     None when it does not, or without a membership target."""
-    from .evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS
+    from .evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS, membership_reading
 
     if targets.membership is None or MEMBERSHIP not in base:
         return None
     width = targets.membership_tolerance + 2 * (targets.membership_error or 0.0)
-    aucs = {key: base[key] for key in (MEMBERSHIP, MEMBERSHIP_PLUS) if key in base}
-    if any(abs(auc - targets.membership_target(key)) > width for key, auc in aucs.items()):
+    if any(abs(base[key] - targets.membership_target(key)) > width for key in (MEMBERSHIP, MEMBERSHIP_PLUS)
+           if key in base):
         return None
-    read = " and ".join(f"{name} {aucs[key]:.2f}" for key, name in ((MEMBERSHIP, "Min-K%"),
-                                                                      (MEMBERSHIP_PLUS, "Min-K%++")) if key in aucs)
-    return (f"the base already reads the forget and holdout blocks alike (membership AUC {read}, within {width:.2f} "
-            f"of the target {targets.membership:.2g}): the model may have read the holdout text too, or never "
-            "memorized the forget text's wording, and a student that moves either AUC past the target counts as "
-            "short of it (recognisable by the absence), so membership can hold it back from forgetting anything; "
-            "if the model read --holdout_data, leave it out (familiarity and knowledge then decide)")
+    return (f"the base already reads the forget and holdout blocks alike (membership AUC "
+            f"{membership_reading(base, targets)}, each within {width:.2f} of its target): the model may have read "
+            "the holdout text too, or never memorized the forget text's wording, and a student that moves either AUC "
+            "past the target counts as short of it (recognisable by the absence), so membership can hold it back "
+            "from forgetting anything; if the model read --holdout_data, leave it out (familiarity and knowledge "
+            "then decide)")
 
 
 def warn_if_membership_reads_alike(base: dict, targets) -> None:

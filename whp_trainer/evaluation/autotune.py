@@ -290,12 +290,17 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
             "sweeps": [{f"{a:g}": metrics for a, metrics in sweep.items()} for sweep in sweeps]}
 
 
+def membership_reading(metrics: dict, targets: Targets) -> str:
+    """Each attack's membership AUC in ``metrics`` with its target, in words."""
+    return " · ".join(f"{name} {metrics[key]:.3f} (target {targets.membership_target(key):.3f})"
+                      for name, key in (("Min-K%", MEMBERSHIP), ("Min-K%++", MEMBERSHIP_PLUS)) if key in metrics)
+
+
 def describe(metrics: dict, targets: Targets) -> str:
     parts = []
     if targets.membership is not None and MEMBERSHIP in metrics:
-        read = " · ".join(f"{name} {metrics[key]:.3f} (target {targets.membership_target(key):.3f})"
-                          for name, key in (("Min-K%", MEMBERSHIP), ("Min-K%++", MEMBERSHIP_PLUS)) if key in metrics)
-        parts.append(f"membership AUC {read} ± {targets.membership_tolerance:g}{targets.resolution()}")
+        parts.append(f"membership AUC {membership_reading(metrics, targets)} ± {targets.membership_tolerance:g}"
+                     f"{targets.resolution()}")
     if targets.familiarity is not None:
         parts.append(f"familiarity {metrics[FAMILIARITY]:.4f}, reference {targets.familiarity:.4f} "
                      f"+ {targets.familiarity_tolerance:.2g}")
