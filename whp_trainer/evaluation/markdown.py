@@ -21,11 +21,13 @@ from .comparison import (
     unlearned_roles,
     verdict,
 )
-from .stopping import STEPS_RAN_OUT, TARGETS_REACHED
+from .stopping import GENERAL, HOLDOUT, PERPLEXITY_BUDGETS, STEPS_RAN_OUT, TARGETS_REACHED
 
 COMPARED = ("unlearned", "base")  # the change column: the first role minus the second; the first is the model itself
 SAMPLE_SUFFIXES = ("_se", "_read_by_rule")  # metrics of the evaluation's sample (an AUC's error, counts), not the model
 VERDICTS = ("above", "at", "below")
+# the texts besides the budget's own that a run's perplexity budget can also hold on, as the kept-cost line names them
+OTHER_BUDGET_TEXTS = {GENERAL: "the package's general text", HOLDOUT: "the holdout text"}
 ORACLE_GOAL = (" The goal of every forget metric is the oracle's value (a model that never read the target): above "
                "it, knowledge is left; below it, the model is damaged.")
 METRIC_HELP = {
@@ -380,11 +382,10 @@ def kept_cost(stopping: dict) -> str:
     if "retain_perplexity_bound" in kept:
         text += (f" (its {stopping.get('budget_confidence', 0.95):.0%} bound "
                  f"{kept['retain_perplexity_bound'] / base['retain_perplexity'] - 1:+.1%})")
-    for key, words in (("general_perplexity", "the package's general text"),
-                       ("holdout_perplexity", "the holdout text")):
-        if key in kept and key in base:
-            text += (f", {words} {kept[key] / base[key] - 1:+.1%} "
-                     f"(its bound {kept[f'{key}_bound'] / base[key] - 1:+.1%})")
+    for key, bound in PERPLEXITY_BUDGETS:
+        if key in OTHER_BUDGET_TEXTS and key in kept and key in base:
+            text += (f", {OTHER_BUDGET_TEXTS[key]} {kept[key] / base[key] - 1:+.1%} "
+                     f"(its bound {kept[bound] / base[key] - 1:+.1%})")
     if "neighbour_knowledge" in kept and "neighbour_knowledge" in base:
         text += f" and neighbour knowledge {kept['neighbour_knowledge'] - base['neighbour_knowledge']:+.3f} nat"
         if "neighbour_knowledge_bound" in kept:
