@@ -285,6 +285,45 @@ def test_the_student_stops_at_the_targets(make_model):
     assert all(torch.equal(p, seen[2][name]) for name, p in lora_weights(model).items())
 
 
+def test_the_decision_says_how_far_the_kept_weights_went_towards_each_target(make_model):
+    model = trainable_model(make_model)  # familiarity half-way to its target; membership further from it than the base
+    base = metrics(0.95, 0.5, 10.0)
+    callback = ScriptedStopping(fake_trainer(model), [base, base, metrics(0.97, 0.31, 10.0)], every_n_steps=1)
+    run_steps(callback, model, steps=1)
+    moved = callback.decision["moved"]
+    assert moved["familiarity_token"] == pytest.approx(0.5) and moved["membership_auc_mink"] < 0
+    reached = Targets(membership=0.5, familiarity=0.1).progress(metrics(0.5, 0.1, 10.0), metrics(0.95, 0.5, 10.0))
+    assert reached == {"membership_auc_mink": 1.0, "familiarity_token": 1.0}
+    # a target the base already met is no way to go: it is left out
+    assert Targets(membership=0.5, familiarity=0.1).progress(metrics(0.52, 0.3, 10.0), metrics(0.53, 0.5, 10.0)) == \
+        {"familiarity_token": pytest.approx(0.5 / 0.95)}
+
+
+@pytest.mark.parametrize("moved, reached, refused", [
+    ({"familiarity_token": 0.08, "membership_auc_mink": -0.2}, False, True),  # a step of noise, and the wrong way
+    ({"familiarity_token": 0.08, "entity_first_mention": 0.12}, False, False),  # a tenth of the way on one target
+    ({"familiarity_token": 0.0}, True, False),  # the base was within the tolerance of a target it then reached
+    ({}, False, False),  # the base had met every target: nothing to judge
+    (None, False, False),  # no measurement kept (a run resumed past its last)
+])
+def test_a_run_whose_kept_weights_went_less_than_a_tenth_of_the_way_to_every_target_did_not_unlearn(
+        moved, reached, refused):
+    from whp_trainer.auto import check_unlearned
+
+    decision = {"stopped_at": 8, "best_step": 8, "reason": "a budget is spent", "reached": reached, "moved": moved,
+                "within_budget": True}
+    args = SimpleNamespace(familiarity_share=0.1, output_dir="runs/unlearned")
+    if not refused:
+        check_unlearned(decision, args)
+        return
+    with pytest.raises(ValueError) as error:
+        check_unlearned(decision, args)
+    assert "the run did not unlearn: the weights it kept went less than 10% (familiarity_share) of the way from " \
+           "the base to every target (familiarity_token 8%, membership_auc_mink away from it)" in str(error.value)
+    assert "The student stopped at step 8: a budget is spent" in str(error.value)
+    assert "are in runs/unlearned, not marked finished" in str(error.value)
+
+
 def test_the_student_does_not_stop_while_it_still_prefers_the_true_answers_of_the_forget_knowledge(make_model):
     model = trainable_model(make_model)
     knows = lambda auc, familiarity, ppl, margin: {**metrics(auc, familiarity, ppl), KNOWLEDGE: margin}  # noqa: E731

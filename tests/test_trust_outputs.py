@@ -82,6 +82,23 @@ def test_a_run_whose_adapter_did_not_move_is_not_marked_finished(files, tmp_path
     assert not (out / STAGE_FILE).exists()
 
 
+def test_an_alpha_auto_run_that_did_not_unlearn_is_not_marked_finished(files, reinforced_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    auto = ("--alpha", "auto", "--reinforced_adapter", str(reinforced_path), "--retain_data", str(files / "retain.txt"),
+            "--probes", str(files / "probes.json"), "--auto_alphas", "5", "--auto_reinforce_rounds", "0",
+            "--auto_eval_steps", "1", "--learning_rate", "1e-9")  # steps too small to move any reading
+    error = run_main(capsys, *unlearn_argv(files, out, *auto))
+    assert "the run did not unlearn: the weights it kept went less than 10% (familiarity_share) of the way from " \
+           "the base to every target (familiarity_token 0%" in error, error
+    assert f"are in {out}, not marked finished" in error and "The student stopped at step" in error
+    assert not (out / STAGE_FILE).exists()
+    record = json.loads((out / "whp_run.json").read_text())  # kept for the user to read why
+    assert max(record["auto"]["stopping"]["moved"].values()) < 0.1
+    error = run_main(capsys, "evaluate", "--model_name_or_path", str(files / "base"), "--unlearned_adapter", str(out),
+                     "--forget_data", str(files / "forget.txt"), "--output_dir", str(tmp_path / "report"))
+    assert "never finished" in error, error  # nor does anything export or push it
+
+
 def test_a_diverged_run_is_not_marked_finished(files, tmp_path, capsys, monkeypatch):
     step = Trainer.training_step
 

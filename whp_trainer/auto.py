@@ -239,6 +239,26 @@ def warn_if_membership_reads_alike(base: dict, targets) -> None:
         logger.warning("whp unlearn: alpha auto: %s", reason)
 
 
+def check_unlearned(decision: dict, args) -> None:
+    """Refuse to mark the run finished when the weights its student kept went less than ``familiarity_share`` of
+    the way from the base to every target the base had a way to go to (`Targets.progress`): as within that share of
+    a target is reaching it, within it of the base is where the base is — the run did not unlearn. The adapter and
+    its record stay in the output folder, unmarked, so that nothing evaluates, exports or pushes it."""
+    from .evaluation.markdown import stopping_summary
+
+    moved = decision.get("moved")
+    if not moved or decision.get("reached") or max(moved.values()) >= args.familiarity_share:
+        return
+    went = ", ".join(f"{key} {share:.0%}" if share >= 0 else f"{key} away from it" for key, share in moved.items())
+    raise ValueError(
+        f"whp unlearn: alpha auto: the run did not unlearn: the weights it kept went less than "
+        f"{args.familiarity_share:.0%} (familiarity_share) of the way from the base to every target ({went}). "
+        f"{stopping_summary(decision)} The adapter and its record (whp_run.json) are in {args.output_dir}, not marked "
+        "finished, so nothing evaluates, exports or pushes it. A budget spent from the first steps calls for "
+        "--budget_data of the kinds of text to keep (or a larger --retain_budget or --neighbour_budget); a membership "
+        "target the base already met calls for leaving out --holdout_data if the model read it.")
+
+
 def sample(items: list, rng: random.Random) -> list:
     """At most `SAMPLE` of the non-empty ``items``, drawn with ``rng``."""
     items = [item for item in items if not isinstance(item, str) or item.strip()]

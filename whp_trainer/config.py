@@ -231,7 +231,9 @@ class UnlearnConfig(TokensNotPickled, TrlTrainingArguments):
         metadata={"help": "alpha auto without --oracle_model: the tolerance is at most this share of the base's own "
                   "distance to the reference (a pretrained model puts little probability on any exact name: an "
                   "absolute tolerance alone would find it forgotten before training). 0.1: on the demo, where "
-                  "familiarity_tolerance was set, 0.02 is 8 percent of that distance."},
+                  "familiarity_tolerance was set, 0.02 is 8 percent of that distance. A run whose kept weights went "
+                  "less than this share of the way from the base to every target did not unlearn: it is not marked "
+                  "finished."},
     )
     teacher_budget: float = field(
         default=1.0,

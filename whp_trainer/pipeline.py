@@ -20,6 +20,7 @@ from .arguments import DataArguments, DiscoverArguments, PublishArguments
 from .auto import (
     auto_inputs,
     check_auto_inputs,
+    check_unlearned,
     choose_auto_alpha,
     record_what_the_rule_read,
     retain_training,
@@ -260,6 +261,8 @@ def unlearn(data: DataArguments, model_args: ModelConfig, args: UnlearnConfig, o
     trainer.accelerator.wait_for_everyone()  # every process reads the adapter the main one wrote
     check_adapter_trained(initial, args.output_dir, "whp unlearn")
     trainer.save_state()  # trainer_state.json: the log history, with the familiarity curves
+    if stopping:
+        check_unlearned(stopping.decision, args)
     finish_stage(args.output_dir, "unlearn", print_)
     return args.output_dir
 

@@ -106,6 +106,14 @@ class Targets:
                 left[key] = clip(gap) / max(base[key] - reference, self.tolerance(key), 1e-12)
         return left
 
+    def progress(self, metrics: dict, base: dict) -> dict[str, float]:
+        """Per target the base had a way to go to (it was outside the tolerance): the share of that way the weights
+        measured as ``metrics`` went (1: reached; 0 or below: none of it, or away from the target, as a membership
+        AUC past the target counts)."""
+        start = self.shortfalls(base, base, overshoot_counts=True)
+        now = self.shortfalls(metrics, base, overshoot_counts=True)
+        return {key: 1 - now[key] / start[key] for key in start if start[key] > 0 and key in now}
+
 
 def membership_error(membership: tuple[Sequence[str], Sequence[str]] | None) -> float | None:
     """The standard error of a membership AUC near 0.5 read on ``membership`` (forget, holdout): the resolution of

@@ -86,10 +86,11 @@ class TargetStoppingCallback(TrainerCallback):
             to or towards, and ``"dropped_cap"`` when it dropped the original-token cap rather than halving the
             learning rate; a measurement of the line search has ``"scale"``, its fraction of the way from the
             weights the run began with to the step's own).
-        decision: ``{"stopped_at", "best_step", "best_scale", "reason", "base", "best", "reached", "left",
+        decision: ``{"stopped_at", "best_step", "best_scale", "reason", "base", "best", "reached", "left", "moved",
             "within_budget", "measured_every", "backtracks", "dropped_cap_at"}`` once training ended
             (``best_scale``: 1, or the line search's fraction of the kept measurement; ``reached``: the kept
-            measurement is at every target within budget; ``left``: its shortfall per target; ``measured_every``:
+            measurement is at every target within budget; ``left``: its shortfall per target; ``moved``: the share of
+            the way to each target it went from the base (`Targets.progress`); ``measured_every``:
             the steps between measurements; ``dropped_cap_at``: the step whose backtrack dropped the cap, or None).
     """
 
@@ -291,7 +292,7 @@ class TargetStoppingCallback(TrainerCallback):
                                                None)
         if self.best is None and self.least_over is None:  # no measurement after step 0 (a run resumed past them)
             self.decision.update(best_step=None, best_shortfall=None, base=self.base, best=None, reached=False,
-                                 left=None, within_budget=None)
+                                 left=None, within_budget=None, moved=None)
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         if self.best is None:
@@ -310,7 +311,8 @@ class TargetStoppingCallback(TrainerCallback):
         self.decision.update(best_step=kept["step"], best_scale=kept.get("scale", 1.0), best_shortfall=shortfall,
                              best_from_step=kept.get("from_step"),
                              base=self.base, best=kept["metrics"], reached=shortfall == 0 and kept["within_budget"],
-                             left=kept["shortfall"], within_budget=kept["within_budget"])
+                             left=kept["shortfall"], within_budget=kept["within_budget"],
+                             moved=self.targets.progress(kept["metrics"], self.base))
         if self.neighbour_rows:
             resolution = neighbour_resolution(self.history, self.base, self.neighbour_budget, self.neighbour_rows)
             self.decision.update({"neighbour_resolution": resolution} if resolution else {})
