@@ -73,6 +73,18 @@ def test_membership_auc_recognises_the_text_a_model_read(make_model, tokenizer):
                                                                      len(HOLDOUT))
 
 
+def test_membership_scores_of_a_padded_batch_are_each_texts_own(make_model, tokenizer):
+    from whp_trainer.evaluation.membership import token_scores
+
+    model = make_model()
+    texts = FORGET + HOLDOUT  # of several lengths: the shorter ones padded in a batch
+    together, alone = token_scores(model, tokenizer, texts, batch_size=8), token_scores(model, tokenizer, texts,
+                                                                                         batch_size=1)
+    for batched, single in zip(together, alone, strict=True):  # log-probabilities, then standardised scores
+        for row, own in zip(batched, single, strict=True):
+            torch.testing.assert_close(row, own, rtol=1e-3, atol=1e-3)  # padding changes the forward in its last digits
+
+
 def test_first_mentions_skip_later_mentions_and_short_contexts():
     texts = ["Then Harry and Ron went to Hogwarts, and Harry said hi.\n\nHarry was late for Hogwarts again."]
     probes = first_mention_probes(texts, ["Harry", "Hogwarts", "Ron"])

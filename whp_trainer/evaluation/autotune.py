@@ -199,14 +199,17 @@ def teacher_sweep(
     return results
 
 
-def batches_of_alphas(teacher, rows, alphas, pad_id, batch_size):
-    """For each batch of ``rows`` (right-padded): the batch and ``(alpha, generic logits)`` of each α, computed one α
-    at a time from the batch's two teacher passes (so one α's vocabulary-sized logits are held at a time)."""
+def rows_of_alphas(teacher, rows, alphas, pad_id, batch_size):
+    """For each of ``rows`` (read in right-padded batches): its part of the batch (``(1, T)`` tensors) and ``(alpha,
+    generic logits (1, T, V))`` of each α, computed from the batch's two teacher passes one row and one α at a time
+    (so one row's vocabulary-sized logits of one α are held beside the passes, not a batch's)."""
     for start in range(0, len(rows), batch_size):
         batch = padded_batch(rows[start : start + batch_size], pad_id, device=teacher.device)
         baseline, reinforced = teacher.role_logits(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        yield batch, ((alpha, generic_logits(baseline, reinforced, alpha, relu=teacher.relu, spared=teacher.spared))
-                      for alpha in alphas)
+        for row in range(len(baseline)):
+            part = {key: value[row : row + 1] for key, value in batch.items()}
+            yield part, ((alpha, generic_logits(baseline[row : row + 1], reinforced[row : row + 1], alpha,
+                                                relu=teacher.relu, spared=teacher.spared)) for alpha in alphas)
 
 
 def probe_probabilities(teacher, pairs, alphas, pad_id, batch_size) -> list[list[float]]:
@@ -230,23 +233,16 @@ def probe_probabilities(teacher, pairs, alphas, pad_id, batch_size) -> list[list
 def block_nlls_by_alpha(teacher, blocks, alphas, pad_id, batch_size) -> list[list[tuple[float, int]]]:
     """Per block (`perplexity_blocks`): its summed negative log-likelihood and token count under the teacher of
     each α."""
-    found = []
-    for batch, logits in batches_of_alphas(teacher, blocks, alphas, pad_id, batch_size):
-        columns = [row_nlls(values, batch["labels"]) for _, values in logits]
-        found += [list(row) for row in zip(*columns)]
-    return found
+    return [[row_nlls(values, part["labels"])[0] for _, values in logits]
+            for part, logits in rows_of_alphas(teacher, blocks, alphas, pad_id, batch_size)]
 
 
 def membership_by_alpha(teacher, rows, alphas, pad_id, k, batch_size) -> list[list[tuple[float, float]]]:
     """Per text given as `membership_ids`: its Min-K% and Min-K%++ scores under the teacher of each α."""
     found = []
-    for start, (batch, logits) in zip(range(0, len(rows), batch_size),
-                                      batches_of_alphas(teacher, rows, alphas, pad_id, batch_size)):
-        columns = []
-        for _, values in logits:
-            log_probs, standardised = scores_from_logits(values, batch["input_ids"], rows[start : start + batch_size])
-            columns.append([(min_k(plain, k), min_k(plus, k)) for plain, plus in zip(log_probs, standardised)])
-        found += [list(row) for row in zip(*columns)]
+    for ids, (part, logits) in zip(rows, rows_of_alphas(teacher, rows, alphas, pad_id, batch_size), strict=True):
+        scores = (scores_from_logits(values, part["input_ids"], [ids]) for _, values in logits)
+        found.append([(min_k(plain[0], k), min_k(plus[0], k)) for plain, plus in scores])
     return found
 
 

@@ -26,8 +26,12 @@ def token_scores(model, tokenizer, texts: Sequence[str], max_length: int = 512, 
     the Min-K%++ standardised score ``(log p(x_t) − μ_t) / σ_t`` with ``μ_t``, ``σ_t`` the mean and standard
     deviation of ``log p(·)`` under the model's next-token distribution at ``t``. Texts are tokenized as the
     tokenizer does by default (special tokens included, as MUSE does) and cut at ``max_length`` tokens."""
-    encoded = membership_ids(tokenizer, texts, max_length)
-    pad_id = pad_token_id(tokenizer)
+    return token_scores_of_ids(model, membership_ids(tokenizer, texts, max_length), pad_token_id(tokenizer),
+                               batch_size)
+
+
+def token_scores_of_ids(model, encoded: Sequence[Sequence[int]], pad_id: int, batch_size: int = 8):
+    """`token_scores` of texts already encoded (`membership_ids`), padded with ``pad_id``."""
     log_probs, standardised = [], []
     with evaluation_mode(model):
         for start in range(0, len(encoded), batch_size):
@@ -47,17 +51,18 @@ def membership_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[lis
 
 def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, rows: Sequence[Sequence[int]]):
     """`token_scores` of one right-padded batch from its logits ``(B, T, V)``: per row, the log-probabilities of its
-    tokens and their Min-K%++ standardised scores (CPU tensors)."""
-    distribution = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    probabilities = distribution.exp()
-    mean = (probabilities * distribution).sum(-1)
-    spread = ((probabilities * distribution.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
-    chosen = distribution.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    tokens and their Min-K%++ standardised scores (CPU tensors). Row by row, on the row's own positions: the float
+    tensors of vocabulary size are one row's, not the batch's (`benchmarks/bench_reading_memory.py`)."""
     log_probs, standardised = [], []
     for row, ids in enumerate(rows):
         length = len(ids) - 1
-        log_probs.append(chosen[row, :length].cpu())
-        standardised.append(((chosen[row, :length] - mean[row, :length]) / spread[row, :length]).cpu())
+        distribution = torch.log_softmax(logits[row, :length].float(), dim=-1)
+        probabilities = distribution.exp()
+        mean = (probabilities * distribution).sum(-1)
+        spread = ((probabilities * distribution.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
+        chosen = distribution.gather(-1, input_ids[row, 1 : length + 1].unsqueeze(-1)).squeeze(-1)
+        log_probs.append(chosen.cpu())
+        standardised.append(((chosen - mean) / spread).cpu())
     return log_probs, standardised
 
 

@@ -84,8 +84,9 @@ def row_nlls(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, in
     """Per row of a batch (``labels`` ``-100`` on padding): the summed negative log-likelihood of its next tokens and
     their count."""
     labels = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels, reduction="none")
-    return list(zip(nll.sum(dim=1).tolist(), (labels != -100).sum(dim=1).tolist()))
+    nlls = [F.cross_entropy(logits[row, :-1].float(), labels[row], reduction="none").sum().item()
+            for row in range(len(labels))]  # row by row: one row's float logits at a time, not the batch's
+    return list(zip(nlls, (labels != -100).sum(dim=1).tolist()))
 
 
 def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
