@@ -96,7 +96,7 @@ def test_an_alpha_auto_run_that_did_not_unlearn_is_not_marked_finished(files, re
     assert max(record["auto"]["stopping"]["moved"].values()) < 0.1
     error = run_main(capsys, "evaluate", "--model_name_or_path", str(files / "base"), "--unlearned_adapter", str(out),
                      "--forget_data", str(files / "forget.txt"), "--output_dir", str(tmp_path / "report"))
-    assert "never finished" in error, error  # nor does anything export or push it
+    assert "never finished (killed, failed, or refused" in error, error  # nor does anything export or push it
 
 
 def test_a_diverged_run_is_not_marked_finished(files, tmp_path, capsys, monkeypatch):

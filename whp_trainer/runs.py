@@ -332,8 +332,9 @@ def require_stage_output(folder: str | os.PathLike, stages: tuple[str, ...], use
         if marker.get("stage") == "reinforce":
             what += ": the REINFORCED adapter, which knows MORE about the forget target than the base"
     elif not marker["finished"]:
-        what = (f"holds a `whp {marker['stage']}` run that never finished (killed or failed: no {STAGE_FILE}); "
-                "run the same command again to finish it")
+        what = (f"holds a `whp {marker['stage']}` run that never finished (killed, failed, or refused as not what "
+                f"the stage promises: no {STAGE_FILE}); its output said why, and one that was killed finishes when "
+                "the same command runs again")
     else:
         return
     raise ValueError(f"{use}: {folder} {what}; {use} takes only the finished output of {wanted}")
