@@ -1502,6 +1502,38 @@ def test_a_strengthened_reinforcement_doubles_epochs_and_rate_and_stops_if_it_di
     assert [type(callback) for callback in callbacks] == [DivergenceStop]
 
 
+def test_a_teacher_reaching_every_target_only_over_its_budget_trains_no_stronger_reinforcement(
+        files, reinforced_path, tokenizer, monkeypatch):
+    from trl import ModelConfig
+
+    from whp_trainer.anchors import AnchorDictionary
+    from whp_trainer.auto import AutoInputs, choose_auto_alpha
+    from whp_trainer.evaluation import autotune
+    from whp_trainer.evaluation.autotune import reached_over_budget
+
+    targets = Targets(membership=0.5, familiarity=0.1)
+    assert reached_over_budget(sweep(BASE, (5.0, 0.7, 0.05, 11.0), (10.0, 0.52, 0.09, 30.0)), targets) == (
+        "the teacher reaches every target at α=10, only over the teacher budget: a stronger reinforcement costs "
+        "more at every α, so none is trained")
+    assert reached_over_budget(sweep(BASE, (5.0, 0.7, 0.05, 11.0)), targets) is None  # membership not reached
+    # as on a pretrained model's book without holdout text: every teacher reaches the familiarity target, at three
+    # and five times the base's retain perplexity. The given reinforcement holds no training_args.bin: strengthening
+    # it would fail, and nothing tries to
+    monkeypatch.setattr(autotune, "teacher_sweep", lambda model, tokenizer, alphas, *args, **kwargs: {
+        alpha: {"familiarity_token": 0.0 if alpha else 1.0, "retain_perplexity": 10.0 * (1 + alpha)}
+        for alpha in (0.0, *alphas)})
+    args = UnlearnConfig(output_dir="unused", alpha="auto", auto_alphas=[2.0, 4.0], teacher_budget=1.0,
+                         max_length=32, use_cpu=True)
+    inputs = AutoInputs(probes=PROBES, first_mentions=[], retain=CORPUS[4:], membership=None, forget=CORPUS[:2])
+    anchors = AnchorDictionary.load(files / "anchors.yaml")
+    choice = choose_auto_alpha(None, ModelConfig(model_name_or_path=str(files / "base")), args, tokenizer, inputs,
+                               anchors, reinforced_path)
+    assert choice["targets"]["familiarity"] is not None  # the base on the anchor-translated probes
+    assert (choice["alpha"], choice["round"], choice["reached"], len(choice["sweeps"])) == (2.0, 0, False, 1)
+    assert choice["reason"].endswith("the teacher reaches every target at α=2, only over the teacher budget: a "
+                                     "stronger reinforcement costs more at every α, so none is trained")
+
+
 def test_a_base_that_already_reads_forget_and_holdout_text_alike_is_warned_of(caplog):
     from whp_trainer.auto import membership_reads_alike, warn_if_membership_reads_alike
     from whp_trainer.evaluation.autotune import MEMBERSHIP, MEMBERSHIP_PLUS

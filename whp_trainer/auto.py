@@ -291,7 +291,7 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
                       overwrite: bool = False) -> dict:
     """Targets, sweep, strengthening: the record of the choice (see
     [`choose_alpha`][whp_trainer.evaluation.autotune.choose_alpha]) with the ``reinforced_adapter`` to use."""
-    from .evaluation.autotune import choose_alpha, teacher_sweep, translated_probes
+    from .evaluation.autotune import choose_alpha, reached_over_budget, teacher_sweep, translated_probes
     from .evaluation.retain import block_nlls, perplexity_of
     from .loading import load_base_model, with_adapters
     from .models import reader_for
@@ -319,7 +319,10 @@ def choose_auto_alpha(data, model_args, args, tokenizer, inputs: AutoInputs, anc
         if not round_:
             warn_if_membership_reads_alike(sweeps[0][0.0], targets)
         choice = choose_alpha(sweeps, targets, args.teacher_budget)
-        if choice["reached"]:
+        over_budget = None if choice["reached"] else reached_over_budget(sweeps[-1], targets)
+        if over_budget:
+            choice["reason"] += f"; {over_budget}"
+        if choice["reached"] or over_budget:
             break
     if diverged:
         choice["reason"] += f"; {diverged}"

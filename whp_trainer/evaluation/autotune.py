@@ -294,6 +294,21 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
             "sweeps": [{f"{a:g}": metrics for a, metrics in sweep.items()} for sweep in sweeps]}
 
 
+def reached_over_budget(sweep: dict[float, dict], targets: Targets) -> str | None:
+    """Why a stronger reinforcement is not trained after ``sweep``: some teacher of it reaches every target, only
+    over the teacher budget. Strengthening is for targets no α reaches; a stronger reinforcement's boost is larger
+    and its teacher costs more at every α (on the known-book pilot 2-5× the given one's retain perplexity at each
+    α, on the demo more at each α too), so it gives no teacher within the budget this one lacks. ``None`` when no
+    teacher reaches every target."""
+    base = sweep[0.0]
+    reaching = [alpha for alpha, metrics in sweep.items() if alpha and not sum(targets.shortfalls(metrics,
+                                                                                                    base).values())]
+    if not reaching:
+        return None
+    return (f"the teacher reaches every target at α={min(reaching):g}, only over the teacher budget: a stronger "
+            "reinforcement costs more at every α, so none is trained")
+
+
 def membership_reading(metrics: dict, targets: Targets) -> str:
     """Each attack's membership AUC in ``metrics`` with its target, in words."""
     return " · ".join(f"{name} {metrics[key]:.3f} (target {targets.membership_target(key):.3f})"
