@@ -45,7 +45,8 @@ def package(reading: str, model, teacher, rows, batch: int):
     from whp_trainer.evaluation.retain import nlls_of_blocks
 
     if reading == "perplexity":
-        return [value for value, _ in nlls_of_blocks(model, SimpleNamespace(pad_token_id=0, eos_token_id=None), rows, batch)]
+        tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=None)  # the rows are ids already: the padding id
+        return [value for value, _ in nlls_of_blocks(model, tokenizer, rows, batch)]
     if reading == "membership":
         return [value for scores in token_scores_of_ids(model, rows, 0, batch) for row in scores for value in
                 row.tolist()]

@@ -246,6 +246,12 @@ def membership_by_alpha(teacher, rows, alphas, pad_id, k, batch_size) -> list[li
     return found
 
 
+def teacher_shortfalls(sweep: dict[float, dict], targets: Targets) -> dict[float, dict[str, float]]:
+    """Per teacher of ``sweep`` (α 0, the base, left out): how much of the way to each target it has left, from that
+    sweep's base (`Targets.shortfalls`)."""
+    return {alpha: targets.shortfalls(metrics, sweep[0.0]) for alpha, metrics in sweep.items() if alpha}
+
+
 def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_budget: float | None = None) -> dict:
     """The α to unlearn with, from one sweep per reinforcement (the first is the given one): in the first sweep where
     a teacher reaches every target within ``teacher_budget`` (its retain perplexity at most that share above the
@@ -260,14 +266,8 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
     """
     if not sweeps:
         raise ValueError("choose_alpha needs at least one sweep")
-    candidates = []
-    for round_, sweep in enumerate(sweeps):
-        base = sweep[0.0]
-        for alpha, metrics in sweep.items():
-            if alpha == 0.0:
-                continue
-            left = targets.shortfalls(metrics, base)
-            candidates.append((round_, alpha, metrics, sum(left.values()), left))
+    candidates = [(round_, alpha, sweep[alpha], sum(left.values()), left) for round_, sweep in enumerate(sweeps)
+                  for alpha, left in teacher_shortfalls(sweep, targets).items()]
 
     def affordable(candidate) -> bool:
         base = sweeps[candidate[0]][0.0][RETAIN]
@@ -300,9 +300,7 @@ def reached_over_budget(sweep: dict[float, dict], targets: Targets) -> str | Non
     and its teacher costs more at every α (on the known-book pilot 2-5× the given one's retain perplexity at each
     α, on the demo more at each α too), so it gives no teacher within the budget this one lacks. ``None`` when no
     teacher reaches every target."""
-    base = sweep[0.0]
-    reaching = [alpha for alpha, metrics in sweep.items() if alpha and not sum(targets.shortfalls(metrics,
-                                                                                                    base).values())]
+    reaching = [alpha for alpha, left in teacher_shortfalls(sweep, targets).items() if not sum(left.values())]
     if not reaching:
         return None
     return (f"the teacher reaches every target at α={min(reaching):g}, only over the teacher budget: a stronger "
