@@ -99,6 +99,25 @@ def test_an_alpha_auto_run_that_did_not_unlearn_is_not_marked_finished(files, re
     assert "never finished (killed, failed, or refused" in error, error  # nor does anything export or push it
 
 
+def test_a_refused_alpha_auto_run_is_refused_again_on_rerun_and_redone_with_overwrite(files, reinforced_path, tmp_path,
+                                                                                      capsys):
+    out = tmp_path / "out"
+    auto = ("--alpha", "auto", "--reinforced_adapter", str(reinforced_path), "--retain_data", str(files / "retain.txt"),
+            "--probes", str(files / "probes.json"), "--auto_alphas", "5", "--auto_reinforce_rounds", "0",
+            "--auto_eval_steps", "1")
+    refused = unlearn_argv(files, out, *auto, "--learning_rate", "1e-9")
+    first = run_main(capsys, *refused)
+    record = (out / "whp_run.json").read_text()
+    again = run_main(capsys, *refused)  # the same command resumes the same run and comes to the same refusal
+    assert "the run did not unlearn" in first and "the run did not unlearn" in again, again
+    assert (out / "whp_run.json").read_text() == record and not (out / STAGE_FILE).exists()
+    error = run_main(capsys, *unlearn_argv(files, out, *auto, "--learning_rate", "3e-2"))
+    assert "holds the output of a run with other settings" in error and "--overwrite" in error, error
+    cli.main(unlearn_argv(files, out, *auto, "--learning_rate", "3e-2", "--overwrite"))
+    assert json.loads((out / STAGE_FILE).read_text())["stage"] == "unlearn"
+    assert json.loads((out / "whp_run.json").read_text())["training"]["learning_rate"] == 3e-2
+
+
 def test_a_diverged_run_is_not_marked_finished(files, tmp_path, capsys, monkeypatch):
     step = Trainer.training_step
 
