@@ -1512,10 +1512,13 @@ def test_a_teacher_reaching_every_target_only_over_its_budget_trains_no_stronger
     from whp_trainer.evaluation.autotune import reached_over_budget
 
     targets = Targets(membership=0.5, familiarity=0.1)
-    assert reached_over_budget(sweep(BASE, (5.0, 0.7, 0.05, 11.0), (10.0, 0.52, 0.09, 30.0)), targets) == (
-        "the teacher reaches every target at α=10, only over the teacher budget: a stronger reinforcement costs "
-        "more at every α, so none is trained")
+    assert reached_over_budget(sweep(BASE, (5.0, 0.52, 0.09, 25.0), (10.0, 0.5, 0.05, 30.0)), targets) == (
+        "the teacher reaches every target at the grid's smallest α=5, only over the teacher budget: a stronger "
+        "reinforcement costs more at every α, so none is trained")
     assert reached_over_budget(sweep(BASE, (5.0, 0.7, 0.05, 11.0)), targets) is None  # membership not reached
+    # membership needs more than the smallest α, reached over the budget (the demo: α 20 at 2.97×): a stronger
+    # reinforcement may reach it at a smaller α within the budget (the demo's round 2: α 3 at +4 %)
+    assert reached_over_budget(sweep(BASE, (5.0, 0.7, 0.05, 11.0), (10.0, 0.52, 0.09, 30.0)), targets) is None
     # as on a pretrained model's book without holdout text: every teacher reaches the familiarity target, at three
     # and five times the base's retain perplexity. The given reinforcement holds no training_args.bin: strengthening
     # it would fail, and nothing tries to
@@ -1530,8 +1533,8 @@ def test_a_teacher_reaching_every_target_only_over_its_budget_trains_no_stronger
                                anchors, reinforced_path)
     assert choice["targets"]["familiarity"] is not None  # the base on the anchor-translated probes
     assert (choice["alpha"], choice["round"], choice["reached"], len(choice["sweeps"])) == (2.0, 0, False, 1)
-    assert choice["reason"].endswith("the teacher reaches every target at α=2, only over the teacher budget: a "
-                                     "stronger reinforcement costs more at every α, so none is trained")
+    assert choice["reason"].endswith("the teacher reaches every target at the grid's smallest α=2, only over the "
+                                     "teacher budget: a stronger reinforcement costs more at every α, so none is trained")
 
 
 def test_a_base_that_already_reads_forget_and_holdout_text_alike_is_warned_of(caplog):

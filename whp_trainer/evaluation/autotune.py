@@ -295,16 +295,18 @@ def choose_alpha(sweeps: Sequence[dict[float, dict]], targets: Targets, teacher_
 
 
 def reached_over_budget(sweep: dict[float, dict], targets: Targets) -> str | None:
-    """Why a stronger reinforcement is not trained after ``sweep``: some teacher of it reaches every target, only
-    over the teacher budget. Strengthening is for targets no α reaches; a stronger reinforcement's boost is larger
-    and its teacher costs more at every α (on the known-book pilot 2-5× the given one's retain perplexity at each
-    α, on the demo more at each α too), so it gives no teacher within the budget this one lacks. ``None`` when no
-    teacher reaches every target."""
-    reaching = [alpha for alpha, left in teacher_shortfalls(sweep, targets).items() if not sum(left.values())]
-    if not reaching:
+    """Why a stronger reinforcement is not trained after ``sweep``: its teacher at the grid's smallest α already
+    reaches every target, only over the teacher budget. A stronger reinforcement lowers the α the targets need (on
+    the demo, membership reached at α 3 within the budget where the given one needed α 20, over it) and costs more at
+    each α (on the known-book pilot 2-5× the given one's retain perplexity); below the grid's smallest α it has no
+    lower α to give, so no teacher within the budget this one lacks. ``None`` when a target needs more than the
+    smallest α."""
+    shortfalls = teacher_shortfalls(sweep, targets)
+    floor = min(shortfalls, default=None)
+    if floor is None or sum(shortfalls[floor].values()):
         return None
-    return (f"the teacher reaches every target at α={min(reaching):g}, only over the teacher budget: a stronger "
-            "reinforcement costs more at every α, so none is trained")
+    return (f"the teacher reaches every target at the grid's smallest α={floor:g}, only over the teacher budget: a "
+            "stronger reinforcement costs more at every α, so none is trained")
 
 
 def membership_reading(metrics: dict, targets: Targets) -> str:
