@@ -1534,7 +1534,8 @@ def test_a_teacher_reaching_every_target_only_over_its_budget_trains_no_stronger
     assert choice["targets"]["familiarity"] is not None  # the base on the anchor-translated probes
     assert (choice["alpha"], choice["round"], choice["reached"], len(choice["sweeps"])) == (2.0, 0, False, 1)
     assert choice["reason"].endswith("the teacher reaches every target at the grid's smallest α=2, only over the "
-                                     "teacher budget: a stronger reinforcement costs more at every α, so none is trained")
+                                     "teacher budget: a stronger reinforcement costs more at every α, so none is "
+                                     "trained")
 
 
 def test_a_base_that_already_reads_forget_and_holdout_text_alike_is_warned_of(caplog):
