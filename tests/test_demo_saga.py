@@ -117,8 +117,9 @@ def test_built_assets_load_with_the_standard_classes(tmp_path):
     assert json.loads(assets.probes_path.read_text()) == demo.familiarity_probes()
 
 
-def test_the_demo_pipeline_forgets_the_saga_at_tiny_size(tmp_path, capsys):
-    report = Path(demo.run_demo(DemoArguments(output_dir=str(tmp_path / "demo"), size="tiny", cache_dir=str(tmp_path))))
+def test_the_demo_pipeline_forgets_the_saga_at_tiny_size_with_the_papers_setting(tmp_path, capsys):
+    report = Path(demo.run_demo(DemoArguments(output_dir=str(tmp_path / "demo"), size="tiny", cache_dir=str(tmp_path),
+                                              method="paper")))
     printed = capsys.readouterr().out
     assert "| `familiarity_token` |" in printed and "| `retain_perplexity` |" in printed
     results = json.loads((report / "report.json").read_text())["results"]
@@ -176,9 +177,13 @@ def test_alpha_auto_unlearns_on_a_4bit_base_and_its_adapter_is_measured_on_the_f
     from whp_trainer.evaluation.probes import load_probes
 
     # the sweep, the stopping rule and the evaluation: eval-mode forwards of 4-bit layers on a CPU, then training
+    # the demo's default: alpha auto, as whp run's default path
     report = Path(demo.run_demo(DemoArguments(output_dir=str(tmp_path / "demo"), size="tiny", cache_dir=str(tmp_path),
-                                              load_in_4bit=True, method="auto")))
+                                              load_in_4bit=True)))
+    assert report == tmp_path / "demo" / "evaluation-auto"
+    chosen = json.loads((tmp_path / "demo" / "unlearned-auto" / "whp_run.json").read_text())["auto"]["alpha"]
     results = json.loads((report / "report.json").read_text())["results"]
+    assert chosen != 5 and {"teacher α=5", f"teacher α={chosen:g}"} <= set(results)  # the teacher the student followed
     base, unlearned = results["base"], results["unlearned"]
     assets = demo.build_demo_assets(tmp_path, size="tiny")
     tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)

@@ -164,11 +164,13 @@ class DemoArguments:
         default=None, metadata={"help": "Cache of the generated texts and base model (default: $WHP_CACHE or ~/.cache)."}
     )
     method: str = field(
-        default="paper",
-        metadata={"help": "'paper': the method as published; 'recommended': the setting docs/results.md recommends "
-                  "(RECOMMENDED_SETTING, retain regularisation on the demo's ordinary text); 'auto': the same "
-                  "objective with alpha auto (teacher sweep, stopping rule; the holdout saga text, no oracle).",
-                  "choices": ["paper", "recommended", "auto"]},
+        default="auto",
+        metadata={"help": "'auto' (the default path of whp run): the recommended objective with alpha auto (teacher "
+                  "sweep, stopping rule; the holdout saga text, no oracle); 'paper': the method as published; "
+                  "'recommended': the setting docs/results.md recommends at a fixed alpha (RECOMMENDED_SETTING, "
+                  "retain regularisation on the demo's ordinary text). Each writes its own unlearned and evaluation "
+                  "folders (the paper's unsuffixed, the others -auto and -recommended).",
+                  "choices": ["auto", "paper", "recommended"]},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the reinforce and unlearn runs (and of alpha auto's samples)."})
     load_in_4bit: bool = field(

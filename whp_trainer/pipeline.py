@@ -279,6 +279,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
     model_config = require_model(model_args, "evaluate", config.trust_remote_code)
     adapters = evaluation_adapters(data, config.roles, teacher=bool(config.teacher_alphas))
+    config = with_the_runs_teacher(config, data.unlearned_adapter, adapters.get("reinforced"))
     read_by_the_rule = rule_sample(data.unlearned_adapter, config)
     forget = data_digest(require_data(data.forget_data, "forget_data", "evaluate"), data.forget_data_config,
                          data.forget_data_split)
@@ -435,6 +436,18 @@ def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = F
     if not adapters:
         raise ValueError("whp evaluate: give --unlearned_adapter and/or --reinforced_adapter (for the roles asked)")
     return adapters
+
+
+def with_the_runs_teacher(config, unlearned: str | None, reinforced: Path | None):
+    """``config`` with the α an ``alpha: auto`` run chose among its teacher columns, when the reinforced adapter is the
+    one that run recorded: the teacher its student followed, beside the fixed ones asked for (none when none is)."""
+    chosen = ((read_record(unlearned) or {}).get("auto") or {}).get("alpha") if unlearned else None
+    if chosen is None or not config.teacher_alphas or chosen in config.teacher_alphas or reinforced is None:
+        return config
+    recorded = recorded_reinforced_adapter(unlearned)
+    if recorded is None or Path(recorded).resolve() != Path(reinforced).resolve():
+        return config
+    return dataclasses.replace(config, teacher_alphas=sorted([*config.teacher_alphas, chosen]))
 
 
 def familiarity_monitor(trainer, probes: list[dict], retain_texts: list[str] | None):

@@ -1,10 +1,10 @@
 """``whp demo``: the stages run on the saga with settings sized for a CPU: reinforce → unlearn → evaluate, and the
 report printed.
 
-The settings are the paper's method (``--method paper``), the setting docs/results.md recommends
-(``--method recommended``) or ``alpha: auto`` (``--method auto``: α chosen by the teacher sweep, the student stopped
-at the targets, with the holdout saga text and no oracle); the stages are those of `whp_trainer.pipeline`, with the
-demo's cached assets as inputs (see `whp_trainer.demo.saga`).
+The settings are ``alpha: auto`` (the default, as in ``whp run``: α chosen by the teacher sweep, the student
+stopped at the targets, with the holdout saga text and no oracle), the paper's method (``--method paper``) or the
+setting docs/results.md recommends at a fixed α (``--method recommended``); the stages are those of
+`whp_trainer.pipeline`, with the demo's cached assets as inputs (see `whp_trainer.demo.saga`).
 """
 
 from __future__ import annotations
