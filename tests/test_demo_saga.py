@@ -183,7 +183,7 @@ def test_alpha_auto_unlearns_on_a_4bit_base_and_its_adapter_is_measured_on_the_f
     assert report == tmp_path / "demo" / "evaluation-auto"
     chosen = json.loads((tmp_path / "demo" / "unlearned-auto" / "whp_run.json").read_text())["auto"]["alpha"]
     results = json.loads((report / "report.json").read_text())["results"]
-    assert chosen != 5 and {"teacher α=5", f"teacher α={chosen:g}"} <= set(results)  # the teacher the student followed
+    assert chosen != 5 and {"teacher α=5", f"teacher α={chosen:g}"} <= set(results)  # and the one it followed
     base, unlearned = results["base"], results["unlearned"]
     assets = demo.build_demo_assets(tmp_path, size="tiny")
     tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
