@@ -1378,6 +1378,11 @@ def test_a_run_short_of_its_targets_ends_on_the_furthest_point_within_budget_tow
     summary = stopping_summary(decision)
     assert "a point 0.625 of the way from its best weights within budget before (step 1) to step 2's" in summary
     assert "the one over budget closest to the targets" in decision["reason"]
+    # the demo (seed 42): sent back at step 24 to a point within budget on the way from the start, it ends between
+    # that point and step 24's own weights, the closest to the targets
+    again = stopping_summary({**decision, "best_step": 24, "best_from_step": 24, "best_scale": 0.375})
+    assert "its weights are a point 0.375 of the way from the weights it went back to at step 24 (its best within " \
+           "budget) to step 24's before it went back, the measurement closest" in again, again
 
 
 class PlaneStopping(ScriptedStopping):

@@ -411,6 +411,8 @@ def stopping_summary(stopping: dict) -> str:
     step, scale, origin = stopping["best_step"], stopping.get("best_scale", 1.0), stopping.get("best_from_step")
     weights = f"those of step {step}" if scale == 1 else \
         f"a point {scale:g} of the way from where it began to step {step}'s" if origin is None else \
+        f"a point {scale:g} of the way from the weights it went back to at step {step} (its best within budget) to " \
+        f"step {step}'s before it went back" if origin == step else \
         f"a point {scale:g} of the way from its best weights within budget before (step {origin}) to step {step}'s"
     if step is None:
         kept = "those it ended with (no measurement after step 0 to keep)"
