@@ -1,8 +1,10 @@
 """``whp evaluate``: the familiarity callback during training, the roles of one model measured side by side, the
 report files, the pipeline stage (and its input checks before any model is loaded) and the documented example."""
 
+import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,10 @@ from whp_trainer import UnlearnConfig, UnlearnTrainer, cli, pipeline
 from whp_trainer.anchors import AnchorDictionary
 from whp_trainer.arguments import DataArguments
 from whp_trainer.evaluation import EvaluateConfig, FamiliarityCallback, evaluate_model, write_report
+from whp_trainer.evaluation.autotune import Targets
 from whp_trainer.evaluation.callback import read_probe_names
 from whp_trainer.hub import build_model_card
+from whp_trainer.record import RECORD_FILE, SCHEMA_VERSION
 from whp_trainer.runs import record_reinforced_adapter
 
 ANCHORS = {"Harry": ["Jon", "Tom"], "Hogwarts": "Mystic Academy", "Quidditch": "Skyball", "Hermione": "Anna"}
@@ -179,6 +183,30 @@ def test_evaluate_refuses_a_recorded_reinforced_adapter_that_changed(inputs, rei
     with pytest.raises(ValueError, match="has changed .* since the unlearning run"):
         pipeline.evaluate(inputs, ModelConfig(model_name_or_path=str(tmp_path / "base")), config)
     assert not (tmp_path / "evaluation").exists()
+
+
+def test_an_alpha_auto_runs_teacher_is_measured_only_with_the_reinforced_adapter_it_recorded(inputs, reinforced_path,
+                                                                                            tmp_path):
+    unlearned = Path(inputs.unlearned_adapter)
+    targets = dataclasses.asdict(Targets(membership=0.5, familiarity=0.01))
+    auto = {"alpha": 3.0, "round": 0, "reason": "chosen", "targets": targets, "sweeps": []}
+    (unlearned / RECORD_FILE).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "auto": auto}), encoding="utf-8")
+    model_args = ModelConfig(model_name_or_path=str(tmp_path / "base"))
+    output = Path(pipeline.evaluate(inputs, model_args, EvaluateConfig(output_dir=str(tmp_path / "recorded"), **SMALL)))
+    roles = list(json.loads((output / "report.json").read_text())["results"])
+    assert roles == ["base", "reinforced", "teacher α=3", "teacher α=5", "unlearned"]
+    # another reinforced adapter given while the recorded one has changed: measured as given, no run's teacher, and
+    # the record's adapter is neither read nor refused
+    given = tmp_path / "given"
+    shutil.copytree(reinforced_path, given)
+    (reinforced_path / "adapter_config.json").write_text("{}")
+    inputs.reinforced_adapter = str(given)
+    for teacher_alphas, roles in (([5.0], ["base", "reinforced", "teacher α=5", "unlearned"]),
+                                  ([], ["base", "reinforced", "unlearned"])):
+        output = tmp_path / f"given-{len(teacher_alphas)}"
+        config = EvaluateConfig(output_dir=str(output), **{**SMALL, "teacher_alphas": teacher_alphas})
+        pipeline.evaluate(inputs, model_args, config)
+        assert list(json.loads((output / "report.json").read_text())["results"]) == roles
 
 
 def test_the_evaluate_stage_end_to_end(inputs, tmp_path, caplog):

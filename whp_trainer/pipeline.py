@@ -279,7 +279,8 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
 
     model_config = require_model(model_args, "evaluate", config.trust_remote_code)
     adapters = evaluation_adapters(data, config.roles, teacher=bool(config.teacher_alphas))
-    config = with_the_runs_teacher(config, data.unlearned_adapter, adapters.get("reinforced"))
+    auto = (read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None
+    config = with_the_runs_teacher(config, auto, "reinforced" in adapters and data.reinforced_adapter is None)
     read_by_the_rule = rule_sample(data.unlearned_adapter, config)
     forget = data_digest(require_data(data.forget_data, "forget_data", "evaluate"), data.forget_data_config,
                          data.forget_data_split)
@@ -344,7 +345,7 @@ def evaluate(data: DataArguments, model_args: ModelConfig, config, overwrite: bo
         paraphrased_probes=paraphrased, **full_precision, rule_sample=read_by_the_rule,
     )
     write_report(results, config.output_dir, history=unlearning_history(data.unlearned_adapter), config=config,
-                 auto=(read_record(data.unlearned_adapter) or {}).get("auto") if data.unlearned_adapter else None,
+                 auto=auto,
                  probe_names=read_probe_names(data.unlearned_adapter),
                  measured_adapters={role: adapter_digest(path) for role, path in adapters.items()})
     log_to_trackers(results, config.report_to, config.output_dir, config.run_name, model,
@@ -438,14 +439,13 @@ def evaluation_adapters(data: DataArguments, roles: list[str], teacher: bool = F
     return adapters
 
 
-def with_the_runs_teacher(config, unlearned: str | None, reinforced: Path | None):
-    """``config`` with the α an ``alpha: auto`` run chose among its teacher columns, when the reinforced adapter is the
-    one that run recorded: the teacher its student followed, beside the fixed ones asked for (none when none is)."""
-    chosen = ((read_record(unlearned) or {}).get("auto") or {}).get("alpha") if unlearned else None
-    if chosen is None or not config.teacher_alphas or chosen in config.teacher_alphas or reinforced is None:
-        return config
-    recorded = recorded_reinforced_adapter(unlearned)
-    if recorded is None or Path(recorded).resolve() != Path(reinforced).resolve():
+def with_the_runs_teacher(config, auto: dict | None, recorded: bool):
+    """``config`` with the α an ``alpha: auto`` run chose (its record's ``auto``) among its teacher columns, when the
+    reinforced adapter measured is the one that run recorded (``recorded``: none was given, so `evaluation_adapters`
+    took and checked the record's): the teacher its student followed, beside the fixed ones asked for (none when none
+    is)."""
+    chosen = (auto or {}).get("alpha") if recorded else None
+    if chosen is None or not config.teacher_alphas or chosen in config.teacher_alphas:
         return config
     return dataclasses.replace(config, teacher_alphas=sorted([*config.teacher_alphas, chosen]))
 
