@@ -405,15 +405,24 @@ def neighbour_resolution_note(stopping: dict) -> str:
             "the budget.")
 
 
+def kept_weights(step: int | None, scale: float, origin: int | None) -> str:
+    """The weights a run kept, in words: a measured step's, or a point of a line searched towards it (from where the
+    run began, from its best weights within budget, or from the weights it went back to at that same step)."""
+    if scale == 1:
+        return f"those of step {step}"
+    if origin is None:
+        return f"a point {scale:g} of the way from where it began to step {step}'s"
+    if origin == step:
+        return (f"a point {scale:g} of the way from the weights it went back to at step {step} (its best within "
+                f"budget) to step {step}'s before it went back")
+    return f"a point {scale:g} of the way from its best weights within budget before (step {origin}) to step {step}'s"
+
+
 def stopping_summary(stopping: dict) -> str:
     """Where the student of ``alpha: auto`` stopped, which weights it kept, and whether they reach the targets (the
     ``stopping`` record of the run; records from before ``reached`` existed say only the first two)."""
-    step, scale, origin = stopping["best_step"], stopping.get("best_scale", 1.0), stopping.get("best_from_step")
-    weights = f"those of step {step}" if scale == 1 else \
-        f"a point {scale:g} of the way from where it began to step {step}'s" if origin is None else \
-        f"a point {scale:g} of the way from the weights it went back to at step {step} (its best within budget) to " \
-        f"step {step}'s before it went back" if origin == step else \
-        f"a point {scale:g} of the way from its best weights within budget before (step {origin}) to step {step}'s"
+    step = stopping["best_step"]
+    weights = kept_weights(step, stopping.get("best_scale", 1.0), stopping.get("best_from_step"))
     if step is None:
         kept = "those it ended with (no measurement after step 0 to keep)"
     elif stopping.get("within_budget", True):
